@@ -1,0 +1,79 @@
+/* config: a table-driven YAML (libyaml) reader that fills a caller's struct. */
+#ifndef RINGFLY_CORE_CONFIG_H
+#define RINGFLY_CORE_CONFIG_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/*
+ * A program describes its settings with a table of config_option; the reader
+ * walks a YAML document, maps each scalar to the option of the same key and
+ * stores it at `offset` in the caller's struct.
+ *
+ * The document must be a mapping. Nested mappings name keys with dots:
+ *
+ *     limits:
+ *       max_connections: 64      -> key "limits.max_connections"
+ *
+ * An unknown key, a value of the wrong type, a value out of [min, max], a
+ * sequence, an alias, a duplicate key or a string too long for its field is an
+ * error naming the file, the line and the key:
+ *
+ *     /etc/ringfly/ringflyd.yaml:7: unknown key 'max_conections'
+ *     /etc/ringfly/ringflyd.yaml:3: key 'max_connections' expects an integer, got 'lots'
+ *
+ * A file that is empty or holds only comments is an empty config (not an
+ * error).
+ */
+
+enum config_type {
+	CONFIG_STRING,	 /* char[size] at offset; value copied, NUL-terminated */
+	CONFIG_INT,	 /* int64_t at offset; decimal, optional sign; [min, max] */
+	CONFIG_BOOL,	 /* bool at offset; true/false/yes/no/on/off */
+	CONFIG_MODE,	 /* uint32_t at offset; octal file mode such as 0660, <= 07777 */
+	CONFIG_BYTES,	 /* int64_t at offset; integer with optional K/M/G/KiB/MiB/GiB
+			    suffix (powers of 1024); [min, max] */
+	CONFIG_DURATION, /* int64_t milliseconds at offset; integer with ms/s/m/h
+			    suffix, bare integer = milliseconds; [min, max] in ms */
+	CONFIG_CHOICE,	 /* char[size] at offset; value must be one of `choices` */
+};
+
+struct config_option {
+	const char *key;	    /* dotted path, e.g. "limits.max_connections" */
+	enum config_type type;
+	size_t offset;		    /* offsetof(struct target, field) */
+	size_t size;		    /* CONFIG_STRING/CHOICE: sizeof the char array */
+	int64_t min, max;	    /* CONFIG_INT/BYTES/DURATION: accepted range */
+	const char *const *choices; /* CONFIG_CHOICE: NULL-terminated list */
+};
+
+/*
+ * Reads the YAML file at `path` into `target` using the `count` options of
+ * `options`. Keys absent from the file leave their field untouched (set
+ * defaults before the call).
+ * Returns 0, or a negative errno with a one-line reason in err[err_size]
+ * (which always names `path`, and the line and key when there is one):
+ * -ENOENT/-EACCES/... when the file cannot be read, -EINVAL for any content
+ * error.
+ */
+int config_load_file(const char *path, const struct config_option *options,
+		     size_t count, void *target, char *err, size_t err_size);
+
+/*
+ * Same as config_load_file, from a buffer; `name` stands for the file name in
+ * errors. Used by tests and by config_load_file itself.
+ */
+int config_load_buffer(const char *name, const char *text, size_t text_len,
+		       const struct config_option *options, size_t count,
+		       void *target, char *err, size_t err_size);
+
+/*
+ * Sets one option from a string, as a command-line flag does: the same parsing
+ * and checks as a YAML scalar. Errors read "KEY: reason" (e.g.
+ * "socket_mode: expects an octal mode such as 0660, got '999'").
+ * Returns 0, -ENOENT for an unknown key, -EINVAL for a bad value.
+ */
+int config_set(const struct config_option *options, size_t count, void *target,
+	       const char *key, const char *value, char *err, size_t err_size);
+
+#endif

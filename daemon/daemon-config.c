@@ -1,0 +1,70 @@
+/* daemon-config: ringflyd's settings, their defaults, YAML keys and flags. */
+#include "daemon/daemon-config.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <stdio.h>
+
+#include "core/config.h"
+
+static const char *const daemon_roles[] = { "peer", "seed", NULL };
+static const char *const daemon_log_levels[] = { "debug", "info", "warn", "error", NULL };
+
+#define STRING_OPTION(name, field) \
+	{ name, CONFIG_STRING, offsetof(struct daemon_config, field), \
+	  sizeof(((struct daemon_config *)0)->field), 0, 0, NULL }
+#define CHOICE_OPTION(name, field, list) \
+	{ name, CONFIG_CHOICE, offsetof(struct daemon_config, field), \
+	  sizeof(((struct daemon_config *)0)->field), 0, 0, list }
+#define NUMBER_OPTION(name, type, field, lo, hi) \
+	{ name, type, offsetof(struct daemon_config, field), 0, lo, hi, NULL }
+
+static const struct config_option daemon_options[] = {
+	STRING_OPTION("socket", socket_path),
+	{ "socket_mode", CONFIG_MODE, offsetof(struct daemon_config, socket_mode), 0, 0, 0, NULL },
+	STRING_OPTION("data_dir", data_dir),
+	CHOICE_OPTION("log_level", log_level, daemon_log_levels),
+	CHOICE_OPTION("role", role, daemon_roles),
+	STRING_OPTION("listen_peer", listen_peer),
+	NUMBER_OPTION("shutdown_timeout", CONFIG_DURATION, shutdown_timeout_ms, 0, 3600000),
+	NUMBER_OPTION("limits.max_connections", CONFIG_INT, max_connections, 1, 1000000),
+	NUMBER_OPTION("limits.max_message_bytes", CONFIG_BYTES, max_message_bytes, 4096,
+		      1 << 20),
+	NUMBER_OPTION("limits.idle_timeout", CONFIG_DURATION, idle_timeout_ms, 0,
+		      7 * 24 * 3600000LL),
+};
+
+#define DAEMON_OPTION_COUNT (sizeof(daemon_options) / sizeof(daemon_options[0]))
+
+const char *daemon_default_socket(void)
+{
+	const char *env = getenv("RINGFLY_SOCKET");
+
+	return env && env[0] ? env : DAEMON_SOCKET_DEFAULT;
+}
+
+void daemon_config_defaults(struct daemon_config *config)
+{
+	memset(config, 0, sizeof(*config));
+	snprintf(config->socket_path, sizeof(config->socket_path), "%s", daemon_default_socket());
+	config->socket_mode = 0660;
+	snprintf(config->data_dir, sizeof(config->data_dir), "%s", DAEMON_DATA_DIR_DEFAULT);
+	snprintf(config->log_level, sizeof(config->log_level), "info");
+	snprintf(config->role, sizeof(config->role), "peer");
+	config->shutdown_timeout_ms = 5000;
+	config->max_connections = 4096;
+	config->max_message_bytes = 1 << 20;
+	config->idle_timeout_ms = 5 * 60 * 1000;
+}
+
+int daemon_config_load(struct daemon_config *config, const char *path, char *err,
+		       size_t err_size)
+{
+	return config_load_file(path, daemon_options, DAEMON_OPTION_COUNT, config, err, err_size);
+}
+
+int daemon_config_set(struct daemon_config *config, const char *key, const char *value,
+		      char *err, size_t err_size)
+{
+	return config_set(daemon_options, DAEMON_OPTION_COUNT, config, key, value, err, err_size);
+}

@@ -1,0 +1,43 @@
+/* daemon-config: ringflyd's settings, their defaults, YAML keys and flags. */
+#ifndef RINGFLY_DAEMON_DAEMON_CONFIG_H
+#define RINGFLY_DAEMON_DAEMON_CONFIG_H
+
+#include <limits.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "net/uds.h"
+
+#define DAEMON_SOCKET_DEFAULT "/run/ringfly/ringflyd.sock"
+#define DAEMON_DATA_DIR_DEFAULT "/var/lib/ringfly"
+
+struct daemon_config {
+	char socket_path[UDS_PATH_MAX + 1];	/* socket */
+	uint32_t socket_mode;			/* socket_mode */
+	char data_dir[PATH_MAX];		/* data_dir */
+	char log_level[16];			/* log_level */
+	char role[16];				/* role: peer | seed */
+	char listen_peer[256];			/* listen_peer: HOST:PORT, "" = none */
+	int64_t shutdown_timeout_ms;		/* shutdown_timeout */
+	int64_t max_connections;		/* limits.max_connections */
+	int64_t max_message_bytes;		/* limits.max_message_bytes */
+	int64_t idle_timeout_ms;		/* limits.idle_timeout */
+};
+
+/* Built-in defaults; the socket default comes from $RINGFLY_SOCKET when set. */
+void daemon_config_defaults(struct daemon_config *config);
+
+/* Reads a YAML file over the current values. 0 or negative errno; err names
+ * the file, line and key. */
+int daemon_config_load(struct daemon_config *config, const char *path, char *err,
+		       size_t err_size);
+
+/* Sets one key (YAML name, e.g. "limits.max_connections") from a flag value. */
+int daemon_config_set(struct daemon_config *config, const char *key, const char *value,
+		      char *err, size_t err_size);
+
+/* The socket path a client should use by default: $RINGFLY_SOCKET or the
+ * built-in default. */
+const char *daemon_default_socket(void);
+
+#endif

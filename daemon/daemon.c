@@ -1,0 +1,390 @@
+/* daemon: the ringflyd node: listeners, the CLI service, life cycle. */
+#include "daemon/daemon.h"
+
+#include <assert.h>
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include "core/clock.h"
+#include "core/log.h"
+#include "core/loop.h"
+#include "net/conn.h"
+#include "net/tcp.h"
+#include "net/uds.h"
+#include "rpc/frame.h"
+
+/*
+ * Startup order matters more than anything else here: nothing slow happens
+ * before the Unix listener is registered on the ring. A restarted daemon
+ * answers health within milliseconds; later work (cache recovery, scheduler
+ * registration, the peer listener) happens once it already does.
+ */
+
+#define DAEMON_DRAIN_POLL_MS 5u
+#define DAEMON_PEER_RETRY_MS 20u
+#define DAEMON_PEER_RETRY_LIMIT 250 /* 5 s: a dying predecessor's port frees in ms */
+/* After the shutdown deadline closed everything, how long cancellations may
+ * take before we stop regardless. */
+#define DAEMON_STOP_GRACE_MS 1000u
+
+struct daemon {
+	const struct daemon_config *config;
+	struct loop *loop;
+	struct uds_listener uds;
+	struct conn_server *cli;
+	struct conn_server *peer;
+	int peer_fd;
+	int peer_attempts;
+	uint64_t started_ms;
+	bool draining;
+	bool failed;	/* the shutdown was caused by a failure: exit 1 */
+	bool deadline_passed;
+	uint64_t drain_started_ms;
+
+	struct loop_op drain_op;
+	struct loop_op peer_retry_op;
+	bool drain_armed;
+	bool peer_retry_armed;
+};
+
+static const char *daemon_signal_name(int signo)
+{
+	switch (signo) {
+	case SIGTERM: return "SIGTERM";
+	case SIGINT: return "SIGINT";
+	case SIGHUP: return "SIGHUP";
+	default: return "signal";
+	}
+}
+
+/* --- requests. */
+
+static void daemon_answer_health(struct daemon *daemon, struct conn *conn, uint64_t id)
+{
+	Ringfly__HealthResponse response = RINGFLY__HEALTH_RESPONSE__INIT;
+
+	response.id = id;
+	response.version = (char *)RINGFLY_VERSION;
+	response.pid = (uint32_t)getpid();
+	response.uptime_ms = clock_monotonic_ms() - daemon->started_ms;
+	response.role = (char *)daemon->config->role;
+	response.socket_path = daemon->uds.path;
+	response.open_connections = conn_server_count(daemon->cli) +
+				    (daemon->peer ? conn_server_count(daemon->peer) : 0);
+	response.socket_activated = daemon->uds.activated;
+	conn_send_frame(conn, FRAME_TYPE_HEALTH_RESPONSE, &response.base);
+}
+
+static void daemon_answer_hello(struct daemon *daemon, struct conn *conn, uint64_t id)
+{
+	Ringfly__Hello hello = RINGFLY__HELLO__INIT;
+	char hostname[256] = "";
+
+	gethostname(hostname, sizeof(hostname) - 1);
+	hello.id = id;
+	hello.version = (char *)RINGFLY_VERSION;
+	hello.hostname = hostname;
+	hello.pid = (uint32_t)getpid();
+	hello.role = (char *)daemon->config->role;
+	conn_send_frame(conn, FRAME_TYPE_HELLO, &hello.base);
+}
+
+static int daemon_frame(struct conn *conn, uint8_t type, const uint8_t *message,
+			size_t message_len)
+{
+	struct daemon *daemon = conn_server_context(conn_get_server(conn));
+	ProtobufCMessage *msg = frame_unpack(type, message, message_len, NULL);
+
+	if (!msg) {
+		conn_send_error(conn, 0, RINGFLY__ERROR_CODE__ERROR_CODE_MALFORMED,
+				"%s message of %zu bytes does not decode", frame_type_name(type),
+				message_len);
+		return 0;
+	}
+	switch (type) {
+	case FRAME_TYPE_HEALTH_REQUEST:
+		daemon_answer_health(daemon, conn, ((Ringfly__HealthRequest *)msg)->id);
+		break;
+	case FRAME_TYPE_HELLO:
+		daemon_answer_hello(daemon, conn, ((Ringfly__Hello *)msg)->id);
+		break;
+	case FRAME_TYPE_ERROR: {
+		Ringfly__Error *error = (Ringfly__Error *)msg;
+		int pid;
+		unsigned uid;
+
+		conn_peer(conn, &pid, &uid);
+		log_info("daemon", "peer reported an error pid=%d code=%d message=\"%s\"", pid,
+			 (int)error->code, error->message);
+		conn_close(conn);
+		break;
+	}
+	default:
+		conn_send_error(conn, 0, RINGFLY__ERROR_CODE__ERROR_CODE_UNEXPECTED,
+				"ringflyd does not take %s messages", frame_type_name(type));
+		break;
+	}
+	protobuf_c_message_free_unpacked(msg, NULL);
+	return 0;
+}
+
+/* --- shutdown. */
+
+static bool daemon_drained(const struct daemon *daemon)
+{
+	if (conn_server_accepting(daemon->cli) || conn_server_count(daemon->cli))
+		return false;
+	if (daemon->peer && (conn_server_accepting(daemon->peer) || conn_server_count(daemon->peer)))
+		return false;
+	return !daemon->peer_retry_armed;
+}
+
+static void daemon_drain_done(struct loop_op *op, int res, uint32_t flags)
+{
+	struct daemon *daemon = op->owner;
+	uint64_t elapsed_ms = clock_monotonic_ms() - daemon->drain_started_ms;
+
+	(void)res;
+	(void)flags;
+	daemon->drain_armed = false;
+	if (daemon_drained(daemon) ||
+	    elapsed_ms >= (uint64_t)daemon->config->shutdown_timeout_ms + DAEMON_STOP_GRACE_MS) {
+		loop_stop(daemon->loop);
+		return;
+	}
+	if (!daemon->deadline_passed && elapsed_ms >= (uint64_t)daemon->config->shutdown_timeout_ms) {
+		daemon->deadline_passed = true;
+		log_warn("daemon", "shutdown deadline passed, closing connections left=%u",
+			 conn_server_count(daemon->cli) +
+				 (daemon->peer ? conn_server_count(daemon->peer) : 0));
+		conn_server_close_idle(daemon->cli, true);
+		if (daemon->peer)
+			conn_server_close_idle(daemon->peer, true);
+	} else {
+		/* Connections that went idle since the last look. */
+		conn_server_close_idle(daemon->cli, false);
+		if (daemon->peer)
+			conn_server_close_idle(daemon->peer, false);
+	}
+	loop_op_init(&daemon->drain_op, daemon_drain_done, daemon);
+	if (loop_timeout(daemon->loop, &daemon->drain_op, DAEMON_DRAIN_POLL_MS) == 0)
+		daemon->drain_armed = true;
+	else
+		loop_stop(daemon->loop);
+}
+
+static void daemon_begin_shutdown(struct daemon *daemon, int signo)
+{
+	if (daemon->draining) {
+		/* A second signal: do not wait for anyone. */
+		log_info("daemon", "second %s, closing every connection now",
+			 daemon_signal_name(signo));
+		conn_server_close_idle(daemon->cli, true);
+		if (daemon->peer)
+			conn_server_close_idle(daemon->peer, true);
+		daemon->deadline_passed = true;
+		return;
+	}
+	daemon->draining = true;
+	daemon->drain_started_ms = clock_monotonic_ms();
+	log_info("daemon", "shutting down signal=%s connections=%u deadline_ms=%lld",
+		 daemon_signal_name(signo), conn_server_count(daemon->cli),
+		 (long long)daemon->config->shutdown_timeout_ms);
+
+	conn_server_stop_accepting(daemon->cli);
+	if (daemon->peer)
+		conn_server_stop_accepting(daemon->peer);
+	if (daemon->peer_retry_armed)
+		loop_cancel_op(daemon->loop, &daemon->peer_retry_op);
+	/* New clients now find no socket (or the next daemon's). */
+	uds_close(&daemon->uds);
+	if (daemon->peer_fd >= 0) {
+		close(daemon->peer_fd);
+		daemon->peer_fd = -1;
+	}
+	conn_server_close_idle(daemon->cli, false);
+	if (daemon->peer)
+		conn_server_close_idle(daemon->peer, false);
+
+	loop_op_init(&daemon->drain_op, daemon_drain_done, daemon);
+	if (loop_timeout(daemon->loop, &daemon->drain_op, DAEMON_DRAIN_POLL_MS) == 0)
+		daemon->drain_armed = true;
+	else
+		loop_stop(daemon->loop);
+}
+
+static void daemon_signal(struct loop *loop, int signo, void *arg)
+{
+	struct daemon *daemon = arg;
+
+	(void)loop;
+	if (signo == SIGHUP) {
+		log_info("daemon", "SIGHUP: nothing to reload yet");
+		return;
+	}
+	daemon_begin_shutdown(daemon, signo);
+}
+
+/* --- the peer listener: after the daemon already answers health. */
+
+static struct conn_server_options daemon_server_options(const struct daemon *daemon,
+							const char *name)
+{
+	struct conn_server_options options = {
+		.max_connections = (unsigned)daemon->config->max_connections,
+		.max_message_bytes = (uint32_t)daemon->config->max_message_bytes,
+		.idle_timeout_ms = (unsigned)daemon->config->idle_timeout_ms,
+		.name = name,
+	};
+	return options;
+}
+
+static void daemon_peer_listen(struct daemon *daemon);
+
+static void daemon_peer_retry_done(struct loop_op *op, int res, uint32_t flags)
+{
+	struct daemon *daemon = op->owner;
+
+	(void)flags;
+	daemon->peer_retry_armed = false;
+	if (res == -ECANCELED || daemon->draining)
+		return;
+	daemon_peer_listen(daemon);
+}
+
+static void daemon_peer_listen(struct daemon *daemon)
+{
+	char err[256];
+	int fd;
+
+	fd = tcp_listen(daemon->config->listen_peer, 0, err, sizeof(err));
+	if (fd == -EADDRINUSE && ++daemon->peer_attempts < DAEMON_PEER_RETRY_LIMIT) {
+		/* Likely our own predecessor, killed a moment ago: its ring
+		 * still holds the port for a few milliseconds. */
+		loop_op_init(&daemon->peer_retry_op, daemon_peer_retry_done, daemon);
+		if (loop_timeout(daemon->loop, &daemon->peer_retry_op, DAEMON_PEER_RETRY_MS) == 0) {
+			daemon->peer_retry_armed = true;
+			return;
+		}
+	}
+	if (fd < 0) {
+		log_error("daemon", "peer listener unavailable, stopping: %s", err);
+		fprintf(stderr, "ringflyd: %s\n", err);
+		daemon->failed = true;
+		daemon_begin_shutdown(daemon, SIGTERM);
+		return;
+	}
+	daemon->peer_fd = fd;
+	if (conn_server_listen(daemon->peer, fd) < 0) {
+		log_error("daemon", "cannot accept on the peer listener address=%s",
+			  daemon->config->listen_peer);
+		return;
+	}
+	log_info("daemon", "listening peer=%s port=%d", daemon->config->listen_peer,
+		 tcp_local_port(fd));
+}
+
+/* --- startup. */
+
+static void daemon_raise_fd_limit(void)
+{
+	struct rlimit limit;
+
+	if (getrlimit(RLIMIT_NOFILE, &limit) == 0 && limit.rlim_cur < limit.rlim_max) {
+		limit.rlim_cur = limit.rlim_max;
+		setrlimit(RLIMIT_NOFILE, &limit);
+	}
+}
+
+int daemon_run(const struct daemon_config *config)
+{
+	static const struct conn_handlers handlers = { .frame = daemon_frame };
+	struct uds_listen_options uds_options = {
+		.path = config->socket_path,
+		.mode = config->socket_mode,
+		.owner_name = "ringflyd",
+		.allow_activation = true,
+	};
+	struct daemon daemon = { .config = config, .peer_fd = -1 };
+	struct conn_server_options options;
+	char err[512];
+	sigset_t signals;
+	int rc, exit_code = 1;
+
+	daemon.started_ms = clock_monotonic_ms();
+	daemon_raise_fd_limit();
+	signal(SIGPIPE, SIG_IGN);
+
+	rc = loop_create(&daemon.loop, NULL);
+	if (rc < 0) {
+		fprintf(stderr, "ringflyd: cannot set up io_uring: %s\n", strerror(-rc));
+		return 1;
+	}
+	/* Block the signals before anything can be killed half-way through. */
+	sigemptyset(&signals);
+	sigaddset(&signals, SIGTERM);
+	sigaddset(&signals, SIGINT);
+	sigaddset(&signals, SIGHUP);
+	rc = loop_signals(daemon.loop, &signals, daemon_signal, &daemon);
+	if (rc < 0) {
+		fprintf(stderr, "ringflyd: cannot watch signals: %s\n", strerror(-rc));
+		goto out_loop;
+	}
+
+	rc = uds_listen(&daemon.uds, &uds_options, err, sizeof(err));
+	if (rc < 0) {
+		fprintf(stderr, "ringflyd: %s\n", err);
+		goto out_loop;
+	}
+
+	options = daemon_server_options(&daemon, "cli");
+	rc = conn_server_create(&daemon.cli, daemon.loop, &handlers, &options, &daemon);
+	if (rc == 0)
+		rc = conn_server_listen(daemon.cli, daemon.uds.fd);
+	if (rc < 0) {
+		fprintf(stderr, "ringflyd: %s: cannot accept: %s\n", daemon.uds.path, strerror(-rc));
+		goto out_uds;
+	}
+	log_info("daemon", "listening path=%s pid=%d role=%s activated=%s single_issuer=%s "
+		 "defer_taskrun=%s", daemon.uds.path, (int)getpid(), config->role,
+		 daemon.uds.activated ? "yes" : "no",
+		 loop_features(daemon.loop)->single_issuer ? "yes" : "no",
+		 loop_features(daemon.loop)->defer_taskrun ? "yes" : "no");
+
+	/* Everything below runs while the daemon already answers. */
+	if (config->listen_peer[0]) {
+		options = daemon_server_options(&daemon, "peer");
+		rc = conn_server_create(&daemon.peer, daemon.loop, &handlers, &options, &daemon);
+		if (rc < 0) {
+			fprintf(stderr, "ringflyd: peer listener: %s\n", strerror(-rc));
+			goto out_servers;
+		}
+		daemon_peer_listen(&daemon);
+	}
+
+	rc = loop_run(daemon.loop);
+	if (rc == 0 && daemon.draining) {
+		log_info("daemon", "stopped cleanly uptime_ms=%llu",
+			 (unsigned long long)(clock_monotonic_ms() - daemon.started_ms));
+		exit_code = daemon.failed ? 1 : 0;
+	}
+
+out_servers:
+	if (daemon.peer_fd >= 0)
+		close(daemon.peer_fd);
+out_uds:
+	uds_close(&daemon.uds);
+	/* The ring goes first: no completion can arrive for what we free next. */
+	loop_destroy(daemon.loop);
+	conn_server_destroy(daemon.cli);
+	conn_server_destroy(daemon.peer);
+	return exit_code;
+out_loop:
+	loop_destroy(daemon.loop);
+	return 1;
+}
