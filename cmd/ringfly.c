@@ -24,7 +24,7 @@ static const struct config_option cli_option_table[] = {
 	{ "socket", CONFIG_STRING, offsetof(struct cli_options, socket_path),
 	  sizeof(((struct cli_options *)0)->socket_path), 0, 0, NULL },
 	{ "timeout", CONFIG_DURATION, offsetof(struct cli_options, timeout_ms), 0, 1,
-	  24 * 3600 * 1000LL, NULL },
+	  24LL * 3600 * 1000, NULL },
 };
 
 struct cli_call {
@@ -87,8 +87,8 @@ static int cli_request(struct cli_call *call, uint8_t type, const ProtobufCMessa
 {
 	uint8_t header[FRAME_HEADER_SIZE], frame[4096];
 	uint8_t *body = NULL;
-	const uint8_t *message;
-	size_t message_len, frame_size;
+	const uint8_t *message = NULL;
+	size_t message_len = 0, frame_size = 0;
 	char err[256];
 	ssize_t n;
 	int rc;
@@ -106,13 +106,12 @@ static int cli_request(struct cli_call *call, uint8_t type, const ProtobufCMessa
 
 	rc = cli_read_full(call, header, sizeof(header));
 	if (rc == 0) {
+		/* The header alone tells the whole frame's size (bounded by the
+		 * type's maximum), or that this is no ringfly frame. */
 		enum frame_peek_result result = frame_peek(header, sizeof(header), 0, reply_type,
 							   &message, &message_len, &frame_size);
-		if (result != FRAME_PEEK_NEED_MORE || frame_size < sizeof(header)) {
-			if (result == FRAME_PEEK_OK && frame_size == sizeof(header))
-				goto decode; /* an empty message */
+		if (result != FRAME_PEEK_OK && result != FRAME_PEEK_NEED_MORE)
 			return cli_fail(call, "%s", "the answer is not a valid ringfly frame");
-		}
 		body = malloc(frame_size);
 		if (!body)
 			return cli_fail(call, "%s", "out of memory");
@@ -135,9 +134,7 @@ static int cli_request(struct cli_call *call, uint8_t type, const ProtobufCMessa
 		free(body);
 		return cli_fail(call, "%s", "the answer is not a valid ringfly frame");
 	}
-decode:
-	*reply = frame_unpack(*reply_type, body ? message : header + FRAME_HEADER_SIZE,
-			      body ? message_len : 0, NULL);
+	*reply = frame_unpack(*reply_type, message, message_len, NULL);
 	free(body);
 	if (!*reply)
 		return cli_fail(call, "%s", "the answer does not decode");

@@ -92,7 +92,7 @@ int tcp_listen(const char *address, int backlog, char *err, size_t err_size)
 
 int tcp_local_port(int fd)
 {
-	struct sockaddr_storage addr;
+	struct sockaddr_storage addr = { 0 };
 	socklen_t len = sizeof(addr);
 
 	if (getsockname(fd, (struct sockaddr *)&addr, &len) < 0)

@@ -548,9 +548,9 @@ static bool uds_take_activated(struct uds_listener *listener)
 {
 	const char *pid_text = getenv("LISTEN_PID");
 	const char *fds_text = getenv("LISTEN_FDS");
-	int fd = SD_LISTEN_FDS_START, value;
+	int fd = SD_LISTEN_FDS_START, value = 0;
 	socklen_t len = sizeof(value);
-	struct sockaddr_un addr;
+	struct sockaddr_un addr = { 0 };
 	socklen_t addr_len = sizeof(addr);
 
 	if (!pid_text || !fds_text || (pid_t)strtol(pid_text, NULL, 10) != getpid() ||
@@ -662,7 +662,7 @@ int uds_connect(const char *path, unsigned connect_timeout_ms, unsigned io_timeo
 	}
 	/* A blocking Unix connect waits for backlog room up to SO_SNDTIMEO. */
 	tv.tv_sec = connect_timeout_ms / 1000;
-	tv.tv_usec = (connect_timeout_ms % 1000) * 1000;
+	tv.tv_usec = (suseconds_t)(connect_timeout_ms % 1000) * 1000;
 	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
 	if (connect(fd, (struct sockaddr *)&addr, sizeof(addr)) < 0) {
 		rc = -errno;
@@ -677,7 +677,7 @@ int uds_connect(const char *path, unsigned connect_timeout_ms, unsigned io_timeo
 		return rc;
 	}
 	tv.tv_sec = io_timeout_ms / 1000;
-	tv.tv_usec = (io_timeout_ms % 1000) * 1000;
+	tv.tv_usec = (suseconds_t)(io_timeout_ms % 1000) * 1000;
 	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
 	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
 	return fd;
