@@ -28,7 +28,7 @@
 
 /* A parsed value, before it is stored. `str` is borrowed from the input. */
 struct config_value {
-	int64_t num; /* INT/BYTES/DURATION/MODE/BOOL; CHOICE: index in choices */
+	int64_t num;	 /* INT/BYTES/DURATION/MODE/BOOL; CHOICE: index in choices */
 	const char *str; /* STRING */
 	size_t len;	 /* STRING */
 };
@@ -153,8 +153,8 @@ static bool config_scalar_is_null(const yaml_event_t *ev)
 	if (ev->data.scalar.style != YAML_PLAIN_SCALAR_STYLE)
 		return false;
 	return len == 0 || (len == 1 && v[0] == '~') ||
-	       (len == 4 && (!memcmp(v, "null", 4) || !memcmp(v, "Null", 4) ||
-			     !memcmp(v, "NULL", 4)));
+	       (len == 4 &&
+		(!memcmp(v, "null", 4) || !memcmp(v, "Null", 4) || !memcmp(v, "NULL", 4)));
 }
 
 /* What an option accepts, as the "expects ..." part of a message. */
@@ -178,8 +178,8 @@ static const char *config_describe(const struct config_option *opt, char *buf, s
 	case CONFIG_CHOICE:
 		used = (size_t)snprintf(buf, size, "one of");
 		for (size_t i = 0; opt->choices[i] && used < size; i++)
-			used += (size_t)snprintf(buf + used, size - used, "%s %s",
-						 i ? "," : "", opt->choices[i]);
+			used += (size_t)snprintf(buf + used, size - used, "%s %s", i ? "," : "",
+						 opt->choices[i]);
 		return buf;
 	}
 	assert(!"unknown config_type");
@@ -300,7 +300,8 @@ static int config_parse_value(const struct config_option *opt, const char *s, si
 			out->str = "";
 			return 0;
 		}
-		snprintf(reason, size, "expects %s, got null", config_describe(opt, what, sizeof(what)));
+		snprintf(reason, size, "expects %s, got null",
+			 config_describe(opt, what, sizeof(what)));
 		return -EINVAL;
 	}
 
@@ -358,14 +359,14 @@ static int config_parse_value(const struct config_option *opt, const char *s, si
 		break;
 	}
 
-	if (rc == 0 && (opt->type == CONFIG_INT || opt->type == CONFIG_BYTES ||
-			opt->type == CONFIG_DURATION) &&
+	if (rc == 0 &&
+	    (opt->type == CONFIG_INT || opt->type == CONFIG_BYTES ||
+	     opt->type == CONFIG_DURATION) &&
 	    (out->num < opt->min || out->num > opt->max))
 		rc = -ERANGE;
 	if (rc == -ERANGE) {
 		snprintf(reason, size, "must be between %" PRId64 " and %" PRId64 "%s, got '%s'",
-			 opt->min, opt->max, unit,
-			 config_quote(quoted, sizeof(quoted), s, len));
+			 opt->min, opt->max, unit, config_quote(quoted, sizeof(quoted), s, len));
 		return -EINVAL;
 	}
 	if (rc) {
@@ -426,8 +427,8 @@ static const struct config_option *config_find(const struct config_option *optio
 }
 
 /* Whether some key continues path[len] with a dot; the first such option in *index. */
-static bool config_find_section(const struct config_option *options, size_t count,
-				const char *path, size_t len, size_t *index)
+static bool config_find_section(const struct config_option *options, size_t count, const char *path,
+				size_t len, size_t *index)
 {
 	for (size_t i = 0; i < count; i++) {
 		if (strncmp(options[i].key, path, len) == 0 && options[i].key[len] == '.') {
@@ -579,18 +580,25 @@ static int config_resolve(struct config_ctx *ctx, size_t line, const struct conf
 	char key[CONFIG_QUOTE_KEY + 4];
 
 	*opt = NULL;
-	if (memchr(ctx->path, '\0', ctx->path_len) == NULL)
+	/* A key with a NUL byte in it (a quoted "\0") names nothing. */
+	if (memchr(ctx->path, '\0', ctx->path_len) == NULL) {
 		*opt = config_find(ctx->options, ctx->count, ctx->path, index);
-	if (*opt)
-		return 0;
-	if (ctx->path_len == strlen(ctx->path) &&
-	    config_find_section(ctx->options, ctx->count, ctx->path, ctx->path_len, section))
-		return 1;
-	return config_fail(ctx, line, -EINVAL, "unknown key '%s'", config_key(ctx, key, sizeof(key)));
+		if (*opt)
+			return 0;
+		if (config_find_section(ctx->options, ctx->count, ctx->path, ctx->path_len,
+					section))
+			return 1;
+	}
+	return config_fail(ctx, line, -EINVAL, "unknown key '%s'",
+			   config_key(ctx, key, sizeof(key)));
 }
 
 static int config_read_mapping(struct config_ctx *ctx, size_t prefix_len);
 
+/*
+ * Reads the mapping of a known section. Only known sections are entered, so
+ * the recursion is as deep as the table's keys have dots.
+ */
 static int config_enter_section(struct config_ctx *ctx, size_t line, size_t section)
 {
 	char key[CONFIG_QUOTE_KEY + 4];
@@ -613,9 +621,8 @@ static int config_enter_section(struct config_ctx *ctx, size_t line, size_t sect
 	return config_read_mapping(ctx, ctx->path_len);
 }
 
-static int config_stage_scalar(struct config_ctx *ctx, size_t line,
-			       const struct config_option *opt, size_t index,
-			       const yaml_event_t *ev)
+static int config_stage_scalar(struct config_ctx *ctx, size_t line, const struct config_option *opt,
+			       size_t index, const yaml_event_t *ev)
 {
 	char key[CONFIG_QUOTE_KEY + 4], reason[CONFIG_REASON_MAX];
 	struct config_staged *st = &ctx->staged[index];
@@ -666,7 +673,8 @@ static int config_read_value(struct config_ctx *ctx, size_t line)
 	switch (ev.type) {
 	case YAML_SCALAR_EVENT:
 		if (kind == 1)
-			rc = config_fail(ctx, line, -EINVAL, "key '%s' is a section, expected a mapping",
+			rc = config_fail(ctx, line, -EINVAL,
+					 "key '%s' is a section, expected a mapping",
 					 config_key(ctx, key, sizeof(key)));
 		else
 			rc = config_stage_scalar(ctx, line, opt, index, &ev);
@@ -679,7 +687,8 @@ static int config_read_value(struct config_ctx *ctx, size_t line)
 		/* fall through */
 	case YAML_SEQUENCE_START_EVENT:
 		if (kind == 1)
-			rc = config_fail(ctx, line, -EINVAL, "key '%s' is a section, expected a mapping",
+			rc = config_fail(ctx, line, -EINVAL,
+					 "key '%s' is a section, expected a mapping",
 					 config_key(ctx, key, sizeof(key)));
 		else
 			rc = config_fail(ctx, line, -EINVAL, "key '%s' expects %s, got %s",
