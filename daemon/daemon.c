@@ -48,7 +48,6 @@ struct daemon {
 
 	struct loop_op drain_op;
 	struct loop_op peer_retry_op;
-	bool drain_armed;
 	bool peer_retry_armed;
 };
 
@@ -64,6 +63,11 @@ static const char *daemon_signal_name(int signo)
 
 /* --- requests. */
 
+static unsigned daemon_connection_count(const struct daemon *daemon)
+{
+	return conn_server_count(daemon->cli) + (daemon->peer ? conn_server_count(daemon->peer) : 0);
+}
+
 static void daemon_answer_health(struct daemon *daemon, struct conn *conn, uint64_t id)
 {
 	Ringfly__HealthResponse response = RINGFLY__HEALTH_RESPONSE__INIT;
@@ -74,8 +78,7 @@ static void daemon_answer_health(struct daemon *daemon, struct conn *conn, uint6
 	response.uptime_ms = clock_monotonic_ms() - daemon->started_ms;
 	response.role = (char *)daemon->config->role;
 	response.socket_path = daemon->uds.path;
-	response.open_connections = conn_server_count(daemon->cli) +
-				    (daemon->peer ? conn_server_count(daemon->peer) : 0);
+	response.open_connections = daemon_connection_count(daemon);
 	response.socket_activated = daemon->uds.activated;
 	conn_send_frame(conn, FRAME_TYPE_HEALTH_RESPONSE, &response.base);
 }
@@ -135,6 +138,24 @@ static int daemon_frame(struct conn *conn, uint8_t type, const uint8_t *message,
 
 /* --- shutdown. */
 
+/* Closes idle connections, or with `all` every connection. */
+static void daemon_close_connections(struct daemon *daemon, bool all)
+{
+	conn_server_close_idle(daemon->cli, all);
+	if (daemon->peer)
+		conn_server_close_idle(daemon->peer, all);
+}
+
+static void daemon_drain_done(struct loop_op *op, int res, uint32_t flags);
+
+/* Looks again in DAEMON_DRAIN_POLL_MS; stops the loop if it cannot. */
+static void daemon_arm_drain(struct daemon *daemon)
+{
+	loop_op_init(&daemon->drain_op, daemon_drain_done, daemon);
+	if (loop_timeout(daemon->loop, &daemon->drain_op, DAEMON_DRAIN_POLL_MS) < 0)
+		loop_stop(daemon->loop);
+}
+
 static bool daemon_drained(const struct daemon *daemon)
 {
 	if (conn_server_accepting(daemon->cli) || conn_server_count(daemon->cli))
@@ -151,7 +172,6 @@ static void daemon_drain_done(struct loop_op *op, int res, uint32_t flags)
 
 	(void)res;
 	(void)flags;
-	daemon->drain_armed = false;
 	if (daemon_drained(daemon) ||
 	    elapsed_ms >= (uint64_t)daemon->config->shutdown_timeout_ms + DAEMON_STOP_GRACE_MS) {
 		loop_stop(daemon->loop);
@@ -160,22 +180,13 @@ static void daemon_drain_done(struct loop_op *op, int res, uint32_t flags)
 	if (!daemon->deadline_passed && elapsed_ms >= (uint64_t)daemon->config->shutdown_timeout_ms) {
 		daemon->deadline_passed = true;
 		log_warn("daemon", "shutdown deadline passed, closing connections left=%u",
-			 conn_server_count(daemon->cli) +
-				 (daemon->peer ? conn_server_count(daemon->peer) : 0));
-		conn_server_close_idle(daemon->cli, true);
-		if (daemon->peer)
-			conn_server_close_idle(daemon->peer, true);
+			 daemon_connection_count(daemon));
+		daemon_close_connections(daemon, true);
 	} else {
 		/* Connections that went idle since the last look. */
-		conn_server_close_idle(daemon->cli, false);
-		if (daemon->peer)
-			conn_server_close_idle(daemon->peer, false);
+		daemon_close_connections(daemon, false);
 	}
-	loop_op_init(&daemon->drain_op, daemon_drain_done, daemon);
-	if (loop_timeout(daemon->loop, &daemon->drain_op, DAEMON_DRAIN_POLL_MS) == 0)
-		daemon->drain_armed = true;
-	else
-		loop_stop(daemon->loop);
+	daemon_arm_drain(daemon);
 }
 
 static void daemon_begin_shutdown(struct daemon *daemon, int signo)
@@ -184,16 +195,14 @@ static void daemon_begin_shutdown(struct daemon *daemon, int signo)
 		/* A second signal: do not wait for anyone. */
 		log_info("daemon", "second %s, closing every connection now",
 			 daemon_signal_name(signo));
-		conn_server_close_idle(daemon->cli, true);
-		if (daemon->peer)
-			conn_server_close_idle(daemon->peer, true);
+		daemon_close_connections(daemon, true);
 		daemon->deadline_passed = true;
 		return;
 	}
 	daemon->draining = true;
 	daemon->drain_started_ms = clock_monotonic_ms();
 	log_info("daemon", "shutting down signal=%s connections=%u deadline_ms=%lld",
-		 daemon_signal_name(signo), conn_server_count(daemon->cli),
+		 daemon_signal_name(signo), daemon_connection_count(daemon),
 		 (long long)daemon->config->shutdown_timeout_ms);
 
 	conn_server_stop_accepting(daemon->cli);
@@ -207,15 +216,8 @@ static void daemon_begin_shutdown(struct daemon *daemon, int signo)
 		close(daemon->peer_fd);
 		daemon->peer_fd = -1;
 	}
-	conn_server_close_idle(daemon->cli, false);
-	if (daemon->peer)
-		conn_server_close_idle(daemon->peer, false);
-
-	loop_op_init(&daemon->drain_op, daemon_drain_done, daemon);
-	if (loop_timeout(daemon->loop, &daemon->drain_op, DAEMON_DRAIN_POLL_MS) == 0)
-		daemon->drain_armed = true;
-	else
-		loop_stop(daemon->loop);
+	daemon_close_connections(daemon, false);
+	daemon_arm_drain(daemon);
 }
 
 static void daemon_signal(struct loop *loop, int signo, void *arg)

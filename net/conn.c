@@ -708,6 +708,7 @@ void conn_server_destroy(struct conn_server *server)
 		close(conn->fd);
 		free(conn->input);
 		free(conn->output);
+		free(conn->output_retired);
 		free(conn);
 	}
 	while (server->free_list) {
