@@ -21,6 +21,7 @@ static const struct {
 	{ "listen-peer", "listen_peer" },
 	{ "max-connections", "limits.max_connections" },
 	{ "shutdown-timeout", "shutdown_timeout" },
+	{ "storage-socket-path", "storage.socket_path" },
 };
 
 #define FLAG_KEY_COUNT (sizeof(flag_keys) / sizeof(flag_keys[0]))
@@ -32,6 +33,7 @@ static void usage(FILE *out)
 		"                [--data-dir DIR] [--log-level debug|info|warn|error]\n"
 		"                [--role peer|seed] [--listen-peer HOST:PORT]\n"
 		"                [--max-connections N] [--shutdown-timeout DURATION]\n"
+		"                [--storage-socket-path splice|recv] [--verify-cache]\n"
 		"                [--help] [--version]\n"
 		"Default socket: $RINGFLY_SOCKET, else /run/ringfly/ringflyd.sock.\n"
 		"Precedence: defaults < $RINGFLY_SOCKET < config file < flags.\n");
@@ -39,8 +41,8 @@ static void usage(FILE *out)
 
 int main(int argc, char **argv)
 {
-	enum { OPT_CONFIG = 256, OPT_HELP, OPT_VERSION, OPT_KEY_FIRST };
-	struct option options[FLAG_KEY_COUNT + 4];
+	enum { OPT_CONFIG = 256, OPT_HELP, OPT_VERSION, OPT_VERIFY, OPT_KEY_FIRST };
+	struct option options[FLAG_KEY_COUNT + 5];
 	const char *config_path = NULL;
 	struct daemon_config config;
 	enum log_level level;
@@ -51,8 +53,9 @@ int main(int argc, char **argv)
 	options[0] = (struct option){ "config", required_argument, NULL, OPT_CONFIG };
 	options[1] = (struct option){ "help", no_argument, NULL, OPT_HELP };
 	options[2] = (struct option){ "version", no_argument, NULL, OPT_VERSION };
+	options[3] = (struct option){ "verify-cache", no_argument, NULL, OPT_VERIFY };
 	for (size_t i = 0; i < FLAG_KEY_COUNT; i++)
-		options[3 + i] = (struct option){ flag_keys[i].flag, required_argument, NULL,
+		options[4 + i] = (struct option){ flag_keys[i].flag, required_argument, NULL,
 						  OPT_KEY_FIRST + (int)i };
 
 	/* Pass 1: --config, --help, --version and flag syntax. */
@@ -94,6 +97,8 @@ int main(int argc, char **argv)
 	optind = 1;
 	opterr = 0;
 	while ((opt = getopt_long(argc, argv, "", options, NULL)) != -1) {
+		if (opt == OPT_VERIFY)
+			config.verify_cache = true;
 		if (opt < OPT_KEY_FIRST)
 			continue;
 		rc = daemon_config_set(&config, flag_keys[opt - OPT_KEY_FIRST].key, optarg, err,

@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/signalfd.h>
 #include <unistd.h>
@@ -263,6 +264,42 @@ int loop_read(struct loop *loop, struct loop_op *op, int fd, void *buf, size_t l
 		return -EBUSY;
 	assert(len <= UINT32_MAX);
 	io_uring_prep_read(sqe, fd, buf, (unsigned)len, (uint64_t)offset);
+	loop_sqe_attach(loop, sqe, op);
+	return 0;
+}
+
+int loop_write(struct loop *loop, struct loop_op *op, int fd, const void *buf, size_t len,
+	       int64_t offset)
+{
+	struct io_uring_sqe *sqe = loop_sqes(loop, 1);
+
+	if (!sqe)
+		return -EBUSY;
+	assert(len <= UINT32_MAX);
+	io_uring_prep_write(sqe, fd, buf, (unsigned)len, (uint64_t)offset);
+	loop_sqe_attach(loop, sqe, op);
+	return 0;
+}
+
+int loop_splice(struct loop *loop, struct loop_op *op, int fd_in, int64_t offset_in, int fd_out,
+		int64_t offset_out, unsigned len)
+{
+	struct io_uring_sqe *sqe = loop_sqes(loop, 1);
+
+	if (!sqe)
+		return -EBUSY;
+	io_uring_prep_splice(sqe, fd_in, offset_in, fd_out, offset_out, len, SPLICE_F_MOVE);
+	loop_sqe_attach(loop, sqe, op);
+	return 0;
+}
+
+int loop_fsync(struct loop *loop, struct loop_op *op, int fd, bool datasync)
+{
+	struct io_uring_sqe *sqe = loop_sqes(loop, 1);
+
+	if (!sqe)
+		return -EBUSY;
+	io_uring_prep_fsync(sqe, fd, datasync ? IORING_FSYNC_DATASYNC : 0);
 	loop_sqe_attach(loop, sqe, op);
 	return 0;
 }

@@ -109,6 +109,21 @@ int loop_send(struct loop *loop, struct loop_op *op, int fd, const void *buf, si
 int loop_read(struct loop *loop, struct loop_op *op, int fd, void *buf, size_t len,
 	      int64_t offset);
 
+/* One-shot write of buf[len] (borrowed until completion) at `offset` (-1:
+ * the file position). res may be short: the caller writes the rest. */
+int loop_write(struct loop *loop, struct loop_op *op, int fd, const void *buf, size_t len,
+	       int64_t offset);
+
+/* splice(2) on the ring: up to len bytes from fd_in (at offset_in, or -1 for
+ * a pipe or socket) to fd_out (at offset_out, or -1). One end must be a pipe.
+ * res is the bytes moved (0: the input reached EOF). Into a regular file the
+ * kernel runs it on an io-wq worker. */
+int loop_splice(struct loop *loop, struct loop_op *op, int fd_in, int64_t offset_in, int fd_out,
+		int64_t offset_out, unsigned len);
+
+/* fdatasync (datasync true) or fsync of fd. */
+int loop_fsync(struct loop *loop, struct loop_op *op, int fd, bool datasync);
+
 /* Timeout after timeout_ms: res is -ETIME when it fires, -ECANCELED when
  * removed with loop_cancel_op. */
 int loop_timeout(struct loop *loop, struct loop_op *op, uint64_t timeout_ms);

@@ -9,6 +9,7 @@
 
 static const char *const daemon_roles[] = { "peer", "seed", NULL };
 static const char *const daemon_log_levels[] = { "debug", "info", "warn", "error", NULL };
+static const char *const daemon_socket_paths[] = { "splice", "recv", NULL };
 
 #define STRING_OPTION(name, field) \
 	{ name, CONFIG_STRING, offsetof(struct daemon_config, field), \
@@ -32,6 +33,17 @@ static const struct config_option daemon_options[] = {
 		      1 << 20),
 	NUMBER_OPTION("limits.idle_timeout", CONFIG_DURATION, idle_timeout_ms, 0,
 		      7 * 24 * 3600000LL),
+	CHOICE_OPTION("storage.socket_path", storage_socket_path, daemon_socket_paths),
+	{ "storage.verify_on_read", CONFIG_BOOL, offsetof(struct daemon_config, storage_verify_on_read),
+	  0, 0, 0, NULL },
+	NUMBER_OPTION("storage.sync_batch", CONFIG_INT, storage_sync_batch, 1, 4096),
+	NUMBER_OPTION("storage.sync_delay", CONFIG_DURATION, storage_sync_delay_ms, 1, 10000),
+	NUMBER_OPTION("gc.ttl", CONFIG_DURATION, gc_ttl_ms, 0, 365 * 24 * 3600000LL),
+	NUMBER_OPTION("gc.high_watermark", CONFIG_INT, gc_high_percent, 1, 100),
+	NUMBER_OPTION("gc.low_watermark", CONFIG_INT, gc_low_percent, 1, 100),
+	NUMBER_OPTION("gc.quota", CONFIG_BYTES, gc_quota_bytes, 0, INT64_MAX),
+	NUMBER_OPTION("gc.interval", CONFIG_DURATION, gc_interval_ms, 1000, 24 * 3600000LL),
+	{ "verify_cache", CONFIG_BOOL, offsetof(struct daemon_config, verify_cache), 0, 0, 0, NULL },
 };
 
 #define DAEMON_OPTION_COUNT (sizeof(daemon_options) / sizeof(daemon_options[0]))
@@ -55,6 +67,13 @@ void daemon_config_defaults(struct daemon_config *config)
 	config->max_connections = 4096;
 	config->max_message_bytes = 1 << 20;
 	config->idle_timeout_ms = 5 * 60 * 1000;
+	snprintf(config->storage_socket_path, sizeof(config->storage_socket_path), "splice");
+	config->storage_sync_batch = 16;
+	config->storage_sync_delay_ms = 20;
+	config->gc_ttl_ms = 6 * 3600 * 1000LL;
+	config->gc_high_percent = 90;
+	config->gc_low_percent = 70;
+	config->gc_interval_ms = 60 * 1000;
 }
 
 int daemon_config_load(struct daemon_config *config, const char *path, char *err,

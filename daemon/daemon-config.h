@@ -3,6 +3,7 @@
 #define RINGFLY_DAEMON_DAEMON_CONFIG_H
 
 #include <limits.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -22,6 +23,16 @@ struct daemon_config {
 	int64_t max_connections;		/* limits.max_connections */
 	int64_t max_message_bytes;		/* limits.max_message_bytes */
 	int64_t idle_timeout_ms;		/* limits.idle_timeout */
+	char storage_socket_path[16];		/* storage.socket_path: splice | recv */
+	bool storage_verify_on_read;		/* storage.verify_on_read */
+	int64_t storage_sync_batch;		/* storage.sync_batch (pieces) */
+	int64_t storage_sync_delay_ms;		/* storage.sync_delay */
+	int64_t gc_ttl_ms;			/* gc.ttl (0 = never) */
+	int64_t gc_high_percent;		/* gc.high_watermark */
+	int64_t gc_low_percent;			/* gc.low_watermark */
+	int64_t gc_quota_bytes;			/* gc.quota (0 = the filesystem) */
+	int64_t gc_interval_ms;			/* gc.interval */
+	bool verify_cache;			/* --verify-cache (flag only) */
 };
 
 /* Built-in defaults; the socket default comes from $RINGFLY_SOCKET when set. */

@@ -17,6 +17,7 @@
 #include "net/tcp.h"
 #include "net/uds.h"
 #include "rpc/frame.h"
+#include "storage/store.h"
 
 /*
  * Startup order matters more than anything else here: nothing slow happens
@@ -45,6 +46,9 @@ struct daemon {
 	bool failed;	/* the shutdown was caused by a failure: exit 1 */
 	bool deadline_passed;
 	uint64_t drain_started_ms;
+
+	struct store *store;
+	struct loop_op recover_op;
 
 	struct loop_op drain_op;
 	struct loop_op peer_retry_op;
@@ -291,6 +295,46 @@ static void daemon_peer_listen(struct daemon *daemon)
 		 tcp_local_port(fd));
 }
 
+/* --- the cache: opened before the listener is registered (fast: a lock and
+ * the LMDB environment), recovered on the first loop turn after it. */
+
+static struct store_options daemon_store_options(const struct daemon_config *config)
+{
+	struct store_options options = {
+		.data_dir = config->data_dir,
+		.socket_path = strcmp(config->storage_socket_path, "recv") == 0 ? STORE_SOCKET_RECV
+										 : STORE_SOCKET_SPLICE,
+		.verify_on_read = config->storage_verify_on_read,
+		.sync_batch_pieces = (unsigned)config->storage_sync_batch,
+		.sync_delay_ms = (unsigned)config->storage_sync_delay_ms,
+		.gc_ttl_ms = config->gc_ttl_ms ? config->gc_ttl_ms : -1,
+		.gc_high_percent = (unsigned)config->gc_high_percent,
+		.gc_low_percent = (unsigned)config->gc_low_percent,
+		.gc_quota_bytes = (uint64_t)config->gc_quota_bytes,
+		.gc_interval_ms = config->gc_interval_ms,
+	};
+	return options;
+}
+
+static void daemon_recover_done(struct loop_op *op, int res, uint32_t flags)
+{
+	struct daemon *daemon = op->owner;
+	struct store_recovery report;
+	int rc;
+
+	(void)res;
+	(void)flags;
+	if (daemon->draining)
+		return;
+	rc = store_recover(daemon->store, daemon->config->verify_cache, &report);
+	if (rc < 0)
+		log_error("daemon", "cache recovery failed data_dir=%s error=\"%s\"",
+			  daemon->config->data_dir, strerror(-rc));
+	else if (daemon->config->verify_cache)
+		log_info("daemon", "verified the cache pieces_checked=%u pieces_dropped=%u",
+			 report.pieces_checked, report.pieces_dropped);
+}
+
 /* --- startup. */
 
 static void daemon_raise_fd_limit(void)
@@ -344,6 +388,16 @@ int daemon_run(const struct daemon_config *config)
 		goto out_loop;
 	}
 
+	{
+		struct store_options store_options = daemon_store_options(config);
+
+		rc = store_open(&daemon.store, daemon.loop, &store_options, err, sizeof(err));
+		if (rc < 0) {
+			fprintf(stderr, "ringflyd: %s\n", err);
+			goto out_uds;
+		}
+	}
+
 	options = daemon_server_options(&daemon, "cli");
 	rc = conn_server_create(&daemon.cli, daemon.loop, &handlers, &options, &daemon);
 	if (rc == 0)
@@ -359,6 +413,8 @@ int daemon_run(const struct daemon_config *config)
 		 loop_features(daemon.loop)->defer_taskrun ? "yes" : "no");
 
 	/* Everything below runs while the daemon already answers. */
+	loop_op_init(&daemon.recover_op, daemon_recover_done, &daemon);
+	loop_nop(daemon.loop, &daemon.recover_op);
 	if (config->listen_peer[0]) {
 		options = daemon_server_options(&daemon, "peer");
 		rc = conn_server_create(&daemon.peer, daemon.loop, &handlers, &options, &daemon);
@@ -385,6 +441,7 @@ out_uds:
 	loop_destroy(daemon.loop);
 	conn_server_destroy(daemon.cli);
 	conn_server_destroy(daemon.peer);
+	store_close(daemon.store);
 	return exit_code;
 out_loop:
 	loop_destroy(daemon.loop);

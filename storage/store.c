@@ -1,0 +1,1558 @@
+/* store: the node's cache: task content files, piece writes on the loop, recovery, GC. */
+
+/*
+ * Why a recorded piece is always a good piece
+ * -------------------------------------------
+ * A piece moves through four states, in this order, and only the last one is
+ * visible in the metadata:
+ *
+ *   1. written:  its bytes are at their offset in the content file, by
+ *                splice (socket -> pipe -> file, never in user space), by
+ *                recv + write, or by write from a buffer;
+ *   2. checked:  the crc32c of exactly those bytes matches: read back from the
+ *                page cache after a splice, computed on the buffer otherwise;
+ *   3. durable:  an fdatasync of the content file that started after the
+ *                piece was checked has completed. One fdatasync covers every
+ *                piece checked before it started (batched per task: after
+ *                sync_batch_pieces pieces or sync_delay_ms, whichever first);
+ *   4. recorded: one LMDB transaction adds the piece rows (durable at commit).
+ *
+ * A crash anywhere leaves the metadata behind the data, never ahead of it:
+ * bytes without a row are simply fetched again. Recovery (store_recover)
+ * re-checks the rows of incomplete tasks (those written just before a crash)
+ * and drops any that does not match its bytes, removes metadata whose file is
+ * gone and files that have no metadata. A task is deleted metadata first,
+ * file second, so a crash in between leaves an orphan file, which recovery
+ * removes, and never a row pointing at nothing.
+ *
+ * The content file is created and fallocated before the task's metadata is
+ * written: a full disk is reported before any byte is fetched, and a crash in
+ * between leaves an orphan file, not a task without storage.
+ */
+
+#include "storage/store.h"
+
+#include <assert.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/sendfile.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <unistd.h>
+
+#include "core/clock.h"
+#include "core/hash.h"
+#include "core/log.h"
+#include "storage/piece.h"
+
+#define STORE_CHUNK_SIZE (1u << 20)	/* read-back, recv and copy unit */
+#define STORE_PIPE_SIZE (1u << 20)
+#define STORE_SYNC_BATCH_DEFAULT 16u
+#define STORE_SYNC_DELAY_DEFAULT_MS 20u
+#define STORE_GC_TTL_DEFAULT_MS (6ll * 3600 * 1000)
+#define STORE_GC_INTERVAL_DEFAULT_MS 60000ll
+#define STORE_GC_HIGH_DEFAULT 90u
+#define STORE_GC_LOW_DEFAULT 70u
+#define STORE_POOL_KEEP 16u		/* idle chunks and pipes kept for reuse */
+
+enum piece_stage {
+	PIECE_SPLICE_IN,	/* socket -> pipe */
+	PIECE_SPLICE_OUT,	/* pipe -> file */
+	PIECE_RECV,		/* socket -> chunk */
+	PIECE_WRITE,		/* chunk or caller's buffer -> file */
+	PIECE_READBACK,		/* file -> chunk, for the crc */
+	PIECE_WAIT_SYNC,	/* checked; waiting for fdatasync + record */
+};
+
+struct piece_write {
+	struct store_task *task;
+	struct piece_write *next;
+	struct loop_op op;
+	enum piece_stage stage;
+	uint32_t number;
+	uint64_t offset;	/* of the piece in the file */
+	uint32_t size;
+	uint32_t moved;		/* bytes at their place in the file */
+	uint32_t checked;	/* bytes covered by crc */
+	uint32_t crc;
+	bool has_crc;
+	uint32_t expected_crc;
+	int sock_fd;
+	const uint8_t *source;	/* buffer mode */
+	int pipe_fds[2];	/* splice mode */
+	uint32_t in_pipe;
+	uint8_t *chunk;		/* recv and read-back */
+	uint32_t chunk_len, chunk_done;
+	int res;		/* final result for done() */
+	store_piece_done_fn done;
+	void *arg;
+};
+
+struct store_task {
+	struct store *store;
+	struct store_task *prev, *next;
+	unsigned refs;
+	unsigned writes;		/* piece writes not yet done() */
+	int fd;
+	struct meta_task info;
+	uint8_t *recorded;		/* bitmap of recorded pieces */
+	uint32_t *crcs;			/* crc of each recorded piece */
+	bool failed;
+	char error[256];
+
+	struct piece_write *waiting;	/* checked, waiting for the next sync */
+	unsigned waiting_count;
+	struct piece_write *syncing;	/* covered by the fdatasync in flight */
+	struct meta_piece *rows;	/* one transaction's rows, reused */
+	size_t rows_cap;
+	bool sync_in_flight;
+	bool sync_timer_armed;
+	struct loop_op sync_op;
+	struct loop_op sync_timer_op;
+};
+
+struct store {
+	struct loop *loop;
+	struct store_options options;
+	char data_dir[PATH_MAX];
+	char content_dir[PATH_MAX];
+	struct meta *meta;
+	struct store_task *open_tasks;
+
+	struct piece_write *free_writes;
+	uint8_t *free_chunks[STORE_POOL_KEEP];
+	unsigned free_chunk_count;
+	int free_pipes[STORE_POOL_KEEP][2];
+	unsigned free_pipe_count;
+
+	struct loop_op gc_op;
+	bool gc_armed;
+	int lock_fd;			/* flock on <data_dir>/lock: one daemon per data dir */
+};
+
+static void piece_step(struct piece_write *w);
+static void task_sync_start(struct store_task *task);
+
+/* --- small helpers. */
+
+static void id_hex(const uint8_t id[META_ID_SIZE], char out[HASH_SHA256_HEX_SIZE])
+{
+	hash_hex(id, out);
+}
+
+void store_content_path(const struct store *store, const uint8_t id[META_ID_SIZE], char *out,
+			size_t out_size)
+{
+	char hex[HASH_SHA256_HEX_SIZE];
+
+	id_hex(id, hex);
+	snprintf(out, out_size, "%s/%.2s/%s", store->content_dir, hex, hex);
+}
+
+static uint64_t store_free_bytes(const struct store *store)
+{
+	struct statvfs st;
+
+	if (statvfs(store->data_dir, &st) < 0)
+		return 0;
+	return (uint64_t)st.f_bavail * st.f_frsize;
+}
+
+static int mkdir_if_missing(const char *path, mode_t mode)
+{
+	if (mkdir(path, mode) == 0 || errno == EEXIST)
+		return 0;
+	return -errno;
+}
+
+static bool bit_get(const uint8_t *bits, uint32_t n)
+{
+	return bits[n / 8] & (1u << (n % 8));
+}
+
+static void bit_set(uint8_t *bits, uint32_t n, bool on)
+{
+	if (on)
+		bits[n / 8] |= (uint8_t)(1u << (n % 8));
+	else
+		bits[n / 8] &= (uint8_t)~(1u << (n % 8));
+}
+
+/* --- pools: piece writes, chunks, pipes. Grown to the working set, then reused. */
+
+static struct piece_write *pool_get_write(struct store *store)
+{
+	struct piece_write *w = store->free_writes;
+
+	if (w)
+		store->free_writes = w->next;
+	else if (!(w = malloc(sizeof(*w))))
+		return NULL;
+	memset(w, 0, sizeof(*w));
+	w->pipe_fds[0] = w->pipe_fds[1] = -1;
+	w->sock_fd = -1;
+	return w;
+}
+
+static uint8_t *pool_get_chunk(struct store *store)
+{
+	if (store->free_chunk_count)
+		return store->free_chunks[--store->free_chunk_count];
+	return malloc(STORE_CHUNK_SIZE);
+}
+
+static void pool_put_chunk(struct store *store, uint8_t *chunk)
+{
+	if (!chunk)
+		return;
+	if (store->free_chunk_count < STORE_POOL_KEEP)
+		store->free_chunks[store->free_chunk_count++] = chunk;
+	else
+		free(chunk);
+}
+
+static int pool_get_pipe(struct store *store, int fds[2])
+{
+	if (store->free_pipe_count) {
+		store->free_pipe_count--;
+		fds[0] = store->free_pipes[store->free_pipe_count][0];
+		fds[1] = store->free_pipes[store->free_pipe_count][1];
+		return 0;
+	}
+	if (pipe2(fds, O_CLOEXEC) < 0)
+		return -errno;
+	fcntl(fds[1], F_SETPIPE_SZ, STORE_PIPE_SIZE); /* best effort */
+	return 0;
+}
+
+/* A pipe goes back to the pool only empty; one with bytes left is closed. */
+static void pool_put_pipe(struct store *store, int fds[2], bool empty)
+{
+	if (fds[0] < 0)
+		return;
+	if (empty && store->free_pipe_count < STORE_POOL_KEEP) {
+		store->free_pipes[store->free_pipe_count][0] = fds[0];
+		store->free_pipes[store->free_pipe_count][1] = fds[1];
+		store->free_pipe_count++;
+	} else {
+		close(fds[0]);
+		close(fds[1]);
+	}
+	fds[0] = fds[1] = -1;
+}
+
+/* --- task failure and completion of piece writes. */
+
+static void task_fail(struct store_task *task, int err, const char *what)
+{
+	char hex[HASH_SHA256_HEX_SIZE];
+
+	if (task->failed)
+		return;
+	task->failed = true;
+	id_hex(task->info.id, hex);
+	if (err == -ENOSPC)
+		snprintf(task->error, sizeof(task->error),
+			 "data dir %s: no space left on device (%llu bytes free) while %s "
+			 "task %s", task->store->data_dir,
+			 (unsigned long long)store_free_bytes(task->store), what, hex);
+	else
+		snprintf(task->error, sizeof(task->error), "data dir %s: %s while %s task %s",
+			 task->store->data_dir, strerror(-err), what, hex);
+	log_error("store", "task failed reason=\"%s\"", task->error);
+	meta_task_set_state(task->store->meta, task->info.id, META_TASK_FAILED);
+	task->info.state = META_TASK_FAILED;
+}
+
+static void piece_release(struct piece_write *w, bool report, int res);
+
+/* Reports a piece write's result and returns its resources to the pools. */
+static void piece_finish(struct piece_write *w, int res)
+{
+	piece_release(w, true, res);
+}
+
+static void piece_release(struct piece_write *w, bool report, int res)
+{
+	struct store_task *task = w->task;
+	struct store *store = task->store;
+
+	pool_put_pipe(store, w->pipe_fds, w->in_pipe == 0);
+	pool_put_chunk(store, w->chunk);
+	w->chunk = NULL;
+	assert(task->writes > 0);
+	task->writes--;
+	if (report)
+		w->done(task, w->number, res, w->arg);
+	w->next = store->free_writes;
+	store->free_writes = w;
+	store_task_release(task); /* the reference the write held */
+}
+
+/* --- durability: batched fdatasync, then one metadata transaction. */
+
+static void task_sync_done(struct loop_op *op, int res, uint32_t flags)
+{
+	struct store_task *task = op->owner;
+	struct piece_write *list = task->syncing, *w;
+	size_t n = 0;
+	int rc = res;
+
+	(void)flags;
+	task->sync_in_flight = false;
+	task->syncing = NULL;
+	if (rc < 0)
+		task_fail(task, rc, "syncing");
+	else if (task->failed)
+		rc = -EIO; /* a failed earlier sync may have lost these pages */
+
+	/* Every piece this fdatasync covered, in one transaction: all or none. */
+	for (w = list; rc == 0 && w; w = w->next) {
+		if (n == task->rows_cap) {
+			size_t cap = task->rows_cap ? task->rows_cap * 2 : 32;
+			struct meta_piece *grown = realloc(task->rows, cap * sizeof(*grown));
+
+			if (!grown) {
+				rc = -ENOMEM;
+				break;
+			}
+			task->rows = grown;
+			task->rows_cap = cap;
+		}
+		task->rows[n].number = w->number;
+		task->rows[n].crc32c = w->crc;
+		n++;
+	}
+	if (rc == 0 && n)
+		rc = meta_pieces_record(task->store->meta, task->info.id, task->rows, n);
+	if (rc < 0 && res == 0)
+		task_fail(task, rc, "recording pieces of");
+	if (rc == 0) {
+		for (w = list; w; w = w->next) {
+			bit_set(task->recorded, w->number, true);
+			task->crcs[w->number] = w->crc;
+		}
+		meta_task_get(task->store->meta, task->info.id, &task->info);
+	}
+	/* Pieces that finished waiting meanwhile go into the next sync now. */
+	if (task->waiting_count && !task->sync_timer_armed)
+		task_sync_start(task);
+	while (list) {
+		w = list;
+		list = list->next;
+		piece_finish(w, rc < 0 ? (rc == -EEXIST ? -EIO : rc) : 0);
+	}
+}
+
+static void task_sync_start(struct store_task *task)
+{
+	if (task->sync_in_flight || !task->waiting)
+		return;
+	if (task->sync_timer_armed)
+		loop_cancel_op(task->store->loop, &task->sync_timer_op);
+	task->syncing = task->waiting;
+	task->waiting = NULL;
+	task->waiting_count = 0;
+	loop_op_init(&task->sync_op, task_sync_done, task);
+	if (loop_fsync(task->store->loop, &task->sync_op, task->fd, true) < 0) {
+		task_sync_done(&task->sync_op, -EBUSY, 0);
+		return;
+	}
+	task->sync_in_flight = true;
+}
+
+/* The timer holds a reference: the task outlives it even when the pieces
+ * it was armed for finish through an earlier sync. */
+static void task_sync_timer_done(struct loop_op *op, int res, uint32_t flags)
+{
+	struct store_task *task = op->owner;
+
+	(void)flags;
+	task->sync_timer_armed = false;
+	if (res != -ECANCELED)
+		task_sync_start(task);
+	store_task_release(task);
+}
+
+static void piece_checked(struct piece_write *w)
+{
+	struct store_task *task = w->task;
+	struct store *store = task->store;
+
+	if (w->has_crc && w->crc != w->expected_crc) {
+		char hex[HASH_SHA256_HEX_SIZE];
+
+		id_hex(task->info.id, hex);
+		log_warn("store", "piece does not match its crc task=%s piece=%u expected=%08x "
+			 "got=%08x", hex, w->number, w->expected_crc, w->crc);
+		piece_finish(w, -EBADMSG);
+		return;
+	}
+	w->stage = PIECE_WAIT_SYNC;
+	w->next = task->waiting;
+	task->waiting = w;
+	task->waiting_count++;
+	if (task->waiting_count >= store->options.sync_batch_pieces) {
+		task_sync_start(task);
+	} else if (!task->sync_timer_armed && !task->sync_in_flight) {
+		loop_op_init(&task->sync_timer_op, task_sync_timer_done, task);
+		if (loop_timeout(store->loop, &task->sync_timer_op, store->options.sync_delay_ms) == 0) {
+			task->sync_timer_armed = true;
+			task->refs++;
+		} else {
+			task_sync_start(task);
+		}
+	}
+}
+
+/* --- the piece write state machine. */
+
+static void piece_op_done(struct loop_op *op, int res, uint32_t flags)
+{
+	struct piece_write *w = op->owner;
+	struct store_task *task = w->task;
+
+	(void)flags;
+	if (res < 0 || (res == 0 && w->stage != PIECE_READBACK)) {
+		bool disk = w->stage == PIECE_SPLICE_OUT || w->stage == PIECE_WRITE ||
+			    w->stage == PIECE_READBACK;
+
+		if (res == 0 && (w->stage == PIECE_SPLICE_IN || w->stage == PIECE_RECV))
+			res = -EPIPE; /* the peer closed before the piece was whole */
+		else if (res == 0)
+			res = -EIO;
+		if (disk)
+			task_fail(task, res, "writing");
+		piece_finish(w, res);
+		return;
+	}
+
+	switch (w->stage) {
+	case PIECE_SPLICE_IN:
+		w->in_pipe = (uint32_t)res;
+		w->stage = PIECE_SPLICE_OUT;
+		break;
+	case PIECE_SPLICE_OUT:
+		w->in_pipe -= (uint32_t)res;
+		w->moved += (uint32_t)res;
+		if (w->in_pipe == 0)
+			w->stage = w->moved < w->size ? PIECE_SPLICE_IN : PIECE_READBACK;
+		break;
+	case PIECE_RECV:
+		/* The bytes are in user space: crc them here, no read-back. */
+		w->crc = hash_crc32c_extend(w->crc, w->chunk, (size_t)res);
+		w->checked += (uint32_t)res;
+		w->chunk_len = (uint32_t)res;
+		w->chunk_done = 0;
+		w->stage = PIECE_WRITE;
+		break;
+	case PIECE_WRITE:
+		w->moved += (uint32_t)res;
+		w->chunk_done += (uint32_t)res;
+		if (w->source) {
+			if (w->moved == w->size) {
+				w->crc = hash_crc32c(w->source, w->size);
+				w->checked = w->size;
+			}
+		} else if (w->chunk_done == w->chunk_len) {
+			w->stage = PIECE_RECV;
+		}
+		break;
+	case PIECE_READBACK:
+		if (res == 0) { /* the file is shorter than what we just wrote */
+			task_fail(task, -EIO, "reading back");
+			piece_finish(w, -EIO);
+			return;
+		}
+		w->crc = hash_crc32c_extend(w->crc, w->chunk, (size_t)res);
+		w->checked += (uint32_t)res;
+		break;
+	case PIECE_WAIT_SYNC:
+		assert(!"no operation runs while waiting for sync");
+		break;
+	}
+	piece_step(w);
+}
+
+/* Submits the next operation of w, or moves it on when it has none. */
+static void piece_step(struct piece_write *w)
+{
+	struct store_task *task = w->task;
+	struct store *store = task->store;
+	struct loop *loop = store->loop;
+	uint32_t left;
+	int rc = 0;
+
+	if (w->moved == w->size && w->checked == w->size) {
+		piece_checked(w);
+		return;
+	}
+	if (w->moved == w->size && w->stage != PIECE_READBACK)
+		w->stage = PIECE_READBACK;
+
+	loop_op_init(&w->op, piece_op_done, w);
+	switch (w->stage) {
+	case PIECE_SPLICE_IN:
+		left = w->size - w->moved;
+		rc = loop_splice(loop, &w->op, w->sock_fd, -1, w->pipe_fds[1], -1,
+				 left < STORE_PIPE_SIZE ? left : STORE_PIPE_SIZE);
+		break;
+	case PIECE_SPLICE_OUT:
+		rc = loop_splice(loop, &w->op, w->pipe_fds[0], -1, task->fd,
+				 (int64_t)(w->offset + w->moved), w->in_pipe);
+		break;
+	case PIECE_RECV:
+		left = w->size - w->moved;
+		rc = loop_recv(loop, &w->op, w->sock_fd, w->chunk,
+			       left < STORE_CHUNK_SIZE ? left : STORE_CHUNK_SIZE, 0);
+		break;
+	case PIECE_WRITE:
+		if (w->source)
+			rc = loop_write(loop, &w->op, task->fd, w->source + w->moved,
+					w->size - w->moved, (int64_t)(w->offset + w->moved));
+		else
+			rc = loop_write(loop, &w->op, task->fd, w->chunk + w->chunk_done,
+					w->chunk_len - w->chunk_done,
+					(int64_t)(w->offset + w->moved));
+		break;
+	case PIECE_READBACK:
+		if (!w->chunk && !(w->chunk = pool_get_chunk(store))) {
+			rc = -ENOMEM;
+			break;
+		}
+		left = w->size - w->checked;
+		rc = loop_read(loop, &w->op, task->fd, w->chunk,
+			       left < STORE_CHUNK_SIZE ? left : STORE_CHUNK_SIZE,
+			       (int64_t)(w->offset + w->checked));
+		break;
+	case PIECE_WAIT_SYNC:
+		assert(!"unreachable");
+		break;
+	}
+	if (rc < 0)
+		piece_finish(w, rc);
+}
+
+static int piece_begin(struct store_task *task, uint32_t number, bool has_crc, uint32_t crc32c,
+		       store_piece_done_fn done, void *arg, struct piece_write **out)
+{
+	struct store *store = task->store;
+	struct piece_write *w;
+
+	if (task->failed)
+		return -EIO;
+	if (number >= task->info.piece_count)
+		return -EINVAL;
+	if (bit_get(task->recorded, number))
+		return -EALREADY;
+	w = pool_get_write(store);
+	if (!w)
+		return -ENOMEM;
+	w->task = task;
+	w->number = number;
+	w->offset = piece_offset(task->info.piece_length, number);
+	w->size = piece_size(task->info.content_length, task->info.piece_length, number);
+	w->has_crc = has_crc;
+	w->expected_crc = crc32c;
+	w->done = done;
+	w->arg = arg;
+	task->refs++; /* held until done() */
+	task->writes++;
+	*out = w;
+	return 0;
+}
+
+int store_piece_from_socket(struct store_task *task, uint32_t number, int sock_fd, bool has_crc,
+			    uint32_t crc32c, store_piece_done_fn done, void *arg)
+{
+	struct store *store = task->store;
+	struct piece_write *w;
+	int rc = piece_begin(task, number, has_crc, crc32c, done, arg, &w);
+
+	if (rc < 0)
+		return rc;
+	w->sock_fd = sock_fd;
+	if (store->options.socket_path == STORE_SOCKET_SPLICE) {
+		rc = pool_get_pipe(store, w->pipe_fds);
+		w->stage = PIECE_SPLICE_IN;
+	} else {
+		w->chunk = pool_get_chunk(store);
+		rc = w->chunk ? 0 : -ENOMEM;
+		w->stage = PIECE_RECV;
+	}
+	if (rc < 0) {
+		piece_release(w, false, rc);
+		return rc;
+	}
+	piece_step(w);
+	return 0;
+}
+
+int store_piece_from_buffer(struct store_task *task, uint32_t number, const void *buf, size_t len,
+			    bool has_crc, uint32_t crc32c, store_piece_done_fn done, void *arg)
+{
+	struct piece_write *w;
+	int rc;
+
+	if (number < task->info.piece_count &&
+	    len != piece_size(task->info.content_length, task->info.piece_length, number))
+		return -EINVAL;
+	rc = piece_begin(task, number, has_crc, crc32c, done, arg, &w);
+	if (rc < 0)
+		return rc;
+	w->source = buf;
+	w->stage = PIECE_WRITE;
+	piece_step(w);
+	return 0;
+}
+
+/* --- tasks. */
+
+static int task_load_pieces_one(const struct meta_piece *piece, void *arg)
+{
+	struct store_task *task = arg;
+
+	if (piece->number < task->info.piece_count) {
+		bit_set(task->recorded, piece->number, true);
+		task->crcs[piece->number] = piece->crc32c;
+	}
+	return 0;
+}
+
+static struct store_task *task_lookup(struct store *store, const uint8_t id[META_ID_SIZE])
+{
+	for (struct store_task *t = store->open_tasks; t; t = t->next)
+		if (memcmp(t->info.id, id, META_ID_SIZE) == 0)
+			return t;
+	return NULL;
+}
+
+static void task_free(struct store_task *task)
+{
+	if (task->fd >= 0)
+		close(task->fd);
+	free(task->recorded);
+	free(task->crcs);
+	free(task->rows);
+	free(task);
+}
+
+/* Makes an in-memory task for a record whose file is open as fd. */
+static int task_attach(struct store *store, const struct meta_task *info, int fd,
+		       struct store_task **out)
+{
+	struct store_task *task = calloc(1, sizeof(*task));
+	size_t bitmap_bytes = (info->piece_count + 7u) / 8u + 1u;
+
+	if (!task)
+		return -ENOMEM;
+	task->store = store;
+	task->fd = fd;
+	task->info = *info;
+	task->recorded = calloc(1, bitmap_bytes);
+	task->crcs = calloc(info->piece_count + 1u, sizeof(uint32_t));
+	if (!task->recorded || !task->crcs) {
+		task->fd = -1;
+		task_free(task);
+		return -ENOMEM;
+	}
+	meta_pieces_foreach(store->meta, info->id, task_load_pieces_one, task);
+	task->refs = 1;
+	task->next = store->open_tasks;
+	if (store->open_tasks)
+		store->open_tasks->prev = task;
+	store->open_tasks = task;
+	*out = task;
+	return 0;
+}
+
+int store_task_find(struct store *store, const uint8_t id[META_ID_SIZE], struct store_task **out)
+{
+	struct store_task *task = task_lookup(store, id);
+	struct meta_task info;
+	char path[PATH_MAX];
+	int fd, rc;
+
+	if (task) {
+		task->refs++;
+		*out = task;
+		return 0;
+	}
+	rc = meta_task_get(store->meta, id, &info);
+	if (rc < 0)
+		return rc;
+	store_content_path(store, id, path, sizeof(path));
+	fd = open(path, O_RDWR | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	rc = task_attach(store, &info, fd, out);
+	if (rc < 0) {
+		close(fd);
+		return rc;
+	}
+	meta_task_touch(store->meta, id, clock_realtime_ms());
+	return 0;
+}
+
+int store_task_open(struct store *store, const struct store_task_params *params,
+		    struct store_task **out, char *err, size_t err_size)
+{
+	struct meta_task info;
+	char path[PATH_MAX], dir[PATH_MAX], hex[HASH_SHA256_HEX_SIZE];
+	uint64_t piece_length;
+	int fd, rc;
+
+	id_hex(params->id, hex);
+	if (params->content_length == META_LENGTH_UNKNOWN) {
+		snprintf(err, err_size, "task %s: content of unknown length is not supported yet", hex);
+		return -EINVAL;
+	}
+	piece_length = params->piece_length ? params->piece_length
+					    : piece_length_for(params->content_length);
+	if (!piece_length_valid(piece_length) ||
+	    piece_count(params->content_length, piece_length) > PIECE_COUNT_MAX) {
+		snprintf(err, err_size, "task %s: invalid piece length %llu", hex,
+			 (unsigned long long)piece_length);
+		return -EINVAL;
+	}
+
+	rc = store_task_find(store, params->id, out);
+	if (rc == 0) {
+		const struct meta_task *have = &(*out)->info;
+
+		if (have->content_length != params->content_length ||
+		    (params->piece_length && have->piece_length != params->piece_length)) {
+			snprintf(err, err_size,
+				 "task %s exists with content length %llu and piece length %llu",
+				 hex, (unsigned long long)have->content_length,
+				 (unsigned long long)have->piece_length);
+			store_task_release(*out);
+			return -EEXIST;
+		}
+		return 0;
+	}
+	if (rc != -ENOENT) {
+		/* A record whose file is gone: start the task afresh. */
+		meta_task_delete(store->meta, params->id);
+	}
+
+	/* File first (preallocated: a full disk shows here), metadata second. */
+	store_content_path(store, params->id, path, sizeof(path));
+	snprintf(dir, sizeof(dir), "%s/%.2s", store->content_dir, hex);
+	rc = mkdir_if_missing(dir, 0750);
+	if (rc < 0) {
+		snprintf(err, err_size, "%s: cannot create: %s", dir, strerror(-rc));
+		return rc;
+	}
+	fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
+	if (fd < 0) {
+		rc = -errno;
+		snprintf(err, err_size, "%s: cannot create: %s", path, strerror(errno));
+		return rc;
+	}
+	if (params->content_length > 0 &&
+	    fallocate(fd, 0, 0, (off_t)params->content_length) < 0) {
+		rc = -errno;
+		if (rc == -ENOSPC)
+			snprintf(err, err_size,
+				 "data dir %s: no space left on device for task %s (%llu bytes "
+				 "needed, %llu free)", store->data_dir, hex,
+				 (unsigned long long)params->content_length,
+				 (unsigned long long)store_free_bytes(store));
+		else
+			snprintf(err, err_size, "%s: cannot preallocate %llu bytes: %s", path,
+				 (unsigned long long)params->content_length, strerror(-rc));
+		goto out_unlink;
+	}
+
+	memset(&info, 0, sizeof(info));
+	memcpy(info.id, params->id, META_ID_SIZE);
+	info.content_length = params->content_length;
+	info.piece_length = piece_length;
+	info.piece_count = piece_count(params->content_length, piece_length);
+	info.state = META_TASK_PENDING;
+	info.created_ms = info.accessed_ms = clock_realtime_ms();
+	if (params->digest) {
+		info.has_digest = true;
+		memcpy(info.digest, params->digest, sizeof(info.digest));
+	}
+	if (params->url)
+		snprintf(info.url, sizeof(info.url), "%s", params->url);
+	rc = meta_task_put(store->meta, &info);
+	if (rc < 0) {
+		snprintf(err, err_size, "%s/meta: cannot record task %s: %s", store->data_dir, hex,
+			 strerror(-rc));
+		goto out_unlink;
+	}
+	rc = task_attach(store, &info, fd, out);
+	if (rc < 0) {
+		meta_task_delete(store->meta, params->id);
+		snprintf(err, err_size, "task %s: %s", hex, strerror(-rc));
+		goto out_unlink;
+	}
+	return 0;
+
+out_unlink:
+	close(fd);
+	unlink(path);
+	return rc;
+}
+
+void store_task_release(struct store_task *task)
+{
+	struct store *store = task->store;
+
+	assert(task->refs > 0);
+	if (--task->refs > 0)
+		return;
+	assert(task->writes == 0);
+	assert(!task->sync_timer_armed && !task->sync_in_flight);
+	if (task->prev)
+		task->prev->next = task->next;
+	else
+		store->open_tasks = task->next;
+	if (task->next)
+		task->next->prev = task->prev;
+	task_free(task);
+}
+
+const struct meta_task *store_task_info(const struct store_task *task)
+{
+	return &task->info;
+}
+
+bool store_task_has_piece(const struct store_task *task, uint32_t number)
+{
+	return number < task->info.piece_count && bit_get(task->recorded, number);
+}
+
+bool store_task_is_complete(const struct store_task *task)
+{
+	return task->info.state == META_TASK_COMPLETE;
+}
+
+const char *store_task_error(const struct store_task *task)
+{
+	return task->error;
+}
+
+/* crc32c of [offset, offset + length) of fd, read in chunks. */
+static int file_crc32c(struct store *store, int fd, uint64_t offset, uint32_t length,
+		       uint32_t *crc_out)
+{
+	uint8_t *chunk = pool_get_chunk(store);
+	uint32_t crc = 0, done = 0;
+
+	if (!chunk)
+		return -ENOMEM;
+	while (done < length) {
+		uint32_t want = length - done < STORE_CHUNK_SIZE ? length - done : STORE_CHUNK_SIZE;
+		ssize_t n = pread(fd, chunk, want, (off_t)(offset + done));
+
+		if (n <= 0) {
+			pool_put_chunk(store, chunk);
+			return n < 0 ? -errno : -EIO;
+		}
+		crc = hash_crc32c_extend(crc, chunk, (size_t)n);
+		done += (uint32_t)n;
+	}
+	pool_put_chunk(store, chunk);
+	*crc_out = crc;
+	return 0;
+}
+
+int store_piece_locate(struct store_task *task, uint32_t number, int *fd, uint64_t *offset,
+		       uint32_t *length)
+{
+	const struct meta_task *info = &task->info;
+
+	if (!store_task_has_piece(task, number))
+		return -ENOENT;
+	*fd = task->fd;
+	*offset = piece_offset(info->piece_length, number);
+	*length = piece_size(info->content_length, info->piece_length, number);
+	if (task->store->options.verify_on_read) {
+		uint32_t crc;
+		int rc = file_crc32c(task->store, task->fd, *offset, *length, &crc);
+
+		if (rc < 0)
+			return rc;
+		if (crc != task->crcs[number]) {
+			char hex[HASH_SHA256_HEX_SIZE];
+
+			id_hex(info->id, hex);
+			log_warn("store", "dropping a piece that no longer matches its crc task=%s "
+				 "piece=%u", hex, number);
+			meta_pieces_drop(task->store->meta, info->id, &number, 1);
+			bit_set(task->recorded, number, false);
+			meta_task_get(task->store->meta, info->id, &task->info);
+			return -EBADMSG;
+		}
+	}
+	return 0;
+}
+
+/* sha256 of the whole content file. */
+static int file_sha256(struct store *store, int fd, uint64_t length, uint8_t out[HASH_SHA256_SIZE])
+{
+	struct hash_sha256 *h = hash_sha256_new();
+	uint8_t *chunk = pool_get_chunk(store);
+	uint64_t done = 0;
+	int rc = 0;
+
+	if (!h || !chunk) {
+		rc = -ENOMEM;
+		goto out;
+	}
+	while (done < length) {
+		size_t want = length - done < STORE_CHUNK_SIZE ? (size_t)(length - done)
+							       : STORE_CHUNK_SIZE;
+		ssize_t n = pread(fd, chunk, want, (off_t)done);
+
+		if (n <= 0) {
+			rc = n < 0 ? -errno : -EIO;
+			goto out;
+		}
+		hash_sha256_update(h, chunk, (size_t)n);
+		done += (uint64_t)n;
+	}
+	hash_sha256_final(h, out);
+out:
+	pool_put_chunk(store, chunk);
+	hash_sha256_free(h);
+	return rc;
+}
+
+int store_task_finish(struct store_task *task, char *err, size_t err_size)
+{
+	struct store *store = task->store;
+	char hex[HASH_SHA256_HEX_SIZE];
+	int rc;
+
+	id_hex(task->info.id, hex);
+	if (task->info.state == META_TASK_COMPLETE)
+		return 0;
+	if (task->failed) {
+		snprintf(err, err_size, "%s", task->error);
+		return -EIO;
+	}
+	if (task->info.pieces_done < task->info.piece_count) {
+		snprintf(err, err_size, "task %s: %u of %u pieces recorded", hex,
+			 task->info.pieces_done, task->info.piece_count);
+		return -EAGAIN;
+	}
+	if (task->info.has_digest) {
+		uint8_t digest[HASH_SHA256_SIZE];
+		char want[HASH_SHA256_HEX_SIZE], got[HASH_SHA256_HEX_SIZE];
+
+		rc = file_sha256(store, task->fd, task->info.content_length, digest);
+		if (rc < 0) {
+			snprintf(err, err_size, "task %s: cannot read its content: %s", hex,
+				 strerror(-rc));
+			return rc;
+		}
+		if (memcmp(digest, task->info.digest, sizeof(digest)) != 0) {
+			hash_hex(task->info.digest, want);
+			hash_hex(digest, got);
+			snprintf(err, err_size, "task %s: digest mismatch: expected sha256:%s, got "
+				 "sha256:%s", hex, want, got);
+			/* Every piece matched its crc, yet the whole is wrong: the
+			 * crcs came from a liar. Nothing of it is kept. */
+			task->failed = true;
+			snprintf(task->error, sizeof(task->error), "%s", err);
+			meta_task_set_state(store->meta, task->info.id, META_TASK_FAILED);
+			task->info.state = META_TASK_FAILED;
+			return -EBADMSG;
+		}
+	}
+	rc = meta_task_set_state(store->meta, task->info.id, META_TASK_COMPLETE);
+	if (rc < 0) {
+		snprintf(err, err_size, "task %s: cannot record completion: %s", hex,
+			 strerror(-rc));
+		return rc;
+	}
+	task->info.state = META_TASK_COMPLETE;
+	return 0;
+}
+
+/* --- delete, recovery, GC. */
+
+/* Metadata first, file second: a crash in between leaves an orphan file. */
+static int store_delete_task(struct store *store, const uint8_t id[META_ID_SIZE])
+{
+	char path[PATH_MAX];
+	int rc = meta_task_delete(store->meta, id);
+
+	store_content_path(store, id, path, sizeof(path));
+	if (unlink(path) < 0 && errno != ENOENT && rc == 0)
+		rc = -errno;
+	return rc;
+}
+
+struct recover_walk {
+	struct store *store;
+	bool verify_all;
+	struct store_recovery *report;
+	uint32_t *bad;
+	size_t bad_count, bad_cap;
+	int fd;
+	const struct meta_task *task;
+};
+
+static int recover_check_piece(const struct meta_piece *piece, void *arg)
+{
+	struct recover_walk *walk = arg;
+	const struct meta_task *task = walk->task;
+	uint64_t offset = piece_offset(task->piece_length, piece->number);
+	uint32_t size = piece_size(task->content_length, task->piece_length, piece->number);
+	uint32_t crc = 0;
+
+	walk->report->pieces_checked++;
+	if (file_crc32c(walk->store, walk->fd, offset, size, &crc) == 0 && crc == piece->crc32c)
+		return 0;
+	if (walk->bad_count == walk->bad_cap) {
+		size_t cap = walk->bad_cap ? walk->bad_cap * 2 : 64;
+		uint32_t *grown = realloc(walk->bad, cap * sizeof(*grown));
+
+		if (!grown)
+			return -ENOMEM;
+		walk->bad = grown;
+		walk->bad_cap = cap;
+	}
+	walk->bad[walk->bad_count++] = piece->number;
+	return 0;
+}
+
+static int recover_task(const struct meta_task *task, void *arg)
+{
+	struct recover_walk *walk = arg;
+	struct store *store = walk->store;
+	char path[PATH_MAX], hex[HASH_SHA256_HEX_SIZE];
+	struct stat st;
+	int fd;
+
+	id_hex(task->id, hex);
+	store_content_path(store, task->id, path, sizeof(path));
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0 || fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+		if (fd >= 0)
+			close(fd);
+		log_info("store", "removed metadata of task %s: its content file %s is missing",
+			 hex, path);
+		store_delete_task(store, task->id);
+		walk->report->tasks_removed++;
+		return 0;
+	}
+	if (task->state == META_TASK_FAILED) {
+		close(fd);
+		return 0; /* GC removes it */
+	}
+
+	walk->bad_count = 0;
+	walk->fd = fd;
+	walk->task = task;
+	if ((uint64_t)st.st_size < task->content_length || walk->verify_all ||
+	    task->state != META_TASK_COMPLETE)
+		meta_pieces_foreach(store->meta, task->id, recover_check_piece, walk);
+	close(fd);
+
+	if (walk->bad_count) {
+		meta_pieces_drop(store->meta, task->id, walk->bad, walk->bad_count);
+		walk->report->pieces_dropped += (unsigned)walk->bad_count;
+		log_info("store", "dropped %zu piece(s) of task %s that do not match their crc "
+			 "(file %s, %lld of %llu bytes)", walk->bad_count, hex, path,
+			 (long long)st.st_size, (unsigned long long)task->content_length);
+		if (task->state == META_TASK_COMPLETE)
+			meta_task_set_state(store->meta, task->id, META_TASK_PENDING);
+		walk->report->tasks_incomplete++;
+	} else if (task->state == META_TASK_COMPLETE) {
+		walk->report->tasks_complete++;
+	} else {
+		walk->report->tasks_incomplete++;
+	}
+	return 0;
+}
+
+static bool hex_name(const char *name)
+{
+	if (strlen(name) != 64)
+		return false;
+	for (const char *p = name; *p; p++)
+		if (!((*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'f')))
+			return false;
+	return true;
+}
+
+static void recover_orphans(struct store *store, struct store_recovery *report)
+{
+	DIR *top = opendir(store->content_dir);
+	struct dirent *d;
+
+	if (!top)
+		return;
+	while ((d = readdir(top))) {
+		char sub[PATH_MAX];
+		DIR *dir;
+		struct dirent *f;
+
+		if (d->d_name[0] == '.')
+			continue;
+		snprintf(sub, sizeof(sub), "%s/%s", store->content_dir, d->d_name);
+		dir = opendir(sub);
+		if (!dir)
+			continue;
+		while ((f = readdir(dir))) {
+			uint8_t id[META_ID_SIZE];
+			struct meta_task info;
+			char path[PATH_MAX];
+
+			if (f->d_name[0] == '.')
+				continue;
+			snprintf(path, sizeof(path), "%s/%s", sub, f->d_name);
+			if (hex_name(f->d_name) && hash_parse_sha256(f->d_name, id) == 0 &&
+			    strncmp(f->d_name, d->d_name, 2) == 0 &&
+			    meta_task_get(store->meta, id, &info) == 0)
+				continue;
+			if (unlink(path) == 0) {
+				log_info("store", "removed content file without metadata path=%s",
+					 path);
+				report->orphans_removed++;
+			}
+		}
+		closedir(dir);
+	}
+	closedir(top);
+}
+
+int store_recover(struct store *store, bool verify_all, struct store_recovery *report)
+{
+	struct store_recovery local;
+	struct recover_walk walk = { .store = store, .verify_all = verify_all };
+	int rc;
+
+	if (!report)
+		report = &local;
+	memset(report, 0, sizeof(*report));
+	walk.report = report;
+	rc = meta_tasks_foreach(store->meta, recover_task, &walk);
+	free(walk.bad);
+	if (rc < 0)
+		return rc;
+	recover_orphans(store, report);
+	log_info("store", "recovered data_dir=%s complete=%u incomplete=%u removed=%u orphans=%u "
+		 "pieces_checked=%u pieces_dropped=%u", store->data_dir, report->tasks_complete,
+		 report->tasks_incomplete, report->tasks_removed, report->orphans_removed,
+		 report->pieces_checked, report->pieces_dropped);
+	return 0;
+}
+
+struct gc_candidate {
+	uint8_t id[META_ID_SIZE];
+	uint64_t accessed_ms;
+	uint64_t bytes;
+};
+
+struct gc_walk {
+	struct store *store;
+	uint64_t now_ms;
+	struct gc_candidate *lru;
+	size_t count, cap;
+	uint64_t content_bytes;
+	int evicted;
+};
+
+static int gc_visit(const struct meta_task *task, void *arg)
+{
+	struct gc_walk *walk = arg;
+	struct store *store = walk->store;
+	int64_t ttl = store->options.gc_ttl_ms;
+
+	if (task_lookup(store, task->id)) { /* in use: never evicted */
+		walk->content_bytes += task->content_length;
+		return 0;
+	}
+	if (task->state == META_TASK_FAILED ||
+	    (ttl > 0 && walk->now_ms > task->accessed_ms &&
+	     walk->now_ms - task->accessed_ms > (uint64_t)ttl)) {
+		char hex[HASH_SHA256_HEX_SIZE];
+
+		id_hex(task->id, hex);
+		log_info("store", "gc: removed task %s reason=%s", hex,
+			 task->state == META_TASK_FAILED ? "failed" : "ttl");
+		store_delete_task(store, task->id);
+		walk->evicted++;
+		return 0;
+	}
+	walk->content_bytes += task->content_length;
+	if (task->state != META_TASK_COMPLETE)
+		return 0;
+	if (walk->count == walk->cap) {
+		size_t cap = walk->cap ? walk->cap * 2 : 64;
+		struct gc_candidate *grown = realloc(walk->lru, cap * sizeof(*grown));
+
+		if (!grown)
+			return -ENOMEM;
+		walk->lru = grown;
+		walk->cap = cap;
+	}
+	memcpy(walk->lru[walk->count].id, task->id, META_ID_SIZE);
+	walk->lru[walk->count].accessed_ms = task->accessed_ms;
+	walk->lru[walk->count].bytes = task->content_length;
+	walk->count++;
+	return 0;
+}
+
+static int gc_by_age(const void *a, const void *b)
+{
+	const struct gc_candidate *x = a, *y = b;
+
+	return x->accessed_ms < y->accessed_ms ? -1 : x->accessed_ms > y->accessed_ms;
+}
+
+/* Disk use in percent: of the quota when there is one, else of the filesystem. */
+static unsigned gc_used_percent(const struct store *store, uint64_t content_bytes)
+{
+	struct statvfs st;
+
+	if (store->options.gc_quota_bytes)
+		return (unsigned)(content_bytes * 100 / store->options.gc_quota_bytes);
+	if (statvfs(store->data_dir, &st) < 0 || st.f_blocks == 0)
+		return 0;
+	return (unsigned)((st.f_blocks - st.f_bavail) * 100 / st.f_blocks);
+}
+
+int store_gc(struct store *store)
+{
+	struct gc_walk walk = { .store = store, .now_ms = clock_realtime_ms() };
+	int rc = meta_tasks_foreach(store->meta, gc_visit, &walk);
+
+	if (rc < 0) {
+		free(walk.lru);
+		return rc;
+	}
+	if (gc_used_percent(store, walk.content_bytes) > store->options.gc_high_percent) {
+		qsort(walk.lru, walk.count, sizeof(walk.lru[0]), gc_by_age);
+		for (size_t i = 0; i < walk.count; i++) {
+			char hex[HASH_SHA256_HEX_SIZE];
+
+			if (gc_used_percent(store, walk.content_bytes) <=
+			    store->options.gc_low_percent)
+				break;
+			if (task_lookup(store, walk.lru[i].id))
+				continue;
+			id_hex(walk.lru[i].id, hex);
+			log_info("store", "gc: removed task %s reason=watermark bytes=%llu", hex,
+				 (unsigned long long)walk.lru[i].bytes);
+			if (store_delete_task(store, walk.lru[i].id) == 0) {
+				walk.content_bytes -= walk.lru[i].bytes;
+				walk.evicted++;
+			}
+		}
+	}
+	free(walk.lru);
+	return walk.evicted;
+}
+
+static void store_gc_timer_done(struct loop_op *op, int res, uint32_t flags)
+{
+	struct store *store = op->owner;
+
+	(void)flags;
+	store->gc_armed = false;
+	if (res == -ECANCELED)
+		return;
+	store_gc(store);
+	loop_op_init(&store->gc_op, store_gc_timer_done, store);
+	if (loop_timeout(store->loop, &store->gc_op, (uint64_t)store->options.gc_interval_ms) == 0)
+		store->gc_armed = true;
+}
+
+/* --- import / export. */
+
+static int copy_fd_to_fd(int in_fd, int out_fd, uint64_t length)
+{
+	off_t in_offset = 0;
+	uint64_t done = 0;
+	bool use_sendfile = false;
+
+	while (done < length) {
+		size_t want = length - done > (1u << 30) ? (1u << 30) : (size_t)(length - done);
+		ssize_t n = use_sendfile ? sendfile(out_fd, in_fd, &in_offset, want)
+					 : copy_file_range(in_fd, &in_offset, out_fd, NULL, want, 0);
+
+		if (n < 0 && !use_sendfile &&
+		    (errno == EXDEV || errno == EINVAL || errno == EOPNOTSUPP || errno == ENOSYS)) {
+			use_sendfile = true; /* a pipe, a socket, an older kernel */
+			continue;
+		}
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return n < 0 ? -errno : -EIO;
+		done += (uint64_t)n;
+	}
+	return 0;
+}
+
+int store_import(struct store *store, const char *path, uint8_t id_out[META_ID_SIZE], char *err,
+		 size_t err_size)
+{
+	struct store_task_params params = { .url = "" };
+	struct store_task *task;
+	struct hash_sha256 *h = NULL;
+	struct meta_piece *rows = NULL;
+	uint8_t *chunk = NULL;
+	char dest[PATH_MAX], hex[HASH_SHA256_HEX_SIZE];
+	struct stat st;
+	uint64_t piece_length, done = 0;
+	uint32_t count;
+	int fd, rc;
+
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0 || fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+		rc = fd < 0 ? -errno : -EINVAL;
+		snprintf(err, err_size, "%s: cannot import: %s", path,
+			 fd < 0 ? strerror(errno) : "not a regular file");
+		if (fd >= 0)
+			close(fd);
+		return rc;
+	}
+	piece_length = piece_length_for((uint64_t)st.st_size);
+	count = piece_count((uint64_t)st.st_size, piece_length);
+	h = hash_sha256_new();
+	chunk = pool_get_chunk(store);
+	rows = calloc(count + 1u, sizeof(*rows));
+	if (!h || !chunk || !rows) {
+		rc = -ENOMEM;
+		snprintf(err, err_size, "%s: out of memory", path);
+		goto out;
+	}
+	/* One pass: the task id (sha256 of the content) and every piece's crc. */
+	while (done < (uint64_t)st.st_size) {
+		uint32_t number = (uint32_t)(done / piece_length);
+		size_t want = (uint64_t)st.st_size - done < STORE_CHUNK_SIZE
+				      ? (size_t)((uint64_t)st.st_size - done) : STORE_CHUNK_SIZE;
+		ssize_t n;
+
+		if ((done % piece_length) + want > piece_length)
+			want = (size_t)(piece_length - done % piece_length);
+		n = pread(fd, chunk, want, (off_t)done);
+		if (n <= 0) {
+			rc = n < 0 ? -errno : -EIO;
+			snprintf(err, err_size, "%s: read: %s", path,
+				 n < 0 ? strerror(errno) : "the file shrank");
+			goto out;
+		}
+		hash_sha256_update(h, chunk, (size_t)n);
+		rows[number].number = number;
+		rows[number].crc32c = hash_crc32c_extend(rows[number].crc32c, chunk, (size_t)n);
+		done += (uint64_t)n;
+	}
+	hash_sha256_final(h, params.id);
+	memcpy(id_out, params.id, META_ID_SIZE);
+	hash_hex(params.id, hex);
+
+	if (store_task_find(store, params.id, &task) == 0) {
+		bool complete = store_task_is_complete(task);
+
+		store_task_release(task);
+		if (complete) {
+			rc = 0; /* the same content is already here */
+			goto out;
+		}
+		store_delete_task(store, params.id);
+	}
+	params.content_length = (uint64_t)st.st_size;
+	params.piece_length = piece_length;
+	params.digest = params.id;
+	rc = store_task_open(store, &params, &task, err, err_size);
+	if (rc < 0)
+		goto out;
+	store_content_path(store, params.id, dest, sizeof(dest));
+	/* Same filesystem: share the inode (the importer must not modify it in
+	 * place afterwards; verify_on_read catches it if it does). */
+	if (unlink(dest) == 0 && link(path, dest) == 0) {
+		close(task->fd);
+		task->fd = open(dest, O_RDWR | O_CLOEXEC);
+		rc = task->fd < 0 ? -errno : 0;
+	} else {
+		int out_fd = open(dest, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
+
+		rc = out_fd < 0 ? -errno : copy_fd_to_fd(fd, out_fd, (uint64_t)st.st_size);
+		if (rc == 0 && fdatasync(out_fd) < 0)
+			rc = -errno;
+		if (out_fd >= 0) {
+			close(task->fd);
+			task->fd = out_fd;
+		}
+	}
+	if (rc == 0)
+		rc = meta_pieces_record(store->meta, params.id, rows, count);
+	if (rc == 0)
+		rc = meta_task_set_state(store->meta, params.id, META_TASK_COMPLETE);
+	if (rc < 0) {
+		snprintf(err, err_size, "%s: cannot import into %s: %s", path, store->data_dir,
+			 strerror(-rc));
+		store_task_release(task);
+		store_delete_task(store, params.id);
+		goto out;
+	}
+	log_info("store", "imported path=%s task=%s bytes=%lld", path, hex, (long long)st.st_size);
+	store_task_release(task);
+out:
+	close(fd);
+	free(rows);
+	pool_put_chunk(store, chunk);
+	hash_sha256_free(h);
+	return rc;
+}
+
+int store_export(struct store_task *task, int out_fd, char *err, size_t err_size)
+{
+	char hex[HASH_SHA256_HEX_SIZE];
+	int rc;
+
+	id_hex(task->info.id, hex);
+	if (!store_task_is_complete(task)) {
+		snprintf(err, err_size, "task %s is not complete", hex);
+		return -EAGAIN;
+	}
+	rc = copy_fd_to_fd(task->fd, out_fd, task->info.content_length);
+	if (rc < 0)
+		snprintf(err, err_size, "task %s: export failed: %s", hex, strerror(-rc));
+	return rc;
+}
+
+/* --- open / close. */
+
+/* Two daemons sharing a data dir would overwrite each other's pieces. */
+static int store_lock(struct store *store, char *err, size_t err_size)
+{
+	char path[PATH_MAX], text[32];
+	int fd, n;
+
+	snprintf(path, sizeof(path), "%s/lock", store->data_dir);
+	fd = open(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
+	if (fd < 0) {
+		snprintf(err, err_size, "data dir %s: cannot open %s: %s", store->data_dir, path,
+			 strerror(errno));
+		return -errno;
+	}
+	if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
+		int e = errno;
+		ssize_t len = pread(fd, text, sizeof(text) - 1, 0);
+
+		text[len > 0 ? len : 0] = '\0';
+		text[strcspn(text, "\n")] = '\0';
+		if (e == EWOULDBLOCK)
+			snprintf(err, err_size, "data dir %s is in use by another process (pid %s)",
+				 store->data_dir, text[0] ? text : "unknown");
+		else
+			snprintf(err, err_size, "data dir %s: cannot lock %s: %s", store->data_dir,
+				 path, strerror(e));
+		close(fd);
+		return e == EWOULDBLOCK ? -EBUSY : -e;
+	}
+	n = snprintf(text, sizeof(text), "%d\n", (int)getpid());
+	if (ftruncate(fd, 0) < 0 || pwrite(fd, text, (size_t)n, 0) != n)
+		log_warn("store", "cannot record our pid path=%s", path);
+	store->lock_fd = fd;
+	return 0;
+}
+
+int store_open(struct store **out, struct loop *loop, const struct store_options *options,
+	       char *err, size_t err_size)
+{
+	struct store *store = calloc(1, sizeof(*store));
+	char meta_dir[PATH_MAX];
+	int rc;
+
+	if (!store)
+		return -ENOMEM;
+	/* Room for "/content/aa/<64 hex>" and "/meta/lock.mdb" after it. */
+	if (strlen(options->data_dir) + 80 >= sizeof(store->data_dir)) {
+		snprintf(err, err_size, "data dir %.64s...: path too long", options->data_dir);
+		free(store);
+		return -ENAMETOOLONG;
+	}
+	store->loop = loop;
+	store->options = *options;
+	store->options.data_dir = NULL;
+	if (!store->options.sync_batch_pieces)
+		store->options.sync_batch_pieces = STORE_SYNC_BATCH_DEFAULT;
+	if (!store->options.sync_delay_ms)
+		store->options.sync_delay_ms = STORE_SYNC_DELAY_DEFAULT_MS;
+	if (!store->options.gc_ttl_ms)
+		store->options.gc_ttl_ms = STORE_GC_TTL_DEFAULT_MS;
+	if (!store->options.gc_high_percent)
+		store->options.gc_high_percent = STORE_GC_HIGH_DEFAULT;
+	if (!store->options.gc_low_percent)
+		store->options.gc_low_percent = STORE_GC_LOW_DEFAULT;
+	if (!store->options.gc_interval_ms)
+		store->options.gc_interval_ms = STORE_GC_INTERVAL_DEFAULT_MS;
+	snprintf(store->data_dir, sizeof(store->data_dir), "%s", options->data_dir);
+	snprintf(store->content_dir, sizeof(store->content_dir), "%s/content", options->data_dir);
+	snprintf(meta_dir, sizeof(meta_dir), "%s/meta", options->data_dir);
+
+	rc = mkdir_if_missing(store->data_dir, 0750);
+	if (rc == 0)
+		rc = mkdir_if_missing(store->content_dir, 0750);
+	if (rc < 0) {
+		snprintf(err, err_size, "data dir %s: cannot create: %s", store->data_dir,
+			 strerror(-rc));
+		free(store);
+		return rc;
+	}
+	rc = store_lock(store, err, err_size);
+	if (rc < 0) {
+		free(store);
+		return rc;
+	}
+	rc = meta_open(&store->meta, meta_dir, options->meta_map_size, err, err_size);
+	if (rc < 0) {
+		close(store->lock_fd);
+		free(store);
+		return rc;
+	}
+	if (store->options.gc_interval_ms > 0 && loop) {
+		loop_op_init(&store->gc_op, store_gc_timer_done, store);
+		if (loop_timeout(loop, &store->gc_op, (uint64_t)store->options.gc_interval_ms) == 0)
+			store->gc_armed = true;
+	}
+	*out = store;
+	return 0;
+}
+
+void store_close(struct store *store)
+{
+	if (!store)
+		return;
+	while (store->open_tasks) {
+		struct store_task *task = store->open_tasks;
+
+		store->open_tasks = task->next;
+		task_free(task);
+	}
+	while (store->free_writes) {
+		struct piece_write *w = store->free_writes;
+
+		store->free_writes = w->next;
+		free(w);
+	}
+	while (store->free_chunk_count)
+		free(store->free_chunks[--store->free_chunk_count]);
+	while (store->free_pipe_count) {
+		store->free_pipe_count--;
+		close(store->free_pipes[store->free_pipe_count][0]);
+		close(store->free_pipes[store->free_pipe_count][1]);
+	}
+	meta_close(store->meta);
+	close(store->lock_fd);
+	free(store);
+}

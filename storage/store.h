@@ -1,0 +1,155 @@
+/* store: the node's cache: task content files, piece writes on the loop, recovery, GC. */
+#ifndef RINGFLY_STORAGE_STORE_H
+#define RINGFLY_STORAGE_STORE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/loop.h"
+#include "storage/meta.h"
+
+/*
+ * Layout under data_dir:
+ *     content/<first 2 hex of id>/<64 hex id>   one file per task
+ *     meta/                                       LMDB (storage/meta.h)
+ *
+ * The ordering that makes it crash-safe: a piece's bytes are written at
+ * their offset, read back and checked against their crc32c, made durable with
+ * fdatasync (batched per task), and only then recorded in the metadata. After
+ * any crash the metadata may lag the data, never lead it: a recorded piece's
+ * bytes are on disk and match their crc. See storage/store.c.
+ */
+
+enum store_socket_path {
+	STORE_SOCKET_SPLICE = 0, /* socket -> pipe -> file, bytes never in user space */
+	STORE_SOCKET_RECV = 1,	 /* recv into a pooled buffer, crc there, write */
+};
+
+struct store_options {
+	const char *data_dir;		/* borrowed for store_open only */
+	uint64_t meta_map_size;		/* 0 = 1 GiB */
+	enum store_socket_path socket_path;
+	bool verify_on_read;		/* check a piece's crc before serving it */
+	unsigned sync_batch_pieces;	/* fdatasync once this many pieces wait; 0 = 16 */
+	unsigned sync_delay_ms;		/* ... or once the oldest waited this long; 0 = 20 */
+	int64_t gc_ttl_ms;		/* evict tasks unused this long; 0 = 6 h; < 0 = never */
+	unsigned gc_high_percent;	/* start evicting above this disk use; 0 = 90 */
+	unsigned gc_low_percent;	/* ... down to this; 0 = 70 */
+	uint64_t gc_quota_bytes;	/* or above this much content; 0 = none */
+	int64_t gc_interval_ms;		/* how often GC runs on the loop; 0 = 60 s; < 0 = never */
+};
+
+struct store;
+struct store_task;
+
+/* Opens the store (creating the layout) and its metadata. No recovery yet:
+ * call store_recover once the daemon already answers. err names the path. */
+int store_open(struct store **out, struct loop *loop, const struct store_options *options,
+	       char *err, size_t err_size);
+/* After the loop has stopped for good (like loop_destroy): tasks still open
+ * and operations in flight are abandoned. */
+void store_close(struct store *store);
+
+struct store_recovery {
+	unsigned tasks_complete, tasks_incomplete;
+	unsigned tasks_removed;	      /* metadata whose content file was missing */
+	unsigned orphans_removed;     /* content files without metadata */
+	unsigned pieces_checked, pieces_dropped;
+};
+
+/*
+ * Makes metadata and content agree after whatever ended the last run: drops
+ * metadata whose file is missing, pieces beyond a short file, files without
+ * metadata (one log line each), and re-checks the crc of the recorded pieces
+ * of incomplete tasks (of every task with verify_all: ringflyd
+ * --verify-cache), dropping the bad ones. Synchronous.
+ */
+int store_recover(struct store *store, bool verify_all, struct store_recovery *report);
+
+/* Runs one GC pass now (the loop also runs it every gc_interval_ms). Returns
+ * the number of tasks evicted or a negative errno. */
+int store_gc(struct store *store);
+
+/* --- tasks. */
+
+struct store_task_params {
+	uint8_t id[META_ID_SIZE];
+	const char *url;	  /* may be NULL */
+	uint64_t content_length;  /* META_LENGTH_UNKNOWN not supported yet: -EINVAL */
+	uint64_t piece_length;	  /* 0 = piece_length_for(content_length) */
+	const uint8_t *digest;	  /* sha256 the whole content must have, or NULL */
+};
+
+/*
+ * Opens the task `params->id`, creating it (metadata and a content file
+ * preallocated with fallocate) if it does not exist. An existing task keeps
+ * its recorded pieces (resume); its lengths must match params (-EEXIST).
+ * Returns a reference (store_task_release) in *out. A full disk is reported
+ * here, before any byte is fetched: -ENOSPC with err naming the data dir, the
+ * free space and the task.
+ */
+int store_task_open(struct store *store, const struct store_task_params *params,
+		    struct store_task **out, char *err, size_t err_size);
+/* An existing task by id, or -ENOENT. */
+int store_task_find(struct store *store, const uint8_t id[META_ID_SIZE], struct store_task **out);
+/* Drops a reference; a task with none left may be evicted by GC. */
+void store_task_release(struct store_task *task);
+
+/* The task's record (borrowed; valid while the reference is held). */
+const struct meta_task *store_task_info(const struct store_task *task);
+bool store_task_has_piece(const struct store_task *task, uint32_t number);
+bool store_task_is_complete(const struct store_task *task);
+/* The reason the task failed ("" if it has not). */
+const char *store_task_error(const struct store_task *task);
+
+/*
+ * res: 0 = the piece is written, checked, durable and recorded;
+ * -EBADMSG = its bytes do not match the expected crc (nothing recorded; fetch
+ * it again elsewhere); -EPIPE = the socket ended before the piece did;
+ * -ENOSPC / -EIO = the disk failed: the task has failed (store_task_error says
+ * why) and nothing of this piece is recorded; -EALREADY = already recorded.
+ */
+typedef void (*store_piece_done_fn)(struct store_task *task, uint32_t number, int res, void *arg);
+
+/*
+ * Receives piece `number` from sock_fd (exactly its size in bytes) into the
+ * content file, by the configured socket path. With has_crc, the bytes must
+ * match `crc32c`. done runs once, from the loop. sock_fd is borrowed until
+ * then. Returns 0 once started, or a negative errno (done will not run).
+ */
+int store_piece_from_socket(struct store_task *task, uint32_t number, int sock_fd, bool has_crc,
+			    uint32_t crc32c, store_piece_done_fn done, void *arg);
+
+/* Same from a buffer holding exactly the piece (borrowed until done). */
+int store_piece_from_buffer(struct store_task *task, uint32_t number, const void *buf, size_t len,
+			    bool has_crc, uint32_t crc32c, store_piece_done_fn done, void *arg);
+
+/*
+ * Where a recorded piece lies, for splice/sendfile to a socket: the content
+ * fd (borrowed, valid while the reference is held), offset and length. With
+ * verify_on_read the crc is checked first (-EBADMSG: the piece is dropped).
+ * -ENOENT if the piece is not recorded.
+ */
+int store_piece_locate(struct store_task *task, uint32_t number, int *fd, uint64_t *offset,
+		       uint32_t *length);
+
+/*
+ * Once every piece is recorded: checks the digest (if the task has one),
+ * marks the task complete. -EAGAIN if pieces are missing, -EBADMSG (task
+ * failed, content dropped) if the digest does not match.
+ */
+int store_task_finish(struct store_task *task, char *err, size_t err_size);
+
+/* Imports a local file as a complete task with id = sha256 of its content
+ * (hard link when on the same filesystem, else copy_file_range). */
+int store_import(struct store *store, const char *path, uint8_t id_out[META_ID_SIZE], char *err,
+		 size_t err_size);
+/* Copies a complete task's content to out_fd (borrowed) from its start. */
+int store_export(struct store_task *task, int out_fd, char *err, size_t err_size);
+
+/* The content file path of a task id into out[out_size]. */
+void store_content_path(const struct store *store, const uint8_t id[META_ID_SIZE], char *out,
+			size_t out_size);
+
+#endif
