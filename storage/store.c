@@ -737,8 +737,9 @@ int store_task_open(struct store *store, const struct store_task_params *params,
 		}
 		return 0;
 	}
-	if (rc != -ENOENT) {
-		/* A record whose file is gone: start the task afresh. */
+	if (rc != -ENOENT || meta_task_get(store->meta, params->id, &info) == 0) {
+		/* A record whose file is gone (store_task_find's -ENOENT is then
+		 * open()'s): start the task afresh, without its old piece rows. */
 		meta_task_delete(store->meta, params->id);
 	}
 
@@ -762,7 +763,7 @@ int store_task_open(struct store *store, const struct store_task_params *params,
 		if (rc == -ENOSPC)
 			snprintf(err, err_size,
 				 "data dir %s: no space left on device for task %s (%llu bytes "
-				 "needed, %llu free)", store->data_dir, hex,
+				 "needed, %llu bytes free)", store->data_dir, hex,
 				 (unsigned long long)params->content_length,
 				 (unsigned long long)store_free_bytes(store));
 		else
@@ -813,6 +814,8 @@ void store_task_release(struct store_task *task)
 		return;
 	assert(task->writes == 0);
 	assert(!task->sync_timer_armed && !task->sync_in_flight);
+	/* Unused from now on: GC's TTL and LRU count from here, not from the open. */
+	meta_task_touch(store->meta, task->info.id, clock_realtime_ms());
 	if (task->prev)
 		task->prev->next = task->next;
 	else
@@ -891,6 +894,9 @@ int store_piece_locate(struct store_task *task, uint32_t number, int *fd, uint64
 				 "piece=%u", hex, number);
 			meta_pieces_drop(task->store->meta, info->id, &number, 1);
 			bit_set(task->recorded, number, false);
+			/* As in recovery: a task missing a piece is not complete. */
+			if (info->state == META_TASK_COMPLETE)
+				meta_task_set_state(task->store->meta, info->id, META_TASK_PENDING);
 			meta_task_get(task->store->meta, info->id, &task->info);
 			return -EBADMSG;
 		}
@@ -1063,6 +1069,8 @@ static int recover_task(const struct meta_task *task, void *arg)
 	close(fd);
 
 	if (walk->bad_count) {
+		struct store_task *live = task_lookup(store, task->id);
+
 		meta_pieces_drop(store->meta, task->id, walk->bad, walk->bad_count);
 		walk->report->pieces_dropped += (unsigned)walk->bad_count;
 		log_info("store", "dropped %zu piece(s) of task %s that do not match their crc "
@@ -1070,6 +1078,14 @@ static int recover_task(const struct meta_task *task, void *arg)
 			 (long long)st.st_size, (unsigned long long)task->content_length);
 		if (task->state == META_TASK_COMPLETE)
 			meta_task_set_state(store->meta, task->id, META_TASK_PENDING);
+		/* The daemon answers before recovery: a task open in memory must not
+		 * keep claiming the dropped pieces. */
+		if (live) {
+			for (size_t i = 0; i < walk->bad_count; i++)
+				if (walk->bad[i] < live->info.piece_count)
+					bit_set(live->recorded, walk->bad[i], false);
+			meta_task_get(store->meta, task->id, &live->info);
+		}
 		walk->report->tasks_incomplete++;
 	} else if (task->state == META_TASK_COMPLETE) {
 		walk->report->tasks_complete++;
@@ -1364,6 +1380,14 @@ int store_import(struct store *store, const char *path, uint8_t id_out[META_ID_S
 		store_task_release(task);
 		if (complete) {
 			rc = 0; /* the same content is already here */
+			goto out;
+		}
+		if (task_lookup(store, params.id)) {
+			/* Being fetched: deleting it would pull its file and record
+			 * from under the holder (and fail this import). */
+			rc = -EBUSY;
+			snprintf(err, err_size, "%s: cannot import: task %s is being fetched", path,
+				 hex);
 			goto out;
 		}
 		store_delete_task(store, params.id);

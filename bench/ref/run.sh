@@ -29,8 +29,14 @@
 # vCPUs); pinning sender and receiver, or pre-touching memory before each run, did not
 # make them steadier. Compare contenders by medians from the same invocation only.
 #
-# Adding a contender (issue bench/storage: ringfly's splice and recv+write paths): one
-# add_contender line below. See run_contender for what the command must do.
+# Adding a contender: one add_contender line below (see run_contender for what the command
+# must do), or, from another script, source this one after defining the hooks:
+#   bench_header            prints extra header lines
+#   bench_contenders        add_contender calls, run after the two reference receivers and
+#                           before fio
+#   bench_summary           runs after the medians (all_gbps, warm_gbps, ... and median()
+#                           are there to use)
+# BENCH_TITLE names the benchmark in the header. bench/storage/run.sh does this.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -123,14 +129,22 @@ add_contender ref-splice "$receiver" --listen 127.0.0.1:0 --out '{out}' --bytes 
 	--mode splice --pipe-size 1048576
 add_contender ref-recv "$receiver" --listen 127.0.0.1:0 --out '{out}' --bytes "$bytes" \
 	--mode recv --chunk 1048576
+if declare -F bench_contenders >/dev/null; then
+	bench_contenders
+fi
 if command -v fio >/dev/null; then
 	add_contender fio fio_write '{out}'
 else
 	echo "run.sh: fio not found (scripts/setup.sh installs it); skipping the fio contender" >&2
 fi
-# Issue bench/storage adds ringfly's receive paths here, e.g.
-#   add_contender ringfly-splice "$build/…" … '{out}' …   (must print "ready HOST:PORT")
 
+# Width of the contender column: the longest name.
+name_w=16
+for name in "${names[@]}"; do
+	if ((${#name} > name_w)); then
+		name_w=${#name}
+	fi
+done
 declare -A all_gbps all_cpu warm_gbps warm_cpu
 run_no=0
 
@@ -190,7 +204,7 @@ run_contender() {
 	if ((run_no == 1)); then
 		state=cold
 	fi
-	printf '%4d %6d  %-16s %-5s %8s %10s %9s\n' "$run_no" "$round" "$name" "$state" \
+	printf "%4d %6d  %-${name_w}s %-5s %8s %10s %9s\n" "$run_no" "$round" "$name" "$state" \
 		"$gbps" "$cpu" "$secs"
 	all_gbps[$name]+=" $gbps"
 	all_cpu[$name]+=" $cpu"
@@ -201,6 +215,10 @@ run_contender() {
 }
 
 median() {
+	if [[ -z ${1// /} ]]; then
+		echo -
+		return
+	fi
 	# shellcheck disable=SC2086 # word splitting intended: one value per word
 	printf '%s\n' $1 | sort -g | awk '{ v[NR] = $1 } END {
 		if (NR == 0) { print "-"; exit }
@@ -210,15 +228,19 @@ median() {
 
 # ---------------------------------------------------------------------------------------
 
-echo "ringfly bench/ref: $size_mib MiB over loopback TCP into a new file, $runs rounds"
+echo "ringfly ${BENCH_TITLE:-bench/ref}: $size_mib MiB over loopback TCP into a new file, $runs rounds"
 echo "  source: $src ($(df --output=fstype "$src_dir" | tail -n 1), in memory)"
 echo "  output: $out_dir ($(df --output=source,fstype "$out_dir" | tail -n 1 | tr -s ' '))"
 echo "  sender: ringfly-ref-sender (sendfile); receivers: ringfly-ref-receiver, 1 MiB pipe/chunk"
+if declare -F bench_header >/dev/null; then
+	bench_header
+fi
 echo "  fio:    --rw=write --bs=1M --ioengine=psync --fallocate=none --end_fsync=0"
 echo "  GB/s = 10^9 B/s of the receiving/writing process; CPU-s/GiB = its user+sys (getrusage;"
-echo "  fio's own usr/sys); no fsync anywhere: page-cache writes, as PLATFORM.md measures them"
+echo "  fio's own usr/sys); no fsync in the references (unless named -sync) or fio: page-cache"
+echo "  writes, as PLATFORM.md measures them"
 echo
-printf '%4s %6s  %-16s %-5s %8s %10s %9s\n' run round contender state GB/s CPU-s/GiB seconds
+printf "%4s %6s  %-${name_w}s %-5s %8s %10s %9s\n" run round contender state GB/s CPU-s/GiB seconds
 for ((round = 1; round <= runs; round++)); do
 	for i in "${!names[@]}"; do
 		eval "run_contender ${names[i]} ${cmds[i]}"
@@ -228,9 +250,12 @@ done
 echo
 echo "medians; run 1 is labelled cold: the first in the process tree, where first-touch memory"
 echo "is slow on this VM (PLATFORM.md) unless other processes used the memory moments before"
-printf '  %-16s %10s %12s   %14s %17s\n' contender "GB/s" "CPU-s/GiB" "warm-only GB/s" "warm-only CPU-s/GiB"
+printf "  %-${name_w}s %10s %12s   %14s %17s\n" contender "GB/s" "CPU-s/GiB" "warm-only GB/s" "warm-only CPU-s/GiB"
 for name in "${names[@]}"; do
-	printf '  %-16s %10s %12s   %14s %17s\n' "$name" \
+	printf "  %-${name_w}s %10s %12s   %14s %17s\n" "$name" \
 		"$(median "${all_gbps[$name]}")" "$(median "${all_cpu[$name]}")" \
 		"$(median "${warm_gbps[$name]:-}")" "$(median "${warm_cpu[$name]:-}")"
 done
+if declare -F bench_summary >/dev/null; then
+	bench_summary
+fi
