@@ -90,6 +90,7 @@ struct piece_write {
 	uint8_t *chunk;		/* recv and read-back */
 	uint32_t chunk_len, chunk_done;
 	int res;		/* final result for done() */
+	store_piece_done_fn received;	/* optional: every byte is off the socket */
 	store_piece_done_fn done;
 	void *arg;
 };
@@ -109,6 +110,7 @@ struct store_task {
 	struct piece_write *waiting;	/* checked, waiting for the next sync */
 	unsigned waiting_count;
 	struct piece_write *syncing;	/* covered by the fdatasync in flight */
+	unsigned syncing_count;
 	struct meta_piece *rows;	/* one transaction's rows, reused */
 	size_t rows_cap;
 	bool sync_in_flight;
@@ -307,6 +309,7 @@ static void task_sync_done(struct loop_op *op, int res, uint32_t flags)
 	(void)flags;
 	task->sync_in_flight = false;
 	task->syncing = NULL;
+	task->syncing_count = 0;
 	if (rc < 0)
 		task_fail(task, rc, "syncing");
 	else if (task->failed)
@@ -357,6 +360,7 @@ static void task_sync_start(struct store_task *task)
 	if (task->sync_timer_armed)
 		loop_cancel_op(task->store->loop, &task->sync_timer_op);
 	task->syncing = task->waiting;
+	task->syncing_count = task->waiting_count;
 	task->waiting = NULL;
 	task->waiting_count = 0;
 	loop_op_init(&task->sync_op, task_sync_done, task);
@@ -398,7 +402,10 @@ static void piece_checked(struct piece_write *w)
 	w->next = task->waiting;
 	task->waiting = w;
 	task->waiting_count++;
-	if (task->waiting_count >= store->options.sync_batch_pieces) {
+	/* Sync now when the batch is full, or when no other piece of the task
+	 * is still moving: nothing could join the batch by waiting. */
+	if (task->waiting_count >= store->options.sync_batch_pieces ||
+	    task->writes == task->waiting_count + task->syncing_count) {
 		task_sync_start(task);
 	} else if (!task->sync_timer_armed && !task->sync_in_flight) {
 		loop_op_init(&task->sync_timer_op, task_sync_timer_done, task);
@@ -412,6 +419,18 @@ static void piece_checked(struct piece_write *w)
 }
 
 /* --- the piece write state machine. */
+
+/* Every byte of the piece is off the socket: the caller may start reading the
+ * next piece from it while this one is written, checked and synced. */
+static void piece_received(struct piece_write *w)
+{
+	store_piece_done_fn received = w->received;
+
+	w->received = NULL;
+	w->sock_fd = -1;
+	if (received)
+		received(w->task, w->number, 0, w->arg);
+}
 
 static void piece_op_done(struct loop_op *op, int res, uint32_t flags)
 {
@@ -437,6 +456,8 @@ static void piece_op_done(struct loop_op *op, int res, uint32_t flags)
 	case PIECE_SPLICE_IN:
 		w->in_pipe = (uint32_t)res;
 		w->stage = PIECE_SPLICE_OUT;
+		if (w->moved + w->in_pipe == w->size)
+			piece_received(w);
 		break;
 	case PIECE_SPLICE_OUT:
 		w->in_pipe -= (uint32_t)res;
@@ -445,12 +466,17 @@ static void piece_op_done(struct loop_op *op, int res, uint32_t flags)
 			w->stage = w->moved < w->size ? PIECE_SPLICE_IN : PIECE_READBACK;
 		break;
 	case PIECE_RECV:
-		/* The bytes are in user space: crc them here, no read-back. */
-		w->crc = hash_crc32c_extend(w->crc, w->chunk, (size_t)res);
+		/* The bytes are in user space: crc them here, no read-back. A
+		 * chunk is filled before it is written: half the operations. */
+		w->crc = hash_crc32c_extend(w->crc, w->chunk + w->chunk_len, (size_t)res);
 		w->checked += (uint32_t)res;
-		w->chunk_len = (uint32_t)res;
-		w->chunk_done = 0;
-		w->stage = PIECE_WRITE;
+		w->chunk_len += (uint32_t)res;
+		if (w->chunk_len == STORE_CHUNK_SIZE || w->checked == w->size) {
+			w->chunk_done = 0;
+			w->stage = PIECE_WRITE;
+		}
+		if (w->checked == w->size)
+			piece_received(w);
 		break;
 	case PIECE_WRITE:
 		w->moved += (uint32_t)res;
@@ -461,6 +487,7 @@ static void piece_op_done(struct loop_op *op, int res, uint32_t flags)
 				w->checked = w->size;
 			}
 		} else if (w->chunk_done == w->chunk_len) {
+			w->chunk_len = 0;
 			w->stage = PIECE_RECV;
 		}
 		break;
@@ -508,9 +535,10 @@ static void piece_step(struct piece_write *w)
 				 (int64_t)(w->offset + w->moved), w->in_pipe);
 		break;
 	case PIECE_RECV:
-		left = w->size - w->moved;
-		rc = loop_recv(loop, &w->op, w->sock_fd, w->chunk,
-			       left < STORE_CHUNK_SIZE ? left : STORE_CHUNK_SIZE, 0);
+		left = w->size - w->checked;
+		if (left > STORE_CHUNK_SIZE - w->chunk_len)
+			left = STORE_CHUNK_SIZE - w->chunk_len;
+		rc = loop_recv(loop, &w->op, w->sock_fd, w->chunk + w->chunk_len, left, 0);
 		break;
 	case PIECE_WRITE:
 		if (w->source)
@@ -571,6 +599,13 @@ static int piece_begin(struct store_task *task, uint32_t number, bool has_crc, u
 int store_piece_from_socket(struct store_task *task, uint32_t number, int sock_fd, bool has_crc,
 			    uint32_t crc32c, store_piece_done_fn done, void *arg)
 {
+	return store_piece_from_stream(task, number, sock_fd, has_crc, crc32c, NULL, done, arg);
+}
+
+int store_piece_from_stream(struct store_task *task, uint32_t number, int sock_fd, bool has_crc,
+			    uint32_t crc32c, store_piece_done_fn received,
+			    store_piece_done_fn done, void *arg)
+{
 	struct store *store = task->store;
 	struct piece_write *w;
 	int rc = piece_begin(task, number, has_crc, crc32c, done, arg, &w);
@@ -578,6 +613,7 @@ int store_piece_from_socket(struct store_task *task, uint32_t number, int sock_f
 	if (rc < 0)
 		return rc;
 	w->sock_fd = sock_fd;
+	w->received = received;
 	if (store->options.socket_path == STORE_SOCKET_SPLICE) {
 		rc = pool_get_pipe(store, w->pipe_fds);
 		w->stage = PIECE_SPLICE_IN;

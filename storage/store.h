@@ -121,6 +121,17 @@ typedef void (*store_piece_done_fn)(struct store_task *task, uint32_t number, in
 int store_piece_from_socket(struct store_task *task, uint32_t number, int sock_fd, bool has_crc,
 			    uint32_t crc32c, store_piece_done_fn done, void *arg);
 
+/*
+ * Same, for pieces that follow each other on one stream: received(task,
+ * number, 0, arg) runs once every byte of this piece is off the socket (the
+ * socket is no longer used by this write), so the caller can start the next
+ * piece while this one is still being written, checked and synced. received
+ * does not run if the piece fails before that; done always runs, after it.
+ */
+int store_piece_from_stream(struct store_task *task, uint32_t number, int sock_fd, bool has_crc,
+			    uint32_t crc32c, store_piece_done_fn received,
+			    store_piece_done_fn done, void *arg);
+
 /* Same from a buffer holding exactly the piece (borrowed until done). */
 int store_piece_from_buffer(struct store_task *task, uint32_t number, const void *buf, size_t len,
 			    bool has_crc, uint32_t crc32c, store_piece_done_fn done, void *arg);

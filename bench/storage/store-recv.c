@@ -13,13 +13,12 @@
  * defaults: 16 pieces / 20 ms) and opens one task of N bytes with a random id and
  * piece length L (default 64 MiB; fallocated by the store). Then it prints
  * "ready HOST:PORT", accepts one connection and receives the pieces in order with
- * store_piece_from_socket: piece n + 1 is started from piece n's done callback, i.e.
- * once piece n is written, crc32c-checked (read back from the page cache for splice),
- * fdatasync'd and recorded in the metadata. The sync is therefore serialised with the
- * transfer: the store has no "the piece's bytes are off the socket" notification, so a
- * second piece on the same stream cannot be started any earlier without racing the
- * first one for the socket's bytes. --inflight is accepted for the CLI contract, but
- * only K = 1 is possible for that reason.
+ * store_piece_from_stream: piece n + 1 starts reading the socket as soon as piece n's
+ * bytes are off it (its `received` callback), while piece n is still being written,
+ * crc32c-checked (read back from the page cache for splice), fdatasync'd and
+ * recorded. The run ends when the last piece's done callback reports it recorded.
+ * --inflight is accepted for the CLI contract; only one piece can read one stream at a
+ * time, so only K = 1 is meaningful.
  *
  * The clock and getrusage (RUSAGE_SELF: every thread, including the io_uring io-wq
  * workers that run the splices into the file and the fdatasyncs) start when accept()
@@ -191,17 +190,19 @@ struct bench {
 	struct loop *loop;
 	struct store_task *task;
 	int sock;
-	uint32_t next, count;
+	uint32_t next, count, recorded;
 	int failed;
 	double t_end;
 	struct rusage ru_end;
 };
 
 static void piece_done(struct store_task *task, uint32_t number, int res, void *arg);
+static void piece_received(struct store_task *task, uint32_t number, int res, void *arg);
 
 static void piece_start(struct bench *b)
 {
-	int rc = store_piece_from_socket(b->task, b->next, b->sock, false, 0, piece_done, b);
+	int rc = store_piece_from_stream(b->task, b->next, b->sock, false, 0, piece_received,
+					 piece_done, b);
 
 	if (rc < 0) {
 		fprintf(stderr, "store-recv: piece %u: cannot start: %s\n", b->next, strerror(-rc));
@@ -210,6 +211,18 @@ static void piece_start(struct bench *b)
 		return;
 	}
 	b->next++;
+}
+
+/* Piece n's bytes are off the socket: piece n + 1 may read it now. */
+static void piece_received(struct store_task *task, uint32_t number, int res, void *arg)
+{
+	struct bench *b = arg;
+
+	(void)task;
+	(void)number;
+	(void)res;
+	if (b->next < b->count)
+		piece_start(b);
 }
 
 static void piece_done(struct store_task *task, uint32_t number, int res, void *arg)
@@ -223,10 +236,8 @@ static void piece_done(struct store_task *task, uint32_t number, int res, void *
 		loop_stop(b->loop);
 		return;
 	}
-	if (b->next < b->count) {
-		piece_start(b);
+	if (++b->recorded < b->count)
 		return;
-	}
 	/* The last piece is durable and recorded: stop the clock here. */
 	b->t_end = now_s();
 	getrusage(RUSAGE_SELF, &b->ru_end);
@@ -301,10 +312,8 @@ int main(int argc, char **argv)
 	if (optind != argc || !listen_spec || !dir || !want || mode < 0)
 		usage();
 	if (inflight != 1) {
-		fprintf(stderr, "store-recv: --inflight %lld: only 1 is possible on one stream: "
-			"store_piece_from_socket reports nothing before the piece's done "
-			"(after fdatasync + record), so piece n + 1 cannot know when piece n's "
-			"bytes are off the socket\n", inflight);
+		fprintf(stderr, "store-recv: --inflight %lld: one stream is read by one piece at a "
+			"time (the next starts when its bytes are off the socket)\n", inflight);
 		exit(2);
 	}
 

@@ -424,6 +424,7 @@ TestSuite(store_recover, .init = setup, .fini = teardown, .timeout = 60);
 TestSuite(store_locate, .init = setup, .fini = teardown, .timeout = 60);
 TestSuite(store_gc, .init = setup, .fini = teardown, .timeout = 60);
 TestSuite(store_import, .init = setup, .fini = teardown, .timeout = 60);
+TestSuite(store_stream, .init = setup, .fini = teardown, .timeout = 60);
 TestSuite(store_enospc, .init = setup, .fini = teardown, .timeout = 60);
 
 /* --- pieces from a buffer. */
@@ -1095,9 +1096,9 @@ Test(store_sync, batch_fill_and_delay_timer_both_complete_pieces)
 	free(content);
 }
 
-/* With a long delay the two paths tell apart: a full batch syncs at once, a
- * lone piece waits for the timer. */
-Test(store_sync, full_batch_does_not_wait_for_the_timer_a_lone_piece_does)
+/* With a long delay: a full batch syncs at once, and so does a lone piece with
+ * nothing else of its task moving (nothing could join its batch). */
+Test(store_sync, full_batch_and_lone_piece_do_not_wait_for_the_timer)
 {
 	const uint64_t length = 5 * PL;
 	const unsigned delay = 1500;
@@ -1126,16 +1127,56 @@ Test(store_sync, full_batch_does_not_wait_for_the_timer_a_lone_piece_does)
 	start = clock_monotonic_ms();
 	begin_batch();
 	submit_pieces(task, content, 4, 1, results);
-	/* Not recorded before the timer, even with the loop running. */
-	run_for(delay / 3);
-	cr_assert_eq(results[4].calls, 0);
-	cr_assert_not(store_task_has_piece(task, 4));
 	wait_done(1);
-	cr_assert_geq(results[4].done_ms - start, delay - 50,
-		      "a lone piece was synced after %llu ms, before the %u ms delay",
-		      (unsigned long long)(results[4].done_ms - start), delay);
-	cr_assert_eq(results[4].res, 0);
+	cr_assert_lt(results[4].done_ms - start, delay / 2, "a lone piece waited %llu ms",
+		     (unsigned long long)(results[4].done_ms - start));
 	cr_assert(store_task_has_piece(task, 4));
+
+	store_task_release(task);
+	free(content);
+}
+
+/* A piece checked while another piece of its task is still moving waits for
+ * the delay timer (its batch may still fill). */
+Test(store_sync, piece_waits_for_the_timer_while_another_is_moving)
+{
+	const uint64_t length = 2 * PL;
+	const unsigned delay = 1000;
+	struct store_options options = base_options();
+	struct piece_result results[2], stalled;
+	uint8_t id[META_ID_SIZE];
+	uint8_t *content = make_content(length, 33);
+	struct store_task *task;
+	uint64_t start;
+	int sv[2];
+
+	options.sync_batch_pieces = 4;
+	options.sync_delay_ms = delay;
+	open_store(&options);
+	make_id(id, "sync-timer");
+	task = open_task(id, length, PL, NULL);
+	memset(results, 0, sizeof(results));
+	memset(&stalled, 0, sizeof(stalled));
+
+	cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+	begin_batch();
+	cr_assert_eq(store_piece_from_socket(task, 1, sv[0], false, 0, piece_done, &stalled), 0);
+	start = clock_monotonic_ms();
+	submit_pieces(task, content, 0, 1, results);
+	run_for(delay / 3);
+	cr_assert_eq(results[0].calls, 0, "recorded before the timer while piece 1 moves");
+	cr_assert_not(store_task_has_piece(task, 0));
+	wait_done(1);
+	cr_assert_eq(results[0].res, 0);
+	cr_assert_geq(results[0].done_ms - start, delay - 50,
+		      "synced after %llu ms, before the %u ms delay",
+		      (unsigned long long)(results[0].done_ms - start), delay);
+	cr_assert(store_task_has_piece(task, 0));
+	close(sv[1]);
+	begin_batch();
+	wait_done(1);
+	cr_assert_eq(stalled.res, -EPIPE);
+	close(sv[0]);
 	store_task_release(task);
 	free(content);
 }
@@ -2390,4 +2431,83 @@ Test(store_enospc, a_disk_with_no_byte_left_fails_the_task_cleanly)
 		cr_assert_eq(report.tasks_removed, 0);
 	}
 	free(content);
+}
+
+/* --- several pieces back to back on one stream (store_piece_from_stream). */
+
+struct stream_run {
+	struct store_task *task;
+	int fd;
+	uint32_t next, count;
+	int order_errors;
+	struct piece_result *results;
+};
+
+static struct stream_run stream_run;
+
+static void stream_received(struct store_task *task, uint32_t number, int res, void *arg);
+
+static void stream_start(void)
+{
+	uint32_t number = stream_run.next++;
+
+	cr_assert_eq(store_piece_from_stream(stream_run.task, number, stream_run.fd, false, 0,
+					     stream_received, piece_done,
+					     &stream_run.results[number]),
+		     0);
+}
+
+static void stream_received(struct store_task *task, uint32_t number, int res, void *arg)
+{
+	struct piece_result *r = arg;
+
+	/* Received comes once, before done, and before the piece is recorded. */
+	if (res != 0 || r->calls != 0 || store_task_has_piece(task, number))
+		stream_run.order_errors++;
+	if (stream_run.next < stream_run.count)
+		stream_start();
+}
+
+static void stream_pieces(enum store_socket_path path)
+{
+	const uint64_t length = 7 * PL + 123;
+	struct store_options options = base_options();
+	struct piece_result results[8];
+	struct writer w;
+	uint8_t id[META_ID_SIZE];
+	uint8_t *content = make_content(length, 41);
+	struct store_task *task;
+	int sv[2];
+
+	options.socket_path = path;
+	open_store(&options);
+	make_id(id, path == STORE_SOCKET_SPLICE ? "stream-splice" : "stream-recv");
+	task = open_task(id, length, PL, NULL);
+	memset(results, 0, sizeof(results));
+	cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+	stream_run = (struct stream_run){ .task = task, .fd = sv[0], .count = 8,
+					  .results = results };
+	begin_batch();
+	writer_start(&w, sv[1], content, length);
+	stream_start();
+	wait_done(8);
+	writer_join(&w);
+	cr_assert_eq(stream_run.order_errors, 0);
+	for (int k = 0; k < 8; k++)
+		cr_assert_eq(results[k].res, 0, "piece %d: %d", k, results[k].res);
+	cr_assert_eq(store_task_info(task)->pieces_done, 8);
+	expect_content(id, content, length);
+	close(sv[0]);
+	store_task_release(task);
+	free(content);
+}
+
+Test(store_stream, pieces_back_to_back_on_one_socket_splice)
+{
+	stream_pieces(STORE_SOCKET_SPLICE);
+}
+
+Test(store_stream, pieces_back_to_back_on_one_socket_recv)
+{
+	stream_pieces(STORE_SOCKET_RECV);
 }
