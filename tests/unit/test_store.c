@@ -1076,7 +1076,7 @@ Test(store_sync, batch_fill_and_delay_timer_both_complete_pieces)
 	begin_batch();
 	submit_pieces(task, content, 0, 4, results);
 	wait_done(4);
-	/* One piece alone: only the timer can sync it. */
+	/* One piece alone: nothing else is moving, so it is synced at once. */
 	begin_batch();
 	submit_pieces(task, content, 4, 1, results);
 	wait_done(1);
