@@ -349,6 +349,17 @@ int loop_cancel_fd(struct loop *loop, int fd)
 	return 0;
 }
 
+int loop_poll(struct loop *loop, struct loop_op *op, int fd, unsigned events)
+{
+	struct io_uring_sqe *sqe = loop_sqes(loop, 1);
+
+	if (!sqe)
+		return -EBUSY;
+	io_uring_prep_poll_add(sqe, fd, events);
+	loop_sqe_attach(loop, sqe, op);
+	return 0;
+}
+
 int loop_nop(struct loop *loop, struct loop_op *op)
 {
 	struct io_uring_sqe *sqe = loop_sqes(loop, 1);

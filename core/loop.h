@@ -134,6 +134,10 @@ int loop_cancel_op(struct loop *loop, struct loop_op *target);
 /* Cancels every operation in flight on `fd`. */
 int loop_cancel_fd(struct loop *loop, int fd);
 
+/* One-shot poll for `events` (POLLIN, POLLOUT, ...) on fd: res is the
+ * revents mask, or a negative errno (-ECANCELED once cancelled). */
+int loop_poll(struct loop *loop, struct loop_op *op, int fd, unsigned events);
+
 /* A no-op that completes at the next turn (res 0): to run a callback soon. */
 int loop_nop(struct loop *loop, struct loop_op *op);
 

@@ -1,6 +1,7 @@
 /* test_loop: the io_uring loop's operations, timeouts, cancellation, buffers, signals. */
 #include <criterion/criterion.h>
 #include <errno.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -334,5 +335,38 @@ Test(loop, many_operations_beyond_the_ring_size)
 	for (int i = 0; i < 1000; i++)
 		cr_assert_eq(records[i].res, -ECANCELED, "record %d: %d", i, records[i].res);
 	free(records);
+	loop_destroy(loop);
+}
+
+Test(loop, poll_reports_readiness_and_cancels)
+{
+	struct loop *loop = new_loop();
+	struct record r;
+	int sv[2];
+
+	cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+	record_init(&r, loop, true);
+	cr_assert_eq(loop_poll(loop, &r.op, sv[1], POLLIN), 0);
+	cr_assert_eq(write(sv[0], "x", 1), 1);
+	cr_assert_eq(loop_run(loop), 0);
+	cr_assert(r.res & POLLIN, "revents %d", r.res);
+
+	/* Nothing to read once drained: the poll waits until cancelled. */
+	char c;
+	cr_assert_eq(read(sv[1], &c, 1), 1);
+	record_init(&r, loop, true);
+	cr_assert_eq(loop_poll(loop, &r.op, sv[1], POLLIN), 0);
+	cr_assert_eq(loop_cancel_op(loop, &r.op), 0);
+	cr_assert_eq(loop_run(loop), 0);
+	cr_assert_eq(r.res, -ECANCELED);
+	while (loop_inflight(loop) > 0) {
+		struct record nop;
+
+		record_init(&nop, loop, true);
+		loop_nop(loop, &nop.op);
+		loop_run(loop);
+	}
+	close(sv[0]);
+	close(sv[1]);
 	loop_destroy(loop);
 }
