@@ -34,8 +34,18 @@ test_tree() {
 	local name=$1 log rc=0 closing
 	log="build/$name/ctest.log"
 	echo "==> ctest build/$name"
-	ctest --test-dir "build/$name" --output-on-failure --no-tests=error 2>&1 |
-		tee "$log" || rc=$?
+	ctest --test-dir "build/$name" --output-on-failure --no-tests=error \
+		--output-log "build/$name/ctest-full.log" 2>&1 | tee "$log" || rc=$?
+	# A Criterion test reports its result before its process exits, so a
+	# sanitizer report printed at exit (LeakSanitizer) would not fail it:
+	# every test's full output is searched for one.
+	if grep -qE 'ERROR: (Address|Leak)Sanitizer|runtime error:' "build/$name/ctest-full.log"; then
+		echo "==> build/$name: sanitizer reports in passing tests:"
+		grep -E -B2 -A12 'ERROR: (Address|Leak)Sanitizer|runtime error:' \
+			"build/$name/ctest-full.log" | head -n 80
+		summary[$name]+=" sanitizer=FAILED"
+		rc=1
+	fi
 	closing=$(grep -E 'tests passed|No tests were found' "$log" | tail -n 1) || true
 	if ((rc == 0)); then
 		summary[$name]+=" ctest=ok"
