@@ -34,15 +34,20 @@ test_tree() {
 	local name=$1 log rc=0 closing
 	log="build/$name/ctest.log"
 	echo "==> ctest build/$name"
-	ctest --test-dir "build/$name" --output-on-failure --no-tests=error \
-		--output-log "build/$name/ctest-full.log" 2>&1 | tee "$log" || rc=$?
-	# A Criterion test reports its result before its process exits, so a
-	# sanitizer report printed at exit (LeakSanitizer) would not fail it:
-	# every test's full output is searched for one.
-	if grep -qE 'ERROR: (Address|Leak)Sanitizer|runtime error:' "build/$name/ctest-full.log"; then
-		echo "==> build/$name: sanitizer reports in passing tests:"
-		grep -E -B2 -A12 'ERROR: (Address|Leak)Sanitizer|runtime error:' \
-			"build/$name/ctest-full.log" | head -n 80
+	# -V keeps every test's output (in $full): a Criterion test reports its
+	# result before its process exits, so a sanitizer report printed at exit
+	# (LeakSanitizer) would not fail it; the output is searched for one below.
+	local full="build/$name/ctest-full.log"
+	ctest --test-dir "build/$name" -V --no-tests=error >"$full" 2>&1 || rc=$?
+	grep -E '^ *[0-9]+/[0-9]+ Test +#' "$full" | tee "$log"
+	sed -n '/tests passed/,$p' "$full" | tee -a "$log"
+	if ((rc != 0)); then
+		echo "==> build/$name: output of the failed tests"
+		ctest --test-dir "build/$name" --rerun-failed --output-on-failure || true
+	fi
+	if grep -qE 'ERROR: (Address|Leak)Sanitizer|runtime error:' "$full"; then
+		echo "==> build/$name: sanitizer reports in tests that passed:"
+		grep -E -B2 -A12 'ERROR: (Address|Leak)Sanitizer|runtime error:' "$full" | head -n 80
 		summary[$name]+=" sanitizer=FAILED"
 		rc=1
 	fi
