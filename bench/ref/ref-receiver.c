@@ -41,6 +41,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bench/common/bench-net.h"
+
 enum mode { MODE_SPLICE, MODE_RECV };
 
 static void usage(void)
@@ -86,47 +88,23 @@ static long long parse_size(const char *s)
 /* Bind and listen on "HOST:PORT" or "[V6]:PORT", then announce "ready HOST:PORT". */
 static int listen_on(const char *spec)
 {
-	char host[256], nhost[INET6_ADDRSTRLEN], nport[16];
-	const char *colon = strrchr(spec, ':');
-	struct addrinfo hints = { 0 }, *ai;
-	struct sockaddr_storage ss;
-	socklen_t sslen = sizeof(ss);
-	size_t len;
-	int fd, rc, one = 1;
+	struct addrinfo *ai;
+	char err[300], ready[128];
+	int rc = bench_resolve(spec, true, &ai, err, sizeof(err)), fd;
 
-	if (!colon || colon == spec || !colon[1])
+	if (rc == -EINVAL)
 		usage();
-	len = colon - spec;
-	if (spec[0] == '[' && len >= 2 && spec[len - 1] == ']') {
-		spec++;
-		len -= 2;
-	}
-	if (len >= sizeof(host))
-		usage();
-	memcpy(host, spec, len);
-	host[len] = '\0';
-
-	hints.ai_family = AF_UNSPEC;
-	hints.ai_socktype = SOCK_STREAM;
-	hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
-	rc = getaddrinfo(host, colon + 1, &hints, &ai);
-	if (rc) {
-		fprintf(stderr, "ref-receiver: %s: %s\n", host, gai_strerror(rc));
+	if (rc < 0) {
+		fprintf(stderr, "ref-receiver: %s\n", err);
 		exit(1);
 	}
-	fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
-	    bind(fd, ai->ai_addr, ai->ai_addrlen) < 0 || listen(fd, 1) < 0 ||
-	    getsockname(fd, (struct sockaddr *)&ss, &sslen) < 0)
-		die("listen");
+	fd = bench_listen(ai, 1, ready, sizeof(ready));
 	freeaddrinfo(ai);
-
-	if (getnameinfo((struct sockaddr *)&ss, sslen, nhost, sizeof(nhost), nport,
-			sizeof(nport), NI_NUMERICHOST | NI_NUMERICSERV) == 0)
-		printf(ss.ss_family == AF_INET6 ? "ready [%s]:%s\n" : "ready %s:%s\n", nhost,
-		       nport);
-	else
-		printf("ready\n");
+	if (fd < 0) {
+		errno = -fd;
+		die("listen");
+	}
+	printf("%s\n", ready);
 	fflush(stdout);
 	return fd;
 }

@@ -31,6 +31,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bench/common/bench-net.h"
+
 static void usage(void)
 {
 	fprintf(stderr,
@@ -50,30 +52,14 @@ static double now_s(void)
 /* Split "HOST:PORT" or "[V6]:PORT" and resolve it; exits on failure. */
 static struct addrinfo *resolve(const char *spec, int passive)
 {
-	char host[256];
-	const char *colon = strrchr(spec, ':');
-	size_t len;
-	struct addrinfo hints = { 0 }, *res;
-	int rc;
+	struct addrinfo *res;
+	char err[300];
+	int rc = bench_resolve(spec, passive, &res, err, sizeof(err));
 
-	if (!colon || colon == spec || !colon[1])
+	if (rc == -EINVAL)
 		usage();
-	len = colon - spec;
-	if (spec[0] == '[' && len >= 2 && spec[len - 1] == ']') {
-		spec++;
-		len -= 2;
-	}
-	if (len >= sizeof(host))
-		usage();
-	memcpy(host, spec, len);
-	host[len] = '\0';
-
-	hints.ai_family = AF_UNSPEC;
-	hints.ai_socktype = SOCK_STREAM;
-	hints.ai_flags = AI_NUMERICSERV | (passive ? AI_PASSIVE : 0);
-	rc = getaddrinfo(host, colon + 1, &hints, &res);
-	if (rc) {
-		fprintf(stderr, "ref-sender: %s: %s\n", spec, gai_strerror(rc));
+	if (rc < 0) {
+		fprintf(stderr, "ref-sender: %s\n", err);
 		exit(1);
 	}
 	return res;
@@ -92,23 +78,14 @@ static int connect_to(const struct addrinfo *ai)
 
 static int listen_on(const struct addrinfo *ai)
 {
-	struct sockaddr_storage ss;
-	socklen_t sslen = sizeof(ss);
-	char host[INET6_ADDRSTRLEN], port[16];
-	int one = 1;
-	int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	char ready[128];
+	int fd = bench_listen(ai, 16, ready, sizeof(ready));
 
-	if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
-	    bind(fd, ai->ai_addr, ai->ai_addrlen) < 0 || listen(fd, 16) < 0 ||
-	    getsockname(fd, (struct sockaddr *)&ss, &sslen) < 0) {
-		perror("ref-sender: listen");
+	if (fd < 0) {
+		fprintf(stderr, "ref-sender: listen: %s\n", strerror(-fd));
 		exit(1);
 	}
-	if (getnameinfo((struct sockaddr *)&ss, sslen, host, sizeof(host), port, sizeof(port),
-			NI_NUMERICHOST | NI_NUMERICSERV) == 0)
-		printf(ss.ss_family == AF_INET6 ? "ready [%s]:%s\n" : "ready %s:%s\n", host, port);
-	else
-		printf("ready\n");
+	printf("%s\n", ready);
 	fflush(stdout);
 	return fd;
 }
