@@ -41,6 +41,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bench/common/bench-clock.h"
 #include "bench/common/bench-net.h"
 
 enum mode { MODE_SPLICE, MODE_RECV };
@@ -58,19 +59,6 @@ static void die(const char *what)
 {
 	fprintf(stderr, "ref-receiver: %s: %s\n", what, strerror(errno));
 	exit(1);
-}
-
-static double now_s(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
-static double tv_s(struct timeval tv)
-{
-	return tv.tv_sec + tv.tv_usec / 1e6;
 }
 
 static long long parse_size(const char *s)
@@ -266,18 +254,18 @@ int main(int argc, char **argv)
 	close(lfd);
 
 	getrusage(RUSAGE_SELF, &ru0);
-	t0 = now_s();
+	t0 = bench_now_s();
 	if (mode == MODE_SPLICE)
 		receive_splice(sock, out, want, pipe_fds, pipe_sz);
 	else
 		receive_recv(sock, out, want, buf, chunk);
 	if (sync_end && fdatasync(out) < 0)
 		die("fdatasync");
-	secs = now_s() - t0;
+	secs = bench_now_s() - t0;
 	getrusage(RUSAGE_SELF, &ru1);
 
-	user_s = tv_s(ru1.ru_utime) - tv_s(ru0.ru_utime);
-	sys_s = tv_s(ru1.ru_stime) - tv_s(ru0.ru_stime);
+	user_s = bench_tv_s(ru1.ru_utime) - bench_tv_s(ru0.ru_utime);
+	sys_s = bench_tv_s(ru1.ru_stime) - bench_tv_s(ru0.ru_stime);
 	printf("mode=%s bytes=%lld seconds=%.6f gb_per_s=%.3f user_s=%.3f sys_s=%.3f"
 	       " cpu_s_per_gib=%.3f pipe_size=%zu chunk=%zu sync=%d\n",
 	       mode_name, want, secs, want / secs / 1e9, user_s, sys_s,

@@ -31,6 +31,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bench/common/bench-clock.h"
 #include "bench/common/bench-net.h"
 
 static void usage(void)
@@ -39,14 +40,6 @@ static void usage(void)
 		"usage: ringfly-ref-sender (--connect HOST:PORT | --listen HOST:PORT) --file F"
 		" [--repeat N]\n");
 	exit(2);
-}
-
-static double now_s(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
 /* Split "HOST:PORT" or "[V6]:PORT" and resolve it; exits on failure. */
@@ -160,7 +153,7 @@ int main(int argc, char **argv)
 	if (listen_spec)
 		lfd = listen_on(ai);
 
-	t0 = now_s();
+	t0 = bench_now_s();
 	for (long i = 0; i < repeat; i++) {
 		int sock = lfd >= 0 ? accept4(lfd, NULL, NULL, SOCK_CLOEXEC) : connect_to(ai);
 
@@ -171,7 +164,7 @@ int main(int argc, char **argv)
 		send_whole(sock, file, st.st_size);
 		close(sock);
 	}
-	secs = now_s() - t0;
+	secs = bench_now_s() - t0;
 	fprintf(stderr, "sender bytes=%lld seconds=%.6f gb_per_s=%.3f\n",
 		(long long)st.st_size * repeat, secs, st.st_size * repeat / secs / 1e9);
 	freeaddrinfo(ai);

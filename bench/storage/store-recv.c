@@ -57,6 +57,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bench/common/bench-clock.h"
 #include "bench/common/bench-net.h"
 
 #include "core/loop.h"
@@ -84,19 +85,6 @@ static void die_rc(const char *what, int rc, const char *detail)
 	fprintf(stderr, "store-recv: %s: %s%s%s\n", what, strerror(-rc), detail && *detail ? ": " : "",
 		detail ? detail : "");
 	exit(1);
-}
-
-static double now_s(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
-static double tv_s(struct timeval tv)
-{
-	return tv.tv_sec + tv.tv_usec / 1e6;
 }
 
 static long long parse_num(const char *s, long long min)
@@ -216,7 +204,7 @@ static void piece_done(struct store_task *task, uint32_t number, int res, void *
 	if (++b->recorded < b->count)
 		return;
 	/* The last piece is durable and recorded: stop the clock here. */
-	b->t_end = now_s();
+	b->t_end = bench_now_s();
 	getrusage(RUSAGE_SELF, &b->ru_end);
 	loop_stop(b->loop);
 }
@@ -332,7 +320,7 @@ int main(int argc, char **argv)
 	close(lfd);
 
 	getrusage(RUSAGE_SELF, &ru0);
-	t0 = now_s();
+	t0 = bench_now_s();
 	piece_start(&b);
 	if (!b.failed) {
 		rc = loop_run(b.loop);
@@ -349,8 +337,8 @@ int main(int argc, char **argv)
 	}
 
 	secs = b.t_end - t0;
-	user_s = tv_s(b.ru_end.ru_utime) - tv_s(ru0.ru_utime);
-	sys_s = tv_s(b.ru_end.ru_stime) - tv_s(ru0.ru_stime);
+	user_s = bench_tv_s(b.ru_end.ru_utime) - bench_tv_s(ru0.ru_utime);
+	sys_s = bench_tv_s(b.ru_end.ru_stime) - bench_tv_s(ru0.ru_stime);
 	printf("mode=%s bytes=%lld seconds=%.6f gb_per_s=%.3f user_s=%.3f sys_s=%.3f"
 	       " cpu_s_per_gib=%.3f piece_length=%lld pieces=%u inflight=%lld sync_batch=%lld"
 	       " sync_delay_ms=%lld\n",

@@ -49,6 +49,18 @@ static void record_init(struct record *r, struct loop *loop, bool stop)
 	loop_op_init(&r->op, record_done, r);
 }
 
+/* Runs the loop until nothing is in flight (pooled records complete too). */
+static void drain(struct loop *loop)
+{
+	while (loop_inflight(loop) > 0) {
+		struct record nop;
+
+		record_init(&nop, loop, true);
+		cr_assert_eq(loop_nop(loop, &nop.op), 0);
+		cr_assert_eq(loop_run(loop), 0);
+	}
+}
+
 Test(loop, probes_features)
 {
 	struct loop *loop = new_loop();
@@ -157,13 +169,7 @@ Test(loop, recv_with_linked_timeout_is_cancelled)
 	cr_assert_eq(r.res, -ECANCELED);
 	cr_assert_geq(clock_monotonic_ms() - start, 39);
 	/* The pooled timeout record completes too. */
-	while (loop_inflight(loop) > 0) {
-		struct record nop;
-
-		record_init(&nop, loop, true);
-		loop_nop(loop, &nop.op);
-		loop_run(loop);
-	}
+	drain(loop);
 	close(sv[0]);
 	close(sv[1]);
 	loop_destroy(loop);
@@ -325,13 +331,7 @@ Test(loop, many_operations_beyond_the_ring_size)
 	}
 	for (int i = 0; i < 1000; i++)
 		cr_assert_eq(loop_cancel_op(loop, &records[i].op), 0);
-	while (loop_inflight(loop) > 0) {
-		struct record nop;
-
-		record_init(&nop, loop, true);
-		loop_nop(loop, &nop.op);
-		cr_assert_eq(loop_run(loop), 0);
-	}
+	drain(loop);
 	for (int i = 0; i < 1000; i++)
 		cr_assert_eq(records[i].res, -ECANCELED, "record %d: %d", i, records[i].res);
 	free(records);
@@ -359,13 +359,7 @@ Test(loop, poll_reports_readiness_and_cancels)
 	cr_assert_eq(loop_cancel_op(loop, &r.op), 0);
 	cr_assert_eq(loop_run(loop), 0);
 	cr_assert_eq(r.res, -ECANCELED);
-	while (loop_inflight(loop) > 0) {
-		struct record nop;
-
-		record_init(&nop, loop, true);
-		loop_nop(loop, &nop.op);
-		loop_run(loop);
-	}
+	drain(loop);
 	close(sv[0]);
 	close(sv[1]);
 	loop_destroy(loop);
