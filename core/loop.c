@@ -227,6 +227,18 @@ int loop_recv(struct loop *loop, struct loop_op *op, int fd, void *buf, size_t l
 	return timeout_ms ? loop_link_timeout(loop, sqe, timeout_ms) : 0;
 }
 
+int loop_recvmsg(struct loop *loop, struct loop_op *op, int fd, struct msghdr *msg,
+		 unsigned flags)
+{
+	struct io_uring_sqe *sqe = loop_sqes(loop, 1);
+
+	if (!sqe)
+		return -EBUSY;
+	io_uring_prep_recvmsg(sqe, fd, msg, flags);
+	loop_sqe_attach(loop, sqe, op);
+	return 0;
+}
+
 int loop_recv_multishot(struct loop *loop, struct loop_op *op, int fd, uint16_t group)
 {
 	struct io_uring_sqe *sqe;

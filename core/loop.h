@@ -7,6 +7,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+struct msghdr;
+
 /*
  * Model: Redis ae.h, on io_uring. The caller owns operation records
  * (struct loop_op), usually embedded in the object the operation works for
@@ -99,6 +101,11 @@ int loop_recv(struct loop *loop, struct loop_op *op, int fd, void *buf, size_t l
  * buffer back with loop_buf_recycle. res == 0 is EOF; -ENOBUFS means the group
  * ran dry (the multishot ends; re-arm once buffers are back). */
 int loop_recv_multishot(struct loop *loop, struct loop_op *op, int fd, uint16_t group);
+
+/* One-shot recvmsg(2) into msg (borrowed with its buffers until completion),
+ * e.g. to receive file descriptors (SCM_RIGHTS); res as for recv. */
+int loop_recvmsg(struct loop *loop, struct loop_op *op, int fd, struct msghdr *msg,
+		 unsigned flags);
 
 /* One-shot send of buf[len] (borrowed until completion). res may be short:
  * the caller sends the rest. timeout_ms > 0 links a timeout as for recv. */

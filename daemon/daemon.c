@@ -13,6 +13,8 @@
 #include "core/clock.h"
 #include "core/log.h"
 #include "core/loop.h"
+#include "daemon/download.h"
+#include "daemon/service.h"
 #include "net/conn.h"
 #include "net/tcp.h"
 #include "net/uds.h"
@@ -49,6 +51,8 @@ struct daemon {
 
 	struct store *store;
 	struct loop_op recover_op;
+	struct download_engine *engine;
+	struct service service;
 
 	struct loop_op drain_op;
 	struct loop_op peer_retry_op;
@@ -132,12 +136,28 @@ static int daemon_frame(struct conn *conn, uint8_t type, const uint8_t *message,
 		break;
 	}
 	default:
-		conn_send_error(conn, 0, RINGFLY__ERROR_CODE__ERROR_CODE_UNEXPECTED,
-				"ringflyd does not take %s messages", frame_type_name(type));
+		/* Downloads and the cache only for local clients. */
+		if (conn_get_server(conn) == daemon->cli && !daemon->draining &&
+		    service_frame(&daemon->service, conn, type, msg))
+			break;
+		conn_send_error(conn, 0, daemon->draining
+				? RINGFLY__ERROR_CODE__ERROR_CODE_SHUTTING_DOWN
+				: RINGFLY__ERROR_CODE__ERROR_CODE_UNEXPECTED,
+				daemon->draining ? "ringflyd is shutting down; %s refused"
+						 : "ringflyd does not take %s messages here",
+				frame_type_name(type));
 		break;
 	}
 	protobuf_c_message_free_unpacked(msg, NULL);
 	return 0;
+}
+
+static void daemon_conn_closed(struct conn *conn)
+{
+	struct daemon *daemon = conn_server_context(conn_get_server(conn));
+
+	if (conn_get_server(conn) == daemon->cli)
+		service_conn_closed(&daemon->service, conn);
 }
 
 /* --- shutdown. */
@@ -166,7 +186,7 @@ static bool daemon_drained(const struct daemon *daemon)
 		return false;
 	if (daemon->peer && (conn_server_accepting(daemon->peer) || conn_server_count(daemon->peer)))
 		return false;
-	return !daemon->peer_retry_armed;
+	return !daemon->peer_retry_armed && download_engine_active(daemon->engine) == 0;
 }
 
 static void daemon_drain_done(struct loop_op *op, int res, uint32_t flags)
@@ -349,7 +369,10 @@ static void daemon_raise_fd_limit(void)
 
 int daemon_run(const struct daemon_config *config)
 {
-	static const struct conn_handlers handlers = { .frame = daemon_frame };
+	static const struct conn_handlers handlers = {
+		.frame = daemon_frame,
+		.closed = daemon_conn_closed,
+	};
 	struct uds_listen_options uds_options = {
 		.path = config->socket_path,
 		.mode = config->socket_mode,
@@ -397,8 +420,16 @@ int daemon_run(const struct daemon_config *config)
 			goto out_uds;
 		}
 	}
+	rc = download_engine_create(&daemon.engine, daemon.loop, daemon.store, NULL);
+	if (rc < 0) {
+		fprintf(stderr, "ringflyd: cannot set up downloads: %s\n", strerror(-rc));
+		goto out_uds;
+	}
+	daemon.service.store = daemon.store;
+	daemon.service.engine = daemon.engine;
 
 	options = daemon_server_options(&daemon, "cli");
+	options.pass_fds = true;
 	rc = conn_server_create(&daemon.cli, daemon.loop, &handlers, &options, &daemon);
 	if (rc == 0)
 		rc = conn_server_listen(daemon.cli, daemon.uds.fd);
@@ -441,6 +472,7 @@ out_uds:
 	loop_destroy(daemon.loop);
 	conn_server_destroy(daemon.cli);
 	conn_server_destroy(daemon.peer);
+	download_engine_destroy(daemon.engine);
 	store_close(daemon.store);
 	return exit_code;
 out_loop:

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include "core/clock.h"
@@ -22,6 +23,8 @@
 #define CONN_RECV_BUFFER_SIZE 4096u
 #define CONN_SWEEP_MS 1000u
 #define CONN_ACCEPT_RETRY_MS 100u
+#define CONN_FDS_MAX 8u		/* received and not yet taken, per connection */
+#define CONN_RECVMSG_SPACE 16384u /* free input space offered to each recvmsg */
 /* Buffers kept by a connection struct on the free list; larger ones are freed. */
 #define CONN_KEEP_BUFFER_MAX (64u << 10)
 
@@ -42,6 +45,7 @@ struct conn {
 	int peer_pid;
 	unsigned peer_uid;
 	uint64_t last_active_ms;
+	void *user;
 
 	struct loop_op recv_op;
 	struct loop_op send_op;
@@ -53,6 +57,18 @@ struct conn {
 	/* The buffer a send in flight reads from, after the output grew into a
 	 * new one meanwhile: freed when that send completes. */
 	uint8_t *output_retired;
+
+	/* pass_fds: the recvmsg in flight writes into input[input_len..] and
+	 * control; both stay put until it completes (nothing reallocates the
+	 * input while a recv is armed). */
+	struct msghdr msg;
+	struct iovec iov;
+	union {
+		struct cmsghdr align;
+		uint8_t bytes[CMSG_SPACE(sizeof(int) * CONN_FDS_MAX)];
+	} control;
+	int fds[CONN_FDS_MAX];
+	unsigned fd_count;
 };
 
 struct conn_listener {
@@ -127,6 +143,7 @@ static struct conn *conn_get(struct conn_server *server, int fd)
 	conn->flags = 0;
 	conn->peer_pid = 0;
 	conn->peer_uid = 0;
+	conn->user = NULL;
 	conn->input_len = 0;
 	conn->output_start = conn->output_end = 0;
 	conn->last_active_ms = clock_monotonic_ms();
@@ -158,6 +175,9 @@ static void conn_put(struct conn *conn)
 		conn->next->prev = conn->prev;
 	server->count--;
 
+	for (unsigned i = 0; i < conn->fd_count; i++)
+		close(conn->fds[i]);
+	conn->fd_count = 0;
 	if (conn->input_cap > CONN_KEEP_BUFFER_MAX) {
 		free(conn->input);
 		conn->input = NULL;
@@ -330,7 +350,7 @@ int conn_send_frame(struct conn *conn, uint8_t type, const ProtobufCMessage *msg
 
 void conn_send_error(struct conn *conn, uint64_t id, Ringfly__ErrorCode code, const char *fmt, ...)
 {
-	char text[256];
+	char text[1024];
 	va_list ap;
 	ssize_t n;
 
@@ -420,6 +440,46 @@ static void conn_parse(struct conn *conn)
 	}
 }
 
+/* Keeps the descriptors a recvmsg brought (pass_fds). */
+static void conn_take_control(struct conn *conn)
+{
+	bool dropped = (conn->msg.msg_flags & MSG_CTRUNC) != 0;
+
+	for (struct cmsghdr *c = CMSG_FIRSTHDR(&conn->msg); c; c = CMSG_NXTHDR(&conn->msg, c)) {
+		size_t count;
+		int fd;
+
+		if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
+			continue;
+		count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+		for (size_t i = 0; i < count; i++) {
+			memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof(fd));
+			if (conn->fd_count < CONN_FDS_MAX) {
+				conn->fds[conn->fd_count++] = fd;
+			} else {
+				close(fd);
+				dropped = true;
+			}
+		}
+	}
+	if (dropped)
+		conn_send_error(conn, 0, RINGFLY__ERROR_CODE__ERROR_CODE_UNEXPECTED,
+				"more than %u file descriptors sent without requests that take "
+				"them", CONN_FDS_MAX);
+}
+
+int conn_take_fd(struct conn *conn)
+{
+	int fd;
+
+	if (conn->fd_count == 0)
+		return -1;
+	fd = conn->fds[0];
+	memmove(conn->fds, conn->fds + 1, (conn->fd_count - 1) * sizeof(int));
+	conn->fd_count--;
+	return fd;
+}
+
 static void conn_arm_recv(struct conn *conn)
 {
 	struct conn_server *server = conn->server;
@@ -428,7 +488,24 @@ static void conn_arm_recv(struct conn *conn)
 	if (conn->flags & (CONN_RECV_ARMED | CONN_READ_DONE | CONN_CLOSING))
 		return;
 	loop_op_init(&conn->recv_op, conn_recv_done, conn);
-	rc = loop_recv_multishot(server->loop, &conn->recv_op, conn->fd, server->buffer_group);
+	if (server->options.pass_fds) {
+		rc = conn_reserve(&conn->input, &conn->input_cap,
+				  conn->input_len + CONN_RECVMSG_SPACE, CONN_INPUT_INITIAL);
+		if (rc == 0) {
+			memset(&conn->msg, 0, sizeof(conn->msg));
+			conn->iov.iov_base = conn->input + conn->input_len;
+			conn->iov.iov_len = conn->input_cap - conn->input_len;
+			conn->msg.msg_iov = &conn->iov;
+			conn->msg.msg_iovlen = 1;
+			conn->msg.msg_control = conn->control.bytes;
+			conn->msg.msg_controllen = sizeof(conn->control.bytes);
+			rc = loop_recvmsg(server->loop, &conn->recv_op, conn->fd, &conn->msg,
+					  MSG_CMSG_CLOEXEC);
+		}
+	} else {
+		rc = loop_recv_multishot(server->loop, &conn->recv_op, conn->fd,
+					 server->buffer_group);
+	}
 	if (rc < 0) {
 		log_warn("conn", "cannot queue a recv server=%s error=\"%s\"", server->options.name,
 			 strerror(-rc));
@@ -446,6 +523,17 @@ static void conn_recv_done(struct loop_op *op, int res, uint32_t flags)
 	if (!(flags & LOOP_CQE_MORE))
 		conn->flags &= ~CONN_RECV_ARMED;
 
+	if (res >= 0 && server->options.pass_fds) {
+		conn_take_control(conn);
+		if (res > 0) {
+			conn->input_len += (size_t)res;
+			conn->last_active_ms = clock_monotonic_ms();
+			if (!(conn->flags & (CONN_READ_DONE | CONN_CLOSING)))
+				conn_parse(conn);
+			res = 1; /* handled */
+			goto rearm;
+		}
+	}
 	if (res > 0) {
 		uint16_t buffer_id = loop_cqe_buffer_id(flags);
 		const uint8_t *data = loop_buf_data(server->loop, server->buffer_group, buffer_id);
@@ -485,6 +573,7 @@ static void conn_recv_done(struct loop_op *op, int res, uint32_t flags)
 		conn_close(conn);
 	}
 
+rearm:
 	if (conn->flags & CONN_CLOSING)
 		conn_maybe_finish(conn);
 	else if (!(conn->flags & CONN_RECV_ARMED))
@@ -741,4 +830,14 @@ void conn_peer(const struct conn *conn, int *pid, unsigned *uid)
 {
 	*pid = conn->peer_pid;
 	*uid = conn->peer_uid;
+}
+
+void conn_set_user(struct conn *conn, void *user)
+{
+	conn->user = user;
+}
+
+void *conn_user(const struct conn *conn)
+{
+	return conn->user;
 }

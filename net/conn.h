@@ -51,6 +51,10 @@ struct conn_server_options {
 	unsigned send_timeout_ms;   /* a send blocked this long closes; 0 = 10 s */
 	size_t output_max_bytes;    /* queued replies beyond this close; 0 = 4 MiB */
 	const char *name;	    /* for logs, e.g. "cli" */
+	/* Unix sockets only: receive file descriptors (SCM_RIGHTS) with the
+	 * bytes, for conn_take_fd. Receives with one-shot recvmsg into the
+	 * connection's own buffer instead of the shared buffer ring. */
+	bool pass_fds;
 };
 
 /* Returns 0 and a new server in *out, or a negative errno. `context` is
@@ -82,8 +86,21 @@ void conn_server_close_idle(struct conn_server *server, bool all);
 /* --- one connection. */
 
 struct conn_server *conn_get_server(const struct conn *conn);
+/* The caller's pointer for this connection (NULL from accept on). */
+void conn_set_user(struct conn *conn, void *user);
+void *conn_user(const struct conn *conn);
+
 /* SO_PEERCRED of a Unix-socket peer (pid 0 when not known). */
 void conn_peer(const struct conn *conn, int *pid, unsigned *uid);
+
+/*
+ * The oldest file descriptor received on the connection and not yet taken
+ * (pass_fds servers), now owned by the caller; -1 if there is none. A
+ * descriptor sent with a frame's bytes has always arrived by the time that
+ * frame reaches handlers->frame. Descriptors nobody took are closed with the
+ * connection.
+ */
+int conn_take_fd(struct conn *conn);
 
 /* Queues a frame (msg borrowed for the call). 0, or -EMSGSIZE (message over
  * its type's limit), -ENOBUFS (output limit reached: the connection closes),

@@ -18,6 +18,14 @@ static const struct frame_type_info frame_types[FRAME_TYPE_COUNT_] = {
 					4u << 10 },
 	[FRAME_TYPE_HEALTH_RESPONSE] = { "HealthResponse",
 					 &ringfly__health_response__descriptor, 64u << 10 },
+	[FRAME_TYPE_DOWNLOAD_TASK] = { "DownloadTask", &ringfly__download_task__descriptor,
+				       256u << 10 },
+	[FRAME_TYPE_DOWNLOAD_PROGRESS] = { "DownloadProgress",
+					   &ringfly__download_progress__descriptor, 4u << 10 },
+	[FRAME_TYPE_STAT_TASK] = { "StatTask", &ringfly__stat_task__descriptor, 16u << 10 },
+	[FRAME_TYPE_TASK_INFO] = { "TaskInfo", &ringfly__task_info__descriptor, 16u << 10 },
+	[FRAME_TYPE_IMPORT_FILE] = { "ImportFile", &ringfly__import_file__descriptor, 8u << 10 },
+	[FRAME_TYPE_EXPORT_TASK] = { "ExportTask", &ringfly__export_task__descriptor, 4u << 10 },
 };
 
 static const struct frame_type_info *frame_type_info(uint8_t type)

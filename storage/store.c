@@ -971,6 +971,15 @@ out:
 	return rc;
 }
 
+int store_task_sha256(struct store_task *task, uint8_t out[HASH_SHA256_SIZE])
+{
+	if (task->info.has_digest) {
+		memcpy(out, task->info.digest, HASH_SHA256_SIZE);
+		return 0;
+	}
+	return file_sha256(task->store, task->fd, task->info.content_length, out);
+}
+
 int store_task_finish(struct store_task *task, char *err, size_t err_size)
 {
 	struct store *store = task->store;
@@ -1352,8 +1361,14 @@ static int copy_fd_to_fd(int in_fd, int out_fd, uint64_t length)
 	return 0;
 }
 
-int store_import(struct store *store, const char *path, uint8_t id_out[META_ID_SIZE], char *err,
-		 size_t err_size)
+/*
+ * Imports the regular file open as fd (borrowed), named `path` in messages.
+ * link_path, when not NULL, is the file's path: on the same filesystem the
+ * content file becomes a hard link to it instead of a copy.
+ */
+static int store_import_common(struct store *store, int fd, const char *path,
+			       const char *link_path, uint8_t id_out[META_ID_SIZE], char *err,
+			       size_t err_size)
 {
 	struct store_task_params params = { .url = "" };
 	struct store_task *task;
@@ -1364,16 +1379,11 @@ int store_import(struct store *store, const char *path, uint8_t id_out[META_ID_S
 	struct stat st;
 	uint64_t piece_length, done = 0;
 	uint32_t count;
-	int fd, rc;
+	int rc;
 
-	fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0 || fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
-		rc = fd < 0 ? -errno : -EINVAL;
-		snprintf(err, err_size, "%s: cannot import: %s", path,
-			 fd < 0 ? strerror(errno) : "not a regular file");
-		if (fd >= 0)
-			close(fd);
-		return rc;
+	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+		snprintf(err, err_size, "%s: cannot import: not a regular file", path);
+		return -EINVAL;
 	}
 	piece_length = piece_length_for((uint64_t)st.st_size);
 	count = piece_count((uint64_t)st.st_size, piece_length);
@@ -1437,7 +1447,7 @@ int store_import(struct store *store, const char *path, uint8_t id_out[META_ID_S
 	store_content_path(store, params.id, dest, sizeof(dest));
 	/* Same filesystem: share the inode (the importer must not modify it in
 	 * place afterwards; verify_on_read catches it if it does). */
-	if (unlink(dest) == 0 && link(path, dest) == 0) {
+	if (link_path && unlink(dest) == 0 && link(link_path, dest) == 0) {
 		close(task->fd);
 		task->fd = open(dest, O_RDWR | O_CLOEXEC);
 		rc = task->fd < 0 ? -errno : 0;
@@ -1466,11 +1476,39 @@ int store_import(struct store *store, const char *path, uint8_t id_out[META_ID_S
 	log_info("store", "imported path=%s task=%s bytes=%lld", path, hex, (long long)st.st_size);
 	store_task_release(task);
 out:
-	close(fd);
 	free(rows);
 	pool_put_chunk(store, chunk);
 	hash_sha256_free(h);
 	return rc;
+}
+
+int store_import(struct store *store, const char *path, uint8_t id_out[META_ID_SIZE], char *err,
+		 size_t err_size)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	int rc;
+
+	if (fd < 0) {
+		rc = -errno;
+		snprintf(err, err_size, "%s: cannot import: %s", path, strerror(errno));
+		return rc;
+	}
+	rc = store_import_common(store, fd, path, path, id_out, err, err_size);
+	close(fd);
+	return rc;
+}
+
+int store_import_fd(struct store *store, int fd, const char *name, uint8_t id_out[META_ID_SIZE],
+		    char *err, size_t err_size)
+{
+	return store_import_common(store, fd, name, NULL, id_out, err, err_size);
+}
+
+int store_delete(struct store *store, const uint8_t id[META_ID_SIZE])
+{
+	if (task_lookup(store, id))
+		return -EBUSY;
+	return store_delete_task(store, id);
 }
 
 int store_export(struct store_task *task, int out_fd, char *err, size_t err_size)

@@ -152,10 +152,23 @@ int store_piece_locate(struct store_task *task, uint32_t number, int *fd, uint64
  */
 int store_task_finish(struct store_task *task, char *err, size_t err_size);
 
+/* The sha256 of a complete task's content: the recorded digest if it has one,
+ * else read and hashed now (synchronous). */
+int store_task_sha256(struct store_task *task, uint8_t out[32]);
+
 /* Imports a local file as a complete task with id = sha256 of its content
  * (hard link when on the same filesystem, else copy_file_range). */
 int store_import(struct store *store, const char *path, uint8_t id_out[META_ID_SIZE], char *err,
 		 size_t err_size);
+/* Same for a file already open as fd (borrowed; the content is copied, never
+ * linked): the daemon imports files its clients open. `name` is for messages. */
+int store_import_fd(struct store *store, int fd, const char *name, uint8_t id_out[META_ID_SIZE],
+		    char *err, size_t err_size);
+
+/* Deletes a task's record and content file. -EBUSY while anyone holds it
+ * open, -ENOENT if there is no such task. */
+int store_delete(struct store *store, const uint8_t id[META_ID_SIZE]);
+
 /* Copies a complete task's content to out_fd (borrowed) from its start. */
 int store_export(struct store_task *task, int out_fd, char *err, size_t err_size);
 

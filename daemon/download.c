@@ -1,0 +1,1432 @@
+/* download: the node's task manager: back-to-source fetches into the cache, shared
+ * tasks, and requesters' outputs filled from the cache. See download.h. */
+#include "daemon/download.h"
+
+#include <assert.h>
+#include <errno.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/sendfile.h>
+#include <unistd.h>
+
+#include "core/clock.h"
+#include "core/hash.h"
+#include "core/log.h"
+#include "net/origin.h"
+#include "storage/piece.h"
+
+/*
+ * Life of a task (struct dl_task):
+ *
+ *     PROBING --HEAD ok--> FETCHING --last piece recorded, digest ok--> COMPLETE
+ *        |                    |
+ *        +------ error -------+--> FAILED        (every watcher told why)
+ *        +-- last watcher gone-+--> STOPPED      (recorded pieces stay)
+ *
+ * A task found complete in the cache starts in COMPLETE. A task leaves the
+ * engine (dl_task_maybe_end) only when it is in a final state and nothing
+ * refers to it any more: no watcher, no origin request, no piece write in
+ * flight (the store still reads its buffer), no output copy queued. Origin
+ * requests are cancelled synchronously (origin_request_cancel: no callback
+ * afterwards), piece writes are waited for: the store's done callback is the
+ * only place their buffers come back.
+ */
+
+#define DOWNLOAD_PARALLEL_DEFAULT 4u
+#define DOWNLOAD_PARALLEL_MAX 64u
+#define DOWNLOAD_MEMORY_DEFAULT (256ull << 20)
+#define DOWNLOAD_PROGRESS_DEFAULT_MS 250u
+#define DOWNLOAD_ORIGIN_BUFFER_DEFAULT (1u << 20)
+#define DOWNLOAD_ORIGINS_MAX 8u
+/* Output bytes copied per loop turn before yielding to other work. */
+#define DOWNLOAD_COPY_TURN_BYTES (64ull << 20)
+#define DOWNLOAD_HEADERS_MAX 64u
+
+enum dl_state {
+	DL_PROBING = 0,
+	DL_FETCHING,
+	DL_COMPLETE,
+	DL_FAILED,
+	DL_STOPPED,
+};
+
+/* One origin (libcurl multi) per TLS setting, for the engine's lifetime:
+ * an origin can only be destroyed once the loop has stopped. */
+struct dl_origin {
+	bool insecure;
+	char ca_file[PATH_MAX];
+	struct origin *origin;
+};
+
+struct dl_buffer {
+	struct dl_buffer *next;
+};
+
+/* One piece on its way: fetched by a range request (or cut from the
+ * sequential stream) into buf, then written by the store. */
+struct dl_piece {
+	struct dl_task *task;
+	struct dl_piece *prev, *next;	/* the task's fetching list */
+	struct origin_request *req;	/* range mode, while the request runs */
+	uint32_t number;
+	uint64_t offset;
+	uint32_t size;
+	uint32_t filled;
+	uint8_t *buf;
+	char problem[256];		/* why on_headers refused the answer */
+};
+
+struct dl_task {
+	struct download_engine *engine;
+	struct dl_task *prev, *next;
+	uint8_t id[32];
+	char hex[65];
+	char *url;
+	char **headers;
+	size_t header_count;
+	struct dl_origin *origin;
+	enum dl_state state;
+	enum download_source source;
+	struct store_task *st;
+
+	bool has_digest;
+	uint8_t digest[32];
+	uint64_t piece_length_wanted;
+	unsigned parallel;
+	unsigned timeout_ms;
+
+	/* What the HEAD said. */
+	uint64_t length;
+	uint32_t piece_count;
+	uint64_t piece_length;
+	char etag[256];
+	bool ranges;
+	struct origin_request *head_req;
+
+	/* Fetching. */
+	uint8_t *busy;			/* pieces being fetched or written */
+	uint32_t scan;			/* no piece below this needs fetching */
+	struct dl_piece *fetching;	/* range requests running */
+	unsigned fetch_count;
+	unsigned write_count;		/* store writes in flight */
+	struct dl_buffer *free_buffers;
+	unsigned buffers_out;		/* allocated, free or not */
+
+	/* Sequential mode: one GET of everything. */
+	bool sequential;
+	struct origin_request *seq_req;
+	uint64_t seq_offset;
+	struct dl_piece *seq_piece;	/* the piece being filled */
+	bool seq_paused;
+
+	uint64_t origin_bytes;
+	uint64_t started_ms;
+	uint64_t rate_bytes, rate_ms, rate_bytes_per_s;
+
+	int error;
+	enum download_error_kind kind;
+	char message[512];
+	bool delete_at_end;		/* a failed task leaves nothing claiming data */
+
+	struct download_watcher *watchers;
+	unsigned watcher_count;
+	struct loop_op copy_op;		/* the next turn of output copying */
+	bool copy_armed;
+};
+
+struct download_watcher {
+	struct dl_task *task;
+	struct download_watcher *prev, *next;
+	struct download_watcher_ops ops;
+	void *arg;
+	int out_fd;
+	bool use_sendfile;
+	uint32_t copied;		/* pieces in the output, from 0 */
+	bool has_digest;
+	uint8_t digest[32];
+	uint64_t deadline_ms;		/* 0 = none */
+	unsigned timeout_ms;
+};
+
+struct download_engine {
+	struct loop *loop;
+	struct store *store;
+	struct download_options options;
+	struct dl_origin origins[DOWNLOAD_ORIGINS_MAX];
+	unsigned origin_count;
+	struct dl_task *tasks;
+	unsigned task_count;
+	uint64_t buffer_bytes;
+	struct loop_op tick_op;
+	bool tick_armed;
+};
+
+static void dl_pump(struct dl_task *task);
+static void dl_outputs_advance(struct dl_task *task);
+static void dl_task_maybe_end(struct dl_task *task);
+static void dl_fail(struct dl_task *task, int error, enum download_error_kind kind,
+		   const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+
+/* --- ids and small helpers. */
+
+void download_task_id(const char *url, uint8_t id[32])
+{
+	static const char prefix[] = "ringfly-task-v1\n";
+	struct hash_sha256 *h = hash_sha256_new();
+	size_t len = strcspn(url, "#");
+
+	if (!h) { /* out of memory: a one-shot hash of a bounded copy */
+		char buf[META_URL_MAX + sizeof(prefix)];
+
+		snprintf(buf, sizeof(buf), "%s%.*s", prefix, (int)len, url);
+		hash_sha256(buf, strlen(buf), id);
+		return;
+	}
+	hash_sha256_update(h, prefix, sizeof(prefix) - 1);
+	hash_sha256_update(h, url, len);
+	hash_sha256_final(h, id);
+	hash_sha256_free(h);
+}
+
+static bool bit_get(const uint8_t *bits, uint32_t n)
+{
+	return (bits[n / 8] >> (n % 8)) & 1u;
+}
+
+static void bit_set(uint8_t *bits, uint32_t n, bool on)
+{
+	if (on)
+		bits[n / 8] |= (uint8_t)(1u << (n % 8));
+	else
+		bits[n / 8] &= (uint8_t)~(1u << (n % 8));
+}
+
+static bool dl_final(const struct dl_task *task)
+{
+	return task->state == DL_COMPLETE || task->state == DL_FAILED ||
+	       task->state == DL_STOPPED;
+}
+
+static void dl_progress_fill(const struct dl_task *task, struct download_progress *progress)
+{
+	memset(progress, 0, sizeof(*progress));
+	memcpy(progress->task_hex, task->hex, sizeof(progress->task_hex));
+	if (task->st) {
+		const struct meta_task *info = store_task_info(task->st);
+
+		progress->bytes_done = info->bytes_done;
+		progress->total_bytes = info->content_length;
+	}
+	progress->rate_bytes_per_s = task->rate_bytes_per_s;
+	progress->origin_bytes = task->origin_bytes;
+	progress->source = task->source;
+}
+
+/* --- buffers: one piece each, bounded across the engine. */
+
+static uint8_t *dl_buffer_get(struct dl_task *task)
+{
+	struct download_engine *engine = task->engine;
+	struct dl_buffer *buffer = task->free_buffers;
+
+	if (buffer) {
+		task->free_buffers = buffer->next;
+		return (uint8_t *)buffer;
+	}
+	/* A task with no buffer at all always gets one: it must progress. */
+	if (task->buffers_out > 0 &&
+	    engine->buffer_bytes + task->piece_length > engine->options.memory_bytes)
+		return NULL;
+	buffer = malloc(task->piece_length < sizeof(*buffer) ? sizeof(*buffer)
+							      : task->piece_length);
+	if (!buffer)
+		return NULL;
+	task->buffers_out++;
+	engine->buffer_bytes += task->piece_length;
+	return (uint8_t *)buffer;
+}
+
+static void dl_buffer_put(struct dl_task *task, uint8_t *data)
+{
+	struct dl_buffer *buffer = (struct dl_buffer *)(void *)data;
+
+	buffer->next = task->free_buffers;
+	task->free_buffers = buffer;
+}
+
+/* Buffers this task could still have without waiting for one to come back. */
+static uint64_t dl_buffers_available(const struct dl_task *task)
+{
+	const struct download_engine *engine = task->engine;
+	uint64_t count = 0;
+
+	for (const struct dl_buffer *b = task->free_buffers; b; b = b->next)
+		count++;
+	if (task->buffers_out == 0)
+		return UINT64_MAX;
+	if (engine->buffer_bytes < engine->options.memory_bytes)
+		count += (engine->options.memory_bytes - engine->buffer_bytes) / task->piece_length;
+	return count;
+}
+
+static void dl_buffers_free(struct dl_task *task)
+{
+	while (task->free_buffers) {
+		struct dl_buffer *buffer = task->free_buffers;
+
+		task->free_buffers = buffer->next;
+		free(buffer);
+		task->buffers_out--;
+		task->engine->buffer_bytes -= task->piece_length;
+	}
+}
+
+static struct dl_piece *dl_piece_new(struct dl_task *task, uint32_t number)
+{
+	struct dl_piece *piece;
+	uint8_t *buf = dl_buffer_get(task);
+
+	if (!buf)
+		return NULL;
+	piece = calloc(1, sizeof(*piece));
+	if (!piece) {
+		dl_buffer_put(task, buf);
+		return NULL;
+	}
+	piece->task = task;
+	piece->number = number;
+	piece->offset = piece_offset(task->piece_length, number);
+	piece->size = piece_size(task->length, task->piece_length, number);
+	piece->buf = buf;
+	bit_set(task->busy, number, true);
+	return piece;
+}
+
+static void dl_piece_free(struct dl_piece *piece)
+{
+	struct dl_task *task = piece->task;
+
+	bit_set(task->busy, piece->number, false);
+	if (piece->number < task->scan)
+		task->scan = piece->number;
+	dl_buffer_put(task, piece->buf);
+	free(piece);
+}
+
+/* --- origins. */
+
+static struct dl_origin *dl_origin_for(struct download_engine *engine, bool insecure,
+				       const char *ca_file)
+{
+	struct origin_options options = {
+		.ca_file = ca_file && ca_file[0] ? ca_file : NULL,
+		.insecure = insecure,
+		.buffer_bytes = engine->options.origin_buffer_bytes,
+	};
+	struct dl_origin *o;
+
+	if (!ca_file)
+		ca_file = "";
+	for (unsigned i = 0; i < engine->origin_count; i++) {
+		o = &engine->origins[i];
+		if (o->insecure == insecure && strcmp(o->ca_file, ca_file) == 0)
+			return o;
+	}
+	if (engine->origin_count == DOWNLOAD_ORIGINS_MAX || strlen(ca_file) >= sizeof(o->ca_file))
+		return NULL;
+	o = &engine->origins[engine->origin_count];
+	if (origin_create(&o->origin, engine->loop, &options) < 0)
+		return NULL;
+	o->insecure = insecure;
+	snprintf(o->ca_file, sizeof(o->ca_file), "%s", ca_file);
+	engine->origin_count++;
+	return o;
+}
+
+/* The reason in an origin's message, without its "GET <url>: " prefix. */
+static const char *dl_origin_reason(const struct origin_result *result, const char *url)
+{
+	const char *m = result->message ? result->message : "failed";
+	const char *space = strchr(m, ' ');
+	size_t url_len = strlen(url);
+
+	if (space && strncmp(space + 1, url, url_len) == 0 && strncmp(space + 1 + url_len, ": ", 2) == 0)
+		return space + 1 + url_len + 2;
+	return m;
+}
+
+static void dl_fail_from_result(struct dl_task *task, const struct origin_result *result,
+				const char *problem)
+{
+	enum download_error_kind kind = DOWNLOAD_ERROR_ORIGIN_UNREACHABLE;
+
+	if (problem && problem[0]) {
+		dl_fail(task, result->error, DOWNLOAD_ERROR_INTEGRITY, "%s", problem);
+		return;
+	}
+	if (result->status >= 400)
+		kind = DOWNLOAD_ERROR_ORIGIN_HTTP;
+	dl_fail(task, result->error ? result->error : -EIO, kind, "%s",
+		dl_origin_reason(result, task->url));
+}
+
+/* The answer to a range or whole GET describes the resource the HEAD saw. */
+static bool dl_same_resource(struct dl_task *task, const struct origin_response *response,
+			     char *problem, size_t problem_size)
+{
+	int64_t total = response->total_length;
+
+	if (total >= 0 && (uint64_t)total != task->length) {
+		snprintf(problem, problem_size,
+			 "origin changed during the download: length %llu became %lld",
+			 (unsigned long long)task->length, (long long)total);
+		return false;
+	}
+	if (task->etag[0] && response->etag[0] && strcmp(task->etag, response->etag) != 0) {
+		snprintf(problem, problem_size,
+			 "origin changed during the download: ETag %s became %s", task->etag,
+			 response->etag);
+		return false;
+	}
+	return true;
+}
+
+static void dl_request_params(const struct dl_task *task, struct origin_request_params *params)
+{
+	memset(params, 0, sizeof(*params));
+	params->url = task->url;
+	params->method = ORIGIN_GET;
+	params->headers = (const char *const *)task->headers;
+	params->header_count = task->header_count;
+	params->timeout_ms = task->timeout_ms;
+}
+
+/* --- piece writes. */
+
+static void dl_piece_stored(struct store_task *st, uint32_t number, int res, void *arg)
+{
+	struct dl_piece *piece = arg;
+	struct dl_task *task = piece->task;
+
+	(void)st;
+	(void)number;
+	assert(task->write_count > 0);
+	task->write_count--;
+	dl_piece_free(piece);
+	if (res < 0 && res != -EALREADY && !dl_final(task)) {
+		const char *why = store_task_error(task->st);
+
+		dl_fail(task, res, res == -ENOSPC ? DOWNLOAD_ERROR_NO_SPACE : DOWNLOAD_ERROR_INTERNAL,
+			"%s", why[0] ? why : strerror(-res));
+	}
+	if (dl_final(task)) {
+		dl_task_maybe_end(task);
+		return;
+	}
+	if (task->seq_paused) {
+		task->seq_paused = false;
+		origin_request_resume(task->seq_req);
+	}
+	dl_outputs_advance(task);
+	dl_pump(task);
+}
+
+static void dl_piece_write(struct dl_piece *piece)
+{
+	struct dl_task *task = piece->task;
+	int rc;
+
+	task->write_count++;
+	rc = store_piece_from_buffer(task->st, piece->number, piece->buf, piece->size, false, 0,
+				     dl_piece_stored, piece);
+	if (rc < 0) {
+		uint32_t number = piece->number;
+
+		task->write_count--;
+		dl_piece_free(piece);
+		dl_fail(task, rc, rc == -ENOSPC ? DOWNLOAD_ERROR_NO_SPACE : DOWNLOAD_ERROR_INTERNAL,
+			"cannot write piece %u into the cache: %s", number, strerror(-rc));
+	}
+}
+
+/* --- range mode. */
+
+static int dl_range_headers(struct origin_request *req, const struct origin_response *response,
+			    void *arg)
+{
+	struct dl_piece *piece = arg;
+
+	(void)req;
+	if (!response->accepts_ranges)
+		return -EOPNOTSUPP; /* a 200 to our Range: go sequential */
+	if (!dl_same_resource(piece->task, response, piece->problem, sizeof(piece->problem)))
+		return -ESTALE;
+	return 0;
+}
+
+static int dl_range_data(struct origin_request *req, const void *buf, size_t len, void *arg)
+{
+	struct dl_piece *piece = arg;
+
+	(void)req;
+	if (len > piece->size - piece->filled) {
+		snprintf(piece->problem, sizeof(piece->problem),
+			 "origin sent more than the %u bytes of range %llu-%llu", piece->size,
+			 (unsigned long long)piece->offset,
+			 (unsigned long long)(piece->offset + piece->size - 1));
+		return -EPROTO;
+	}
+	memcpy(piece->buf + piece->filled, buf, len);
+	piece->filled += (uint32_t)len;
+	piece->task->origin_bytes += len;
+	return 0;
+}
+
+static void dl_fetch_unlink(struct dl_piece *piece)
+{
+	struct dl_task *task = piece->task;
+
+	if (piece->prev)
+		piece->prev->next = piece->next;
+	else
+		task->fetching = piece->next;
+	if (piece->next)
+		piece->next->prev = piece->prev;
+	piece->prev = piece->next = NULL;
+	piece->req = NULL;
+	task->fetch_count--;
+}
+
+static void dl_cancel_fetches(struct dl_task *task)
+{
+	while (task->fetching) {
+		struct dl_piece *piece = task->fetching;
+
+		origin_request_cancel(piece->req);
+		dl_fetch_unlink(piece);
+		dl_piece_free(piece);
+	}
+}
+
+static void dl_sequential_start(struct dl_task *task);
+
+static void dl_range_done(struct origin_request *req, const struct origin_result *result,
+			  void *arg)
+{
+	struct dl_piece *piece = arg;
+	struct dl_task *task = piece->task;
+
+	(void)req;
+	dl_fetch_unlink(piece);
+	if (result->error == -EOPNOTSUPP && !piece->problem[0]) {
+		log_info("download", "origin ignores ranges, fetching in one stream task=%s url=%s",
+			 task->hex, task->url);
+		dl_piece_free(piece);
+		dl_cancel_fetches(task);
+		dl_sequential_start(task);
+		return;
+	}
+	if (result->error) {
+		char problem[256];
+
+		snprintf(problem, sizeof(problem), "%s", piece->problem);
+		dl_piece_free(piece);
+		if (result->error == -EPROTO && problem[0])
+			dl_fail(task, -EPROTO, DOWNLOAD_ERROR_ORIGIN_UNREACHABLE, "%s", problem);
+		else
+			dl_fail_from_result(task, result, problem);
+		dl_task_maybe_end(task);
+		return;
+	}
+	if (piece->filled != piece->size) {
+		uint32_t filled = piece->filled, size = piece->size;
+
+		dl_piece_free(piece);
+		dl_fail(task, -EPROTO, DOWNLOAD_ERROR_ORIGIN_UNREACHABLE,
+			"origin sent %u of the %u bytes of a range", filled, size);
+		dl_task_maybe_end(task);
+		return;
+	}
+	dl_piece_write(piece);
+	if (dl_final(task))
+		dl_task_maybe_end(task);
+	else
+		dl_pump(task);
+}
+
+static void dl_range_start(struct dl_task *task, struct dl_piece *piece)
+{
+	static const struct origin_callbacks callbacks = {
+		.on_headers = dl_range_headers,
+		.on_data = dl_range_data,
+		.on_done = dl_range_done,
+	};
+	struct origin_request_params params;
+	int rc;
+
+	dl_request_params(task, &params);
+	params.range = true;
+	params.range_start = piece->offset;
+	params.range_length = piece->size;
+	rc = origin_request_start(task->origin->origin, &params, &callbacks, piece, &piece->req);
+	if (rc < 0) {
+		dl_piece_free(piece);
+		dl_fail(task, rc, DOWNLOAD_ERROR_INTERNAL, "cannot start a request to the origin: %s",
+			strerror(-rc));
+		return;
+	}
+	piece->next = task->fetching;
+	if (task->fetching)
+		task->fetching->prev = piece;
+	task->fetching = piece;
+	task->fetch_count++;
+}
+
+/* --- sequential mode. */
+
+static int dl_seq_headers(struct origin_request *req, const struct origin_response *response,
+			  void *arg)
+{
+	struct dl_task *task = arg;
+	struct origin_response whole = *response;
+
+	(void)req;
+	if (whole.total_length < 0)
+		whole.total_length = whole.content_length;
+	if (!dl_same_resource(task, &whole, task->message, sizeof(task->message)))
+		return -ESTALE;
+	return 0;
+}
+
+static int dl_seq_data(struct origin_request *req, const void *buf, size_t len, void *arg)
+{
+	struct dl_task *task = arg;
+	const uint8_t *bytes = buf;
+	uint64_t need = 0, end = task->seq_offset + len;
+
+	(void)req;
+	if (end > task->length) {
+		snprintf(task->message, sizeof(task->message),
+			 "origin changed during the download: it sent more than %llu bytes",
+			 (unsigned long long)task->length);
+		return -ESTALE;
+	}
+	/* Take all of these bytes or none: count the buffers they need. */
+	for (uint64_t at = task->seq_offset; at < end;) {
+		uint32_t n = (uint32_t)(at / task->piece_length);
+
+		if (!(task->seq_piece && task->seq_piece->number == n) &&
+		    !store_task_has_piece(task->st, n) && !bit_get(task->busy, n))
+			need++;
+		at = piece_offset(task->piece_length, n + 1);
+	}
+	if (need > dl_buffers_available(task)) {
+		task->seq_paused = true;
+		return ORIGIN_PAUSE;
+	}
+	while (len > 0) {
+		uint32_t n = (uint32_t)(task->seq_offset / task->piece_length);
+		uint64_t in_piece = task->seq_offset - piece_offset(task->piece_length, n);
+		uint32_t size = piece_size(task->length, task->piece_length, n);
+		size_t chunk = size - in_piece < len ? (size_t)(size - in_piece) : len;
+
+		if (!task->seq_piece && !store_task_has_piece(task->st, n) &&
+		    !bit_get(task->busy, n)) {
+			task->seq_piece = dl_piece_new(task, n);
+			if (!task->seq_piece)
+				return -ENOMEM;
+		}
+		if (task->seq_piece) {
+			struct dl_piece *piece = task->seq_piece;
+
+			memcpy(piece->buf + piece->filled, bytes, chunk);
+			piece->filled += (uint32_t)chunk;
+			if (piece->filled == piece->size) {
+				task->seq_piece = NULL;
+				dl_piece_write(piece);
+				if (dl_final(task))
+					return -EIO;
+			}
+		}
+		task->seq_offset += chunk;
+		task->origin_bytes += chunk;
+		bytes += chunk;
+		len -= chunk;
+	}
+	return 0;
+}
+
+static void dl_seq_done(struct origin_request *req, const struct origin_result *result, void *arg)
+{
+	struct dl_task *task = arg;
+
+	(void)req;
+	task->seq_req = NULL;
+	if (task->seq_piece) {
+		dl_piece_free(task->seq_piece);
+		task->seq_piece = NULL;
+	}
+	if (dl_final(task)) {
+		dl_task_maybe_end(task);
+		return;
+	}
+	if (result->error == -ESTALE)
+		dl_fail(task, -ESTALE, DOWNLOAD_ERROR_INTEGRITY, "%s", task->message);
+	else if (result->error)
+		dl_fail_from_result(task, result, NULL);
+	else if (task->seq_offset != task->length)
+		dl_fail(task, -EPROTO, DOWNLOAD_ERROR_ORIGIN_UNREACHABLE,
+			"origin sent %llu of %llu bytes", (unsigned long long)task->seq_offset,
+			(unsigned long long)task->length);
+	if (dl_final(task))
+		dl_task_maybe_end(task);
+	else
+		dl_pump(task); /* finishes once the last writes are recorded */
+}
+
+static void dl_sequential_start(struct dl_task *task)
+{
+	static const struct origin_callbacks callbacks = {
+		.on_headers = dl_seq_headers,
+		.on_data = dl_seq_data,
+		.on_done = dl_seq_done,
+	};
+	struct origin_request_params params;
+	int rc;
+
+	task->sequential = true;
+	task->seq_offset = 0;
+	dl_request_params(task, &params);
+	rc = origin_request_start(task->origin->origin, &params, &callbacks, task, &task->seq_req);
+	if (rc < 0) {
+		task->seq_req = NULL;
+		dl_fail(task, rc, DOWNLOAD_ERROR_INTERNAL, "cannot start a request to the origin: %s",
+			strerror(-rc));
+	}
+}
+
+/* --- the task. */
+
+static void dl_finish(struct dl_task *task)
+{
+	char err[512];
+	int rc = store_task_finish(task->st, err, sizeof(err));
+
+	if (rc < 0) {
+		const char *reason = strstr(err, "digest mismatch");
+
+		dl_fail(task, rc, rc == -EBADMSG ? DOWNLOAD_ERROR_INTEGRITY : DOWNLOAD_ERROR_INTERNAL,
+			"%s", reason ? reason : err);
+		return;
+	}
+	task->state = DL_COMPLETE;
+	log_info("download", "download done task=%s source=%s bytes=%llu origin_bytes=%llu ms=%llu",
+		 task->hex, task->source == DOWNLOAD_SOURCE_CACHE ? "cache" : "origin",
+		 (unsigned long long)task->length, (unsigned long long)task->origin_bytes,
+		 (unsigned long long)(clock_monotonic_ms() - task->started_ms));
+}
+
+/* Starts whatever can start: fetches up to `parallel`, or the end. */
+static void dl_pump(struct dl_task *task)
+{
+	if (task->state != DL_FETCHING)
+		return;
+	if (store_task_info(task->st)->pieces_done == task->piece_count) {
+		if (task->write_count == 0 && task->fetch_count == 0 && !task->seq_req) {
+			dl_finish(task);
+			dl_outputs_advance(task);
+			dl_task_maybe_end(task);
+		}
+		return;
+	}
+	if (task->sequential)
+		return;
+	while (task->fetch_count < task->parallel && task->state == DL_FETCHING) {
+		struct dl_piece *piece;
+
+		while (task->scan < task->piece_count &&
+		       (store_task_has_piece(task->st, task->scan) || bit_get(task->busy, task->scan)))
+			task->scan++;
+		if (task->scan == task->piece_count)
+			break;
+		piece = dl_piece_new(task, task->scan);
+		if (!piece)
+			break; /* buffers come back as writes finish */
+		dl_range_start(task, piece);
+	}
+}
+
+static int dl_open_store_task(struct dl_task *task, char *err, size_t err_size)
+{
+	struct store *store = task->engine->store;
+	struct store_task_params params = {
+		.url = task->url,
+		.content_length = task->length,
+		.piece_length = task->piece_length_wanted,
+		.digest = task->has_digest ? task->digest : NULL,
+	};
+	int rc;
+
+	memcpy(params.id, task->id, sizeof(params.id));
+	if (task->st) {
+		const struct meta_task *info = store_task_info(task->st);
+
+		if (info->content_length == task->length &&
+		    (!task->piece_length_wanted || info->piece_length == task->piece_length_wanted))
+			return 0;
+		/* Left by an earlier run for other content (or cut otherwise). */
+		log_info("download", "dropping the recorded pieces of an earlier run task=%s "
+			 "length=%llu now=%llu", task->hex,
+			 (unsigned long long)info->content_length, (unsigned long long)task->length);
+		store_task_release(task->st);
+		task->st = NULL;
+		store_delete(store, task->id);
+	}
+	rc = store_task_open(store, &params, &task->st, err, err_size);
+	if (rc < 0)
+		task->st = NULL;
+	return rc;
+}
+
+static int dl_head_headers(struct origin_request *req, const struct origin_response *response,
+			   void *arg)
+{
+	struct dl_task *task = arg;
+	int64_t length = response->total_length >= 0 ? response->total_length
+						       : response->content_length;
+
+	(void)req;
+	if (length < 0) {
+		snprintf(task->message, sizeof(task->message),
+			 "the origin does not say how long the content is (no Content-Length)");
+		return -ENODATA;
+	}
+	task->length = (uint64_t)length;
+	task->ranges = response->accepts_ranges;
+	snprintf(task->etag, sizeof(task->etag), "%s", response->etag);
+	return 0;
+}
+
+static void dl_head_done(struct origin_request *req, const struct origin_result *result,
+			 void *arg)
+{
+	struct dl_task *task = arg;
+	char err[512];
+	int rc;
+
+	(void)req;
+	task->head_req = NULL;
+	if (dl_final(task)) {
+		dl_task_maybe_end(task);
+		return;
+	}
+	if (result->error == -ENODATA) {
+		dl_fail(task, -ENODATA, DOWNLOAD_ERROR_ORIGIN_UNREACHABLE, "%s", task->message);
+		dl_task_maybe_end(task);
+		return;
+	}
+	if (result->error) {
+		dl_fail_from_result(task, result, NULL);
+		dl_task_maybe_end(task);
+		return;
+	}
+	rc = dl_open_store_task(task, err, sizeof(err));
+	if (rc < 0) {
+		dl_fail(task, rc, rc == -ENOSPC ? DOWNLOAD_ERROR_NO_SPACE :
+			rc == -EINVAL ? DOWNLOAD_ERROR_INVALID : DOWNLOAD_ERROR_INTERNAL, "%s", err);
+		dl_task_maybe_end(task);
+		return;
+	}
+	task->piece_length = store_task_info(task->st)->piece_length;
+	task->piece_count = store_task_info(task->st)->piece_count;
+	task->busy = calloc(task->piece_count / 8u + 1u, 1);
+	if (!task->busy) {
+		dl_fail(task, -ENOMEM, DOWNLOAD_ERROR_INTERNAL, "out of memory");
+		dl_task_maybe_end(task);
+		return;
+	}
+	log_info("download", "fetching from the origin task=%s length=%llu piece_length=%llu "
+		 "pieces=%u recorded=%u ranges=%s", task->hex, (unsigned long long)task->length,
+		 (unsigned long long)task->piece_length, task->piece_count,
+		 store_task_info(task->st)->pieces_done, task->ranges ? "yes" : "no");
+	task->state = DL_FETCHING;
+	if (!task->ranges && store_task_info(task->st)->pieces_done < task->piece_count)
+		dl_sequential_start(task);
+	dl_pump(task);
+}
+
+static int dl_head_start(struct dl_task *task)
+{
+	static const struct origin_callbacks callbacks = {
+		.on_headers = dl_head_headers,
+		.on_done = dl_head_done,
+	};
+	struct origin_request_params params;
+
+	dl_request_params(task, &params);
+	params.method = ORIGIN_HEAD;
+	return origin_request_start(task->origin->origin, &params, &callbacks, task,
+				    &task->head_req);
+}
+
+/* Stops every request; pieces being written finish on their own. */
+static void dl_stop_requests(struct dl_task *task)
+{
+	if (task->head_req) {
+		origin_request_cancel(task->head_req);
+		task->head_req = NULL;
+	}
+	if (task->seq_req) {
+		origin_request_cancel(task->seq_req);
+		task->seq_req = NULL;
+	}
+	if (task->seq_piece) {
+		dl_piece_free(task->seq_piece);
+		task->seq_piece = NULL;
+	}
+	dl_cancel_fetches(task);
+}
+
+static void dl_watcher_finish(struct download_watcher *watcher, int error,
+			      enum download_error_kind kind, const char *message);
+
+static void dl_fail(struct dl_task *task, int error, enum download_error_kind kind,
+		   const char *fmt, ...)
+{
+	char reason[400];
+	va_list ap;
+
+	if (dl_final(task))
+		return;
+	va_start(ap, fmt);
+	vsnprintf(reason, sizeof(reason), fmt, ap);
+	va_end(ap);
+	task->state = DL_FAILED;
+	task->error = error < 0 ? error : -EIO;
+	task->kind = kind;
+	snprintf(task->message, sizeof(task->message), "get %s: %s", task->url, reason);
+	/* What failed for a reason of the content or the disk is not kept;
+	 * a transfer that broke keeps its recorded pieces for a retry. */
+	task->delete_at_end = kind != DOWNLOAD_ERROR_ORIGIN_UNREACHABLE &&
+			      kind != DOWNLOAD_ERROR_INTERNAL;
+	log_warn("download", "download failed task=%s reason=\"%s\"", task->hex, task->message);
+	dl_stop_requests(task);
+	while (task->watchers)
+		dl_watcher_finish(task->watchers, task->error, task->kind, task->message);
+}
+
+static void dl_task_maybe_end(struct dl_task *task)
+{
+	struct download_engine *engine = task->engine;
+
+	if (!dl_final(task) || task->watcher_count || task->write_count || task->fetch_count ||
+	    task->head_req || task->seq_req || task->copy_armed)
+		return;
+	if (task->st) {
+		store_task_release(task->st);
+		task->st = NULL;
+	}
+	if (task->delete_at_end) {
+		int rc = store_delete(engine->store, task->id);
+
+		if (rc < 0 && rc != -ENOENT)
+			log_warn("download", "cannot delete a failed task task=%s error=\"%s\"",
+				 task->hex, strerror(-rc));
+	}
+	dl_buffers_free(task);
+	assert(task->buffers_out == 0);
+	if (task->prev)
+		task->prev->next = task->next;
+	else
+		engine->tasks = task->next;
+	if (task->next)
+		task->next->prev = task->prev;
+	engine->task_count--;
+	for (size_t i = 0; i < task->header_count; i++)
+		free(task->headers[i]);
+	free(task->headers);
+	free(task->busy);
+	free(task->url);
+	free(task);
+}
+
+/* --- watchers and their outputs. */
+
+static void dl_watcher_unlink(struct download_watcher *watcher)
+{
+	struct dl_task *task = watcher->task;
+
+	if (watcher->prev)
+		watcher->prev->next = watcher->next;
+	else
+		task->watchers = watcher->next;
+	if (watcher->next)
+		watcher->next->prev = watcher->prev;
+	task->watcher_count--;
+	if (watcher->out_fd >= 0)
+		close(watcher->out_fd);
+}
+
+static void dl_watcher_finish(struct download_watcher *watcher, int error,
+			      enum download_error_kind kind, const char *message)
+{
+	struct dl_task *task = watcher->task;
+	struct download_progress progress;
+
+	dl_progress_fill(task, &progress);
+	dl_watcher_unlink(watcher);
+	watcher->ops.done(watcher->arg, error, kind, message, &progress);
+	free(watcher);
+}
+
+/* A task nobody waits for any more stops; its recorded pieces stay. */
+static void dl_task_unwatched(struct dl_task *task)
+{
+	if (task->watcher_count || dl_final(task))
+		return;
+	log_info("download", "nobody waits for the task any more, stopping task=%s recorded=%llu",
+		 task->hex, task->st ? (unsigned long long)store_task_info(task->st)->bytes_done : 0ull);
+	task->state = DL_STOPPED;
+	dl_stop_requests(task);
+}
+
+void download_watcher_cancel(struct download_watcher *watcher)
+{
+	struct dl_task *task = watcher->task;
+
+	dl_watcher_unlink(watcher);
+	free(watcher);
+	dl_task_unwatched(task);
+	dl_task_maybe_end(task);
+}
+
+/* Copies piece `number` (recorded) into the watcher's output at its offset. */
+static int dl_copy_piece(struct download_watcher *watcher, uint32_t number)
+{
+	struct dl_task *task = watcher->task;
+	uint64_t offset;
+	uint32_t length;
+	int in_fd, rc;
+	loff_t in_offset, out_offset;
+
+	rc = store_piece_locate(task->st, number, &in_fd, &offset, &length);
+	if (rc < 0)
+		return rc;
+	in_offset = out_offset = (loff_t)offset;
+	while (length > 0) {
+		ssize_t n;
+
+		if (watcher->use_sendfile) {
+			off_t sendfile_offset = in_offset;
+
+			n = sendfile(watcher->out_fd, in_fd, &sendfile_offset, length);
+			if (n > 0)
+				in_offset = sendfile_offset;
+		} else {
+			n = copy_file_range(in_fd, &in_offset, watcher->out_fd, &out_offset, length, 0);
+		}
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0 && !watcher->use_sendfile &&
+		    (errno == EXDEV || errno == EINVAL || errno == EOPNOTSUPP || errno == ENOSYS)) {
+			/* Another filesystem on an older kernel: sendfile writes at
+			 * the file position, and pieces go out in order. */
+			watcher->use_sendfile = true;
+			if (lseek(watcher->out_fd, out_offset, SEEK_SET) < 0)
+				return -errno;
+			continue;
+		}
+		if (n <= 0)
+			return n < 0 ? -errno : -EIO;
+		length -= (uint32_t)n;
+	}
+	return 0;
+}
+
+static void dl_copy_done(struct loop_op *op, int res, uint32_t flags);
+
+/* Moves every watcher's output forward over the pieces recorded in order,
+ * up to DOWNLOAD_COPY_TURN_BYTES this turn; finishes the watchers that have
+ * everything once the task is complete. Never frees the task: callers end
+ * with dl_task_maybe_end. */
+static void dl_outputs_advance(struct dl_task *task)
+{
+	uint64_t budget = DOWNLOAD_COPY_TURN_BYTES;
+	struct download_watcher *watcher, *next;
+
+	if (task->copy_armed || !task->st)
+		return;
+	for (watcher = task->watchers; watcher; watcher = next) {
+		next = watcher->next;
+		while (watcher->out_fd >= 0 && watcher->copied < task->piece_count &&
+		       store_task_has_piece(task->st, watcher->copied) && budget > 0) {
+			int rc = dl_copy_piece(watcher, watcher->copied);
+
+			if (rc < 0) {
+				char message[600];
+
+				snprintf(message, sizeof(message), "get %s: writing the output: %s",
+					 task->url, strerror(-rc));
+				dl_watcher_finish(watcher, rc, rc == -ENOSPC ? DOWNLOAD_ERROR_NO_SPACE
+									     : DOWNLOAD_ERROR_INTERNAL,
+						  message);
+				watcher = NULL;
+				break;
+			}
+			budget -= budget < task->piece_length ? budget : task->piece_length;
+			watcher->copied++;
+		}
+		if (!watcher)
+			continue;
+		if (task->state == DL_COMPLETE &&
+		    (watcher->out_fd < 0 || watcher->copied == task->piece_count)) {
+			uint8_t digest[32];
+			char message[600], want[65], got[65];
+
+			if (watcher->has_digest && store_task_sha256(task->st, digest) == 0 &&
+			    memcmp(digest, watcher->digest, sizeof(digest)) != 0) {
+				hash_hex(watcher->digest, want);
+				hash_hex(digest, got);
+				snprintf(message, sizeof(message),
+					 "get %s: digest mismatch: expected sha256:%s, got sha256:%s",
+					 task->url, want, got);
+				dl_watcher_finish(watcher, -EBADMSG, DOWNLOAD_ERROR_INTEGRITY, message);
+			} else {
+				dl_watcher_finish(watcher, 0, DOWNLOAD_ERROR_INTERNAL, NULL);
+			}
+		}
+	}
+	if (budget == 0 && task->watchers) {
+		loop_op_init(&task->copy_op, dl_copy_done, task);
+		if (loop_nop(task->engine->loop, &task->copy_op) == 0)
+			task->copy_armed = true;
+	}
+}
+
+static void dl_copy_done(struct loop_op *op, int res, uint32_t flags)
+{
+	struct dl_task *task = op->owner;
+
+	(void)res;
+	(void)flags;
+	task->copy_armed = false;
+	dl_outputs_advance(task);
+	dl_task_maybe_end(task);
+}
+
+/* --- progress and deadlines. */
+
+static void dl_tick_arm(struct download_engine *engine);
+
+static void dl_tick_done(struct loop_op *op, int res, uint32_t flags)
+{
+	struct download_engine *engine = op->owner;
+	uint64_t now_ms = clock_monotonic_ms();
+
+	(void)res;
+	(void)flags;
+	engine->tick_armed = false;
+	for (struct dl_task *task = engine->tasks, *next_task; task; task = next_task) {
+		struct download_progress progress;
+		uint64_t bytes = task->st ? store_task_info(task->st)->bytes_done : 0;
+
+		next_task = task->next;
+		if (now_ms > task->rate_ms) {
+			uint64_t instant = (bytes - task->rate_bytes) * 1000u / (now_ms - task->rate_ms);
+
+			task->rate_bytes_per_s = task->rate_bytes_per_s
+				? (task->rate_bytes_per_s + instant) / 2 : instant;
+			task->rate_bytes = bytes;
+			task->rate_ms = now_ms;
+		}
+		dl_progress_fill(task, &progress);
+		for (struct download_watcher *w = task->watchers, *next; w; w = next) {
+			next = w->next;
+			if (w->deadline_ms && now_ms >= w->deadline_ms) {
+				char message[600];
+
+				snprintf(message, sizeof(message), "get %s: timed out after %u ms",
+					 task->url, w->timeout_ms);
+				dl_watcher_finish(w, -ETIMEDOUT, DOWNLOAD_ERROR_ORIGIN_UNREACHABLE,
+						  message);
+				continue;
+			}
+			w->ops.progress(w->arg, &progress);
+		}
+		dl_task_unwatched(task);
+		dl_task_maybe_end(task);
+	}
+	dl_tick_arm(engine);
+}
+
+static void dl_tick_arm(struct download_engine *engine)
+{
+	if (engine->tick_armed || !engine->tasks)
+		return;
+	loop_op_init(&engine->tick_op, dl_tick_done, engine);
+	if (loop_timeout(engine->loop, &engine->tick_op, engine->options.progress_ms) == 0)
+		engine->tick_armed = true;
+}
+
+/* --- the API. */
+
+static struct dl_task *dl_task_find(struct download_engine *engine, const uint8_t id[32])
+{
+	for (struct dl_task *task = engine->tasks; task; task = task->next)
+		if (memcmp(task->id, id, 32) == 0)
+			return task;
+	return NULL;
+}
+
+static int dl_task_new(struct download_engine *engine, const struct download_request *request,
+		       const uint8_t id[32], struct dl_task **out, char *err, size_t err_size)
+{
+	struct dl_task *task = calloc(1, sizeof(*task));
+	struct store_task *st = NULL;
+	int rc;
+
+	if (!task)
+		return -ENOMEM;
+	task->engine = engine;
+	memcpy(task->id, id, 32);
+	hash_hex(id, task->hex);
+	task->url = strdup(request->url);
+	task->headers = calloc(request->header_count + 1, sizeof(char *));
+	if (!task->url || !task->headers)
+		goto out_nomem;
+	for (size_t i = 0; i < request->header_count; i++) {
+		task->headers[i] = strdup(request->headers[i]);
+		if (!task->headers[i])
+			goto out_nomem;
+		task->header_count++;
+	}
+	task->has_digest = request->has_digest;
+	memcpy(task->digest, request->digest, sizeof(task->digest));
+	task->piece_length_wanted = request->piece_length;
+	task->parallel = request->parallel ? request->parallel : engine->options.parallel;
+	if (task->parallel > DOWNLOAD_PARALLEL_MAX)
+		task->parallel = DOWNLOAD_PARALLEL_MAX;
+	task->timeout_ms = request->timeout_ms;
+	task->started_ms = task->rate_ms = clock_monotonic_ms();
+	task->source = DOWNLOAD_SOURCE_ORIGIN;
+
+	rc = store_task_find(engine->store, id, &st);
+	if (rc == 0 && store_task_info(st)->state == META_TASK_FAILED) {
+		store_task_release(st);
+		store_delete(engine->store, id);
+		st = NULL;
+	}
+	if (st && store_task_is_complete(st)) {
+		task->st = st;
+		task->state = DL_COMPLETE;
+		task->source = DOWNLOAD_SOURCE_CACHE;
+		task->length = store_task_info(st)->content_length;
+		task->piece_length = store_task_info(st)->piece_length;
+		task->piece_count = store_task_info(st)->piece_count;
+	} else {
+		task->st = st; /* pending from an earlier run, or NULL */
+		task->state = DL_PROBING;
+		task->origin = dl_origin_for(engine, request->insecure, request->ca_file);
+		if (!task->origin) {
+			snprintf(err, err_size, "get %s: cannot set up the HTTP client (too many "
+				 "different TLS settings at once?)", request->url);
+			rc = -EBUSY;
+			goto out_free;
+		}
+		rc = dl_head_start(task);
+		if (rc < 0) {
+			snprintf(err, err_size, "get %s: cannot start a request: %s", request->url,
+				 strerror(-rc));
+			goto out_free;
+		}
+	}
+	task->next = engine->tasks;
+	if (engine->tasks)
+		engine->tasks->prev = task;
+	engine->tasks = task;
+	engine->task_count++;
+	*out = task;
+	return 0;
+
+out_nomem:
+	snprintf(err, err_size, "get %s: out of memory", request->url);
+	rc = -ENOMEM;
+out_free:
+	if (task->st)
+		store_task_release(task->st);
+	for (size_t i = 0; i < task->header_count; i++)
+		free(task->headers[i]);
+	free(task->headers);
+	free(task->url);
+	free(task);
+	return rc;
+}
+
+int download_start(struct download_engine *engine, const struct download_request *request,
+		   const struct download_watcher_ops *ops, void *arg,
+		   struct download_watcher **out, char *err, size_t err_size)
+{
+	struct download_watcher *watcher;
+	struct dl_task *task;
+	uint8_t id[32];
+	int rc;
+
+	if (strncmp(request->url, "http://", 7) != 0 && strncmp(request->url, "https://", 8) != 0) {
+		snprintf(err, err_size, "get %s: only http:// and https:// URLs are supported",
+			 request->url);
+		rc = -EINVAL;
+		goto out_close;
+	}
+	if (strlen(request->url) >= META_URL_MAX) {
+		snprintf(err, err_size, "get: the URL is longer than %d bytes", META_URL_MAX - 1);
+		rc = -EINVAL;
+		goto out_close;
+	}
+	if (request->header_count > DOWNLOAD_HEADERS_MAX) {
+		snprintf(err, err_size, "get %s: more than %u headers", request->url,
+			 DOWNLOAD_HEADERS_MAX);
+		rc = -E2BIG;
+		goto out_close;
+	}
+	if (request->piece_length && !piece_length_valid(request->piece_length)) {
+		snprintf(err, err_size, "get %s: piece length %llu is not a power of two between "
+			 "64 KiB and 1 GiB", request->url,
+			 (unsigned long long)request->piece_length);
+		rc = -EINVAL;
+		goto out_close;
+	}
+	watcher = calloc(1, sizeof(*watcher));
+	if (!watcher) {
+		snprintf(err, err_size, "get %s: out of memory", request->url);
+		rc = -ENOMEM;
+		goto out_close;
+	}
+	download_task_id(request->url, id);
+	task = dl_task_find(engine, id);
+	if (task && (task->state == DL_FAILED || task->state == DL_STOPPED)) {
+		free(watcher);
+		snprintf(err, err_size, "get %s: the task is still winding down from its last "
+			 "attempt; try again", request->url);
+		rc = -EAGAIN;
+		goto out_close;
+	}
+	if (!task) {
+		rc = dl_task_new(engine, request, id, &task, err, err_size);
+		if (rc < 0) {
+			free(watcher);
+			goto out_close;
+		}
+		if (task->source == DOWNLOAD_SOURCE_CACHE)
+			log_info("download", "download cache hit task=%s url=%s pid=%d uid=%u",
+				 task->hex, task->url, request->requester_pid, request->requester_uid);
+		else
+			log_info("download", "download start task=%s url=%s pid=%d uid=%u",
+				 task->hex, task->url, request->requester_pid, request->requester_uid);
+	} else {
+		log_info("download", "download joined task=%s url=%s pid=%d uid=%u", task->hex,
+			 task->url, request->requester_pid, request->requester_uid);
+	}
+	watcher->task = task;
+	watcher->ops = *ops;
+	watcher->arg = arg;
+	watcher->out_fd = request->output_fd;
+	watcher->has_digest = request->has_digest;
+	memcpy(watcher->digest, request->digest, sizeof(watcher->digest));
+	watcher->timeout_ms = request->timeout_ms;
+	if (request->timeout_ms)
+		watcher->deadline_ms = clock_monotonic_ms() + request->timeout_ms;
+	watcher->next = task->watchers;
+	if (task->watchers)
+		task->watchers->prev = watcher;
+	task->watchers = watcher;
+	task->watcher_count++;
+	if (task->state == DL_COMPLETE && !task->copy_armed) {
+		/* Outputs fill from the next turn: no callback before we return. */
+		loop_op_init(&task->copy_op, dl_copy_done, task);
+		if (loop_nop(engine->loop, &task->copy_op) == 0)
+			task->copy_armed = true;
+	}
+	dl_tick_arm(engine);
+	*out = watcher;
+	return 0;
+
+out_close:
+	if (request->output_fd >= 0)
+		close(request->output_fd);
+	return rc;
+}
+
+int download_engine_create(struct download_engine **out, struct loop *loop, struct store *store,
+			   const struct download_options *options)
+{
+	struct download_engine *engine = calloc(1, sizeof(*engine));
+
+	if (!engine)
+		return -ENOMEM;
+	engine->loop = loop;
+	engine->store = store;
+	if (options)
+		engine->options = *options;
+	if (!engine->options.parallel)
+		engine->options.parallel = DOWNLOAD_PARALLEL_DEFAULT;
+	if (!engine->options.memory_bytes)
+		engine->options.memory_bytes = DOWNLOAD_MEMORY_DEFAULT;
+	if (!engine->options.progress_ms)
+		engine->options.progress_ms = DOWNLOAD_PROGRESS_DEFAULT_MS;
+	if (!engine->options.origin_buffer_bytes)
+		engine->options.origin_buffer_bytes = DOWNLOAD_ORIGIN_BUFFER_DEFAULT;
+	*out = engine;
+	return 0;
+}
+
+unsigned download_engine_active(const struct download_engine *engine)
+{
+	return engine->task_count;
+}
+
+void download_engine_destroy(struct download_engine *engine)
+{
+	if (!engine)
+		return;
+	/* The loop is gone: requests and writes in flight will never call
+	 * back. Origins first (they own the requests), then the tasks. */
+	for (unsigned i = 0; i < engine->origin_count; i++)
+		origin_destroy(engine->origins[i].origin);
+	while (engine->tasks) {
+		struct dl_task *task = engine->tasks;
+
+		engine->tasks = task->next;
+		while (task->watchers) {
+			struct download_watcher *watcher = task->watchers;
+
+			task->watchers = watcher->next;
+			if (watcher->out_fd >= 0)
+				close(watcher->out_fd);
+			free(watcher);
+		}
+		while (task->fetching) {
+			struct dl_piece *piece = task->fetching;
+
+			task->fetching = piece->next;
+			free(piece->buf);
+			free(piece);
+		}
+		if (task->seq_piece) {
+			free(task->seq_piece->buf);
+			free(task->seq_piece);
+		}
+		/* Pieces whose writes were in flight are abandoned with the
+		 * store (store_close); their buffers leak only at exit. */
+		dl_buffers_free(task);
+		for (size_t i = 0; i < task->header_count; i++)
+			free(task->headers[i]);
+		free(task->headers);
+		free(task->busy);
+		free(task->url);
+		free(task);
+	}
+	free(engine);
+}

@@ -1,0 +1,119 @@
+/* download: the node's task manager: fetch a URL into the cache (back to source), share
+ * one task among concurrent requesters, and fill each requester's output file. */
+#ifndef RINGFLY_DAEMON_DOWNLOAD_H
+#define RINGFLY_DAEMON_DOWNLOAD_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/loop.h"
+#include "storage/store.h"
+
+/*
+ * A download is a task (one per task id, storage/store.h) and its watchers
+ * (the requesters: a CLI get each). The first request for an id creates the
+ * task; later ones attach to it and see the same pieces arrive, so twenty
+ * concurrent gets of one URL make one origin transfer.
+ *
+ * Back to source: a HEAD learns the length, whether ranges work and the
+ * ETag; then pieces are fetched as range requests, `parallel` at once, each
+ * into a buffer of one piece that goes to the store (store_piece_from_buffer)
+ * once full. Buffers are bounded per engine (memory_bytes): a fetch starts
+ * only when it has one, and a sequential transfer (a server without ranges) is
+ * paused while none is free. A range answer whose total length or ETag differ
+ * from the HEAD's fails the task ("origin changed during the download").
+ *
+ * Output: a watcher's fd (a regular file the requester opened) receives each
+ * piece with copy_file_range as soon as the piece and all before it are
+ * recorded, so the output fills while the download runs; done() runs after
+ * the last piece is in the output and the digest (if any) checked. Nothing is
+ * ever written to a path: the daemon only writes into descriptors it is given.
+ */
+
+enum download_error_kind {
+	DOWNLOAD_ERROR_INTERNAL = 0,
+	DOWNLOAD_ERROR_ORIGIN_HTTP,	   /* the origin answered 4xx/5xx */
+	DOWNLOAD_ERROR_ORIGIN_UNREACHABLE, /* refused, TLS, timeout, transfer failed */
+	DOWNLOAD_ERROR_INTEGRITY,	   /* digest mismatch, origin changed */
+	DOWNLOAD_ERROR_NO_SPACE,	   /* cache or output disk full */
+	DOWNLOAD_ERROR_INVALID,		   /* the request is wrong */
+};
+
+enum download_source {
+	DOWNLOAD_SOURCE_ORIGIN = 0,
+	DOWNLOAD_SOURCE_CACHE,
+};
+
+struct download_options {
+	unsigned parallel;	/* ranges at once per task; 0 = 4 */
+	uint64_t memory_bytes;	/* piece buffers of all tasks; 0 = 256 MiB */
+	unsigned progress_ms;	/* progress() interval; 0 = 250 */
+	size_t origin_buffer_bytes; /* libcurl's receive buffer; 0 = 1 MiB */
+};
+
+struct download_request {
+	const char *url;
+	const char *const *headers; /* "Name: value" */
+	size_t header_count;
+	bool has_digest;
+	uint8_t digest[32];
+	uint64_t piece_length;	/* 0 = from the length */
+	unsigned timeout_ms;	/* the whole download for this requester; 0 = none */
+	bool insecure;
+	const char *ca_file;	/* "" or NULL: the system's CAs */
+	unsigned parallel;	/* 0 = the engine's default */
+	int output_fd;		/* owned by the engine from the call on; -1: none */
+	int requester_pid;	/* for logs */
+	unsigned requester_uid;
+};
+
+struct download_progress {
+	char task_hex[65];
+	uint64_t bytes_done;	/* recorded in the cache */
+	uint64_t total_bytes;	/* 0 while unknown */
+	uint64_t rate_bytes_per_s;
+	uint64_t origin_bytes;
+	enum download_source source;
+};
+
+struct download_watcher;
+
+struct download_watcher_ops {
+	void (*progress)(void *arg, const struct download_progress *progress);
+	/* The end for this watcher (its output is closed by then): error 0 =
+	 * done, else a negative errno with kind and a one-line message naming
+	 * the URL and the reason. The watcher is gone once this returns. */
+	void (*done)(void *arg, int error, enum download_error_kind kind, const char *message,
+		     const struct download_progress *progress);
+};
+
+struct download_engine;
+
+int download_engine_create(struct download_engine **out, struct loop *loop, struct store *store,
+			   const struct download_options *options);
+/* After loop_run has returned for good (like origin_destroy). */
+void download_engine_destroy(struct download_engine *engine);
+/* Tasks still running or winding down (writes in flight). */
+unsigned download_engine_active(const struct download_engine *engine);
+
+/*
+ * Starts (or joins) the download of request->url. Returns 0 and the watcher
+ * in *out; ops run from the loop, never before this returns. On a negative
+ * errno (bad URL or digest, out of memory) err says why, nothing runs and
+ * output_fd has been closed.
+ */
+int download_start(struct download_engine *engine, const struct download_request *request,
+		   const struct download_watcher_ops *ops, void *arg,
+		   struct download_watcher **out, char *err, size_t err_size);
+
+/* The requester went away: no callback runs for this watcher any more, its
+ * output is closed; a task nobody watches any more stops (its recorded
+ * pieces stay for the next request). */
+void download_watcher_cancel(struct download_watcher *watcher);
+
+/* The task id of a URL: sha256("ringfly-task-v1\n" + url without its
+ * fragment). */
+void download_task_id(const char *url, uint8_t id[32]);
+
+#endif

@@ -1,0 +1,316 @@
+/* service: the CLI's requests on the Unix socket: get (DownloadTask), stat, import, export. */
+#include "daemon/service.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "core/hash.h"
+#include "core/log.h"
+
+/* One get in progress on a connection (the connection's list: conn_user). */
+struct service_get {
+	struct service *service;
+	struct conn *conn;
+	struct download_watcher *watcher;
+	uint64_t request_id;
+	struct service_get *next;
+};
+
+static Ringfly__ErrorCode service_error_code(enum download_error_kind kind)
+{
+	switch (kind) {
+	case DOWNLOAD_ERROR_ORIGIN_HTTP: return RINGFLY__ERROR_CODE__ERROR_CODE_ORIGIN_HTTP;
+	case DOWNLOAD_ERROR_ORIGIN_UNREACHABLE:
+		return RINGFLY__ERROR_CODE__ERROR_CODE_ORIGIN_UNREACHABLE;
+	case DOWNLOAD_ERROR_INTEGRITY: return RINGFLY__ERROR_CODE__ERROR_CODE_INTEGRITY;
+	case DOWNLOAD_ERROR_NO_SPACE: return RINGFLY__ERROR_CODE__ERROR_CODE_NO_SPACE;
+	case DOWNLOAD_ERROR_INVALID: return RINGFLY__ERROR_CODE__ERROR_CODE_INVALID;
+	default: return RINGFLY__ERROR_CODE__ERROR_CODE_INTERNAL;
+	}
+}
+
+static const char *service_source_name(enum download_source source)
+{
+	return source == DOWNLOAD_SOURCE_CACHE ? "cache" : "origin";
+}
+
+static void service_send_progress(struct service_get *get, const struct download_progress *p,
+				  bool done)
+{
+	Ringfly__DownloadProgress message = RINGFLY__DOWNLOAD_PROGRESS__INIT;
+
+	message.id = get->request_id;
+	message.task_id = (char *)p->task_hex;
+	message.bytes_done = p->bytes_done;
+	message.total_bytes = p->total_bytes;
+	message.rate_bytes_per_s = p->rate_bytes_per_s;
+	message.source = (char *)service_source_name(p->source);
+	message.done = done;
+	message.origin_bytes = p->origin_bytes;
+	conn_send_frame(get->conn, FRAME_TYPE_DOWNLOAD_PROGRESS, &message.base);
+}
+
+static void service_get_progress(void *arg, const struct download_progress *progress)
+{
+	service_send_progress(arg, progress, false);
+}
+
+static void service_get_unlink(struct service_get *get)
+{
+	struct service_get *head = conn_user(get->conn);
+
+	if (head == get) {
+		conn_set_user(get->conn, get->next);
+		return;
+	}
+	for (struct service_get *g = head; g; g = g->next) {
+		if (g->next == get) {
+			g->next = get->next;
+			return;
+		}
+	}
+}
+
+static void service_get_done(void *arg, int error, enum download_error_kind kind,
+			     const char *message, const struct download_progress *progress)
+{
+	struct service_get *get = arg;
+
+	service_get_unlink(get);
+	if (error == 0)
+		service_send_progress(get, progress, true);
+	else
+		conn_send_error(get->conn, get->request_id, service_error_code(kind), "%s",
+				message);
+	free(get);
+}
+
+static void service_download(struct service *service, struct conn *conn,
+			     const Ringfly__DownloadTask *request)
+{
+	static const struct download_watcher_ops ops = {
+		.progress = service_get_progress,
+		.done = service_get_done,
+	};
+	struct download_request params = {
+		.url = request->url,
+		.headers = (const char *const *)request->headers,
+		.header_count = request->n_headers,
+		.piece_length = request->piece_length,
+		.timeout_ms = request->timeout_ms,
+		.insecure = request->insecure,
+		.ca_file = request->ca_file,
+		.parallel = request->parallel,
+		.output_fd = -1,
+	};
+	struct service_get *get;
+	char err[768];
+	struct stat st;
+	int rc;
+
+	conn_peer(conn, &params.requester_pid, &params.requester_uid);
+	if (request->output_fd) {
+		params.output_fd = conn_take_fd(conn);
+		if (params.output_fd < 0) {
+			conn_send_error(conn, request->id, RINGFLY__ERROR_CODE__ERROR_CODE_INVALID,
+					"get %s: the request says an output file descriptor comes "
+					"with it, but none arrived", request->url);
+			return;
+		}
+		if (fstat(params.output_fd, &st) < 0 || !S_ISREG(st.st_mode) ||
+		    (fcntl(params.output_fd, F_GETFL) & O_ACCMODE) == O_RDONLY) {
+			close(params.output_fd);
+			conn_send_error(conn, request->id, RINGFLY__ERROR_CODE__ERROR_CODE_INVALID,
+					"get %s: the output must be a regular file open for "
+					"writing", request->url);
+			return;
+		}
+	}
+	if (request->digest[0]) {
+		if (hash_parse_sha256(request->digest, params.digest) < 0) {
+			if (params.output_fd >= 0)
+				close(params.output_fd);
+			conn_send_error(conn, request->id, RINGFLY__ERROR_CODE__ERROR_CODE_INVALID,
+					"get %s: digest \"%s\" is not sha256:<64 hex digits>",
+					request->url, request->digest);
+			return;
+		}
+		params.has_digest = true;
+	}
+	get = calloc(1, sizeof(*get));
+	if (!get) {
+		if (params.output_fd >= 0)
+			close(params.output_fd);
+		conn_send_error(conn, request->id, RINGFLY__ERROR_CODE__ERROR_CODE_INTERNAL,
+				"get %s: out of memory", request->url);
+		return;
+	}
+	get->service = service;
+	get->conn = conn;
+	get->request_id = request->id;
+	rc = download_start(service->engine, &params, &ops, get, &get->watcher, err, sizeof(err));
+	if (rc < 0) {
+		free(get);
+		conn_send_error(conn, request->id,
+				rc == -EINVAL || rc == -E2BIG ? RINGFLY__ERROR_CODE__ERROR_CODE_INVALID
+				: rc == -EAGAIN ? RINGFLY__ERROR_CODE__ERROR_CODE_BUSY
+				: RINGFLY__ERROR_CODE__ERROR_CODE_INTERNAL, "%s", err);
+		return;
+	}
+	get->next = conn_user(conn);
+	conn_set_user(conn, get);
+}
+
+void service_conn_closed(struct service *service, struct conn *conn)
+{
+	(void)service;
+	while (conn_user(conn)) {
+		struct service_get *get = conn_user(conn);
+
+		conn_set_user(conn, get->next);
+		download_watcher_cancel(get->watcher);
+		free(get);
+	}
+}
+
+/* --- stat, import, export. */
+
+static void service_send_info(struct conn *conn, uint64_t request_id, const struct meta_task *info)
+{
+	Ringfly__TaskInfo message = RINGFLY__TASK_INFO__INIT;
+	char hex[65], digest[7 + 65] = "";
+
+	hash_hex(info->id, hex);
+	if (info->has_digest) {
+		memcpy(digest, "sha256:", 7);
+		hash_hex(info->digest, digest + 7);
+	}
+	message.id = request_id;
+	message.task_id = hex;
+	message.url = (char *)info->url;
+	message.state = info->state == META_TASK_COMPLETE ? "complete"
+			: info->state == META_TASK_FAILED ? "failed" : "pending";
+	message.content_length = info->content_length;
+	message.piece_length = info->piece_length;
+	message.piece_count = info->piece_count;
+	message.pieces_done = info->pieces_done;
+	message.bytes_done = info->bytes_done;
+	message.digest = digest;
+	conn_send_frame(conn, FRAME_TYPE_TASK_INFO, &message.base);
+}
+
+/* A task named by its 64-hex id, or by its URL. */
+static int service_find_task(struct service *service, const char *name, struct store_task **out)
+{
+	uint8_t id[32];
+
+	if (strlen(name) != 64 || hash_parse_sha256(name, id) < 0)
+		download_task_id(name, id);
+	return store_task_find(service->store, id, out);
+}
+
+static void service_stat(struct service *service, struct conn *conn,
+			 const Ringfly__StatTask *request)
+{
+	const char *name = request->task_id[0] ? request->task_id : request->url;
+	struct store_task *task;
+	int rc = service_find_task(service, name, &task);
+
+	if (rc < 0) {
+		conn_send_error(conn, request->id, RINGFLY__ERROR_CODE__ERROR_CODE_NOT_FOUND,
+				"stat %s: %s", name, rc == -ENOENT ? "no such task" : strerror(-rc));
+		return;
+	}
+	service_send_info(conn, request->id, store_task_info(task));
+	store_task_release(task);
+}
+
+static void service_import(struct service *service, struct conn *conn,
+			   const Ringfly__ImportFile *request)
+{
+	int fd = conn_take_fd(conn);
+	struct store_task *task;
+	uint8_t id[32];
+	char err[768];
+	int rc;
+
+	if (fd < 0) {
+		conn_send_error(conn, request->id, RINGFLY__ERROR_CODE__ERROR_CODE_INVALID,
+				"import %s: no file descriptor came with the request", request->name);
+		return;
+	}
+	rc = store_import_fd(service->store, fd, request->name, id, err, sizeof(err));
+	close(fd);
+	if (rc == 0)
+		rc = store_task_find(service->store, id, &task);
+	if (rc < 0) {
+		conn_send_error(conn, request->id,
+				rc == -ENOSPC ? RINGFLY__ERROR_CODE__ERROR_CODE_NO_SPACE
+					      : RINGFLY__ERROR_CODE__ERROR_CODE_INTERNAL,
+				"import %s: %s", request->name, err[0] ? err : strerror(-rc));
+		return;
+	}
+	service_send_info(conn, request->id, store_task_info(task));
+	store_task_release(task);
+}
+
+static void service_export(struct service *service, struct conn *conn,
+			   const Ringfly__ExportTask *request)
+{
+	int fd = conn_take_fd(conn);
+	struct store_task *task;
+	char err[768] = "";
+	int rc;
+
+	if (fd < 0) {
+		conn_send_error(conn, request->id, RINGFLY__ERROR_CODE__ERROR_CODE_INVALID,
+				"export %s: no file descriptor came with the request",
+				request->task_id);
+		return;
+	}
+	rc = service_find_task(service, request->task_id, &task);
+	if (rc < 0) {
+		close(fd);
+		conn_send_error(conn, request->id, RINGFLY__ERROR_CODE__ERROR_CODE_NOT_FOUND,
+				"export %s: %s", request->task_id,
+				rc == -ENOENT ? "no such task" : strerror(-rc));
+		return;
+	}
+	rc = store_export(task, fd, err, sizeof(err));
+	close(fd);
+	if (rc < 0)
+		conn_send_error(conn, request->id,
+				rc == -ENOSPC ? RINGFLY__ERROR_CODE__ERROR_CODE_NO_SPACE
+				: rc == -EAGAIN ? RINGFLY__ERROR_CODE__ERROR_CODE_NOT_FOUND
+				: RINGFLY__ERROR_CODE__ERROR_CODE_INTERNAL,
+				"export %s: %s", request->task_id, err);
+	else
+		service_send_info(conn, request->id, store_task_info(task));
+	store_task_release(task);
+}
+
+bool service_frame(struct service *service, struct conn *conn, uint8_t type,
+		   const ProtobufCMessage *msg)
+{
+	switch (type) {
+	case FRAME_TYPE_DOWNLOAD_TASK:
+		service_download(service, conn, (const Ringfly__DownloadTask *)msg);
+		return true;
+	case FRAME_TYPE_STAT_TASK:
+		service_stat(service, conn, (const Ringfly__StatTask *)msg);
+		return true;
+	case FRAME_TYPE_IMPORT_FILE:
+		service_import(service, conn, (const Ringfly__ImportFile *)msg);
+		return true;
+	case FRAME_TYPE_EXPORT_TASK:
+		service_export(service, conn, (const Ringfly__ExportTask *)msg);
+		return true;
+	default:
+		return false;
+	}
+}

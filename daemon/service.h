@@ -1,0 +1,28 @@
+/* service: the CLI's requests on the Unix socket: get (DownloadTask), stat, import, export. */
+#ifndef RINGFLY_DAEMON_SERVICE_H
+#define RINGFLY_DAEMON_SERVICE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "daemon/download.h"
+#include "net/conn.h"
+#include "storage/store.h"
+
+struct service {
+	struct store *store;
+	struct download_engine *engine;
+};
+
+/*
+ * Handles `msg` (decoded, of frame type `type`) if it is one of the
+ * service's requests, answering on conn; false if it is not. Requests that
+ * carry a file descriptor take it from the connection (conn_take_fd).
+ */
+bool service_frame(struct service *service, struct conn *conn, uint8_t type,
+		   const ProtobufCMessage *msg);
+
+/* The connection is gone: its downloads lose their requester. */
+void service_conn_closed(struct service *service, struct conn *conn);
+
+#endif
