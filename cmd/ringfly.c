@@ -64,7 +64,7 @@ static void usage(FILE *out)
 		"  health    show whether the local ringflyd answers, and its state\n"
 		"  get URL -O FILE [-H 'Name: value']... [--digest sha256:HEX] [--timeout D]\n"
 		"            [--piece-length BYTES] [--parallel N] [--no-progress] [--insecure]\n"
-		"            [--ca-file PEM]\n"
+		"            [--ca-file PEM] [--fsync]\n"
 		"            download URL through ringflyd into FILE (- for stdout)\n"
 		"  import FILE             add a local file to the cache; prints its task id\n"
 		"  export TASK -O FILE     copy a complete task out of the cache\n"
@@ -318,6 +318,7 @@ struct cli_get_options {
 	int64_t parallel;
 	bool no_progress;
 	bool insecure;
+	bool fsync;
 	char ca_file[PATH_MAX];
 };
 
@@ -396,9 +397,10 @@ static void cli_output_discard(struct cli_output *out)
 	out->temp_path[0] = '\0';
 }
 
-/* Makes the bytes durable and visible under the final name (or sends
- * them to stdout). */
-static int cli_output_commit(struct cli_output *out, uint64_t length)
+/* Makes the bytes visible under the final name (or sends them to stdout);
+ * with `durable`, on disk first (fsync of the file and its directory), as
+ * curl and wget do not by default. */
+static int cli_output_commit(struct cli_output *out, uint64_t length, bool durable)
 {
 	mode_t mask = umask(0);
 	int dir_fd;
@@ -424,7 +426,7 @@ static int cli_output_commit(struct cli_output *out, uint64_t length)
 		out->fd = -1;
 		return 0;
 	}
-	if (fsync(out->fd) < 0 || fchmod(out->fd, 0666 & ~mask) < 0) {
+	if ((durable && fsync(out->fd) < 0) || fchmod(out->fd, 0666 & ~mask) < 0) {
 		fprintf(stderr, "ringfly: %s: %s\n", out->temp_path, strerror(errno));
 		return -1;
 	}
@@ -436,7 +438,7 @@ static int cli_output_commit(struct cli_output *out, uint64_t length)
 	out->temp_path[0] = '\0';
 	close(out->fd);
 	out->fd = -1;
-	dir_fd = open(out->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	dir_fd = durable ? open(out->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC) : -1;
 	if (dir_fd >= 0) {
 		fsync(dir_fd);
 		close(dir_fd);
@@ -456,6 +458,7 @@ static int cli_get_parse(struct cli_get_options *get, int argc, char **argv)
 		{ "no-progress", no_argument, NULL, 'q' },
 		{ "insecure", no_argument, NULL, 'k' },
 		{ "ca-file", required_argument, NULL, 'c' },
+		{ "fsync", no_argument, NULL, 'f' },
 		{ NULL, 0, NULL, 0 },
 	};
 	const size_t table_size = sizeof(cli_get_table) / sizeof(cli_get_table[0]);
@@ -484,6 +487,7 @@ static int cli_get_parse(struct cli_get_options *get, int argc, char **argv)
 		case 'c': key = "ca-file"; break;
 		case 'q': get->no_progress = true; break;
 		case 'k': get->insecure = true; break;
+		case 'f': get->fsync = true; break;
 		default: return -1;
 		}
 		if (key && config_set(cli_get_table, table_size, get, key, optarg, err,
@@ -608,7 +612,7 @@ static int cli_get(struct cli_call *call, int argc, char **argv)
 			continue;
 		}
 		progress_clear(&progress);
-		if (cli_output_commit(&out, p->total_bytes) == 0) {
+		if (cli_output_commit(&out, p->total_bytes, get.fsync) == 0) {
 			progress_summary(&progress, p->total_bytes, p->source, p->task_id);
 			exit_code = CLI_EXIT_OK;
 		}
@@ -721,7 +725,7 @@ static int cli_export(struct cli_call *call, int argc, char **argv)
 		bool ok = type == FRAME_TYPE_TASK_INFO;
 
 		rc = cli_print_info(call, "export", type, reply, true);
-		if (ok && rc == 0 && cli_output_commit(&out, length) < 0)
+		if (ok && rc == 0 && cli_output_commit(&out, length, false) < 0)
 			rc = CLI_EXIT_FAILED;
 	}
 	if (rc != 0)

@@ -44,6 +44,9 @@
 /* Output bytes copied per loop turn before yielding to other work. */
 #define DOWNLOAD_COPY_TURN_BYTES (64ull << 20)
 #define DOWNLOAD_HEADERS_MAX 64u
+/* Outputs a piece is written into straight from its buffer; more watchers
+ * of one task get it copied from the cache file afterwards. */
+#define DL_PIECE_OUTPUTS 4u
 
 enum dl_state {
 	DL_PROBING = 0,
@@ -67,6 +70,20 @@ struct dl_buffer {
 
 /* One piece on its way: fetched by a range request (or cut from the
  * sequential stream) into buf, then written by the store. */
+struct dl_output_write {
+	struct loop_op op;
+	struct dl_piece *piece;
+	struct download_watcher *watcher;
+	uint32_t done;
+};
+
+/*
+ * A piece's buffer is read by the store's write and by one write per output
+ * (io_uring writes at the piece's offset, run beside each other on io-wq
+ * workers). It goes back to the pool once the store has it in the file
+ * (written) and no output write reads it any more; the piece itself goes once
+ * the store is done with it (recorded or failed) as well.
+ */
 struct dl_piece {
 	struct dl_task *task;
 	struct dl_piece *prev, *next;	/* the task's fetching list */
@@ -76,6 +93,10 @@ struct dl_piece {
 	uint32_t size;
 	uint32_t filled;
 	uint8_t *buf;
+	bool written;			/* the store no longer reads buf */
+	bool stored;			/* the store is done with the piece */
+	unsigned output_pending;
+	struct dl_output_write outputs[DL_PIECE_OUTPUTS];
 	char problem[256];		/* why on_headers refused the answer */
 };
 
@@ -107,11 +128,15 @@ struct dl_task {
 	struct origin_request *head_req;
 
 	/* Fetching. */
-	uint8_t *busy;			/* pieces being fetched or written */
+	uint8_t *busy;			/* pieces being fetched, written or synced */
+	uint8_t *ready;			/* written this run: readable, maybe not durable */
+	uint32_t ready_count;		/* pieces readable (recorded or ready) */
+	uint64_t ready_bytes;
 	uint32_t scan;			/* no piece below this needs fetching */
 	struct dl_piece *fetching;	/* range requests running */
 	unsigned fetch_count;
 	unsigned write_count;		/* store writes in flight */
+	unsigned output_writes;		/* writes into outputs in flight */
 	struct dl_buffer *free_buffers;
 	unsigned buffers_out;		/* allocated, free or not */
 
@@ -142,9 +167,15 @@ struct download_watcher {
 	struct download_watcher *prev, *next;
 	struct download_watcher_ops ops;
 	void *arg;
-	int out_fd;
+	int out_fd;			/* closed only when no write uses it */
 	bool use_sendfile;
-	uint32_t copied;		/* pieces in the output, from 0 */
+	uint8_t *have;			/* pieces in the output */
+	uint8_t *pending;		/* pieces being written into it from a buffer */
+	uint32_t have_count;
+	uint32_t first_missing;		/* every piece below is in the output */
+	unsigned inflight;		/* output writes in flight */
+	bool gone;			/* finished or cancelled: freed once inflight is 0 */
+	bool from_cache;		/* every piece was in the cache when it came */
 	bool has_digest;
 	uint8_t digest[32];
 	uint64_t deadline_ms;		/* 0 = none */
@@ -162,6 +193,9 @@ struct download_engine {
 	uint64_t buffer_bytes;
 	struct loop_op tick_op;
 	bool tick_armed;
+	/* Watchers gone while writes into their outputs were in flight. */
+	struct download_watcher *zombies;
+	unsigned zombie_count;
 };
 
 static void dl_pump(struct dl_task *task);
@@ -215,10 +249,8 @@ static void dl_progress_fill(const struct dl_task *task, struct download_progres
 	memset(progress, 0, sizeof(*progress));
 	memcpy(progress->task_hex, task->hex, sizeof(progress->task_hex));
 	if (task->st) {
-		const struct meta_task *info = store_task_info(task->st);
-
-		progress->bytes_done = info->bytes_done;
-		progress->total_bytes = info->content_length;
+		progress->bytes_done = task->ready_bytes;
+		progress->total_bytes = store_task_info(task->st)->content_length;
 	}
 	progress->rate_bytes_per_s = task->rate_bytes_per_s;
 	progress->origin_bytes = task->origin_bytes;
@@ -312,7 +344,8 @@ static void dl_piece_free(struct dl_piece *piece)
 	bit_set(task->busy, piece->number, false);
 	if (piece->number < task->scan)
 		task->scan = piece->number;
-	dl_buffer_put(task, piece->buf);
+	if (piece->buf)
+		dl_buffer_put(task, piece->buf);
 	free(piece);
 }
 
@@ -404,7 +437,33 @@ static void dl_request_params(const struct dl_task *task, struct origin_request_
 	params->timeout_ms = task->timeout_ms;
 }
 
-/* --- piece writes. */
+/* --- piece writes: into the cache, and into the outputs from the same buffer. */
+
+static void dl_watcher_finish(struct download_watcher *watcher, int error,
+			      enum download_error_kind kind, const char *message);
+static void dl_watcher_settle(struct download_watcher *watcher);
+
+/* Returns the buffer and frees the piece once nothing uses them. True if
+ * the piece is gone. */
+static bool dl_piece_settle(struct dl_piece *piece)
+{
+	struct dl_task *task = piece->task;
+
+	if (piece->output_pending)
+		return false;
+	if (piece->buf && (piece->written || piece->stored)) {
+		dl_buffer_put(task, piece->buf);
+		piece->buf = NULL;
+		if (task->seq_paused && task->seq_req) {
+			task->seq_paused = false;
+			origin_request_resume(task->seq_req);
+		}
+	}
+	if (!piece->stored)
+		return false;
+	dl_piece_free(piece);
+	return true;
+}
 
 static void dl_piece_stored(struct store_task *st, uint32_t number, int res, void *arg)
 {
@@ -415,7 +474,8 @@ static void dl_piece_stored(struct store_task *st, uint32_t number, int res, voi
 	(void)number;
 	assert(task->write_count > 0);
 	task->write_count--;
-	dl_piece_free(piece);
+	piece->stored = true;
+	dl_piece_settle(piece);
 	if (res < 0 && res != -EALREADY && !dl_final(task)) {
 		const char *why = store_task_error(task->st);
 
@@ -426,12 +486,123 @@ static void dl_piece_stored(struct store_task *st, uint32_t number, int res, voi
 		dl_task_maybe_end(task);
 		return;
 	}
-	if (task->seq_paused) {
-		task->seq_paused = false;
-		origin_request_resume(task->seq_req);
-	}
+	dl_pump(task);
+}
+
+/* The piece is in the cache file (not yet durable): outputs that did not
+ * get it from the buffer can copy it from there. */
+static void dl_piece_written(struct store_task *st, uint32_t number, int res, void *arg)
+{
+	struct dl_piece *piece = arg;
+	struct dl_task *task = piece->task;
+
+	(void)st;
+	(void)res;
+	piece->written = true;
+	bit_set(task->ready, number, true);
+	task->ready_count++;
+	task->ready_bytes += piece->size;
+	dl_piece_settle(piece); /* not freed: the store still holds it */
+	if (dl_final(task))
+		return;
 	dl_outputs_advance(task);
 	dl_pump(task);
+}
+
+static void dl_output_write_done(struct loop_op *op, int res, uint32_t flags);
+
+static int dl_output_write_submit(struct dl_output_write *ow)
+{
+	struct dl_piece *piece = ow->piece;
+
+	loop_op_init(&ow->op, dl_output_write_done, ow);
+	return loop_write(piece->task->engine->loop, &ow->op, ow->watcher->out_fd,
+			  piece->buf + ow->done, piece->size - ow->done,
+			  (int64_t)(piece->offset + ow->done));
+}
+
+static void dl_output_write_done(struct loop_op *op, int res, uint32_t flags)
+{
+	struct dl_output_write *ow = op->owner;
+	struct dl_piece *piece = ow->piece;
+	struct download_watcher *watcher = ow->watcher;
+	struct dl_task *task = piece->task;
+	uint32_t number = piece->number;
+
+	(void)flags;
+	if (res > 0 && !watcher->gone) {
+		ow->done += (uint32_t)res;
+		if (ow->done < piece->size && dl_output_write_submit(ow) == 0)
+			return; /* a short write: the rest */
+		if (ow->done < piece->size)
+			res = -ENOMEM;
+	}
+	if (res == 0)
+		res = -EIO;
+	piece->output_pending--;
+	task->output_writes--;
+	watcher->inflight--;
+	bit_set(watcher->pending, number, false);
+	if (!watcher->gone) {
+		if (res > 0) {
+			bit_set(watcher->have, number, true);
+			watcher->have_count++;
+		} else {
+			char message[600];
+
+			snprintf(message, sizeof(message), "get %s: writing the output: %s",
+				 task->url, strerror(-res));
+			dl_watcher_finish(watcher, res, res == -ENOSPC ? DOWNLOAD_ERROR_NO_SPACE
+								      : DOWNLOAD_ERROR_INTERNAL, message);
+		}
+	}
+	dl_watcher_settle(watcher);
+	dl_piece_settle(piece);
+	if (!dl_final(task) || task->state == DL_COMPLETE)
+		dl_outputs_advance(task);
+	dl_task_maybe_end(task);
+}
+
+static bool dl_watcher_prepare(struct download_watcher *watcher)
+{
+	size_t bytes = watcher->task->piece_count / 8u + 1u;
+
+	if (watcher->have)
+		return true;
+	watcher->have = calloc(bytes, 1);
+	watcher->pending = calloc(bytes, 1);
+	if (watcher->have && watcher->pending)
+		return true;
+	free(watcher->have);
+	free(watcher->pending);
+	watcher->have = watcher->pending = NULL;
+	return false;
+}
+
+/* Writes the full buffer of `piece` into the outputs that want it. */
+static void dl_piece_to_outputs(struct dl_piece *piece)
+{
+	struct dl_task *task = piece->task;
+
+	for (struct download_watcher *w = task->watchers; w; w = w->next) {
+		struct dl_output_write *ow;
+
+		if (piece->output_pending == DL_PIECE_OUTPUTS)
+			break;
+		if (w->out_fd < 0 || !dl_watcher_prepare(w) || bit_get(w->have, piece->number) ||
+		    bit_get(w->pending, piece->number))
+			continue;
+		ow = &piece->outputs[piece->output_pending];
+		ow->piece = piece;
+		ow->watcher = w;
+		ow->done = 0;
+		if (dl_output_write_submit(ow) < 0)
+			continue; /* copied from the cache file instead */
+		piece->output_pending++;
+		task->output_writes++;
+		w->inflight++;
+		bit_set(w->pending, piece->number, true);
+	}
 }
 
 static void dl_piece_write(struct dl_piece *piece)
@@ -439,14 +610,16 @@ static void dl_piece_write(struct dl_piece *piece)
 	struct dl_task *task = piece->task;
 	int rc;
 
+	dl_piece_to_outputs(piece);
 	task->write_count++;
 	rc = store_piece_from_buffer(task->st, piece->number, piece->buf, piece->size, false, 0,
-				     dl_piece_stored, piece);
+				     dl_piece_written, dl_piece_stored, piece);
 	if (rc < 0) {
 		uint32_t number = piece->number;
 
 		task->write_count--;
-		dl_piece_free(piece);
+		piece->stored = true;
+		dl_piece_settle(piece);
 		dl_fail(task, rc, rc == -ENOSPC ? DOWNLOAD_ERROR_NO_SPACE : DOWNLOAD_ERROR_INTERNAL,
 			"cannot write piece %u into the cache: %s", number, strerror(-rc));
 	}
@@ -843,7 +1016,10 @@ static void dl_head_done(struct origin_request *req, const struct origin_result 
 	task->piece_length = store_task_info(task->st)->piece_length;
 	task->piece_count = store_task_info(task->st)->piece_count;
 	task->busy = calloc(task->piece_count / 8u + 1u, 1);
-	if (!task->busy) {
+	task->ready = calloc(task->piece_count / 8u + 1u, 1);
+	task->ready_count = store_task_info(task->st)->pieces_done;
+	task->ready_bytes = store_task_info(task->st)->bytes_done;
+	if (!task->busy || !task->ready) {
 		dl_fail(task, -ENOMEM, DOWNLOAD_ERROR_INTERNAL, "out of memory");
 		dl_task_maybe_end(task);
 		return;
@@ -922,8 +1098,8 @@ static void dl_task_maybe_end(struct dl_task *task)
 {
 	struct download_engine *engine = task->engine;
 
-	if (!dl_final(task) || task->watcher_count || task->write_count || task->fetch_count ||
-	    task->head_req || task->seq_req || task->copy_armed)
+	if (!dl_final(task) || task->watcher_count || task->write_count || task->output_writes ||
+	    task->fetch_count || task->head_req || task->seq_req || task->copy_armed)
 		return;
 	if (task->st) {
 		store_task_release(task->st);
@@ -949,15 +1125,29 @@ static void dl_task_maybe_end(struct dl_task *task)
 		free(task->headers[i]);
 	free(task->headers);
 	free(task->busy);
+	free(task->ready);
 	free(task->url);
 	free(task);
 }
 
 /* --- watchers and their outputs. */
 
+static void dl_watcher_free(struct download_watcher *watcher)
+{
+	if (watcher->out_fd >= 0)
+		close(watcher->out_fd);
+	free(watcher->have);
+	free(watcher->pending);
+	free(watcher);
+}
+
+/* Takes the watcher off its task: no callback any more. Its memory and its
+ * output fd stay until the writes into that fd have completed (closing it
+ * earlier could let a new file take its number under a queued write). */
 static void dl_watcher_unlink(struct download_watcher *watcher)
 {
 	struct dl_task *task = watcher->task;
+	struct download_engine *engine = task->engine;
 
 	if (watcher->prev)
 		watcher->prev->next = watcher->next;
@@ -966,8 +1156,35 @@ static void dl_watcher_unlink(struct download_watcher *watcher)
 	if (watcher->next)
 		watcher->next->prev = watcher->prev;
 	task->watcher_count--;
-	if (watcher->out_fd >= 0)
-		close(watcher->out_fd);
+	watcher->gone = true;
+	watcher->prev = NULL;
+	watcher->next = NULL;
+	if (watcher->inflight == 0) {
+		dl_watcher_free(watcher);
+		return;
+	}
+	watcher->next = engine->zombies;
+	if (engine->zombies)
+		engine->zombies->prev = watcher;
+	engine->zombies = watcher;
+	engine->zombie_count++;
+}
+
+/* A gone watcher whose last write just completed is freed. */
+static void dl_watcher_settle(struct download_watcher *watcher)
+{
+	struct download_engine *engine = watcher->task->engine;
+
+	if (!watcher->gone || watcher->inflight)
+		return;
+	if (watcher->prev)
+		watcher->prev->next = watcher->next;
+	else
+		engine->zombies = watcher->next;
+	if (watcher->next)
+		watcher->next->prev = watcher->prev;
+	engine->zombie_count--;
+	dl_watcher_free(watcher);
 }
 
 static void dl_watcher_finish(struct download_watcher *watcher, int error,
@@ -975,11 +1192,14 @@ static void dl_watcher_finish(struct download_watcher *watcher, int error,
 {
 	struct dl_task *task = watcher->task;
 	struct download_progress progress;
+	struct download_watcher_ops ops = watcher->ops;
+	void *arg = watcher->arg;
 
 	dl_progress_fill(task, &progress);
-	dl_watcher_unlink(watcher);
-	watcher->ops.done(watcher->arg, error, kind, message, &progress);
-	free(watcher);
+	if (watcher->from_cache)
+		progress.source = DOWNLOAD_SOURCE_CACHE;
+	dl_watcher_unlink(watcher); /* may free it */
+	ops.done(arg, error, kind, message, &progress);
 }
 
 /* A task nobody waits for any more stops; its recorded pieces stay. */
@@ -987,6 +1207,8 @@ static void dl_task_unwatched(struct dl_task *task)
 {
 	if (task->watcher_count || dl_final(task))
 		return;
+	if (task->state == DL_FETCHING && task->ready_count == task->piece_count)
+		return; /* only durability left: finish it, the cache is complete */
 	log_info("download", "nobody waits for the task any more, stopping task=%s recorded=%llu",
 		 task->hex, task->st ? (unsigned long long)store_task_info(task->st)->bytes_done : 0ull);
 	task->state = DL_STOPPED;
@@ -998,12 +1220,12 @@ void download_watcher_cancel(struct download_watcher *watcher)
 	struct dl_task *task = watcher->task;
 
 	dl_watcher_unlink(watcher);
-	free(watcher);
 	dl_task_unwatched(task);
 	dl_task_maybe_end(task);
 }
 
-/* Copies piece `number` (recorded) into the watcher's output at its offset. */
+/* Copies piece `number` (readable in the cache file) into the watcher's
+ * output at its offset. */
 static int dl_copy_piece(struct download_watcher *watcher, uint32_t number)
 {
 	struct dl_task *task = watcher->task;
@@ -1012,19 +1234,30 @@ static int dl_copy_piece(struct download_watcher *watcher, uint32_t number)
 	int in_fd, rc;
 	loff_t in_offset, out_offset;
 
-	rc = store_piece_locate(task->st, number, &in_fd, &offset, &length);
-	if (rc < 0)
-		return rc;
+	if (task->ready && bit_get(task->ready, number)) {
+		in_fd = store_task_content_fd(task->st);
+		offset = piece_offset(task->piece_length, number);
+		length = piece_size(task->length, task->piece_length, number);
+	} else {
+		rc = store_piece_locate(task->st, number, &in_fd, &offset, &length);
+		if (rc < 0)
+			return rc;
+	}
 	in_offset = out_offset = (loff_t)offset;
 	while (length > 0) {
 		ssize_t n;
 
 		if (watcher->use_sendfile) {
+			/* sendfile writes at the file position. */
 			off_t sendfile_offset = in_offset;
 
+			if (lseek(watcher->out_fd, out_offset, SEEK_SET) < 0)
+				return -errno;
 			n = sendfile(watcher->out_fd, in_fd, &sendfile_offset, length);
-			if (n > 0)
+			if (n > 0) {
 				in_offset = sendfile_offset;
+				out_offset += n;
+			}
 		} else {
 			n = copy_file_range(in_fd, &in_offset, watcher->out_fd, &out_offset, length, 0);
 		}
@@ -1032,11 +1265,7 @@ static int dl_copy_piece(struct download_watcher *watcher, uint32_t number)
 			continue;
 		if (n < 0 && !watcher->use_sendfile &&
 		    (errno == EXDEV || errno == EINVAL || errno == EOPNOTSUPP || errno == ENOSYS)) {
-			/* Another filesystem on an older kernel: sendfile writes at
-			 * the file position, and pieces go out in order. */
-			watcher->use_sendfile = true;
-			if (lseek(watcher->out_fd, out_offset, SEEK_SET) < 0)
-				return -errno;
+			watcher->use_sendfile = true; /* another filesystem */
 			continue;
 		}
 		if (n <= 0)
@@ -1048,41 +1277,74 @@ static int dl_copy_piece(struct download_watcher *watcher, uint32_t number)
 
 static void dl_copy_done(struct loop_op *op, int res, uint32_t flags);
 
-/* Moves every watcher's output forward over the pieces recorded in order,
- * up to DOWNLOAD_COPY_TURN_BYTES this turn; finishes the watchers that have
- * everything once the task is complete. Never frees the task: callers end
- * with dl_task_maybe_end. */
+static bool dl_piece_readable(const struct dl_task *task, uint32_t number)
+{
+	return (task->ready && bit_get(task->ready, number)) ||
+	       store_task_has_piece(task->st, number);
+}
+
+/* Copies into one output the readable pieces it lacks (those no buffer
+ * write brings), from its first missing piece up to the first piece not yet
+ * readable, within *budget bytes. 0 or a negative errno. */
+static int dl_output_catch_up(struct download_watcher *watcher, uint64_t *budget)
+{
+	struct dl_task *task = watcher->task;
+
+	while (watcher->first_missing < task->piece_count &&
+	       bit_get(watcher->have, watcher->first_missing))
+		watcher->first_missing++;
+	for (uint32_t n = watcher->first_missing; n < task->piece_count && *budget > 0; n++) {
+		int rc;
+
+		if (bit_get(watcher->have, n) || bit_get(watcher->pending, n))
+			continue;
+		if (!dl_piece_readable(task, n))
+			break;
+		rc = dl_copy_piece(watcher, n);
+		if (rc < 0)
+			return rc;
+		bit_set(watcher->have, n, true);
+		watcher->have_count++;
+		*budget -= *budget < task->piece_length ? *budget : task->piece_length;
+	}
+	return 0;
+}
+
+/* Moves every watcher's output forward (up to DOWNLOAD_COPY_TURN_BYTES of
+ * copying this turn) and finishes the watchers that have everything. Never
+ * frees the task: callers end with dl_task_maybe_end. */
 static void dl_outputs_advance(struct dl_task *task)
 {
 	uint64_t budget = DOWNLOAD_COPY_TURN_BYTES;
 	struct download_watcher *watcher, *next;
 
-	if (task->copy_armed || !task->st)
+	if (task->copy_armed || !task->st ||
+	    (task->state != DL_FETCHING && task->state != DL_COMPLETE))
 		return;
 	for (watcher = task->watchers; watcher; watcher = next) {
+		bool whole;
+		int rc = 0;
+
 		next = watcher->next;
-		while (watcher->out_fd >= 0 && watcher->copied < task->piece_count &&
-		       store_task_has_piece(task->st, watcher->copied) && budget > 0) {
-			int rc = dl_copy_piece(watcher, watcher->copied);
-
-			if (rc < 0) {
-				char message[600];
-
-				snprintf(message, sizeof(message), "get %s: writing the output: %s",
-					 task->url, strerror(-rc));
-				dl_watcher_finish(watcher, rc, rc == -ENOSPC ? DOWNLOAD_ERROR_NO_SPACE
-									     : DOWNLOAD_ERROR_INTERNAL,
-						  message);
-				watcher = NULL;
-				break;
-			}
-			budget -= budget < task->piece_length ? budget : task->piece_length;
-			watcher->copied++;
+		if (watcher->out_fd >= 0) {
+			rc = dl_watcher_prepare(watcher) ? dl_output_catch_up(watcher, &budget)
+							 : -ENOMEM;
 		}
-		if (!watcher)
+		if (rc < 0) {
+			char message[600];
+
+			snprintf(message, sizeof(message), "get %s: writing the output: %s",
+				 task->url, strerror(-rc));
+			dl_watcher_finish(watcher, rc, rc == -ENOSPC ? DOWNLOAD_ERROR_NO_SPACE
+								     : DOWNLOAD_ERROR_INTERNAL, message);
 			continue;
-		if (task->state == DL_COMPLETE &&
-		    (watcher->out_fd < 0 || watcher->copied == task->piece_count)) {
+		}
+		whole = watcher->out_fd < 0 || watcher->have_count == task->piece_count;
+		/* Done once the output has every piece: a plain get does not
+		 * wait for the cache to be durable; one with a digest waits for
+		 * the task's check. */
+		if (whole && (task->state == DL_COMPLETE ||
+			      (!watcher->has_digest && task->ready_count == task->piece_count))) {
 			uint8_t digest[32];
 			char message[600], want[65], got[65];
 
@@ -1226,6 +1488,8 @@ static int dl_task_new(struct download_engine *engine, const struct download_req
 		task->length = store_task_info(st)->content_length;
 		task->piece_length = store_task_info(st)->piece_length;
 		task->piece_count = store_task_info(st)->piece_count;
+		task->ready_count = task->piece_count;
+		task->ready_bytes = task->length;
 	} else {
 		task->st = st; /* pending from an earlier run, or NULL */
 		task->state = DL_PROBING;
@@ -1336,6 +1600,7 @@ int download_start(struct download_engine *engine, const struct download_request
 	watcher->has_digest = request->has_digest;
 	memcpy(watcher->digest, request->digest, sizeof(watcher->digest));
 	watcher->timeout_ms = request->timeout_ms;
+	watcher->from_cache = task->state != DL_PROBING && task->ready_count == task->piece_count;
 	if (request->timeout_ms)
 		watcher->deadline_ms = clock_monotonic_ms() + request->timeout_ms;
 	watcher->next = task->watchers;
@@ -1384,7 +1649,7 @@ int download_engine_create(struct download_engine **out, struct loop *loop, stru
 
 unsigned download_engine_active(const struct download_engine *engine)
 {
-	return engine->task_count;
+	return engine->task_count + engine->zombie_count;
 }
 
 void download_engine_destroy(struct download_engine *engine)
@@ -1395,6 +1660,12 @@ void download_engine_destroy(struct download_engine *engine)
 	 * back. Origins first (they own the requests), then the tasks. */
 	for (unsigned i = 0; i < engine->origin_count; i++)
 		origin_destroy(engine->origins[i].origin);
+	while (engine->zombies) {
+		struct download_watcher *watcher = engine->zombies;
+
+		engine->zombies = watcher->next;
+		dl_watcher_free(watcher);
+	}
 	while (engine->tasks) {
 		struct dl_task *task = engine->tasks;
 
@@ -1403,9 +1674,7 @@ void download_engine_destroy(struct download_engine *engine)
 			struct download_watcher *watcher = task->watchers;
 
 			task->watchers = watcher->next;
-			if (watcher->out_fd >= 0)
-				close(watcher->out_fd);
-			free(watcher);
+			dl_watcher_free(watcher);
 		}
 		while (task->fetching) {
 			struct dl_piece *piece = task->fetching;
@@ -1425,6 +1694,7 @@ void download_engine_destroy(struct download_engine *engine)
 			free(task->headers[i]);
 		free(task->headers);
 		free(task->busy);
+		free(task->ready);
 		free(task->url);
 		free(task);
 	}

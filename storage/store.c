@@ -398,6 +398,15 @@ static void piece_checked(struct piece_write *w)
 		piece_finish(w, -EBADMSG);
 		return;
 	}
+	if (w->source && w->received) {
+		/* Buffer mode: the caller's buffer is free and the bytes can be
+		 * read from the file; durability and the record follow. */
+		store_piece_done_fn written = w->received;
+
+		w->received = NULL;
+		w->source = NULL;
+		written(task, w->number, 0, w->arg);
+	}
 	w->stage = PIECE_WAIT_SYNC;
 	w->next = task->waiting;
 	task->waiting = w;
@@ -631,7 +640,8 @@ int store_piece_from_stream(struct store_task *task, uint32_t number, int sock_f
 }
 
 int store_piece_from_buffer(struct store_task *task, uint32_t number, const void *buf, size_t len,
-			    bool has_crc, uint32_t crc32c, store_piece_done_fn done, void *arg)
+			    bool has_crc, uint32_t crc32c, store_piece_done_fn written,
+			    store_piece_done_fn done, void *arg)
 {
 	struct piece_write *w;
 	int rc;
@@ -643,6 +653,7 @@ int store_piece_from_buffer(struct store_task *task, uint32_t number, const void
 	if (rc < 0)
 		return rc;
 	w->source = buf;
+	w->received = written;
 	w->stage = PIECE_WRITE;
 	piece_step(w);
 	return 0;
@@ -859,6 +870,11 @@ void store_task_release(struct store_task *task)
 	if (task->next)
 		task->next->prev = task->prev;
 	task_free(task);
+}
+
+int store_task_content_fd(const struct store_task *task)
+{
+	return task->fd;
 }
 
 const struct meta_task *store_task_info(const struct store_task *task)

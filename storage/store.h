@@ -132,9 +132,21 @@ int store_piece_from_stream(struct store_task *task, uint32_t number, int sock_f
 			    uint32_t crc32c, store_piece_done_fn received,
 			    store_piece_done_fn done, void *arg);
 
-/* Same from a buffer holding exactly the piece (borrowed until done). */
+/*
+ * Same from a buffer holding exactly the piece, borrowed until written (or
+ * done, if written is NULL or the write fails first). written(task, number,
+ * 0, arg), optional, runs once the bytes are in the content file and match
+ * their crc: the buffer is free again and the bytes can be read from the file
+ * (store_task_content_fd), but they are not yet durable nor recorded. done
+ * always runs, after it.
+ */
 int store_piece_from_buffer(struct store_task *task, uint32_t number, const void *buf, size_t len,
-			    bool has_crc, uint32_t crc32c, store_piece_done_fn done, void *arg);
+			    bool has_crc, uint32_t crc32c, store_piece_done_fn written,
+			    store_piece_done_fn done, void *arg);
+
+/* The task's content file (borrowed, valid while the reference is held), to
+ * read pieces a written() callback announced. */
+int store_task_content_fd(const struct store_task *task);
 
 /*
  * Where a recorded piece lies, for splice/sendfile to a socket: the content

@@ -360,7 +360,7 @@ static void write_pieces(struct store_task *task, const uint8_t *content, const 
 		uint32_t size = piece_size(info->content_length, info->piece_length, k);
 		int rc = store_piece_from_buffer(
 			task, k, content + piece_offset(info->piece_length, k), size, true,
-			piece_crc(content, info->content_length, info->piece_length, k), piece_done,
+			piece_crc(content, info->content_length, info->piece_length, k), NULL, piece_done,
 			&results[i]);
 
 		cr_assert_eq(rc, 0, "piece %u: %d", k, rc);
@@ -471,7 +471,7 @@ Test(store_buffer, pieces_are_recorded_only_once_done_and_the_content_matches)
 	begin_batch();
 	for (uint32_t k = 0; k < 3; k++)
 		cr_assert_eq(store_piece_from_buffer(task, k, content + k * PL, PL, true,
-						     piece_crc(content, length, PL, k), piece_done,
+						     piece_crc(content, length, PL, k), NULL, piece_done,
 						     &results[k]),
 			     0);
 	for (uint32_t k = 0; k < 3; k++) {
@@ -500,7 +500,7 @@ Test(store_buffer, pieces_are_recorded_only_once_done_and_the_content_matches)
 	/* The last, short piece. */
 	begin_batch();
 	cr_assert_eq(store_piece_from_buffer(task, 3, content + 3 * PL, 1000, true,
-					     piece_crc(content, length, PL, 3), piece_done,
+					     piece_crc(content, length, PL, 3), NULL, piece_done,
 					     &results[3]),
 		     0);
 	wait_done(1);
@@ -536,15 +536,15 @@ Test(store_buffer, piece_lengths_and_numbers_are_checked)
 	make_id(id, "buffer-lengths");
 	task = open_task(id, length, PL, NULL);
 	/* The last piece is 10 bytes: a full one is refused, and so is a short middle one. */
-	cr_assert_eq(store_piece_from_buffer(task, 2, content, PL, false, 0, piece_done, &result),
+	cr_assert_eq(store_piece_from_buffer(task, 2, content, PL, false, 0, NULL, piece_done, &result),
 		     -EINVAL);
-	cr_assert_eq(store_piece_from_buffer(task, 2, content, 9, false, 0, piece_done, &result),
+	cr_assert_eq(store_piece_from_buffer(task, 2, content, 9, false, 0, NULL, piece_done, &result),
 		     -EINVAL);
-	cr_assert_eq(store_piece_from_buffer(task, 1, content, 10, false, 0, piece_done, &result),
+	cr_assert_eq(store_piece_from_buffer(task, 1, content, 10, false, 0, NULL, piece_done, &result),
 		     -EINVAL);
-	cr_assert_eq(store_piece_from_buffer(task, 3, content, 10, false, 0, piece_done, &result),
+	cr_assert_eq(store_piece_from_buffer(task, 3, content, 10, false, 0, NULL, piece_done, &result),
 		     -EINVAL);
-	cr_assert_eq(store_piece_from_buffer(task, UINT32_MAX, content, PL, false, 0, piece_done,
+	cr_assert_eq(store_piece_from_buffer(task, UINT32_MAX, content, PL, false, 0, NULL, piece_done,
 					     &result),
 		     -EINVAL);
 	run_for(30);
@@ -626,7 +626,7 @@ Test(store_buffer, wrong_digest_fails_the_task_and_names_both_digests)
 	cr_assert_eq(store_task_info(task)->state, META_TASK_FAILED);
 	cr_assert(strstr(store_task_error(task), "digest mismatch") != NULL);
 	/* A failed task takes no more writes and does not finish. */
-	cr_assert_eq(store_piece_from_buffer(task, 0, content, PL, false, 0, piece_done, &result),
+	cr_assert_eq(store_piece_from_buffer(task, 0, content, PL, false, 0, NULL, piece_done, &result),
 		     -EIO);
 	cr_assert_eq(store_task_finish(task, err, sizeof(err)), -EIO);
 	cr_assert(strstr(err, "digest mismatch") != NULL, "%s", err);
@@ -654,7 +654,7 @@ Test(store_buffer, crc_mismatch_is_ebadmsg_and_not_recorded)
 	task = open_task(id, length, PL, NULL);
 	begin_batch();
 	cr_assert_eq(store_piece_from_buffer(task, 1, content + PL, PL, true,
-					     piece_crc(content, length, PL, 1) ^ 1, piece_done,
+					     piece_crc(content, length, PL, 1) ^ 1, NULL, piece_done,
 					     &bad),
 		     0);
 	wait_done(1);
@@ -686,7 +686,7 @@ Test(store_buffer, a_recorded_piece_is_ealready)
 	task = open_task(id, length, PL, NULL);
 	write_all_pieces(task, content);
 	cr_assert_eq(store_piece_from_buffer(task, 0, content, PL, true,
-					     piece_crc(content, length, PL, 0), piece_done, &again),
+					     piece_crc(content, length, PL, 0), NULL, piece_done, &again),
 		     -EALREADY);
 	run_for(30);
 	cr_assert_eq(again.calls, 0);
@@ -711,7 +711,7 @@ Test(store_buffer, without_crc_the_bytes_written_are_what_is_recorded)
 	memset(results, 0, sizeof(results));
 	begin_batch();
 	for (uint32_t k = 0; k < 3; k++)
-		cr_assert_eq(store_piece_from_buffer(task, k, content + k * PL, PL, false, 0,
+		cr_assert_eq(store_piece_from_buffer(task, k, content + k * PL, PL, false, 0, NULL,
 						     piece_done, &results[k]),
 			     0);
 	wait_done(3);
@@ -747,10 +747,10 @@ Test(store_buffer, the_same_piece_twice_at_once_counts_once)
 	task = open_task(id, length, PL, NULL);
 	begin_batch();
 	cr_assert_eq(store_piece_from_buffer(task, 0, content, PL, true,
-					     piece_crc(content, length, PL, 0), piece_done, &a),
+					     piece_crc(content, length, PL, 0), NULL, piece_done, &a),
 		     0);
 	cr_assert_eq(store_piece_from_buffer(task, 0, content, PL, true,
-					     piece_crc(content, length, PL, 0), piece_done, &b),
+					     piece_crc(content, length, PL, 0), NULL, piece_done, &b),
 		     0);
 	wait_done(2);
 	cr_assert_eq(a.res, 0);
@@ -1051,7 +1051,7 @@ static void submit_pieces(struct store_task *task, const uint8_t *content, uint3
 		cr_assert_eq(store_piece_from_buffer(
 				     task, k, content + k * PL,
 				     piece_size(info->content_length, PL, k), true,
-				     piece_crc(content, info->content_length, PL, k), piece_done,
+				     piece_crc(content, info->content_length, PL, k), NULL, piece_done,
 				     &results[k]),
 			     0);
 }
