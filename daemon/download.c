@@ -1410,6 +1410,13 @@ static void dl_tick_done(struct loop_op *op, int res, uint32_t flags)
 			if (w->deadline_ms && now_ms >= w->deadline_ms) {
 				char message[600];
 
+				if (task->watcher_count == 1 && !dl_final(task)) {
+					/* Its only requester gave up: so does the task
+					 * (recorded pieces stay for a retry). */
+					dl_fail(task, -ETIMEDOUT, DOWNLOAD_ERROR_ORIGIN_UNREACHABLE,
+						"timed out after %u ms", w->timeout_ms);
+					break;
+				}
 				snprintf(message, sizeof(message), "get %s: timed out after %u ms",
 					 task->url, w->timeout_ms);
 				dl_watcher_finish(w, -ETIMEDOUT, DOWNLOAD_ERROR_ORIGIN_UNREACHABLE,

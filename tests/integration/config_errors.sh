@@ -69,11 +69,11 @@ kill -TERM "$DAEMON_PID"
 wait_exit "$DAEMON_PID" 10
 assert_eq 0 "$WAIT_RC" "exit status after SIGTERM (good config)"
 
-# timed_health NAME PATH: ringfly health must exit 1 within 1 s, naming PATH.
+# timed_health NAME PATH: ringfly health must exit 3 (no daemon) within 1 s, naming PATH.
 timed_health() {
     local name=$1 path=$2
     run_fg "$name" 10 "$RINGFLY" --socket "$path" health
-    assert_eq 1 "$RUN_RC" "$name: ringfly health exit status (stdout: $(cat "$T/$name.out"))"
+    assert_eq 3 "$RUN_RC" "$name: ringfly health exit status (stdout: $(cat "$T/$name.out"))"
     ((RUN_MS < 1000)) || fail "$name: ringfly health took ${RUN_MS} ms (must fail within 1 s)"
     grep -q "^ringfly: no ringflyd at $path: " "$T/$name.err" ||
         fail "$name: stderr must start with 'ringfly: no ringflyd at $path: ', got: $(cat "$T/$name.err")"
@@ -100,7 +100,7 @@ timed_health killed_daemon "$T/killed.sock"
 
 # RINGFLY_SOCKET replaces the default socket path of the CLI.
 RINGFLY_SOCKET="$T/envpath.sock" run_fg env_socket 10 "$RINGFLY" health
-assert_eq 1 "$RUN_RC" "RINGFLY_SOCKET: ringfly health exit status"
+assert_eq 3 "$RUN_RC" "RINGFLY_SOCKET: ringfly health exit status"
 assert_contains "$T/env_socket.err" "no ringflyd at $T/envpath.sock" "RINGFLY_SOCKET: stderr"
 
 pass

@@ -31,7 +31,7 @@ stop_case() {
     log "SIG$sig${HOLD_N:+ with $HOLD_N clients}: exit 0 in $((NOW_MS - t0)) ms"
     # Nobody answers afterwards.
     health "$SOCK"
-    assert_eq 1 "$?" "SIG$sig: ringfly health after shutdown"
+    assert_eq 3 "$?" "SIG$sig: ringfly health after shutdown"
     assert_contains "$HEALTH_ERR" "no ringflyd at $SOCK" "SIG$sig: ringfly health stderr after shutdown"
 }
 
