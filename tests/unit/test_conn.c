@@ -50,6 +50,17 @@ static int server_frame(struct conn *conn, uint8_t type, const uint8_t *message,
 
 		response.id = ((Ringfly__HealthRequest *)msg)->id;
 		response.pid = (uint32_t)getpid();
+		if (response.id >= 100) {
+			/* fd tests: pid says whether a descriptor came with it,
+			 * which gets "ok" written into it. */
+			int fd = conn_take_fd(conn);
+
+			response.pid = fd >= 0;
+			if (fd >= 0) {
+				cr_assert_eq(write(fd, "ok", 2), 2);
+				close(fd);
+			}
+		}
 		cr_assert_eq(conn_send_frame(conn, FRAME_TYPE_HEALTH_RESPONSE, &response.base), 0);
 	} else if (type == FRAME_TYPE_HELLO) {
 		Ringfly__Hello *hello = (Ringfly__Hello *)msg;
@@ -397,4 +408,79 @@ Test(conn, output_limit_closes_a_peer_that_does_not_read)
 	struct conn_server_options options = { .name = "test", .output_max_bytes = 1u << 20 };
 
 	cr_assert_eq(run_with_client(&options, client_slow_reader), 0);
+}
+
+/* --- descriptors passed with frames (pass_fds). */
+
+static void client_send_with_fd(int sock, const uint8_t *buf, size_t len, int fd)
+{
+	union {
+		struct cmsghdr align;
+		uint8_t bytes[CMSG_SPACE(sizeof(int))];
+	} control;
+	struct iovec iov = { .iov_base = (void *)buf, .iov_len = len };
+	struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1 };
+	struct cmsghdr *c;
+
+	memset(&control, 0, sizeof(control));
+	msg.msg_control = control.bytes;
+	msg.msg_controllen = sizeof(control.bytes);
+	c = CMSG_FIRSTHDR(&msg);
+	c->cmsg_level = SOL_SOCKET;
+	c->cmsg_type = SCM_RIGHTS;
+	c->cmsg_len = CMSG_LEN(sizeof(int));
+	memcpy(CMSG_DATA(c), &fd, sizeof(int));
+	if (sendmsg(sock, &msg, 0) != (ssize_t)len)
+		_exit(60);
+}
+
+static void client_fds(void)
+{
+	uint8_t buf[256];
+	int fds[2], sock = client_connect();
+	size_t len;
+	char got[3] = "";
+
+	if (pipe(fds) < 0)
+		_exit(61);
+	/* 100: plain; 101: with the pipe; 102: plain again, in one write. */
+	len = pack_request(buf, sizeof(buf), 100);
+	if (write(sock, buf, len) != (ssize_t)len)
+		_exit(62);
+	len = pack_request(buf, sizeof(buf), 101);
+	client_send_with_fd(sock, buf, len, fds[1]);
+	close(fds[1]);
+	len = pack_request(buf, sizeof(buf), 102);
+	if (write(sock, buf, len) != (ssize_t)len)
+		_exit(63);
+	for (uint64_t id = 100; id <= 102; id++) {
+		uint8_t type;
+		ProtobufCMessage *msg = client_read_frame(sock, &type);
+		Ringfly__HealthResponse *response = (Ringfly__HealthResponse *)msg;
+
+		if (!msg || type != FRAME_TYPE_HEALTH_RESPONSE || response->id != id)
+			_exit(64);
+		if (response->pid != (id == 101))
+			_exit(65);
+		protobuf_c_message_free_unpacked(msg, NULL);
+	}
+	if (read(fds[0], got, 2) != 2 || strcmp(got, "ok") != 0)
+		_exit(66);
+	close(sock);
+}
+
+Test(conn, descriptor_arrives_with_its_frame)
+{
+	struct conn_server_options options = { .name = "test", .pass_fds = true };
+
+	cr_assert_eq(run_with_client(&options, client_fds), 0);
+}
+
+Test(conn, recvmsg_path_pipelines_and_reassembles)
+{
+	struct conn_server_options options = { .name = "test", .pass_fds = true };
+
+	cr_assert_eq(run_with_client(&options, client_pipelined), 0);
+	cr_assert_eq(run_with_client(&options, client_byte_at_a_time), 0);
+	cr_assert_eq(run_with_client(&options, client_oversized), 0);
 }
