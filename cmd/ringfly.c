@@ -16,6 +16,7 @@
 
 #include "core/clock.h"
 #include "core/config.h"
+#include "core/hash.h"
 #include "daemon/daemon-config.h"
 #include "net/uds.h"
 #include "rpc/frame.h"
@@ -501,6 +502,15 @@ static int cli_get_parse(struct cli_get_options *get, int argc, char **argv)
 		return -1;
 	}
 	get->url = argv[optind];
+	if (get->digest[0]) {
+		uint8_t digest[HASH_SHA256_SIZE];
+
+		if (hash_parse_sha256(get->digest, digest) < 0) {
+			fprintf(stderr, "ringfly: get: --digest \"%s\" is not "
+				"sha256:<64 hex digits>\n", get->digest);
+			return -1;
+		}
+	}
 	if (get->piece_length && (get->piece_length & (get->piece_length - 1))) {
 		fprintf(stderr, "ringfly: get: --piece-length %lld is not a power of two\n",
 			(long long)get->piece_length);

@@ -402,6 +402,11 @@ static void dl_fail_from_result(struct dl_task *task, const struct origin_result
 	}
 	if (result->status >= 400)
 		kind = DOWNLOAD_ERROR_ORIGIN_HTTP;
+	/* curl's own deadline and the requester's tick race; both say the same. */
+	if (result->error == -ETIMEDOUT && task->timeout_ms) {
+		dl_fail(task, -ETIMEDOUT, kind, "timed out after %u ms", task->timeout_ms);
+		return;
+	}
 	dl_fail(task, result->error ? result->error : -EIO, kind, "%s",
 		dl_origin_reason(result, task->url));
 }
@@ -1102,10 +1107,14 @@ static void dl_task_maybe_end(struct dl_task *task)
 	    task->fetch_count || task->head_req || task->seq_req || task->copy_armed)
 		return;
 	if (task->st) {
-		store_task_release(task->st);
+		/* The store may still hold it for a moment (this can run inside
+		 * its piece callback): the delete waits for the last reference. */
+		if (task->delete_at_end)
+			store_task_discard(task->st);
+		else
+			store_task_release(task->st);
 		task->st = NULL;
-	}
-	if (task->delete_at_end) {
+	} else if (task->delete_at_end) {
 		int rc = store_delete(engine->store, task->id);
 
 		if (rc < 0 && rc != -ENOENT)

@@ -19,7 +19,7 @@ packages=(
 	# integration tests, demo: socket tools, systemd-socket-activate, ps/pgrep, ip/ss
 	socat systemd procps iproute2
 	# origin servers and reference tools for tests and benchmarks
-	nginx-light curl iperf3 hyperfine fio
+	nginx-light curl iperf3 hyperfine fio aria2
 )
 
 missing=()

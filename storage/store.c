@@ -105,6 +105,7 @@ struct store_task {
 	uint8_t *recorded;		/* bitmap of recorded pieces */
 	uint32_t *crcs;			/* crc of each recorded piece */
 	bool failed;
+	bool discard;			/* delete when the last reference goes */
 	char error[256];
 
 	struct piece_write *waiting;	/* checked, waiting for the next sync */
@@ -852,6 +853,8 @@ out_unlink:
 	return rc;
 }
 
+static int store_delete_task(struct store *store, const uint8_t id[META_ID_SIZE]);
+
 void store_task_release(struct store_task *task)
 {
 	struct store *store = task->store;
@@ -861,15 +864,32 @@ void store_task_release(struct store_task *task)
 		return;
 	assert(task->writes == 0);
 	assert(!task->sync_timer_armed && !task->sync_in_flight);
-	/* Unused from now on: GC's TTL and LRU count from here, not from the open. */
-	meta_task_touch(store->meta, task->info.id, clock_realtime_ms());
 	if (task->prev)
 		task->prev->next = task->next;
 	else
 		store->open_tasks = task->next;
 	if (task->next)
 		task->next->prev = task->prev;
+	if (task->discard) {
+		char hex[HASH_SHA256_HEX_SIZE];
+		int rc = store_delete_task(store, task->info.id);
+
+		if (rc < 0 && rc != -ENOENT) {
+			id_hex(task->info.id, hex);
+			log_warn("store", "cannot delete a discarded task task=%s error=\"%s\"", hex,
+				 strerror(-rc));
+		}
+	} else {
+		/* Unused from now on: GC's TTL and LRU count from here, not the open. */
+		meta_task_touch(store->meta, task->info.id, clock_realtime_ms());
+	}
 	task_free(task);
+}
+
+void store_task_discard(struct store_task *task)
+{
+	task->discard = true;
+	store_task_release(task);
 }
 
 int store_task_content_fd(const struct store_task *task)

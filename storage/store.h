@@ -95,6 +95,10 @@ int store_task_open(struct store *store, const struct store_task_params *params,
 int store_task_find(struct store *store, const uint8_t id[META_ID_SIZE], struct store_task **out);
 /* Drops a reference; a task with none left may be evicted by GC. */
 void store_task_release(struct store_task *task);
+/* Drops a reference and deletes the task (record and content) when the last
+ * one goes, even if that is a piece write finishing later: what failed for a
+ * reason of its content leaves nothing behind. */
+void store_task_discard(struct store_task *task);
 
 /* The task's record (borrowed; valid while the reference is held). */
 const struct meta_task *store_task_info(const struct store_task *task);

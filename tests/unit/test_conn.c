@@ -51,9 +51,13 @@ static int server_frame(struct conn *conn, uint8_t type, const uint8_t *message,
 		response.id = ((Ringfly__HealthRequest *)msg)->id;
 		response.pid = (uint32_t)getpid();
 		if (response.id >= 100) {
-			/* fd tests: pid says whether a descriptor came with it,
-			 * which gets "ok" written into it. */
-			int fd = conn_take_fd(conn);
+			/* fd tests: odd ids are requests that declare a
+			 * descriptor (as DownloadTask's output_fd does) and take
+			 * one from the queue; pid says whether one was there,
+			 * which gets "ok" written into it. Descriptors are queued
+			 * per connection, not per frame: one recvmsg may carry
+			 * the frame before too. */
+			int fd = response.id % 2 ? conn_take_fd(conn) : -1;
 
 			response.pid = fd >= 0;
 			if (fd >= 0) {
@@ -443,7 +447,8 @@ static void client_fds(void)
 
 	if (pipe(fds) < 0)
 		_exit(61);
-	/* 100: plain; 101: with the pipe; 102: plain again, in one write. */
+	/* 100: plain; 101: takes the pipe sent with it; 102: plain again;
+	 * 103: wants one but none was sent, so gets none. */
 	len = pack_request(buf, sizeof(buf), 100);
 	if (write(sock, buf, len) != (ssize_t)len)
 		_exit(62);
@@ -453,7 +458,10 @@ static void client_fds(void)
 	len = pack_request(buf, sizeof(buf), 102);
 	if (write(sock, buf, len) != (ssize_t)len)
 		_exit(63);
-	for (uint64_t id = 100; id <= 102; id++) {
+	len = pack_request(buf, sizeof(buf), 103);
+	if (write(sock, buf, len) != (ssize_t)len)
+		_exit(63);
+	for (uint64_t id = 100; id <= 103; id++) {
 		uint8_t type;
 		ProtobufCMessage *msg = client_read_frame(sock, &type);
 		Ringfly__HealthResponse *response = (Ringfly__HealthResponse *)msg;
@@ -473,7 +481,9 @@ Test(conn, descriptor_arrives_with_its_frame)
 {
 	struct conn_server_options options = { .name = "test", .pass_fds = true };
 
-	cr_assert_eq(run_with_client(&options, client_fds), 0);
+	int rc = run_with_client(&options, client_fds);
+
+	cr_assert_eq(rc, 0, "the client exited with %d", rc);
 }
 
 Test(conn, recvmsg_path_pipelines_and_reassembles)
