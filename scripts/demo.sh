@@ -6,15 +6,28 @@
 # an OOM kill), is restarted at once on the same path, removes the stale socket, answers
 # again, and finally shuts down cleanly on SIGTERM.
 #
-# To add a step: write a function step_<name> that starts with `step "title"` and append
-# its name to STEPS at the bottom. Helpers: start_daemon, wait_health, run, note.
+# Issue 5: back to source. nginx on loopback serves a random file; `ringfly get URL -O FILE`
+# downloads it through the daemon (progress bar on a terminal), the copy's sha256 matches;
+# with nginx stopped, a second get of the URL is served from the daemon's cache, and
+# `ringfly stat URL` shows the task.
 #
-# Usage: scripts/demo.sh          Env: BUILD_JOBS (default nproc), DEMO_KEEP=1 keeps the temp dir
+# To add a step: write a function step_<name> that starts with `step "title"` and append
+# its name to STEPS at the bottom. Helpers: start_daemon, wait_health, start_nginx, run, note.
+#
+# Usage: scripts/demo.sh
+# Env:   BUILD_JOBS (default nproc)   parallel build jobs
+#        BUILD_DIR (default build/release)  the CMake tree to build and take the binaries from
+#        SKIP_BUILD=1                 do not configure/build: use the binaries already in
+#                                     BUILD_DIR (scripts/setup.sh still runs)
+#        DEMO_SIZE_MIB (default 256)  size of the file nginx serves
+#        DEMO_KEEP=1                  keep the temp dir (logs, the downloaded files)
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
-build=$root/build/release
+build=${BUILD_DIR:-build/release}
+[[ $build == /* ]] || build=$root/$build
+build_shown=${build#"$root"/}
 RINGFLYD=$build/ringflyd
 RINGFLY=$build/ringfly
 
@@ -55,8 +68,9 @@ step() {
 
 note() { printf '   %s\n' "$*"; }
 
-# run CMD...: show the command (temp dir abbreviated as $T), then run it.
-run() {
+# show CMD...: print the command as run() does, without running it (for pipelines and
+# redirections, which the caller then runs itself).
+show() {
 	local shown="" arg
 	for arg in "$@"; do
 		[[ $arg == *[[:space:]]* ]] && arg="\"$arg\""
@@ -64,6 +78,11 @@ run() {
 	done
 	shown=${shown//$root\//}
 	printf '%s$ %s%s\n' "$dim" "${shown//$tmp/\$T}" "$plain"
+}
+
+# run CMD...: show the command (temp dir abbreviated as $T), then run it.
+run() {
+	show "$@"
 	"$@"
 }
 
@@ -121,14 +140,22 @@ wait_health() {
 }
 
 step_build() {
-	step "set up packages and build build/release"
+	if [[ ${SKIP_BUILD:-0} == 1 ]]; then
+		step "set up packages; use the binaries in $build_shown (SKIP_BUILD=1)"
+		run ./scripts/setup.sh
+		[[ -x $RINGFLYD && -x $RINGFLY ]] || fail "SKIP_BUILD=1 but $RINGFLYD or $RINGFLY is missing"
+		note "found $(basename "$RINGFLYD") and $(basename "$RINGFLY") ($("$RINGFLYD" --version 2>&1 | head -n 1))"
+		return
+	fi
+	step "set up packages and build $build_shown"
 	run ./scripts/setup.sh
-	local log=$root/build/demo-build.log
-	mkdir -p "$root/build"
-	printf '%s$ cmake -S . -B build/release -DCMAKE_BUILD_TYPE=Release && cmake --build build/release%s\n' \
-		"$dim" "$plain"
-	if ! { cmake -S . -B build/release -DCMAKE_BUILD_TYPE=Release &&
-		cmake --build build/release -j"${BUILD_JOBS:-$(nproc)}"; } >"$log" 2>&1; then
+	local log
+	log=$(dirname "$build")/demo-build.log
+	mkdir -p "$build"
+	printf '%s$ cmake -S . -B %s -DCMAKE_BUILD_TYPE=Release && cmake --build %s%s\n' \
+		"$dim" "$build_shown" "$build_shown" "$plain"
+	if ! { cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release &&
+		cmake --build "$build" -j"${BUILD_JOBS:-$(nproc)}"; } >"$log" 2>&1; then
 		tail -n 40 "$log" >&2
 		fail "build failed (full log: $log)"
 	fi
@@ -178,7 +205,135 @@ step_sigterm() {
 	run "$RINGFLY" --socket "$SOCKET" health || note "exit code $? (no daemon): as expected"
 }
 
-STEPS=(step_build step_start step_kill9 step_restart step_sigterm)
+# start_nginx DOCROOT: nginx on a free loopback port in $tmp/nginx (its own conf, pid, logs
+# and temp paths; `daemon off; master_process off;`, so one process and no orphan worker),
+# serving DOCROOT. Sets NGINX_PID and NGINX_PORT.
+port_listening() { (: </dev/tcp/127.0.0.1/"$1") 2>/dev/null; }
+
+start_nginx() {
+	local docroot=$1 dir=$tmp/nginx port deadline
+	mkdir -m 755 "$dir"
+	for _ in 1 2 3 4 5 6 7 8; do
+		port=$((20000 + (RANDOM * 32768 + RANDOM) % 40000))
+		port_listening "$port" && continue
+		cat >"$dir/nginx.conf" <<-EOF
+			error_log $dir/error.log;
+			pid $dir/nginx.pid;
+			events { worker_connections 256; }
+			http {
+			 access_log $dir/access.log;
+			 client_body_temp_path $dir/body; proxy_temp_path $dir/proxy;
+			 fastcgi_temp_path $dir/fastcgi; uwsgi_temp_path $dir/uwsgi; scgi_temp_path $dir/scgi;
+			 default_type application/octet-stream;
+			 sendfile on;
+			 server { listen 127.0.0.1:$port; root $docroot; }
+			}
+		EOF
+		show nginx -p "$dir" -c "$dir/nginx.conf" -g "daemon off; master_process off;" "&"
+		nginx -p "$dir" -c "$dir/nginx.conf" -g "daemon off; master_process off;" 2>>"$dir/stderr.log" &
+		NGINX_PID=$!
+		daemon_pids+=("$NGINX_PID")
+		deadline=$(($(date +%s) + 5))
+		while ! port_listening "$port"; do
+			if ! kill -0 "$NGINX_PID" 2>/dev/null; then
+				NGINX_PID=
+				break # the port was taken meanwhile: try another
+			fi
+			if (($(date +%s) > deadline)); then
+				cat "$dir/error.log" >&2
+				fail "nginx not listening on port $port after 5 s"
+			fi
+			sleep 0.01
+		done
+		if [[ -n $NGINX_PID ]]; then
+			NGINX_PORT=$port
+			note "nginx pid $NGINX_PID listening on 127.0.0.1:$port"
+			return
+		fi
+	done
+	cat "$dir/error.log" >&2
+	fail "nginx did not start"
+}
+
+# sha_of FILE: the file's sha256 in hex.
+sha_of() { sha256sum "$1" | cut -d' ' -f1; }
+
+step_origin() {
+	step "an origin: nginx on loopback serving a ${DEMO_SIZE_MIB:-256} MiB random file"
+	# nginx serves as www-data: every directory on the way must be world-readable.
+	chmod 755 "$tmp"
+	mkdir -m 755 "$tmp/www" "$tmp/out"
+	show head -c "$((${DEMO_SIZE_MIB:-256} << 20))" /dev/urandom ">$tmp/www/file.bin"
+	head -c "$((${DEMO_SIZE_MIB:-256} << 20))" /dev/urandom >"$tmp/www/file.bin"
+	chmod 644 "$tmp/www/file.bin"
+	SOURCE_SHA=$(sha_of "$tmp/www/file.bin")
+	note "sha256 of the source: $SOURCE_SHA"
+	start_nginx "$tmp/www"
+	URL=http://127.0.0.1:$NGINX_PORT/file.bin
+	note "what ringflyd will see first (HEAD $URL):"
+	show curl -sI "$URL"
+	curl -sI "$URL" | tr -d '\r' |
+		grep -iE '^(HTTP|content-length|accept-ranges|etag|last-modified)' | sed 's/^/    /'
+}
+
+step_get() {
+	step "ringfly get: the daemon downloads it from the origin (HTTP range requests)"
+	start_daemon PID3 "$tmp/ringflyd-3.log" --socket "$SOCKET" --data-dir "$DATA"
+	wait_health "$SOCKET" "$PID3" "$tmp/ringflyd-3.log"
+	note "progress goes to stderr: a bar on a terminal, a line every ~2 s otherwise; then a summary"
+	run "$RINGFLY" --socket "$SOCKET" get "$URL" -O "$tmp/out/first.bin" ||
+		fail "ringfly get exited with $?"
+	show sha256sum "$tmp/www/file.bin" "$tmp/out/first.bin"
+	sha256sum "$tmp/www/file.bin" "$tmp/out/first.bin" | sed "s|$tmp|\$T|; s/^/    /"
+	[[ $(sha_of "$tmp/out/first.bin") == "$SOURCE_SHA" ]] || fail "the download's sha256 differs"
+	note "sha256 matches the source"
+	note "the daemon's log (requester's pid/uid come from SO_PEERCRED):"
+	show grep -E "download (start|done)" "$tmp/ringflyd-3.log"
+	grep -E "download (start|done)" "$tmp/ringflyd-3.log" | sed 's/^/    /' ||
+		fail "no 'download start/done' lines in ringflyd's log"
+	grep -q "download done.*source=origin" "$tmp/ringflyd-3.log" ||
+		fail "ringflyd's log has no 'download done ... source=origin'"
+}
+
+step_cache() {
+	step "stop nginx: the same URL now comes from the daemon's cache"
+	run kill -TERM "$NGINX_PID"
+	wait "$NGINX_PID" 2>/dev/null || true
+	run curl -sS -o /dev/null "$URL" || note "exit code $? (the origin is gone): as expected"
+	show "$RINGFLY" --socket "$SOCKET" get "$URL" -O "$tmp/out/second.bin"
+	local rc=0
+	"$RINGFLY" --socket "$SOCKET" get "$URL" -O "$tmp/out/second.bin" 2>"$tmp/get-2.err" || rc=$?
+	sed 's/^/    /' "$tmp/get-2.err"
+	((rc == 0)) || fail "ringfly get from the cache exited with $rc"
+	grep -q "from cache" "$tmp/get-2.err" || fail "the summary does not say 'from cache'"
+	[[ $(sha_of "$tmp/out/second.bin") == "$SOURCE_SHA" ]] || fail "the cached copy's sha256 differs"
+	note "sha256 matches the source again, with no origin running"
+	show grep "download cache hit" "$tmp/ringflyd-3.log"
+	grep "download cache hit" "$tmp/ringflyd-3.log" | sed 's/^/    /' ||
+		fail "no 'download cache hit' line in ringflyd's log"
+	note "what the daemon knows about the task:"
+	show "$RINGFLY" --socket "$SOCKET" stat "$URL"
+	local stat line
+	stat=$("$RINGFLY" --socket "$SOCKET" stat "$URL") || fail "ringfly stat exited with $?"
+	while IFS= read -r line; do
+		printf '    %s\n' "$line"
+	done <<<"$stat"
+	grep -qx "state: complete" <<<"$stat" || fail "ringfly stat does not say 'state: complete'"
+	grep -qx "bytes_done: $((${DEMO_SIZE_MIB:-256} << 20))" <<<"$stat" ||
+		fail "ringfly stat does not say 'bytes_done: $((${DEMO_SIZE_MIB:-256} << 20))'"
+}
+
+step_stop() {
+	step "SIGTERM: the daemon stops cleanly"
+	run kill -TERM "$PID3"
+	local rc=0
+	wait "$PID3" || rc=$?
+	((rc == 0)) || fail "expected exit code 0 after SIGTERM, got $rc"
+	note "ringflyd exit code: 0"
+}
+
+STEPS=(step_build step_start step_kill9 step_restart step_sigterm
+	step_origin step_get step_cache step_stop)
 
 for s in "${STEPS[@]}"; do
 	"$s"

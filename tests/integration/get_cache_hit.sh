@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# shellcheck disable=SC2119 # lib helpers take optional arguments
+# A completed task is served from the cache without the origin: get a file,
+# kill nginx, get the same URL to another path -> the same bytes, summary
+# "from cache", daemon log `download cache hit`; stat URL and stat TASK show
+# the complete task (id = sha256("ringfly-task-v1\n" + URL), a #fragment does
+# not change it); a restarted daemon still serves it from the cache.
+# import FILE prints a 64-hex task id; export ID -O F gives the same bytes;
+# stat ID shows it complete; export of the URL's task gives the file too.
+# shellcheck source=tests/integration/lib.sh
+. "$(dirname "$0")/lib.sh"
+# shellcheck source=tests/integration/lib-http.sh
+. "$(dirname "$0")/lib-http.sh"
+
+SOCK="$T/ringflyd.sock"
+OUT="$T/out"
+mkdir -p "$OUT"
+PL=65536
+SIZE=$((PL * 40 + 333))
+
+make_file "$WWW/file" $SIZE
+src_sha=$(sha "$WWW/file")
+start_nginx
+URL="$NGINX_URL/file"
+ID=$(task_id_of "$URL")
+start_ringflyd
+
+# check_stat WHAT: $T/rf.out is the stat of the complete task of $URL.
+check_stat() {
+    local pieces=$(((SIZE + PL - 1) / PL)) digest
+    [[ $RF_RC == 0 ]] || fail "stat $1 exited $RF_RC: $(cat "$T/rf.err")"
+    assert_eq "$ID" "$(stat_field task)" "task of stat $1"
+    assert_eq "$URL" "$(stat_field url)" "url of stat $1"
+    assert_eq complete "$(stat_field state)" "state of stat $1"
+    assert_eq "$SIZE" "$(stat_field length)" "length of stat $1"
+    assert_eq "$PL" "$(stat_field piece_length)" "piece_length of stat $1"
+    assert_eq "$pieces/$pieces" "$(stat_field pieces)" "pieces of stat $1"
+    assert_eq "$SIZE" "$(stat_field bytes_done)" "bytes_done of stat $1"
+    digest=$(stat_field digest) || fail "stat $1 has no digest line: $(cat "$T/rf.out")"
+    [[ $digest == none || $digest == "sha256:$src_sha" ]] || fail "digest of stat $1: '$digest', expected none or sha256:$src_sha"
+}
+
+# 1. From the origin.
+expect_get_ok first "$URL" "$OUT/first" "$WWW/file" --piece-length $PL
+assert_contains "$T/first.err" "from origin" "summary line of the first get"
+assert_contains "$T/first.err" "task $ID" "summary line of the first get"
+rf stat "$URL"
+check_stat "$URL"
+rf stat "$ID"
+check_stat "$ID"
+nginx_wait_idle
+assert_eq "$SIZE" "$(origin_bytes)" "body bytes nginx sent for the first get"
+
+# 2. The origin is gone: from the cache.
+stop_nginx
+port_listening "$NGINX_PORT" && fail "something still listens on the killed nginx's port $NGINX_PORT"
+expect_get_ok second "$URL" "$OUT/second" "$WWW/file"
+assert_contains "$T/second.err" "from cache" "summary line of the second get"
+assert_not_contains "$T/second.err" "from origin" "summary line of the second get"
+grep -F "download cache hit" "$DAEMON_LOG" | grep -qF "$ID" || fail "no 'download cache hit' for task $ID in the daemon log"
+# A fragment is dropped from the task's URL: the same task.
+expect_get_ok fragment "$URL#part" "$OUT/fragment" "$WWW/file"
+assert_contains "$T/fragment.err" "from cache" "summary line of the get with a #fragment"
+# To stdout as well.
+rf_get stdout "$URL" -
+[[ $GET_RC == 0 ]] || fail "get -O - from the cache exited $GET_RC: $(cat "$T/stdout.err")"
+assert_eq "$src_sha" "$(sha "$T/stdout.out")" "sha256 of get -O - from the cache"
+log "cache: $(tail -n 1 "$T/second.err")"
+
+# 3. A restarted daemon (same data dir) still has it.
+kill -TERM "$DAEMON_PID"
+wait_exit "$DAEMON_PID" 10
+assert_eq 0 "$WAIT_RC" "ringflyd exit status after SIGTERM"
+start_ringflyd
+rf stat "$URL"
+check_stat "$URL after a restart"
+expect_get_ok third "$URL" "$OUT/third" "$WWW/file"
+assert_contains "$T/third.err" "from cache" "summary line of the get after a restart"
+
+# 4. export of the URL's task.
+assert_exit 0 "$RINGFLY" --socket "$SOCK" export "$ID" -O "$OUT/exported-url"
+assert_eq "$src_sha" "$(sha "$OUT/exported-url")" "sha256 of export of the URL's task"
+
+# 5. import / export / stat of a local file.
+make_file "$T/local" $((3 * 1048576 + 4097))
+local_sha=$(sha "$T/local")
+assert_exit 0 "$RINGFLY" --socket "$SOCK" import "$T/local"
+imported=$(tr -d '\n' <"$T/last.out")
+[[ $imported =~ ^[0-9a-f]{64}$ ]] || fail "import printed '$(cat "$T/last.out")', expected a 64-hex task id"
+assert_exit 0 "$RINGFLY" --socket "$SOCK" export "$imported" -O "$OUT/exported"
+assert_eq "$local_sha" "$(sha "$OUT/exported")" "sha256 of export of the imported file"
+assert_no_temp "$OUT/exported"
+rf stat "$imported"
+[[ $RF_RC == 0 ]] || fail "stat $imported exited $RF_RC: $(cat "$T/rf.err")"
+assert_eq "$imported" "$(stat_field task)" "task of stat of the imported task"
+assert_eq complete "$(stat_field state)" "state of the imported task"
+assert_eq "$(size_of "$T/local")" "$(stat_field length)" "length of the imported task"
+assert_eq "$(size_of "$T/local")" "$(stat_field bytes_done)" "bytes_done of the imported task"
+# The source file is untouched.
+assert_eq "$local_sha" "$(sha "$T/local")" "sha256 of the imported file after import"
+# Importing the same file again gives the same id (content-addressed or not,
+# it must not fail).
+assert_exit 0 "$RINGFLY" --socket "$SOCK" import "$T/local"
+log "import: $imported; again: $(cat "$T/last.out")"
+
+# Export of an unknown task fails, leaving nothing.
+unknown=$(task_id_of "http://127.0.0.1:1/never")
+assert_exit 1 "$RINGFLY" --socket "$SOCK" export "$unknown" -O "$OUT/nothing"
+assert_contains "$T/last.err" "no such task" "stderr of export of an unknown task"
+assert_gone "$OUT/nothing"
+assert_no_temp "$OUT/nothing"
+
+must_health "$SOCK" 5 "$DAEMON_PID"
+pass

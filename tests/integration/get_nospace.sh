@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# shellcheck disable=SC2119 # lib helpers take optional arguments
+# ringfly get on a full disk (root; small tmpfs mounts, else skipped): exit 7
+# with "no space left on device", nothing at the final path, no temp file,
+# and the space given back:
+#   a) cache full: the daemon's data dir is a 32 MiB tmpfs, the file 48 MiB;
+#      no task claiming data is left and the data dir's free space is back;
+#   b) output full: the cache takes the 12 MiB file, -O points into an 8 MiB
+#      tmpfs; the output tmpfs is as empty as before;
+#   c) then a 1 MiB file fits in both and arrives intact.
+# shellcheck source=tests/integration/lib.sh
+. "$(dirname "$0")/lib.sh"
+# shellcheck source=tests/integration/lib-http.sh
+. "$(dirname "$0")/lib-http.sh"
+
+SOCK="$T/ringflyd.sock"
+DATA="$T/data" # start_daemon's --data-dir
+OUTFS="$T/outfs"
+mkdir -p "$OUTFS"
+# Unmount before lib.sh's cleanup removes $T, whatever way the test ends.
+# shellcheck disable=SC2317 # called from the EXIT trap
+_umount_all() {
+    local rc=$? m
+    for m in "$DATA" "$OUTFS"; do
+        if mountpoint -q "$m" 2>/dev/null; then
+            umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null
+        fi
+    done
+    return "$rc"
+}
+trap '_umount_all; _cleanup' EXIT
+[[ $(id -u) == 0 ]] || skip "mounting a tmpfs needs root"
+mount -t tmpfs -o size=32m,mode=0755 rf-get-cache "$DATA" 2>"$T/mount.err" ||
+    skip "mount -t tmpfs failed: $(cat "$T/mount.err")"
+mount -t tmpfs -o size=8m,mode=0755 rf-get-out "$OUTFS" 2>"$T/mount.err" ||
+    skip "mount -t tmpfs failed: $(cat "$T/mount.err")"
+
+free_bytes() { stat -f -c '%a %S' "$1" | { read -r blocks size; echo $((blocks * size)); }; }
+
+make_file "$WWW/huge" $((48 << 20))
+make_file "$WWW/mid" $((12 << 20))
+make_file "$WWW/small" $((1 << 20))
+start_nginx
+start_ringflyd
+
+# a) The cache is too small.
+url="$NGINX_URL/huge"
+free_before=$(free_bytes "$DATA")
+expect_get_fail huge "$url" "$T/huge" 7 "no space left on device" --piece-length 1048576
+assert_no_data_task "$url"
+free_after=$(free_bytes "$DATA")
+((free_after + (1 << 20) >= free_before)) || fail "the failed get kept space in the data dir: $free_before bytes free before, $free_after after"
+grep -F "download failed" "$DAEMON_LOG" | grep -qF "no space left on device" ||
+    fail "no 'download failed ... no space left on device' in the daemon log"
+log "a) cache full: $(cat "$T/huge.err")"
+
+# b) The output is too small.
+url="$NGINX_URL/mid"
+out_before=$(free_bytes "$OUTFS")
+expect_get_fail mid "$url" "$OUTFS/mid" 7 "space left on device" --piece-length 1048576
+left=$(find "$OUTFS" -mindepth 1 -print)
+[[ -z $left ]] || fail "files left in the full output directory: $left"
+assert_eq "$out_before" "$(free_bytes "$OUTFS")" "free bytes of the output tmpfs after the failed get"
+log "b) output full: $(cat "$T/mid.err")"
+
+# c) A file that fits.
+expect_get_ok small "$NGINX_URL/small" "$OUTFS/small" "$WWW/small" --piece-length 1048576
+assert_contains "$T/small.err" "from origin" "summary line of the get that fits"
+must_health "$SOCK" 5 "$DAEMON_PID"
+pass
