@@ -1,8 +1,12 @@
 /* conn: framed connections on the loop, accepted from listeners, with limits. */
 #include "net/conn.h"
 
+#include <arpa/inet.h>
 #include <assert.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <linux/tcp.h> /* struct tcp_info with tcpi_bytes_acked; glibc's lacks it */
+#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,6 +31,60 @@
 #define CONN_RECVMSG_SPACE 16384u /* free input space offered to each recvmsg */
 /* Buffers kept by a connection struct on the free list; larger ones are freed. */
 #define CONN_KEEP_BUFFER_MAX (64u << 10)
+#define CONN_PIPE_SIZE (1u << 20)	  /* asked of F_SETPIPE_SZ; the default if refused */
+#define CONN_PIPE_SIZE_DEFAULT 65536u	  /* when F_GETPIPE_SZ cannot tell */
+#define CONN_PIPES_IDLE_MAX 16u		  /* empty pipes a server keeps for the next payload */
+#define CONN_FILE_BUFFER_SIZE (64u << 10) /* pread + send fallback, per connection */
+
+/*
+ * The output queue.
+ *
+ * Frame bytes are packed into one buffer, output[output_start..output_end),
+ * exactly as when there were only frames: while no file payload is queued a
+ * single send takes every queued frame byte, short sends resumed.
+ *
+ * A file payload is an entry of a small ring (files[], CONN_FILES_MAX) that
+ * remembers where it was queued in the frame stream: `mark`, the value of
+ * output_end at conn_send_file. The wire order is therefore: frame bytes up
+ * to the head payload's mark, the head payload, frame bytes up to the next
+ * mark, and so on. Sending stops a frame send at the head's mark; when
+ * output_start reaches it the payload goes out, and when its last byte is in
+ * the socket it leaves the ring and frame bytes resume. Marks are offsets into
+ * output[] like output_start, so they move with it when the buffer slides to
+ * the front (conn_output_rebase); no mark is ever below output_start.
+ *
+ * Invariant (what keeps done callbacks out of the caller's stack): while the
+ * connection is not closing, queued output means an output operation is in
+ * flight (a frame send or the head payload's file operation). Every path that
+ * queues output kicks the queue, and every completion kicks it again; a
+ * submission the loop refuses closes the connection. So a connection closed
+ * with payloads queued always has something in flight, and their done
+ * callbacks run from that operation's completion (conn_finish), never from
+ * conn_close, conn_send_frame or conn_send_file. The one exception is a
+ * payload whose first submission fails inside conn_send_file: it is then the
+ * only payload queued, and it is taken back (the call fails, no done).
+ *
+ * A payload moves by splice: file -> pipe (up to the pipe's capacity, at the
+ * payload's file offset), then pipe -> socket until the pipe is empty, again
+ * until every byte is out. One operation at a time per connection
+ * (file_op), so the file fd is never in use once the head payload leaves the
+ * ring. Splices run on io-wq workers and block there: a pipe -> socket splice
+ * to a peer that stopped reading would wait for ever, so a per-connection
+ * timer (timer_op) watches it and closes the connection after
+ * send_timeout_ms without progress. Progress is a splice completing or, on
+ * TCP, the peer acknowledging bytes (tcpi_bytes_acked, looked at four times
+ * per timeout), so a slow reader is not taken for a stuck one; on a Unix
+ * socket a pipeful must go within the timeout. Closing cancels the splice by
+ * its record (cancel by fd would miss one still queued to a worker, whose
+ * file is not assigned yet).
+ *
+ * Pipes come from a per-server pool and go back to it only empty: after any
+ * error, or a close mid-payload, the pipe may hold bytes of a payload nobody
+ * will send, so it is closed instead. A file that cannot splice (EINVAL,
+ * ENOSYS: no splice_read, e.g. /proc files) is sent by pread into a
+ * per-connection buffer + send for the rest of that payload, restarting at
+ * the first byte not yet in the socket.
+ */
 
 /* conn.flags */
 #define CONN_RECV_ARMED (1u << 0)  /* multishot recv in flight */
@@ -36,6 +94,42 @@
 #define CONN_READ_DONE (1u << 4)   /* EOF or protocol error: read no more */
 #define CONN_CANCELLED (1u << 5)   /* cancellation submitted */
 #define CONN_FINISHED (1u << 6)	   /* back on the free list; late calls are no-ops */
+#define CONN_FILE_BUSY (1u << 7)   /* file_op in flight */
+#define CONN_TIMER_ARMED (1u << 8) /* timer_op in flight */
+
+/* The operations in flight that closing waits for. */
+#define CONN_INFLIGHT (CONN_RECV_ARMED | CONN_SENDING | CONN_FILE_BUSY | CONN_TIMER_ARMED)
+
+/* One file payload queued behind the frame bytes before output[mark]. */
+struct conn_file {
+	conn_file_done_fn done;
+	void *arg;
+	int fd;		 /* borrowed until done runs */
+	int error;	 /* this payload's own failure (read error, short file), or 0 */
+	uint64_t offset; /* next byte of fd to read */
+	uint32_t unsent; /* bytes not yet in the socket */
+	size_t mark;	 /* frame bytes before output[mark] go out first */
+};
+
+struct conn_pipe {
+	int read_fd, write_fd; /* -1 when there is none */
+	uint32_t capacity;
+};
+
+/* How the head payload moves (conn.file_mode). */
+enum conn_file_mode {
+	CONN_FILE_IDLE,	  /* not started: mode chosen at its first step */
+	CONN_FILE_SPLICE, /* file -> pipe -> socket */
+	CONN_FILE_READ,	  /* pread into file_buffer, then send */
+};
+
+/* The file operation in flight or last completed (conn.file_step). */
+enum conn_file_step {
+	CONN_STEP_FILL,	 /* splice file -> pipe */
+	CONN_STEP_DRAIN, /* splice pipe -> socket */
+	CONN_STEP_READ,	 /* pread file -> file_buffer */
+	CONN_STEP_SEND,	 /* send file_buffer -> socket */
+};
 
 struct conn {
 	struct conn_server *server;
@@ -46,9 +140,14 @@ struct conn {
 	unsigned peer_uid;
 	uint64_t last_active_ms;
 	void *user;
+	int close_error; /* what queued payloads' done callbacks get */
+	bool tcp;
+	char peer_name[64];
 
 	struct loop_op recv_op;
 	struct loop_op send_op;
+	struct loop_op file_op;
+	struct loop_op timer_op;
 
 	uint8_t *input;
 	size_t input_len, input_cap;
@@ -57,6 +156,19 @@ struct conn {
 	/* The buffer a send in flight reads from, after the output grew into a
 	 * new one meanwhile: freed when that send completes. */
 	uint8_t *output_retired;
+
+	/* File payloads: a ring allocated at the first conn_send_file (kept
+	 * with the struct), and how the head one is moving. */
+	struct conn_file *files;
+	unsigned files_head, files_count;
+	enum conn_file_mode file_mode;
+	enum conn_file_step file_step;
+	struct conn_pipe pipe;	   /* held while the head payload splices */
+	uint32_t pipe_bytes;	   /* in the pipe, not yet in the socket */
+	uint64_t progress_ms;	   /* last sign of the peer taking file bytes (timer_op) */
+	uint64_t bytes_acked;	   /* TCP: tcpi_bytes_acked when last looked at */
+	uint8_t *file_buffer;	   /* CONN_FILE_BUFFER_SIZE, allocated at the first fallback */
+	uint32_t file_buffer_len, file_buffer_pos;
 
 	/* pass_fds: the recvmsg in flight writes into input[input_len..] and
 	 * control; both stay put until it completes (nothing reallocates the
@@ -98,12 +210,18 @@ struct conn_server {
 	struct loop_op sweep_op;
 	bool sweep_armed;
 	bool destroyed;
+	bool splice_supported; /* IORING_OP_SPLICE: else every payload goes by pread + send */
 	uint64_t refused_busy;
+
+	struct conn_pipe pipes[CONN_PIPES_IDLE_MAX]; /* empty, for the next payload */
+	unsigned pipe_count;
 };
 
 static void conn_recv_done(struct loop_op *op, int res, uint32_t flags);
 static void conn_send_done(struct loop_op *op, int res, uint32_t flags);
-static void conn_send_more(struct conn *conn);
+static void conn_file_done(struct loop_op *op, int res, uint32_t flags);
+static void conn_timer_done(struct loop_op *op, int res, uint32_t flags);
+static int conn_output_kick(struct conn *conn);
 static void conn_maybe_finish(struct conn *conn);
 
 /* --- buffers. */
@@ -125,6 +243,51 @@ static int conn_reserve(uint8_t **buf, size_t *cap, size_t need, size_t initial)
 	return 0;
 }
 
+/* --- pipes for splicing. */
+
+static void conn_pipe_close(struct conn_pipe *pipe)
+{
+	if (pipe->read_fd >= 0) {
+		close(pipe->read_fd);
+		close(pipe->write_fd);
+	}
+	pipe->read_fd = pipe->write_fd = -1;
+	pipe->capacity = 0;
+}
+
+/* A pipe from the pool, or a new one (as large as the kernel allows us). */
+static int conn_pipe_get(struct conn_server *server, struct conn_pipe *out)
+{
+	int fds[2], size;
+
+	if (server->pipe_count) {
+		*out = server->pipes[--server->pipe_count];
+		return 0;
+	}
+	if (pipe2(fds, O_CLOEXEC) < 0)
+		return -errno;
+	/* Refused past fs.pipe-max-size or the user's pipe pages: the default
+	 * capacity works, in smaller chunks. */
+	(void)fcntl(fds[1], F_SETPIPE_SZ, (int)CONN_PIPE_SIZE);
+	size = fcntl(fds[1], F_GETPIPE_SZ);
+	out->read_fd = fds[0];
+	out->write_fd = fds[1];
+	out->capacity = size > 0 ? (uint32_t)size : CONN_PIPE_SIZE_DEFAULT;
+	return 0;
+}
+
+/* Takes back a pipe that is known to be empty; any other must be closed. */
+static void conn_pipe_put(struct conn_server *server, struct conn_pipe *pipe)
+{
+	assert(pipe->read_fd >= 0);
+	if (server->pipe_count < CONN_PIPES_IDLE_MAX && !server->destroyed)
+		server->pipes[server->pipe_count++] = *pipe;
+	else
+		conn_pipe_close(pipe);
+	pipe->read_fd = pipe->write_fd = -1;
+	pipe->capacity = 0;
+}
+
 /* --- life cycle of one connection. */
 
 static struct conn *conn_get(struct conn_server *server, int fd)
@@ -144,13 +307,23 @@ static struct conn *conn_get(struct conn_server *server, int fd)
 	conn->peer_pid = 0;
 	conn->peer_uid = 0;
 	conn->user = NULL;
+	conn->close_error = -EPIPE;
+	conn->tcp = false;
+	conn->peer_name[0] = '\0';
 	conn->input_len = 0;
 	conn->output_start = conn->output_end = 0;
+	conn->files_head = conn->files_count = 0;
+	conn->file_mode = CONN_FILE_IDLE;
+	conn->pipe.read_fd = conn->pipe.write_fd = -1;
+	conn->pipe.capacity = 0;
+	conn->pipe_bytes = 0;
 	conn->last_active_ms = clock_monotonic_ms();
 	/* Re-initialising bumps the generations: a late completion for the
 	 * previous user of this struct is recognised and dropped. */
 	loop_op_init(&conn->recv_op, conn_recv_done, conn);
 	loop_op_init(&conn->send_op, conn_send_done, conn);
+	loop_op_init(&conn->file_op, conn_file_done, conn);
+	loop_op_init(&conn->timer_op, conn_timer_done, conn);
 
 	conn->prev = NULL;
 	conn->next = server->open;
@@ -166,7 +339,8 @@ static void conn_put(struct conn *conn)
 	struct conn_server *server = conn->server;
 
 	assert(server->count > 0);
-	assert(!(conn->flags & (CONN_RECV_ARMED | CONN_SENDING)));
+	assert(!(conn->flags & CONN_INFLIGHT));
+	assert(conn->files_count == 0 && conn->pipe.read_fd < 0);
 	if (conn->prev)
 		conn->prev->next = conn->next;
 	else
@@ -193,33 +367,101 @@ static void conn_put(struct conn *conn)
 	server->free_list = conn;
 }
 
-static void conn_maybe_finish(struct conn *conn)
+static bool conn_output_empty(const struct conn *conn)
 {
-	if (!(conn->flags & CONN_CLOSING) ||
-	    (conn->flags & (CONN_RECV_ARMED | CONN_SENDING | CONN_FINISHED)))
-		return;
+	return conn->output_start == conn->output_end && conn->files_count == 0;
+}
+
+static struct conn_file *conn_file_head(struct conn *conn)
+{
+	assert(conn->files_count > 0);
+	return &conn->files[conn->files_head];
+}
+
+/* Takes the head payload out of the ring; the caller runs its done. */
+static struct conn_file conn_file_pop(struct conn *conn)
+{
+	struct conn_file file = *conn_file_head(conn);
+
+	conn->files_head = (conn->files_head + 1) % CONN_FILES_MAX;
+	conn->files_count--;
+	conn->file_mode = CONN_FILE_IDLE;
+	return file;
+}
+
+/* Nothing is in flight: runs every queued done, then handlers->closed. */
+static void conn_finish(struct conn *conn)
+{
+	assert(!(conn->flags & CONN_INFLIGHT));
 	/* The struct stays valid (free list) until reused by an accept, which
 	 * cannot happen before the callback that finished it returns. */
 	conn->flags |= CONN_FINISHED;
 	close(conn->fd);
+	/* Closed mid-payload: the pipe may hold bytes nobody will send. */
+	conn_pipe_close(&conn->pipe);
+	conn->pipe_bytes = 0;
+	while (conn->files_count) {
+		struct conn_file file = conn_file_pop(conn);
+
+		file.done(conn, file.arg, file.error ? file.error : conn->close_error);
+	}
 	if (conn->server->handlers.closed)
 		conn->server->handlers.closed(conn);
 	conn_put(conn);
 }
 
+static void conn_maybe_finish(struct conn *conn)
+{
+	if (!(conn->flags & CONN_CLOSING) || (conn->flags & (CONN_INFLIGHT | CONN_FINISHED)))
+		return;
+	conn_finish(conn);
+}
+
 void conn_close(struct conn *conn)
 {
+	struct loop *loop = conn->server->loop;
+
 	if (conn->flags & (CONN_CLOSING | CONN_FINISHED))
 		return;
 	conn->flags |= CONN_CLOSING | CONN_READ_DONE;
-	if ((conn->flags & (CONN_RECV_ARMED | CONN_SENDING)) && !(conn->flags & CONN_CANCELLED)) {
+	if ((conn->flags & (CONN_RECV_ARMED | CONN_SENDING | CONN_FILE_BUSY)) &&
+	    !(conn->flags & CONN_CANCELLED)) {
 		conn->flags |= CONN_CANCELLED;
-		if (loop_cancel_fd(conn->server->loop, conn->fd) < 0)
+		if (loop_cancel_fd(loop, conn->fd) < 0)
 			/* Could not queue the cancel: shutting the socket down
 			 * completes the recv (EOF) and fails the send. */
 			shutdown(conn->fd, SHUT_RDWR);
+		/* A splice waiting for an io-wq worker has no file yet for
+		 * the cancel by fd to match: cancel it by its record. A splice
+		 * from the file into the pipe needs no cancelling (the pipe is
+		 * empty, it cannot block on it) but costs nothing either. */
+		if ((conn->flags & CONN_FILE_BUSY) && loop_cancel_op(loop, &conn->file_op) < 0 &&
+		    conn->file_step == CONN_STEP_DRAIN)
+			shutdown(conn->fd, SHUT_RDWR);
 	}
+	if (conn->flags & CONN_TIMER_ARMED)
+		/* If this cannot be queued the timer still fires, within
+		 * send_timeout_ms, and the connection finishes then. */
+		loop_cancel_op(loop, &conn->timer_op);
 	conn_maybe_finish(conn);
+}
+
+/* Closes because of a socket error or timeout that queued payloads should see. */
+static void conn_close_error(struct conn *conn, int error)
+{
+	assert(error < 0);
+	if (conn->flags & CONN_CLOSING)
+		return;
+	conn->close_error = error;
+	if (error == -ETIMEDOUT) {
+		/* The peer stopped reading: on TCP a plain close would leave
+		 * the socket, its full send buffer and the FIN queued behind
+		 * it, to the kernel until the peer's window opens. Reset it. */
+		struct linger linger = { .l_onoff = 1, .l_linger = 0 };
+
+		(void)setsockopt(conn->fd, SOL_SOCKET, SO_LINGER, &linger, sizeof(linger));
+	}
+	conn_close(conn);
 }
 
 static void conn_close_after_send(struct conn *conn)
@@ -227,11 +469,24 @@ static void conn_close_after_send(struct conn *conn)
 	conn->flags |= CONN_READ_DONE | CONN_CLOSE_AFTER_SEND;
 	if (conn->flags & CONN_RECV_ARMED)
 		loop_cancel_op(conn->server->loop, &conn->recv_op);
-	if (conn->output_start == conn->output_end && !(conn->flags & CONN_SENDING))
+	if (conn_output_empty(conn) && !(conn->flags & (CONN_SENDING | CONN_FILE_BUSY)))
 		conn_close(conn);
 }
 
-/* --- output. */
+/* --- output: frame bytes. */
+
+/* Moves output offsets and the payloads' marks `by` bytes down. */
+static void conn_output_rebase(struct conn *conn, size_t by)
+{
+	for (unsigned i = 0; i < conn->files_count; i++) {
+		struct conn_file *file = &conn->files[(conn->files_head + i) % CONN_FILES_MAX];
+
+		assert(file->mark >= by && file->mark <= conn->output_end);
+		file->mark -= by;
+	}
+	conn->output_start -= by;
+	conn->output_end -= by;
+}
 
 static int conn_output_reserve(struct conn *conn, size_t bytes)
 {
@@ -242,8 +497,7 @@ static int conn_output_reserve(struct conn *conn, size_t bytes)
 		size_t pending = conn->output_end - conn->output_start;
 
 		memmove(conn->output, conn->output + conn->output_start, pending);
-		conn->output_start = 0;
-		conn->output_end = pending;
+		conn_output_rebase(conn, conn->output_start);
 	}
 	size_t need = conn->output_end + bytes;
 	if (need > limit)
@@ -273,23 +527,30 @@ static int conn_output_reserve(struct conn *conn, size_t bytes)
 	return 0;
 }
 
-static void conn_send_more(struct conn *conn)
+/* After an output completion: what is next, or the close that waited for it. */
+static void conn_output_progress(struct conn *conn)
 {
-	struct conn_server *server = conn->server;
 	int rc;
 
-	if ((conn->flags & (CONN_SENDING | CONN_CLOSING)) || conn->output_start == conn->output_end)
-		return;
-	loop_op_init(&conn->send_op, conn_send_done, conn);
-	rc = loop_send(server->loop, &conn->send_op, conn->fd, conn->output + conn->output_start,
-		       conn->output_end - conn->output_start, server->options.send_timeout_ms);
-	if (rc < 0) {
-		log_warn("conn", "cannot queue a send server=%s error=\"%s\"", server->options.name,
-			 strerror(-rc));
-		conn_close(conn);
+	if (conn->flags & CONN_CLOSING) {
+		conn_maybe_finish(conn);
 		return;
 	}
-	conn->flags |= CONN_SENDING;
+	if (conn->output_start == conn->output_end && conn->output_start > 0)
+		conn_output_rebase(conn, conn->output_start);
+	if (conn_output_empty(conn)) {
+		if (conn->flags & CONN_CLOSE_AFTER_SEND)
+			conn_close(conn);
+		return;
+	}
+	rc = conn_output_kick(conn);
+	if (rc < 0) {
+		log_warn("conn", "cannot queue a send server=%s peer=%s error=\"%s\"",
+			 conn->server->options.name, conn->peer_name, strerror(-rc));
+		if (conn->files_count && conn_file_head(conn)->mark == conn->output_start)
+			conn_file_head(conn)->error = rc; /* its next step failed */
+		conn_close(conn);
+	}
 }
 
 static void conn_send_done(struct loop_op *op, int res, uint32_t flags)
@@ -307,21 +568,330 @@ static void conn_send_done(struct loop_op *op, int res, uint32_t flags)
 	if (res <= 0) {
 		/* -ECANCELED here is the linked send timeout. */
 		if (res != -EPIPE && res != -ECONNRESET)
-			log_debug("conn", "send failed server=%s error=\"%s\"",
-				  conn->server->options.name,
+			log_debug("conn", "send failed server=%s peer=%s error=\"%s\"",
+				  conn->server->options.name, conn->peer_name,
 				  res == -ECANCELED ? "send timed out" : strerror(-res));
-		conn_close(conn);
+		conn_close_error(conn, res == -ECANCELED ? -ETIMEDOUT : res < 0 ? res : -EPIPE);
 		return;
 	}
 	conn->output_start += (size_t)res;
 	assert(conn->output_start <= conn->output_end);
-	if (conn->output_start == conn->output_end) {
-		conn->output_start = conn->output_end = 0;
-		if (conn->flags & CONN_CLOSE_AFTER_SEND)
-			conn_close(conn);
+	assert(conn->files_count == 0 || conn->output_start <= conn_file_head(conn)->mark);
+	conn->last_active_ms = clock_monotonic_ms();
+	conn_output_progress(conn); /* the rest of a short send, or a payload */
+}
+
+/* --- output: file payloads (see "The output queue" above). */
+
+/* How often the timer looks for progress of a pipe -> socket splice. */
+static uint64_t conn_timer_period_ms(const struct conn *conn)
+{
+	uint64_t timeout_ms = conn->server->options.send_timeout_ms;
+
+	return conn->tcp && timeout_ms >= 4 ? timeout_ms / 4 : timeout_ms;
+}
+
+static void conn_timer_arm(struct conn *conn, uint64_t timeout_ms)
+{
+	if (conn->flags & CONN_TIMER_ARMED)
+		return;
+	loop_op_init(&conn->timer_op, conn_timer_done, conn);
+	/* Not armed (ring full): this splice goes unwatched; the next one
+	 * tries again. */
+	if (loop_timeout(conn->server->loop, &conn->timer_op, timeout_ms) == 0)
+		conn->flags |= CONN_TIMER_ARMED;
+}
+
+/* TCP: has the peer acknowledged bytes since we last looked? */
+static bool conn_peer_took_bytes(struct conn *conn)
+{
+	struct tcp_info info;
+	socklen_t len = sizeof(info);
+
+	if (!conn->tcp)
+		return false;
+	memset(&info, 0, sizeof(info));
+	if (getsockopt(conn->fd, IPPROTO_TCP, TCP_INFO, &info, &len) < 0 ||
+	    len < offsetof(struct tcp_info, tcpi_bytes_acked) + sizeof(info.tcpi_bytes_acked) ||
+	    info.tcpi_bytes_acked == conn->bytes_acked)
+		return false;
+	conn->bytes_acked = info.tcpi_bytes_acked;
+	return true;
+}
+
+static void conn_timer_done(struct loop_op *op, int res, uint32_t flags)
+{
+	struct conn *conn = op->owner;
+	uint64_t timeout_ms = conn->server->options.send_timeout_ms;
+	uint64_t now_ms, waited_ms, period_ms;
+
+	(void)res;
+	(void)flags;
+	conn->flags &= ~CONN_TIMER_ARMED;
+	if (conn->flags & CONN_CLOSING) {
+		conn_maybe_finish(conn);
 		return;
 	}
-	conn_send_more(conn); /* a short send: the rest */
+	if (!(conn->flags & CONN_FILE_BUSY) || conn->file_step != CONN_STEP_DRAIN)
+		return; /* nothing stuck: armed again by the next splice */
+	now_ms = clock_monotonic_ms();
+	if (conn_peer_took_bytes(conn))
+		conn->progress_ms = conn->last_active_ms = now_ms; /* not idle either */
+	waited_ms = now_ms - conn->progress_ms;
+	if (waited_ms < timeout_ms) {
+		period_ms = conn_timer_period_ms(conn);
+		conn_timer_arm(conn, timeout_ms - waited_ms < period_ms ? timeout_ms - waited_ms
+									 : period_ms);
+		return;
+	}
+	log_debug("conn", "send failed server=%s peer=%s error=\"send timed out\"",
+		  conn->server->options.name, conn->peer_name);
+	conn_close_error(conn, -ETIMEDOUT);
+}
+
+/* Submits the head payload's next operation. */
+static int conn_file_step(struct conn *conn)
+{
+	struct conn_server *server = conn->server;
+	struct conn_file *file = conn_file_head(conn);
+	unsigned timeout_ms = server->options.send_timeout_ms;
+	uint32_t len;
+	int rc;
+
+	assert(!(conn->flags & (CONN_FILE_BUSY | CONN_SENDING | CONN_CLOSING)));
+	assert(file->unsent > 0 && file->mark == conn->output_start);
+	if (conn->file_mode == CONN_FILE_IDLE) {
+		conn->file_mode = CONN_FILE_READ;
+		if (server->splice_supported) {
+			rc = conn_pipe_get(server, &conn->pipe);
+			if (rc == 0)
+				conn->file_mode = CONN_FILE_SPLICE;
+			else
+				log_debug("conn", "no pipe, sending by read server=%s error=\"%s\"",
+					  server->options.name, strerror(-rc));
+		}
+		conn->pipe_bytes = 0;
+		conn->file_buffer_len = conn->file_buffer_pos = 0;
+	}
+
+	loop_op_init(&conn->file_op, conn_file_done, conn);
+	if (conn->file_mode == CONN_FILE_SPLICE && conn->pipe_bytes > 0) {
+		conn->file_step = CONN_STEP_DRAIN;
+		conn->progress_ms = clock_monotonic_ms();
+		rc = loop_splice(server->loop, &conn->file_op, conn->pipe.read_fd, -1, conn->fd, -1,
+				 conn->pipe_bytes);
+		if (rc == 0)
+			conn_timer_arm(conn, conn_timer_period_ms(conn));
+	} else if (conn->file_mode == CONN_FILE_SPLICE) {
+		len = file->unsent < conn->pipe.capacity ? file->unsent : conn->pipe.capacity;
+		conn->file_step = CONN_STEP_FILL;
+		rc = loop_splice(server->loop, &conn->file_op, file->fd, (int64_t)file->offset,
+				 conn->pipe.write_fd, -1, len);
+	} else if (conn->file_buffer_pos < conn->file_buffer_len) {
+		conn->file_step = CONN_STEP_SEND;
+		rc = loop_send(server->loop, &conn->file_op, conn->fd,
+			       conn->file_buffer + conn->file_buffer_pos,
+			       conn->file_buffer_len - conn->file_buffer_pos, timeout_ms);
+	} else {
+		if (!conn->file_buffer) {
+			conn->file_buffer = malloc(CONN_FILE_BUFFER_SIZE);
+			if (!conn->file_buffer)
+				return -ENOMEM;
+		}
+		len = file->unsent < CONN_FILE_BUFFER_SIZE ? file->unsent : CONN_FILE_BUFFER_SIZE;
+		conn->file_step = CONN_STEP_READ;
+		rc = loop_read(server->loop, &conn->file_op, file->fd, conn->file_buffer, len,
+			       (int64_t)file->offset);
+	}
+	if (rc < 0)
+		return rc;
+	conn->flags |= CONN_FILE_BUSY;
+	return 0;
+}
+
+/* The head payload cannot go on: the connection closes, done gets `error`. */
+static void conn_file_fail(struct conn *conn, int error)
+{
+	struct conn_file *file = conn_file_head(conn);
+
+	log_warn("conn", "cannot send a file payload server=%s peer=%s offset=%llu unsent=%u "
+		 "error=\"%s\"", conn->server->options.name, conn->peer_name,
+		 (unsigned long long)file->offset, file->unsent,
+		 error == -ENODATA ? "the file ends before the payload" : strerror(-error));
+	file->error = error;
+	conn_close(conn);
+}
+
+/* The file cannot splice: the rest of this payload goes by pread + send,
+ * from the first byte that is not in the socket yet. */
+static void conn_file_fallback(struct conn *conn)
+{
+	struct conn_file *file = conn_file_head(conn);
+
+	log_debug("conn", "file cannot splice, sending by read server=%s peer=%s",
+		  conn->server->options.name, conn->peer_name);
+	file->offset -= conn->pipe_bytes;
+	if (conn->pipe_bytes == 0)
+		conn_pipe_put(conn->server, &conn->pipe);
+	else
+		conn_pipe_close(&conn->pipe); /* holds the bytes just rewound */
+	conn->pipe_bytes = 0;
+	conn->file_mode = CONN_FILE_READ;
+	conn->file_buffer_len = conn->file_buffer_pos = 0;
+}
+
+/* The head payload is wholly in the socket. */
+static void conn_file_sent(struct conn *conn)
+{
+	struct conn_file file;
+
+	assert(conn->pipe_bytes == 0);
+	if (conn->pipe.read_fd >= 0)
+		conn_pipe_put(conn->server, &conn->pipe);
+	file = conn_file_pop(conn);
+	file.done(conn, file.arg, 0);
+}
+
+static void conn_file_done(struct loop_op *op, int res, uint32_t flags)
+{
+	struct conn *conn = op->owner;
+	struct conn_file *file;
+
+	(void)flags;
+	conn->flags &= ~CONN_FILE_BUSY;
+	if (conn->flags & CONN_CLOSING) {
+		conn_maybe_finish(conn);
+		return;
+	}
+	file = conn_file_head(conn);
+	switch (conn->file_step) {
+	case CONN_STEP_FILL:
+		if (res == -EINVAL || res == -ENOSYS) {
+			conn_file_fallback(conn);
+			break;
+		}
+		if (res <= 0) {
+			conn_file_fail(conn, res == 0 ? -ENODATA : res);
+			return;
+		}
+		assert((uint32_t)res <= file->unsent && (uint32_t)res <= conn->pipe.capacity);
+		conn->pipe_bytes = (uint32_t)res;
+		file->offset += (uint64_t)res;
+		break;
+	case CONN_STEP_READ:
+		if (res <= 0) {
+			conn_file_fail(conn, res == 0 ? -ENODATA : res);
+			return;
+		}
+		assert((uint32_t)res <= file->unsent && (uint32_t)res <= CONN_FILE_BUFFER_SIZE);
+		conn->file_buffer_len = (uint32_t)res;
+		conn->file_buffer_pos = 0;
+		file->offset += (uint64_t)res;
+		break;
+	case CONN_STEP_DRAIN:
+	case CONN_STEP_SEND:
+		if ((res == -EINVAL || res == -ENOSYS) && conn->file_step == CONN_STEP_DRAIN) {
+			conn_file_fallback(conn); /* the socket cannot take a splice */
+			break;
+		}
+		if (res <= 0) {
+			/* -ECANCELED: the linked send timeout (pread path). */
+			res = res == -ECANCELED ? -ETIMEDOUT : res < 0 ? res : -EIO;
+			if (res != -EPIPE && res != -ECONNRESET)
+				log_debug("conn", "send failed server=%s peer=%s error=\"%s\"",
+					  conn->server->options.name, conn->peer_name,
+					  strerror(-res));
+			conn_close_error(conn, res);
+			return;
+		}
+		assert((uint32_t)res <= file->unsent);
+		file->unsent -= (uint32_t)res;
+		if (conn->file_step == CONN_STEP_DRAIN) {
+			assert((uint32_t)res <= conn->pipe_bytes);
+			conn->pipe_bytes -= (uint32_t)res;
+		} else {
+			conn->file_buffer_pos += (uint32_t)res;
+			assert(conn->file_buffer_pos <= conn->file_buffer_len);
+		}
+		conn->last_active_ms = clock_monotonic_ms();
+		if (file->unsent == 0)
+			conn_file_sent(conn); /* may close, or queue more */
+		break;
+	}
+	conn_output_progress(conn);
+}
+
+/* Starts whatever is at the head of the output if nothing is in flight. */
+static int conn_output_kick(struct conn *conn)
+{
+	struct conn_server *server = conn->server;
+	size_t end = conn->output_end;
+	int rc;
+
+	if (conn->flags & (CONN_SENDING | CONN_FILE_BUSY | CONN_CLOSING))
+		return 0;
+	if (conn->files_count) {
+		end = conn_file_head(conn)->mark;
+		assert(end >= conn->output_start);
+		if (end == conn->output_start)
+			return conn_file_step(conn);
+	}
+	if (conn->output_start == end)
+		return 0;
+	/* Frame bytes up to the head payload, or all of them when no payload
+	 * is queued: one send. */
+	loop_op_init(&conn->send_op, conn_send_done, conn);
+	rc = loop_send(server->loop, &conn->send_op, conn->fd, conn->output + conn->output_start,
+		       end - conn->output_start, server->options.send_timeout_ms);
+	if (rc < 0)
+		return rc;
+	conn->flags |= CONN_SENDING;
+	return 0;
+}
+
+int conn_send_file(struct conn *conn, int fd, uint64_t offset, uint32_t length,
+		   conn_file_done_fn done, void *arg)
+{
+	struct conn_file *file;
+	int rc;
+
+	assert(done);
+	if (conn->flags & (CONN_CLOSING | CONN_CLOSE_AFTER_SEND))
+		return -EPIPE;
+	if (fd < 0 || length == 0 || offset > (uint64_t)INT64_MAX - length)
+		return -EINVAL;
+	if (conn->files_count == CONN_FILES_MAX)
+		return -ENOBUFS;
+	if (!conn->files) {
+		conn->files = calloc(CONN_FILES_MAX, sizeof(*conn->files));
+		if (!conn->files)
+			return -ENOMEM;
+	}
+	file = &conn->files[(conn->files_head + conn->files_count) % CONN_FILES_MAX];
+	file->done = done;
+	file->arg = arg;
+	file->fd = fd;
+	file->error = 0;
+	file->offset = offset;
+	file->unsent = length;
+	file->mark = conn->output_end;
+	conn->files_count++;
+
+	rc = conn_output_kick(conn);
+	if (rc < 0) {
+		/* Only a payload at the head, the only one queued, starts
+		 * here (see the invariant above): take it back, no done. */
+		assert(conn->files_count == 1 && !(conn->flags & CONN_FILE_BUSY));
+		if (conn->pipe.read_fd >= 0)
+			conn_pipe_put(conn->server, &conn->pipe); /* never filled */
+		conn->files_count = 0;
+		conn->file_mode = CONN_FILE_IDLE;
+		log_warn("conn", "cannot queue a file payload server=%s peer=%s error=\"%s\"",
+			 conn->server->options.name, conn->peer_name, strerror(-rc));
+		conn_close(conn);
+		return rc;
+	}
+	return 0;
 }
 
 int conn_send_frame(struct conn *conn, uint8_t type, const ProtobufCMessage *msg)
@@ -334,8 +904,8 @@ int conn_send_frame(struct conn *conn, uint8_t type, const ProtobufCMessage *msg
 		return -EPIPE;
 	rc = conn_output_reserve(conn, size);
 	if (rc < 0) {
-		log_warn("conn", "peer does not read its replies, closing server=%s pid=%d",
-			 conn->server->options.name, conn->peer_pid);
+		log_warn("conn", "peer does not read its replies, closing server=%s peer=%s",
+			 conn->server->options.name, conn->peer_name);
 		conn_close(conn);
 		return rc;
 	}
@@ -344,31 +914,74 @@ int conn_send_frame(struct conn *conn, uint8_t type, const ProtobufCMessage *msg
 	if (n < 0)
 		return (int)n;
 	conn->output_end += (size_t)n;
-	conn_send_more(conn);
+	rc = conn_output_kick(conn);
+	if (rc < 0) {
+		log_warn("conn", "cannot queue a send server=%s peer=%s error=\"%s\"",
+			 conn->server->options.name, conn->peer_name, strerror(-rc));
+		conn_close(conn);
+	}
 	return 0;
+}
+
+/* Queues an Error frame; false if the output limit or memory refused it. */
+static bool conn_queue_error(struct conn *conn, uint64_t id, Ringfly__ErrorCode code,
+			     const char *text, size_t text_size)
+{
+	ssize_t n;
+
+	if (conn_output_reserve(conn, FRAME_HEADER_SIZE + text_size + 32) < 0)
+		return false;
+	n = frame_pack_error(id, code, text, conn->output + conn->output_end,
+			     conn->output_cap - conn->output_end);
+	if (n > 0)
+		conn->output_end += (size_t)n;
+	return true;
 }
 
 void conn_send_error(struct conn *conn, uint64_t id, Ringfly__ErrorCode code, const char *fmt, ...)
 {
 	char text[1024];
 	va_list ap;
-	ssize_t n;
 
 	if (conn->flags & (CONN_CLOSING | CONN_CLOSE_AFTER_SEND))
 		return;
 	va_start(ap, fmt);
 	vsnprintf(text, sizeof(text), fmt, ap);
 	va_end(ap);
-	log_debug("conn", "protocol error server=%s pid=%d reason=\"%s\"",
-		  conn->server->options.name, conn->peer_pid, text);
-	if (conn_output_reserve(conn, FRAME_HEADER_SIZE + sizeof(text) + 32) == 0) {
-		n = frame_pack_error(id, code, text, conn->output + conn->output_end,
-				     conn->output_cap - conn->output_end);
-		if (n > 0)
-			conn->output_end += (size_t)n;
+	log_debug("conn", "protocol error server=%s peer=%s reason=\"%s\"",
+		  conn->server->options.name, conn->peer_name, text);
+	(void)conn_queue_error(conn, id, code, text, sizeof(text));
+	if (conn_output_kick(conn) < 0) {
+		conn_close(conn);
+		return;
 	}
-	conn_send_more(conn);
 	conn_close_after_send(conn);
+}
+
+void conn_reply_error(struct conn *conn, uint64_t id, Ringfly__ErrorCode code, const char *fmt,
+		      ...)
+{
+	char text[1024];
+	va_list ap;
+	int rc;
+
+	if (conn->flags & (CONN_CLOSING | CONN_CLOSE_AFTER_SEND))
+		return;
+	va_start(ap, fmt);
+	vsnprintf(text, sizeof(text), fmt, ap);
+	va_end(ap);
+	if (!conn_queue_error(conn, id, code, text, sizeof(text))) {
+		log_warn("conn", "peer does not read its replies, closing server=%s peer=%s",
+			 conn->server->options.name, conn->peer_name);
+		conn_close(conn);
+		return;
+	}
+	rc = conn_output_kick(conn);
+	if (rc < 0) {
+		log_warn("conn", "cannot queue a send server=%s peer=%s error=\"%s\"",
+			 conn->server->options.name, conn->peer_name, strerror(-rc));
+		conn_close(conn);
+	}
 }
 
 /* --- input. */
@@ -568,9 +1181,9 @@ static void conn_recv_done(struct loop_op *op, int res, uint32_t flags)
 		 * recycled as soon as their bytes are copied, so re-arm. */
 	} else if (res != -ECANCELED) {
 		if (res != -ECONNRESET)
-			log_debug("conn", "recv failed server=%s error=\"%s\"", server->options.name,
-				  strerror(-res));
-		conn_close(conn);
+			log_debug("conn", "recv failed server=%s peer=%s error=\"%s\"",
+				  server->options.name, conn->peer_name, strerror(-res));
+		conn_close_error(conn, res);
 	}
 
 rearm:
@@ -607,6 +1220,48 @@ static void conn_accept_retry_done(struct loop_op *op, int res, uint32_t flags)
 	conn_listener_arm(listener);
 }
 
+/*
+ * Names the peer of socket fd in name[size] ("ip:port", "[v6]:port", "pid N
+ * uid M"); a Unix peer's credentials go to *cred (pid 0 when not known).
+ * Returns the address family (AF_UNSPEC when the peer is gone already).
+ */
+static int conn_name_peer(int fd, char *name, size_t size, struct ucred *cred)
+{
+	struct sockaddr_storage address;
+	socklen_t len = sizeof(address);
+	char host[INET6_ADDRSTRLEN];
+
+	memset(&address, 0, sizeof(address));
+	memset(cred, 0, sizeof(*cred));
+	if (getpeername(fd, (struct sockaddr *)&address, &len) < 0)
+		address.ss_family = AF_UNSPEC;
+	if (address.ss_family == AF_INET) {
+		const struct sockaddr_in *in = (const struct sockaddr_in *)&address;
+
+		inet_ntop(AF_INET, &in->sin_addr, host, sizeof(host));
+		snprintf(name, size, "%s:%u", host, ntohs(in->sin_port));
+	} else if (address.ss_family == AF_INET6) {
+		const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)&address;
+
+		/* A v4 client of a dual-stack listener reads as plain v4. */
+		if (IN6_IS_ADDR_V4MAPPED(&in6->sin6_addr)) {
+			inet_ntop(AF_INET, &in6->sin6_addr.s6_addr[12], host, sizeof(host));
+			snprintf(name, size, "%s:%u", host, ntohs(in6->sin6_port));
+		} else {
+			inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof(host));
+			snprintf(name, size, "[%s]:%u", host, ntohs(in6->sin6_port));
+		}
+	} else if (address.ss_family == AF_UNIX) {
+		len = sizeof(*cred);
+		if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, cred, &len) < 0)
+			memset(cred, 0, sizeof(*cred));
+		snprintf(name, size, "pid %d uid %u", (int)cred->pid, (unsigned)cred->uid);
+	} else {
+		snprintf(name, size, "unknown peer");
+	}
+	return address.ss_family;
+}
+
 static void conn_refuse_busy(struct conn_server *server, int fd)
 {
 	uint8_t frame[256];
@@ -618,11 +1273,33 @@ static void conn_refuse_busy(struct conn_server *server, int fd)
 	n = frame_pack_error(0, RINGFLY__ERROR_CODE__ERROR_CODE_BUSY, text, frame, sizeof(frame));
 	if (n > 0 && send(fd, frame, (size_t)n, MSG_DONTWAIT | MSG_NOSIGNAL) < 0)
 		log_debug("conn", "cannot tell a refused client why error=\"%s\"", strerror(errno));
-	close(fd);
-	if (server->refused_busy++ % 1000 == 0)
-		log_warn("conn", "connection limit reached server=%s limit=%u refused=%llu",
-			 server->options.name, server->options.max_connections,
+	if (server->refused_busy++ % 1000 == 0) {
+		struct ucred cred;
+		char peer[64];
+
+		conn_name_peer(fd, peer, sizeof(peer), &cred);
+		log_warn("conn", "%s busy peer=%s: connection limit reached limit=%u refused=%llu",
+			 server->options.name, peer, server->options.max_connections,
 			 (unsigned long long)server->refused_busy);
+	}
+	close(fd);
+}
+
+/* Peer credentials or address, the peer's name for logs, TCP_NODELAY. */
+static void conn_identify_peer(struct conn *conn)
+{
+	struct ucred cred;
+	int family = conn_name_peer(conn->fd, conn->peer_name, sizeof(conn->peer_name), &cred);
+	int one = 1;
+
+	conn->peer_pid = cred.pid;
+	conn->peer_uid = cred.uid;
+	/* Frames are small and answer requests: no Nagle delay behind them. */
+	conn->tcp = family == AF_INET || family == AF_INET6;
+	conn->bytes_acked = 0;
+	if (conn->tcp && setsockopt(conn->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) < 0)
+		log_debug("conn", "cannot set TCP_NODELAY server=%s peer=%s error=\"%s\"",
+			  conn->server->options.name, conn->peer_name, strerror(errno));
 }
 
 static void conn_accept_done(struct loop_op *op, int res, uint32_t flags)
@@ -645,13 +1322,7 @@ static void conn_accept_done(struct loop_op *op, int res, uint32_t flags)
 				  server->options.name);
 			close(res);
 		} else {
-			struct ucred cred;
-			socklen_t len = sizeof(cred);
-
-			if (getsockopt(res, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0) {
-				conn->peer_pid = cred.pid;
-				conn->peer_uid = cred.uid;
-			}
+			conn_identify_peer(conn);
 			conn_arm_recv(conn);
 		}
 	} else if (res != -ECANCELED) {
@@ -719,8 +1390,8 @@ static void conn_sweep_done(struct loop_op *op, int res, uint32_t flags)
 		next = conn->next;
 		if (!(conn->flags & CONN_CLOSING) &&
 		    now_ms - conn->last_active_ms >= server->options.idle_timeout_ms) {
-			log_debug("conn", "closing idle connection server=%s pid=%d",
-				  server->options.name, conn->peer_pid);
+			log_debug("conn", "closing idle connection server=%s peer=%s",
+				  server->options.name, conn->peer_name);
 			conn_close(conn);
 		}
 	}
@@ -733,7 +1404,7 @@ void conn_server_close_idle(struct conn_server *server, bool all)
 {
 	for (struct conn *conn = server->open, *next; conn; conn = next) {
 		next = conn->next;
-		if (all || (conn->input_len == 0 && conn->output_start == conn->output_end))
+		if (all || (conn->input_len == 0 && conn_output_empty(conn)))
 			conn_close(conn);
 	}
 	if (all && server->sweep_armed)
@@ -767,6 +1438,7 @@ int conn_server_create(struct conn_server **out, struct loop *loop,
 		server->options.output_max_bytes = CONN_OUTPUT_MAX_DEFAULT;
 	if (!server->options.name)
 		server->options.name = "conn";
+	server->splice_supported = loop_features(loop)->splice;
 
 	rc = loop_buf_group_create(loop, CONN_RECV_BUFFERS, CONN_RECV_BUFFER_SIZE,
 				   &server->buffer_group);
@@ -794,10 +1466,19 @@ void conn_server_destroy(struct conn_server *server)
 		struct conn *conn = server->open;
 
 		server->open = conn->next;
+		conn->flags |= CONN_CLOSING | CONN_FINISHED;
 		close(conn->fd);
+		conn_pipe_close(&conn->pipe);
+		while (conn->files_count) {
+			struct conn_file file = conn_file_pop(conn);
+
+			file.done(conn, file.arg, file.error ? file.error : -EPIPE);
+		}
 		free(conn->input);
 		free(conn->output);
 		free(conn->output_retired);
+		free(conn->files);
+		free(conn->file_buffer);
 		free(conn);
 	}
 	while (server->free_list) {
@@ -806,8 +1487,12 @@ void conn_server_destroy(struct conn_server *server)
 		server->free_list = conn->next;
 		free(conn->input);
 		free(conn->output);
+		free(conn->files);
+		free(conn->file_buffer);
 		free(conn);
 	}
+	while (server->pipe_count)
+		conn_pipe_close(&server->pipes[--server->pipe_count]);
 	free(server);
 }
 
@@ -830,6 +1515,11 @@ void conn_peer(const struct conn *conn, int *pid, unsigned *uid)
 {
 	*pid = conn->peer_pid;
 	*uid = conn->peer_uid;
+}
+
+const char *conn_peer_name(const struct conn *conn)
+{
+	return conn->peer_name;
 }
 
 void conn_set_user(struct conn *conn, void *user)

@@ -24,9 +24,16 @@
  * problem, then the connection closes. Nothing the peer sends can make us
  * allocate more than max_message_bytes plus a header.
  *
+ * Sending: the output is one ordered stream of frame bytes and file payloads
+ * (conn_send_file), so a header queued before a payload and a header queued
+ * after it arrive around it. See "The output queue" in conn.c.
+ *
  * Closing is asynchronous: conn_close() cancels the operations in flight and
  * the memory is reused only when the last of them has completed, never while
- * the kernel may still write into it.
+ * the kernel may still write into it. Every file payload still queued then
+ * gets its done callback, from the loop, before handlers->closed.
+ *
+ * Works the same on Unix and TCP sockets (TCP_NODELAY is set on the latter).
  */
 
 struct conn;
@@ -40,16 +47,20 @@ struct conn_handlers {
 	 */
 	int (*frame)(struct conn *conn, uint8_t type, const uint8_t *message,
 		     size_t message_len);
-	/* Optional: the connection is gone (called once, before reuse). */
+	/* Optional: the connection is gone (called once, before reuse, after
+	 * the done callback of every file payload queued on it). */
 	void (*closed)(struct conn *conn);
 };
 
 struct conn_server_options {
-	unsigned max_connections;   /* 0 = 4096; past it: Error BUSY, then close */
+	unsigned max_connections;   /* 0 = 4096; past it: Error BUSY, then close, and the log
+				     * line "NAME busy peer=ADDRESS: connection limit reached" */
 	uint32_t max_message_bytes; /* 0 = FRAME_MESSAGE_MAX_DEFAULT */
-	unsigned idle_timeout_ms;   /* close after this long without a byte; 0 = never */
-	unsigned send_timeout_ms;   /* a send blocked this long closes; 0 = 10 s */
-	size_t output_max_bytes;    /* queued replies beyond this close; 0 = 4 MiB */
+	unsigned idle_timeout_ms;   /* close after this long without a byte in or out; 0 = never */
+	unsigned send_timeout_ms;   /* a peer taking no bytes (frames or file payloads) this
+				     * long is reset; 0 = 10 s */
+	size_t output_max_bytes;    /* queued frame bytes beyond this close; 0 = 4 MiB
+				     * (file payloads do not count: see CONN_FILES_MAX) */
 	const char *name;	    /* for logs, e.g. "cli" */
 	/* Unix sockets only: receive file descriptors (SCM_RIGHTS) with the
 	 * bytes, for conn_take_fd. Receives with one-shot recvmsg into the
@@ -90,8 +101,13 @@ struct conn_server *conn_get_server(const struct conn *conn);
 void conn_set_user(struct conn *conn, void *user);
 void *conn_user(const struct conn *conn);
 
-/* SO_PEERCRED of a Unix-socket peer (pid 0 when not known). */
+/* SO_PEERCRED of a Unix-socket peer (pid 0 when not known, and on TCP). */
 void conn_peer(const struct conn *conn, int *pid, unsigned *uid);
+
+/* Who the peer is, for log lines, computed once at accept: "ip:port" or
+ * "[v6]:port" on TCP, "pid N uid M" on a Unix socket. Valid until the conn is
+ * reused (after handlers->closed returns). */
+const char *conn_peer_name(const struct conn *conn);
 
 /*
  * The oldest file descriptor received on the connection and not yet taken
@@ -112,7 +128,40 @@ int conn_send_frame(struct conn *conn, uint8_t type, const ProtobufCMessage *msg
 void conn_send_error(struct conn *conn, uint64_t id, Ringfly__ErrorCode code,
 		     const char *fmt, ...) __attribute__((format(printf, 4, 5)));
 
-/* Closes now: queued output is dropped. */
+/* Queues the same Error frame and keeps the connection open: the answer to
+ * one request that failed. (Past the output limit the connection closes, as
+ * for conn_send_frame; on a closing connection it does nothing.) */
+void conn_reply_error(struct conn *conn, uint64_t id, Ringfly__ErrorCode code,
+		      const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+
+/* File payloads queued (not yet wholly in the socket) per connection. */
+#define CONN_FILES_MAX 64u
+
+/* res: 0 once every byte is in the socket, or a negative errno when the
+ * connection closed (or a splice failed) first. Runs once, from the loop (or
+ * from conn_server_destroy, with -EPIPE, once the loop is gone). */
+typedef void (*conn_file_done_fn)(struct conn *conn, void *arg, int res);
+
+/*
+ * Queues `length` raw bytes of fd (borrowed until done runs) from `offset`,
+ * sent after everything queued before it and before everything queued after
+ * (a frame queued later waits for these bytes). Sent by splice file -> pipe ->
+ * socket on the loop (pread + send when fd cannot splice). 0, or -EPIPE
+ * (closing), -ENOBUFS (CONN_FILES_MAX queued already), -ENOMEM, -EINVAL
+ * (length 0, fd < 0, offset + length past INT64_MAX), or the error of a
+ * submission the loop refused (the connection then closes). done always runs
+ * exactly once if 0 was returned, never from inside this call, and never
+ * while an operation on fd is still in flight.
+ *
+ * done's res besides 0: -ENODATA when fd ends before offset + length, the
+ * read or splice error of fd (for both, the connection closes: the peer
+ * cannot resync mid-payload), -ETIMEDOUT when the peer stopped reading for
+ * send_timeout_ms, -ECONNRESET/-EPIPE when the connection closed first.
+ */
+int conn_send_file(struct conn *conn, int fd, uint64_t offset, uint32_t length,
+		   conn_file_done_fn done, void *arg);
+
+/* Closes now: queued output is dropped (queued file payloads get -EPIPE). */
 void conn_close(struct conn *conn);
 
 #endif

@@ -1,6 +1,11 @@
-/* test_conn: framed connections: pipelining, short sends, limits and malformed input. */
+/* test_conn: framed connections: pipelining, short sends, limits, malformed input, file
+ * payloads between frames over Unix and TCP sockets. */
+#include <arpa/inet.h>
 #include <criterion/criterion.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -9,9 +14,11 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "core/clock.h"
 #include "core/log.h"
 #include "core/loop.h"
 #include "net/conn.h"
+#include "net/tcp.h"
 #include "net/uds.h"
 
 static char dir[40], path[100];
@@ -21,7 +28,7 @@ static void setup(void)
 	snprintf(dir, sizeof(dir), "/tmp/rf-conn-XXXXXX");
 	cr_assert_not_null(mkdtemp(dir));
 	snprintf(path, sizeof(path), "%s/c.sock", dir);
-	log_set_level(LOG_LEVEL_ERROR);
+	log_set_level(getenv("TEST_DEBUG") ? LOG_LEVEL_DEBUG : LOG_LEVEL_ERROR);
 }
 
 static void teardown(void)
@@ -83,6 +90,17 @@ static int server_frame(struct conn *conn, uint8_t type, const uint8_t *message,
 	return 0;
 }
 
+/* Open descriptors of this process: a server must leave none behind. */
+static unsigned count_fds(void)
+{
+	unsigned count = 0;
+
+	for (int fd = 0; fd < 1024; fd++)
+		if (fcntl(fd, F_GETFD) >= 0)
+			count++;
+	return count;
+}
+
 static void on_child_exit(struct loop *loop, int signo, void *arg)
 {
 	(void)signo;
@@ -90,49 +108,132 @@ static void on_child_exit(struct loop *loop, int signo, void *arg)
 	loop_stop(loop);
 }
 
-/* Runs a conn server until the client child exits; returns its exit status. */
-static int run_with_client(struct conn_server_options *options, void (*client)(void))
+/* Where the server listens and the client connects (set before the fork). */
+enum transport { VIA_UNIX, VIA_TCP };
+static enum transport transport;
+static int tcp_port;
+
+static struct loop_op tick_op;
+static bool tick_armed;
+
+static void tick_done(struct loop_op *op, int res, uint32_t flags)
 {
-	static const struct conn_handlers handlers = { .frame = server_frame };
+	(void)res;
+	(void)flags;
+	tick_armed = false;
+	loop_stop(op->owner);
+}
+
+/* After the client is gone: every connection must finish, promptly. */
+static void wait_for_no_connections(struct loop *loop, struct conn_server *server)
+{
+	uint64_t deadline_ms = clock_monotonic_ms() + 5000;
+
+	while (conn_server_count(server) && clock_monotonic_ms() < deadline_ms) {
+		if (!tick_armed) {
+			loop_op_init(&tick_op, tick_done, loop);
+			cr_assert_eq(loop_timeout(loop, &tick_op, 10), 0);
+			tick_armed = true;
+		}
+		cr_assert_eq(loop_run(loop), 0);
+	}
+	cr_assert_eq(conn_server_count(server), 0, "%u connections still open",
+		     conn_server_count(server));
+}
+
+/*
+ * Runs a conn server (on `via`) until the client child exits and every
+ * connection has finished; returns the child's exit status. With `stop_early`
+ * the server is torn down as soon as the child raises SIGUSR1 (connections
+ * still open), then the child is killed (status 0 if it was still waiting).
+ */
+static int run_server(enum transport via, const struct conn_handlers *handlers,
+		      struct conn_server_options *options, void (*client)(void), bool stop_early)
+{
 	struct uds_listen_options uds_options = { .path = path, .mode = 0600, .owner_name = "test" };
 	struct uds_listener listener;
 	struct conn_server *server;
 	struct loop *loop;
 	char err[256];
 	sigset_t set;
-	int status;
+	unsigned fds_before = count_fds();
+	int status, listen_fd;
 	pid_t child;
 
+	tick_armed = false;
+	transport = via;
 	cr_assert_eq(loop_create(&loop, NULL), 0);
 	sigemptyset(&set);
 	sigaddset(&set, SIGCHLD);
+	sigaddset(&set, SIGUSR1);
 	cr_assert_eq(loop_signals(loop, &set, on_child_exit, NULL), 0);
-	cr_assert_eq(uds_listen(&listener, &uds_options, err, sizeof(err)), 0, "%s", err);
-	cr_assert_eq(conn_server_create(&server, loop, &handlers, options, NULL), 0);
-	cr_assert_eq(conn_server_listen(server, listener.fd), 0);
+	if (via == VIA_TCP) {
+		listen_fd = tcp_listen("127.0.0.1:0", 16, err, sizeof(err));
+		cr_assert_geq(listen_fd, 0, "%s", err);
+		tcp_port = tcp_local_port(listen_fd);
+		cr_assert_gt(tcp_port, 0);
+	} else {
+		cr_assert_eq(uds_listen(&listener, &uds_options, err, sizeof(err)), 0, "%s", err);
+		listen_fd = listener.fd;
+	}
+	cr_assert_eq(conn_server_create(&server, loop, handlers, options, NULL), 0);
+	cr_assert_eq(conn_server_listen(server, listen_fd), 0);
 
 	child = fork();
 	if (child == 0) {
 		sigprocmask(SIG_UNBLOCK, &set, NULL);
+		alarm(20); /* a client stuck on a broken server fails, not hangs */
 		client();
 		_exit(0);
 	}
-	while (waitpid(child, &status, WNOHANG) == 0)
+	if (stop_early) {
 		cr_assert_eq(loop_run(loop), 0);
-	uds_close(&listener);
+		if (waitpid(child, &status, WNOHANG) == 0) {
+			kill(child, SIGKILL); /* raised SIGUSR1 and waits, as it should */
+			waitpid(child, &status, 0);
+			status = 0;
+		}
+	} else {
+		while (waitpid(child, &status, WNOHANG) == 0)
+			cr_assert_eq(loop_run(loop), 0);
+		wait_for_no_connections(loop, server);
+	}
+	if (via == VIA_TCP)
+		close(listen_fd);
+	else
+		uds_close(&listener);
 	loop_destroy(loop);
 	conn_server_destroy(server);
+	cr_assert_eq(count_fds(), fds_before, "descriptors leaked");
 	return WIFEXITED(status) ? WEXITSTATUS(status) : 100 + WTERMSIG(status);
+}
+
+/* Runs a conn server on the Unix socket until the client child exits. */
+static int run_with_client(struct conn_server_options *options, void (*client)(void))
+{
+	static const struct conn_handlers handlers = { .frame = server_frame };
+
+	return run_server(VIA_UNIX, &handlers, options, client, false);
 }
 
 /* --- client side helpers (run in the child: exit codes report failures). */
 
 static int client_connect(void)
 {
+	struct sockaddr_in address = { .sin_family = AF_INET };
 	char err[128];
-	int fd = uds_connect(path, 1000, 5000, err, sizeof(err));
+	int fd;
 
-	if (fd < 0)
+	if (transport == VIA_UNIX) {
+		fd = uds_connect(path, 1000, 5000, err, sizeof(err));
+		if (fd < 0)
+			_exit(10);
+		return fd;
+	}
+	address.sin_port = htons((uint16_t)tcp_port);
+	address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0 || connect(fd, (struct sockaddr *)&address, sizeof(address)) < 0)
 		_exit(10);
 	return fd;
 }
@@ -493,4 +594,643 @@ Test(conn, recvmsg_path_pipelines_and_reassembles)
 	cr_assert_eq(run_with_client(&options, client_pipelined), 0);
 	cr_assert_eq(run_with_client(&options, client_byte_at_a_time), 0);
 	cr_assert_eq(run_with_client(&options, client_oversized), 0);
+}
+
+/* --- file payloads between frames (conn_send_file) and conn_reply_error.
+ *
+ * The server answers HealthRequest{id} by scenario, id:
+ *   1  H1, 3 MiB of the file from 12345, H2, 200000 bytes from 4 MiB - 300000, H3
+ *   2  H2, then 16 payloads of the whole 4 MiB file (64 MiB), then H99
+ *   3  H3, 5000 bytes from 4 MiB - 1000 (the file ends 4000 bytes early), H4
+ *   4  Error{4, NOT_FOUND, "... <conn_peer_name>"}, the connection stays open
+ *   5  65 one-byte payloads (byte i of the file): the 65th is refused, then H5
+ *   6  H6, 3 MiB of the file's bytes in our memory by /proc/self/mem (cannot
+ *      splice: sent by pread + send), H7
+ *   10 H10 with pid = the number of open connections
+ *   11 H11, the whole file (4 MiB), H12
+ *   else  H<id>
+ * Hn is HealthResponse{id n}. The child has the same file bytes (fork).
+ */
+
+#define PAYLOAD_FILE_SIZE (4u << 20)
+#define PAYLOADS_MAX 256u
+
+static uint8_t *payload_bytes; /* the file's content */
+static int payload_fd = -1;    /* the file */
+static int memory_fd = -1;     /* /proc/self/mem */
+static bool in_send_file;      /* done must never run inside conn_send_file */
+static int refused_65th;       /* what conn_send_file said to payload 65 */
+
+/* What became of each payload queued by the server. */
+static struct {
+	unsigned queued, ok, failed;
+	unsigned failed_pipe, failed_reset, failed_timeout, failed_nodata, failed_other;
+	unsigned runs[PAYLOADS_MAX]; /* done calls per payload: exactly one each */
+} sent;
+
+static void payload_setup(void)
+{
+	char file[128];
+	uint64_t x = 0x9e3779b97f4a7c15u;
+	int fd;
+
+	payload_bytes = malloc(PAYLOAD_FILE_SIZE);
+	cr_assert_not_null(payload_bytes);
+	for (size_t i = 0; i < PAYLOAD_FILE_SIZE; i++) {
+		x ^= x << 13;
+		x ^= x >> 7;
+		x ^= x << 17;
+		payload_bytes[i] = (uint8_t)x;
+	}
+	snprintf(file, sizeof(file), "%s/payload", dir);
+	fd = open(file, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	cr_assert_geq(fd, 0);
+	cr_assert_eq(write(fd, payload_bytes, PAYLOAD_FILE_SIZE), (ssize_t)PAYLOAD_FILE_SIZE);
+	close(fd);
+	payload_fd = open(file, O_RDONLY | O_CLOEXEC);
+	cr_assert_geq(payload_fd, 0);
+	memory_fd = open("/proc/self/mem", O_RDONLY | O_CLOEXEC);
+	cr_assert_geq(memory_fd, 0);
+	memset(&sent, 0, sizeof(sent));
+	refused_65th = 0;
+}
+
+static void payload_sent(struct conn *conn, void *arg, int res)
+{
+	unsigned index = (unsigned)(uintptr_t)arg;
+
+	cr_assert_not_null(conn);
+	cr_assert(!in_send_file, "done ran inside conn_send_file");
+	cr_assert_lt(index, sent.queued);
+	sent.runs[index]++;
+	if (res == 0) {
+		sent.ok++;
+		return;
+	}
+	sent.failed++;
+	if (res == -EPIPE)
+		sent.failed_pipe++;
+	else if (res == -ECONNRESET)
+		sent.failed_reset++;
+	else if (res == -ETIMEDOUT)
+		sent.failed_timeout++;
+	else if (res == -ENODATA)
+		sent.failed_nodata++;
+	else
+		sent.failed_other++;
+}
+
+static int server_send_file(struct conn *conn, int fd, uint64_t offset, uint32_t length)
+{
+	int rc;
+
+	cr_assert_lt(sent.queued, PAYLOADS_MAX);
+	in_send_file = true;
+	rc = conn_send_file(conn, fd, offset, length, payload_sent, (void *)(uintptr_t)sent.queued);
+	in_send_file = false;
+	if (rc == 0)
+		sent.queued++;
+	return rc;
+}
+
+static void server_respond(struct conn *conn, uint64_t id)
+{
+	Ringfly__HealthResponse response = RINGFLY__HEALTH_RESPONSE__INIT;
+
+	response.id = id;
+	cr_assert_eq(conn_send_frame(conn, FRAME_TYPE_HEALTH_RESPONSE, &response.base), 0);
+}
+
+static int file_server_frame(struct conn *conn, uint8_t type, const uint8_t *message, size_t len)
+{
+	ProtobufCMessage *msg = frame_unpack(type, message, len, NULL);
+	uint64_t id;
+
+	cr_assert_not_null(msg);
+	cr_assert_eq(type, FRAME_TYPE_HEALTH_REQUEST);
+	id = ((Ringfly__HealthRequest *)msg)->id;
+	protobuf_c_message_free_unpacked(msg, NULL);
+	switch (id) {
+	case 1:
+		server_respond(conn, 1);
+		cr_assert_eq(server_send_file(conn, payload_fd, 12345, 3u << 20), 0);
+		server_respond(conn, 2);
+		cr_assert_eq(server_send_file(conn, payload_fd, PAYLOAD_FILE_SIZE - 300000, 200000),
+			     0);
+		server_respond(conn, 3);
+		break;
+	case 2:
+		server_respond(conn, 2);
+		for (unsigned i = 0; i < 16; i++)
+			cr_assert_eq(server_send_file(conn, payload_fd, 0, PAYLOAD_FILE_SIZE), 0);
+		server_respond(conn, 99);
+		break;
+	case 3:
+		server_respond(conn, 3);
+		cr_assert_eq(server_send_file(conn, payload_fd, PAYLOAD_FILE_SIZE - 1000, 5000), 0);
+		server_respond(conn, 4);
+		break;
+	case 4:
+		conn_reply_error(conn, 4, RINGFLY__ERROR_CODE__ERROR_CODE_NOT_FOUND,
+				 "no such piece here for %s", conn_peer_name(conn));
+		break;
+	case 5:
+		for (unsigned i = 0; i < CONN_FILES_MAX; i++)
+			cr_assert_eq(server_send_file(conn, payload_fd, i, 1), 0);
+		refused_65th = server_send_file(conn, payload_fd, 64, 1);
+		server_respond(conn, 5);
+		break;
+	case 6:
+		server_respond(conn, 6);
+		cr_assert_eq(server_send_file(conn, memory_fd,
+					      (uint64_t)(uintptr_t)payload_bytes + 5, 3u << 20),
+			     0);
+		server_respond(conn, 7);
+		break;
+	case 11:
+		server_respond(conn, 11);
+		cr_assert_eq(server_send_file(conn, payload_fd, 0, PAYLOAD_FILE_SIZE), 0);
+		server_respond(conn, 12);
+		break;
+	case 10: {
+		Ringfly__HealthResponse response = RINGFLY__HEALTH_RESPONSE__INIT;
+
+		response.id = 10;
+		response.pid = conn_server_count(conn_get_server(conn));
+		cr_assert_eq(conn_send_frame(conn, FRAME_TYPE_HEALTH_RESPONSE, &response.base), 0);
+		break;
+	}
+	default:
+		server_respond(conn, id);
+		break;
+	}
+	return 0;
+}
+
+static int run_file_server(enum transport via, struct conn_server_options *options,
+			   void (*client)(void))
+{
+	static const struct conn_handlers handlers = { .frame = file_server_frame };
+
+	return run_server(via, &handlers, options, client, false);
+}
+
+/* --- file tests: the client side. */
+
+static void client_request(int fd, uint64_t id)
+{
+	uint8_t buf[64];
+	size_t len = pack_request(buf, sizeof(buf), id);
+
+	if (write(fd, buf, len) != (ssize_t)len)
+		_exit(120);
+}
+
+static void client_expect_response(int fd, uint64_t id)
+{
+	uint8_t type;
+	ProtobufCMessage *msg = client_read_frame(fd, &type);
+
+	if (!msg || type != FRAME_TYPE_HEALTH_RESPONSE) {
+		fprintf(stderr, "expected HealthResponse %llu, got type %u\n",
+			(unsigned long long)id, type);
+		_exit(121);
+	}
+	if (((Ringfly__HealthResponse *)msg)->id != id) {
+		fprintf(stderr, "expected HealthResponse %llu, got %llu\n", (unsigned long long)id,
+			(unsigned long long)((Ringfly__HealthResponse *)msg)->id);
+		_exit(122);
+	}
+	protobuf_c_message_free_unpacked(msg, NULL);
+}
+
+/* Reads len bytes and compares them with `expected`. */
+static void client_expect_bytes(int fd, const uint8_t *expected, size_t len)
+{
+	static uint8_t buf[1 << 16];
+
+	for (size_t done = 0; done < len;) {
+		size_t chunk = len - done < sizeof(buf) ? len - done : sizeof(buf);
+
+		client_read_full(fd, buf, chunk);
+		if (memcmp(buf, expected + done, chunk) != 0) {
+			fprintf(stderr, "payload differs in bytes %zu..%zu\n", done, done + chunk);
+			_exit(123);
+		}
+		done += chunk;
+	}
+}
+
+/* Nothing more: the server closes (after our shutdown, or on its own). */
+static void client_expect_eof(int fd)
+{
+	uint8_t c;
+	ssize_t n = read(fd, &c, 1);
+
+	if (n != 0) {
+		fprintf(stderr, "expected EOF, read returned %zd (%s)\n", n,
+			n < 0 ? strerror(errno) : "a byte");
+		_exit(124);
+	}
+}
+
+static void client_expect_sequence_1(int fd)
+{
+	client_expect_response(fd, 1);
+	client_expect_bytes(fd, payload_bytes + 12345, 3u << 20);
+	client_expect_response(fd, 2);
+	client_expect_bytes(fd, payload_bytes + PAYLOAD_FILE_SIZE - 300000, 200000);
+	client_expect_response(fd, 3);
+}
+
+static void client_sequence(void)
+{
+	int fd = client_connect();
+
+	/* Two pipelined: the second's frames queue behind the first's files. */
+	client_request(fd, 1);
+	client_request(fd, 1);
+	client_expect_sequence_1(fd);
+	client_expect_sequence_1(fd);
+	shutdown(fd, SHUT_WR);
+	client_expect_eof(fd);
+	close(fd);
+}
+
+static void assert_all_done_once(void)
+{
+	for (unsigned i = 0; i < sent.queued; i++)
+		cr_assert_eq(sent.runs[i], 1, "payload %u: done ran %u times", i, sent.runs[i]);
+	cr_assert_eq(sent.ok + sent.failed, sent.queued);
+}
+
+static void test_sequence(enum transport via)
+{
+	struct conn_server_options options = { .name = "test" };
+	int rc;
+
+	payload_setup();
+	rc = run_file_server(via, &options, client_sequence);
+	cr_assert_eq(rc, 0, "the client exited with %d", rc);
+	cr_assert_eq(sent.queued, 4);
+	cr_assert_eq(sent.ok, 4);
+	assert_all_done_once();
+}
+
+Test(conn, frames_and_files_arrive_in_order_over_unix, .timeout = 30)
+{
+	test_sequence(VIA_UNIX);
+}
+
+Test(conn, frames_and_files_arrive_in_order_over_tcp, .timeout = 30)
+{
+	test_sequence(VIA_TCP);
+}
+
+/* Polls (bounded) until this is the server's only connection. */
+static void client_wait_alone(int fd)
+{
+	for (int attempt = 0; attempt < 500; attempt++) {
+		uint8_t type;
+		ProtobufCMessage *msg;
+		uint32_t count;
+
+		client_request(fd, 10);
+		msg = client_read_frame(fd, &type);
+		if (!msg || type != FRAME_TYPE_HEALTH_RESPONSE)
+			_exit(125);
+		count = ((Ringfly__HealthResponse *)msg)->pid;
+		protobuf_c_message_free_unpacked(msg, NULL);
+		if (count == 1)
+			return;
+		usleep(10000);
+	}
+	_exit(126);
+}
+
+static void client_closes_mid_payload(void)
+{
+	int fd = client_connect();
+
+	client_request(fd, 2);
+	client_expect_response(fd, 2);
+	client_expect_bytes(fd, payload_bytes, 100000);
+	close(fd); /* 64 MiB queued: most of it is still on the server */
+
+	/* The server goes on serving, once the first connection is gone with
+	 * the pipe it was splicing through (which must not be reused: it may
+	 * still hold bytes of the first payload). */
+	fd = client_connect();
+	client_wait_alone(fd);
+	client_request(fd, 1);
+	client_expect_sequence_1(fd);
+	client_request(fd, 7);
+	client_expect_response(fd, 7);
+	close(fd);
+}
+
+static void test_close_mid_payload(enum transport via)
+{
+	struct conn_server_options options = { .name = "test" };
+	int rc;
+
+	payload_setup();
+	rc = run_file_server(via, &options, client_closes_mid_payload);
+	cr_assert_eq(rc, 0, "the client exited with %d", rc);
+	cr_assert_eq(sent.queued, 18);
+	assert_all_done_once();
+	cr_assert_geq(sent.failed, 1, "every payload claims to be sent");
+	cr_assert_eq(sent.failed, sent.failed_pipe + sent.failed_reset,
+		     "failed with something else than EPIPE/ECONNRESET: %u timeout, %u nodata, "
+		     "%u other", sent.failed_timeout, sent.failed_nodata, sent.failed_other);
+	cr_assert_geq(sent.ok, 2, "the second client's payloads failed");
+}
+
+Test(conn, client_closing_mid_payload_fails_its_payloads_over_unix, .timeout = 30)
+{
+	test_close_mid_payload(VIA_UNIX);
+}
+
+Test(conn, client_closing_mid_payload_fails_its_payloads_over_tcp, .timeout = 30)
+{
+	test_close_mid_payload(VIA_TCP);
+}
+
+static void client_short_file(void)
+{
+	int fd = client_connect();
+
+	client_request(fd, 3);
+	client_expect_response(fd, 3);
+	/* The 1000 bytes there are, then the connection closes: no H4. */
+	client_expect_bytes(fd, payload_bytes + PAYLOAD_FILE_SIZE - 1000, 1000);
+	client_expect_eof(fd);
+	close(fd);
+}
+
+static void test_short_file(enum transport via)
+{
+	struct conn_server_options options = { .name = "test" };
+	int rc;
+
+	payload_setup();
+	rc = run_file_server(via, &options, client_short_file);
+	cr_assert_eq(rc, 0, "the client exited with %d", rc);
+	cr_assert_eq(sent.queued, 1);
+	assert_all_done_once();
+	cr_assert_eq(sent.failed_nodata, 1);
+}
+
+Test(conn, file_shorter_than_its_payload_closes_over_unix, .timeout = 30)
+{
+	test_short_file(VIA_UNIX);
+}
+
+Test(conn, file_shorter_than_its_payload_closes_over_tcp, .timeout = 30)
+{
+	test_short_file(VIA_TCP);
+}
+
+static void client_reply_error(void)
+{
+	int fd = client_connect();
+	uint8_t type;
+	ProtobufCMessage *msg;
+	Ringfly__Error *error;
+	char want[96];
+
+	if (transport == VIA_TCP) {
+		struct sockaddr_in self;
+		socklen_t len = sizeof(self);
+
+		if (getsockname(fd, (struct sockaddr *)&self, &len) < 0)
+			_exit(130);
+		snprintf(want, sizeof(want), "no such piece here for 127.0.0.1:%u",
+			 ntohs(self.sin_port));
+	} else {
+		snprintf(want, sizeof(want), "no such piece here for pid %d uid %u", (int)getpid(),
+			 (unsigned)getuid());
+	}
+	client_request(fd, 4);
+	msg = client_read_frame(fd, &type);
+	error = (Ringfly__Error *)msg;
+	if (!msg || type != FRAME_TYPE_ERROR)
+		_exit(131);
+	if (error->id != 4 || error->code != RINGFLY__ERROR_CODE__ERROR_CODE_NOT_FOUND)
+		_exit(132);
+	if (strcmp(error->message, want) != 0) {
+		fprintf(stderr, "error text: \"%s\", expected \"%s\"\n", error->message, want);
+		_exit(133);
+	}
+	protobuf_c_message_free_unpacked(msg, NULL);
+	/* Still open: the next request is answered. */
+	client_request(fd, 8);
+	client_expect_response(fd, 8);
+	client_request(fd, 4);
+	client_request(fd, 9);
+	msg = client_read_frame(fd, &type);
+	if (!msg || type != FRAME_TYPE_ERROR)
+		_exit(134);
+	protobuf_c_message_free_unpacked(msg, NULL);
+	client_expect_response(fd, 9);
+	shutdown(fd, SHUT_WR);
+	client_expect_eof(fd);
+	close(fd);
+}
+
+Test(conn, reply_error_keeps_the_connection_over_unix, .timeout = 30)
+{
+	struct conn_server_options options = { .name = "test" };
+	int rc;
+
+	payload_setup();
+	rc = run_file_server(VIA_UNIX, &options, client_reply_error);
+	cr_assert_eq(rc, 0, "the client exited with %d", rc);
+}
+
+Test(conn, reply_error_keeps_the_connection_over_tcp, .timeout = 30)
+{
+	struct conn_server_options options = { .name = "test" };
+	int rc;
+
+	payload_setup();
+	rc = run_file_server(VIA_TCP, &options, client_reply_error);
+	cr_assert_eq(rc, 0, "the client exited with %d", rc);
+}
+
+static void client_stops_reading(void)
+{
+	struct pollfd pfd;
+	int fd = client_connect();
+
+	client_request(fd, 2);
+	client_expect_response(fd, 2);
+	/* Never read again: the server must give up within its send timeout
+	 * (300 ms) and close, which shows as RDHUP with our buffer still full. */
+	pfd.fd = fd;
+	pfd.events = POLLRDHUP;
+	if (poll(&pfd, 1, 10000) != 1)
+		_exit(140);
+	if (!(pfd.revents & (POLLRDHUP | POLLHUP | POLLERR)))
+		_exit(141);
+	close(fd);
+}
+
+static void test_stalled_reader(enum transport via)
+{
+	struct conn_server_options options = { .name = "test", .send_timeout_ms = 300 };
+	uint64_t start_ms = clock_monotonic_ms();
+	int rc;
+
+	payload_setup();
+	rc = run_file_server(via, &options, client_stops_reading);
+	cr_assert_eq(rc, 0, "the client exited with %d", rc);
+	cr_assert_lt(clock_monotonic_ms() - start_ms, 8000);
+	cr_assert_eq(sent.queued, 16);
+	assert_all_done_once();
+	cr_assert_geq(sent.failed, 1);
+	cr_assert_eq(sent.failed, sent.failed_timeout, "%u failed, %u of them timed out",
+		     sent.failed, sent.failed_timeout);
+}
+
+Test(conn, reader_that_stops_reading_is_closed_over_unix, .timeout = 30)
+{
+	test_stalled_reader(VIA_UNIX);
+}
+
+Test(conn, reader_that_stops_reading_is_closed_over_tcp, .timeout = 30)
+{
+	test_stalled_reader(VIA_TCP);
+}
+
+static void client_reads_slowly(void)
+{
+	static uint8_t buf[32 << 10];
+	int size = 64 << 10, fd;
+
+	/* A small window, read 32 KiB every 20 ms (1.6 MB/s): each pipeful
+	 * (1 MiB) takes longer than the server's send timeout to go, but the
+	 * peer never stops taking bytes for anything near it. */
+	transport = VIA_TCP;
+	fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, sizeof(size)) < 0)
+		_exit(150);
+	{
+		struct sockaddr_in address = { .sin_family = AF_INET };
+
+		address.sin_port = htons((uint16_t)tcp_port);
+		address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+		if (connect(fd, (struct sockaddr *)&address, sizeof(address)) < 0)
+			_exit(151);
+	}
+	client_request(fd, 11);
+	client_expect_response(fd, 11);
+	for (size_t done = 0; done < PAYLOAD_FILE_SIZE; done += sizeof(buf)) {
+		client_read_full(fd, buf, sizeof(buf));
+		if (memcmp(buf, payload_bytes + done, sizeof(buf)) != 0)
+			_exit(152);
+		usleep(20000);
+	}
+	client_expect_response(fd, 12);
+	close(fd);
+}
+
+Test(conn, slow_reader_is_not_a_stuck_one_over_tcp, .timeout = 30)
+{
+	struct conn_server_options options = { .name = "test", .send_timeout_ms = 400 };
+	int rc;
+
+	payload_setup();
+	rc = run_file_server(VIA_TCP, &options, client_reads_slowly);
+	cr_assert_eq(rc, 0, "the client exited with %d", rc);
+	cr_assert_eq(sent.ok, 1);
+	assert_all_done_once();
+}
+
+static void client_many_payloads(void)
+{
+	int fd = client_connect();
+
+	client_request(fd, 5);
+	client_expect_bytes(fd, payload_bytes, CONN_FILES_MAX);
+	client_expect_response(fd, 5);
+	shutdown(fd, SHUT_WR);
+	client_expect_eof(fd);
+	close(fd);
+}
+
+Test(conn, at_most_64_payloads_queued, .timeout = 30)
+{
+	struct conn_server_options options = { .name = "test" };
+	int rc;
+
+	payload_setup();
+	rc = run_file_server(VIA_UNIX, &options, client_many_payloads);
+	cr_assert_eq(rc, 0, "the client exited with %d", rc);
+	cr_assert_eq(refused_65th, -ENOBUFS);
+	cr_assert_eq(sent.queued, CONN_FILES_MAX);
+	cr_assert_eq(sent.ok, CONN_FILES_MAX);
+	assert_all_done_once();
+}
+
+static void client_unspliceable(void)
+{
+	int fd = client_connect();
+
+	client_request(fd, 6);
+	client_expect_response(fd, 6);
+	client_expect_bytes(fd, payload_bytes + 5, 3u << 20);
+	client_expect_response(fd, 7);
+	shutdown(fd, SHUT_WR);
+	client_expect_eof(fd);
+	close(fd);
+}
+
+static void test_unspliceable(enum transport via)
+{
+	struct conn_server_options options = { .name = "test" };
+	int rc;
+
+	payload_setup();
+	rc = run_file_server(via, &options, client_unspliceable);
+	cr_assert_eq(rc, 0, "the client exited with %d", rc);
+	cr_assert_eq(sent.queued, 1);
+	cr_assert_eq(sent.ok, 1);
+	assert_all_done_once();
+}
+
+Test(conn, file_that_cannot_splice_goes_by_read_over_unix, .timeout = 30)
+{
+	test_unspliceable(VIA_UNIX);
+}
+
+Test(conn, file_that_cannot_splice_goes_by_read_over_tcp, .timeout = 30)
+{
+	test_unspliceable(VIA_TCP);
+}
+
+static void client_holds_payloads(void)
+{
+	int fd = client_connect();
+
+	client_request(fd, 2);
+	client_expect_response(fd, 2);
+	kill(getppid(), SIGUSR1); /* the server is torn down with our payloads queued */
+	pause();
+}
+
+Test(conn, server_destroy_fails_queued_payloads, .timeout = 30)
+{
+	static const struct conn_handlers handlers = { .frame = file_server_frame };
+	struct conn_server_options options = { .name = "test" };
+
+	int rc;
+
+	payload_setup();
+	rc = run_server(VIA_TCP, &handlers, &options, client_holds_payloads, true);
+	cr_assert_eq(rc, 0, "the client exited with %d", rc);
+	cr_assert_eq(sent.queued, 16);
+	assert_all_done_once();
+	cr_assert_geq(sent.failed, 1);
+	cr_assert_eq(sent.failed, sent.failed_pipe);
 }
