@@ -12,6 +12,7 @@
 #include <sys/sendfile.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #include "core/clock.h"
@@ -65,7 +66,7 @@ static void usage(FILE *out)
 		"  health    show whether the local ringflyd answers, and its state\n"
 		"  get URL -O FILE [-H 'Name: value']... [--digest sha256:HEX] [--timeout D]\n"
 		"            [--piece-length BYTES] [--parallel N] [--no-progress] [--insecure]\n"
-		"            [--ca-file PEM] [--fsync]\n"
+		"            [--ca-file PEM] [--fsync] [--parent HOST:PORT]...\n"
 		"            download URL through ringflyd into FILE (- for stdout)\n"
 		"  import FILE             add a local file to the cache; prints its task id\n"
 		"  export TASK -O FILE     copy a complete task out of the cache\n"
@@ -313,6 +314,8 @@ struct cli_get_options {
 	const char *output;
 	const char *headers[64];
 	size_t header_count;
+	const char *parents[16];
+	size_t parent_count;
 	char digest[80];
 	int64_t timeout_ms;
 	int64_t piece_length;
@@ -338,20 +341,47 @@ static const struct config_option cli_get_table[] = {
 /* Where the bytes go until they are complete: a temp file beside the
  * destination (renamed over it at the end), or an unnamed one for stdout. */
 struct cli_output {
-	const char *final_path;	/* NULL: stdout */
+	const char *final_path;	/* NULL: streamed into sink_fd at the end */
 	char temp_path[PATH_MAX];
 	char dir[PATH_MAX];
-	int fd;
+	int fd;			/* what the daemon fills; -1 with `discard` */
+	int sink_fd;		/* stdout, or a device or FIFO named by -O */
+	bool discard;		/* -O /dev/null: nothing to fill at all */
 };
 
-static int cli_output_open(struct cli_output *out, const char *path)
+/*
+ * A regular file (new or not) gets a temp file beside it, renamed over it at
+ * the end. Anything else that exists is never replaced: /dev/null (with
+ * allow_discard) takes nothing, a device or FIFO gets the bytes written into
+ * it at the end, like stdout (-), from an unnamed temp file.
+ */
+static int cli_output_open(struct cli_output *out, const char *path, bool allow_discard)
 {
 	char copy[PATH_MAX];
 	const char *tmpdir = getenv("TMPDIR");
+	struct stat st;
+	bool stream = strcmp(path, "-") == 0;
 
 	memset(out, 0, sizeof(*out));
 	out->fd = -1;
-	if (strcmp(path, "-") == 0) {
+	out->sink_fd = STDOUT_FILENO;
+	if (!stream && stat(path, &st) == 0 && !S_ISREG(st.st_mode)) {
+		if (S_ISDIR(st.st_mode)) {
+			fprintf(stderr, "ringfly: %s: is a directory\n", path);
+			return -1;
+		}
+		if (allow_discard && S_ISCHR(st.st_mode) && st.st_rdev == makedev(1, 3)) {
+			out->discard = true;
+			return 0;
+		}
+		out->sink_fd = open(path, O_WRONLY | O_CLOEXEC);
+		if (out->sink_fd < 0) {
+			fprintf(stderr, "ringfly: %s: cannot open: %s\n", path, strerror(errno));
+			return -1;
+		}
+		stream = true;
+	}
+	if (stream) {
 		if (!tmpdir || !tmpdir[0])
 			tmpdir = "/tmp";
 		out->fd = open(tmpdir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
@@ -393,6 +423,9 @@ static void cli_output_discard(struct cli_output *out)
 	if (out->fd >= 0)
 		close(out->fd);
 	out->fd = -1;
+	if (out->sink_fd > STDERR_FILENO)
+		close(out->sink_fd);
+	out->sink_fd = -1;
 	if (out->temp_path[0])
 		unlink(out->temp_path);
 	out->temp_path[0] = '\0';
@@ -407,24 +440,30 @@ static int cli_output_commit(struct cli_output *out, uint64_t length, bool durab
 	int dir_fd;
 
 	umask(mask);
+	if (out->discard)
+		return 0;
 	if (!out->final_path) {
 		off_t offset = 0;
 
 		while ((uint64_t)offset < length) {
-			ssize_t n = sendfile(STDOUT_FILENO, out->fd, &offset,
+			ssize_t n = sendfile(out->sink_fd, out->fd, &offset,
 					     length - (uint64_t)offset > (1u << 30)
 						     ? (1u << 30) : (size_t)(length - (uint64_t)offset));
 
 			if (n < 0 && errno == EINTR)
 				continue;
 			if (n <= 0) {
-				fprintf(stderr, "ringfly: writing to stdout: %s\n",
+				fprintf(stderr, "ringfly: writing to %s: %s\n",
+					out->sink_fd == STDOUT_FILENO ? "stdout" : "the output",
 					n < 0 ? strerror(errno) : "short write");
 				return -1;
 			}
 		}
 		close(out->fd);
 		out->fd = -1;
+		if (out->sink_fd > STDERR_FILENO)
+			close(out->sink_fd);
+		out->sink_fd = -1;
 		return 0;
 	}
 	if ((durable && fsync(out->fd) < 0) || fchmod(out->fd, 0666 & ~mask) < 0) {
@@ -460,6 +499,7 @@ static int cli_get_parse(struct cli_get_options *get, int argc, char **argv)
 		{ "insecure", no_argument, NULL, 'k' },
 		{ "ca-file", required_argument, NULL, 'c' },
 		{ "fsync", no_argument, NULL, 'f' },
+		{ "parent", required_argument, NULL, 'P' },
 		{ NULL, 0, NULL, 0 },
 	};
 	const size_t table_size = sizeof(cli_get_table) / sizeof(cli_get_table[0]);
@@ -480,6 +520,15 @@ static int cli_get_parse(struct cli_get_options *get, int argc, char **argv)
 				return -1;
 			}
 			get->headers[get->header_count++] = optarg;
+			break;
+		case 'P':
+			if (get->parent_count == sizeof(get->parents) / sizeof(get->parents[0]) ||
+			    !strchr(optarg, ':')) {
+				fprintf(stderr, "ringfly: get: --parent '%s': want HOST:PORT (at most "
+					"16)\n", optarg);
+				return -1;
+			}
+			get->parents[get->parent_count++] = optarg;
 			break;
 		case 'd': key = "digest"; break;
 		case 't': key = "timeout"; break;
@@ -534,7 +583,7 @@ static int cli_get(struct cli_call *call, int argc, char **argv)
 	sigaction(SIGINT, &action, NULL);
 	sigaction(SIGTERM, &action, NULL);
 	sigaction(SIGHUP, &action, NULL);
-	if (cli_output_open(&out, get.output) < 0)
+	if (cli_output_open(&out, get.output, true) < 0)
 		return CLI_EXIT_FAILED;
 
 	request.id = 1;
@@ -546,8 +595,10 @@ static int cli_get(struct cli_call *call, int argc, char **argv)
 	request.timeout_ms = (uint32_t)get.timeout_ms;
 	request.insecure = get.insecure;
 	request.ca_file = get.ca_file;
-	request.output_fd = true;
+	request.output_fd = out.fd >= 0;
 	request.parallel = (uint32_t)get.parallel;
+	request.parents = (char **)get.parents;
+	request.n_parents = get.parent_count;
 	if (get.ca_file[0] && get.ca_file[0] != '/') {
 		/* The daemon resolves paths from its own directory. */
 		char absolute[PATH_MAX];
@@ -575,7 +626,8 @@ static int cli_get(struct cli_call *call, int argc, char **argv)
 	if (get.timeout_ms)
 		call->deadline_ms = clock_monotonic_ms() + (uint64_t)get.timeout_ms +
 				    CLI_TIMEOUT_GRACE_MS;
-	progress_init(&progress, stderr, out.final_path ? out.final_path : "stdout",
+	progress_init(&progress, stderr,
+		      out.final_path ? out.final_path : strcmp(get.output, "-") ? get.output : "stdout",
 		      get.no_progress);
 
 	for (;;) {
@@ -722,7 +774,7 @@ static int cli_export(struct cli_call *call, int argc, char **argv)
 		fprintf(stderr, "ringfly: export: want TASK -O FILE\n");
 		return CLI_EXIT_USAGE;
 	}
-	if (cli_output_open(&out, argv[3]) < 0)
+	if (cli_output_open(&out, argv[3], false) < 0)
 		return CLI_EXIT_FAILED;
 	request.id = 1;
 	request.task_id = argv[1];

@@ -22,6 +22,8 @@ static const struct {
 	{ "max-connections", "limits.max_connections" },
 	{ "shutdown-timeout", "shutdown_timeout" },
 	{ "storage-socket-path", "storage.socket_path" },
+	{ "upload-max-connections", "upload.max_connections" },
+	{ "upload-rate-limit", "upload.rate_limit" },
 };
 
 #define FLAG_KEY_COUNT (sizeof(flag_keys) / sizeof(flag_keys[0]))
@@ -34,6 +36,7 @@ static void usage(FILE *out)
 		"                [--role peer|seed] [--listen-peer HOST:PORT]\n"
 		"                [--max-connections N] [--shutdown-timeout DURATION]\n"
 		"                [--storage-socket-path splice|recv] [--verify-cache]\n"
+		"                [--upload-max-connections N] [--upload-rate-limit BYTES]\n"
 		"                [--help] [--version]\n"
 		"Default socket: $RINGFLY_SOCKET, else /run/ringfly/ringflyd.sock.\n"
 		"Precedence: defaults < $RINGFLY_SOCKET < config file < flags.\n");
@@ -86,6 +89,7 @@ int main(int argc, char **argv)
 
 	daemon_config_defaults(&config);
 	if (config_path) {
+		snprintf(config.config_path, sizeof(config.config_path), "%s", config_path);
 		rc = daemon_config_load(&config, config_path, err, sizeof(err));
 		if (rc < 0) {
 			fprintf(stderr, "ringflyd: %s\n", err);

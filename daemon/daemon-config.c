@@ -44,6 +44,16 @@ static const struct config_option daemon_options[] = {
 	NUMBER_OPTION("gc.quota", CONFIG_BYTES, gc_quota_bytes, 0, INT64_MAX),
 	NUMBER_OPTION("gc.interval", CONFIG_DURATION, gc_interval_ms, 1000, 24 * 3600000LL),
 	{ "verify_cache", CONFIG_BOOL, offsetof(struct daemon_config, verify_cache), 0, 0, 0, NULL },
+	NUMBER_OPTION("upload.max_connections", CONFIG_INT, upload_max_connections, 1, 1000000),
+	NUMBER_OPTION("upload.max_requests", CONFIG_INT, upload_max_requests, 1, 4096),
+	NUMBER_OPTION("upload.rate_limit", CONFIG_BYTES, upload_rate_limit, 0, INT64_MAX / 1000),
+	NUMBER_OPTION("upload.idle_timeout", CONFIG_DURATION, upload_idle_timeout_ms, 0,
+		      7 * 24 * 3600000LL),
+	NUMBER_OPTION("download.piece_timeout", CONFIG_DURATION, download_piece_timeout_ms, 100,
+		      3600000),
+	NUMBER_OPTION("download.parent_requests", CONFIG_INT, download_parent_requests, 1, 256),
+	NUMBER_OPTION("download.parent_connections", CONFIG_INT, download_parent_connections, 1,
+		      16),
 };
 
 #define DAEMON_OPTION_COUNT (sizeof(daemon_options) / sizeof(daemon_options[0]))
@@ -74,6 +84,12 @@ void daemon_config_defaults(struct daemon_config *config)
 	config->gc_high_percent = 90;
 	config->gc_low_percent = 70;
 	config->gc_interval_ms = 60 * 1000;
+	config->upload_max_connections = 256;
+	config->upload_max_requests = 64;
+	config->upload_idle_timeout_ms = 60 * 1000;
+	config->download_piece_timeout_ms = 30 * 1000;
+	config->download_parent_requests = 8;
+	config->download_parent_connections = 4;
 }
 
 int daemon_config_load(struct daemon_config *config, const char *path, char *err,

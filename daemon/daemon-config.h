@@ -33,6 +33,14 @@ struct daemon_config {
 	int64_t gc_quota_bytes;			/* gc.quota (0 = the filesystem) */
 	int64_t gc_interval_ms;			/* gc.interval */
 	bool verify_cache;			/* --verify-cache (flag only) */
+	int64_t upload_max_connections;		/* upload.max_connections */
+	int64_t upload_max_requests;		/* upload.max_requests (per connection) */
+	int64_t upload_rate_limit;		/* upload.rate_limit (bytes/s, 0 = none) */
+	int64_t upload_idle_timeout_ms;		/* upload.idle_timeout */
+	int64_t download_piece_timeout_ms;	/* download.piece_timeout */
+	int64_t download_parent_requests;	/* download.parent_requests */
+	int64_t download_parent_connections;	/* download.parent_connections */
+	char config_path[PATH_MAX];		/* --config, re-read on SIGHUP ("" = none) */
 };
 
 /* Built-in defaults; the socket default comes from $RINGFLY_SOCKET when set. */

@@ -15,6 +15,7 @@
 #include "core/loop.h"
 #include "daemon/download.h"
 #include "daemon/service.h"
+#include "daemon/upload.h"
 #include "net/conn.h"
 #include "net/tcp.h"
 #include "net/uds.h"
@@ -53,6 +54,8 @@ struct daemon {
 	struct loop_op recover_op;
 	struct download_engine *engine;
 	struct service service;
+	struct upload upload;
+	bool upload_ready;
 
 	struct loop_op drain_op;
 	struct loop_op peer_retry_op;
@@ -140,6 +143,10 @@ static int daemon_frame(struct conn *conn, uint8_t type, const uint8_t *message,
 		if (conn_get_server(conn) == daemon->cli && !daemon->draining &&
 		    service_frame(&daemon->service, conn, type, msg))
 			break;
+		/* Pieces only for peers. */
+		if (conn_get_server(conn) == daemon->peer && !daemon->draining &&
+		    upload_frame(&daemon->upload, conn, type, msg))
+			break;
 		conn_send_error(conn, 0, daemon->draining
 				? RINGFLY__ERROR_CODE__ERROR_CODE_SHUTTING_DOWN
 				: RINGFLY__ERROR_CODE__ERROR_CODE_UNEXPECTED,
@@ -158,6 +165,8 @@ static void daemon_conn_closed(struct conn *conn)
 
 	if (conn_get_server(conn) == daemon->cli)
 		service_conn_closed(&daemon->service, conn);
+	else if (daemon->upload_ready)
+		upload_conn_closed(&daemon->upload, conn);
 }
 
 /* --- shutdown. */
@@ -244,13 +253,33 @@ static void daemon_begin_shutdown(struct daemon *daemon, int signo)
 	daemon_arm_drain(daemon);
 }
 
+/* SIGHUP: re-reads the config file; only upload.rate_limit applies live. */
+static void daemon_reload(struct daemon *daemon)
+{
+	struct daemon_config fresh = *daemon->config;
+	char err[512];
+
+	if (!daemon->config->config_path[0]) {
+		log_info("daemon", "SIGHUP: no config file to re-read");
+		return;
+	}
+	if (daemon_config_load(&fresh, daemon->config->config_path, err, sizeof(err)) < 0) {
+		log_warn("daemon", "SIGHUP: config not reloaded, keeping the running one: %s", err);
+		return;
+	}
+	log_info("daemon", "SIGHUP: reloaded path=%s", daemon->config->config_path);
+	if (daemon->upload_ready &&
+	    (uint64_t)fresh.upload_rate_limit != daemon->upload.options.rate_limit)
+		upload_set_rate_limit(&daemon->upload, (uint64_t)fresh.upload_rate_limit);
+}
+
 static void daemon_signal(struct loop *loop, int signo, void *arg)
 {
 	struct daemon *daemon = arg;
 
 	(void)loop;
 	if (signo == SIGHUP) {
-		log_info("daemon", "SIGHUP: nothing to reload yet");
+		daemon_reload(daemon);
 		return;
 	}
 	daemon_begin_shutdown(daemon, signo);
@@ -420,13 +449,31 @@ int daemon_run(const struct daemon_config *config)
 			goto out_uds;
 		}
 	}
-	rc = download_engine_create(&daemon.engine, daemon.loop, daemon.store, NULL);
+	{
+		struct download_options download_options = {
+			.parent_requests = (unsigned)config->download_parent_requests,
+			.piece_timeout_ms = (unsigned)config->download_piece_timeout_ms,
+			.parent_connections = (unsigned)config->download_parent_connections,
+		};
+
+		rc = download_engine_create(&daemon.engine, daemon.loop, daemon.store,
+					    &download_options);
+	}
 	if (rc < 0) {
 		fprintf(stderr, "ringflyd: cannot set up downloads: %s\n", strerror(-rc));
 		goto out_uds;
 	}
 	daemon.service.store = daemon.store;
 	daemon.service.engine = daemon.engine;
+	{
+		struct upload_options upload_options = {
+			.max_requests = (unsigned)config->upload_max_requests,
+			.rate_limit = (uint64_t)config->upload_rate_limit,
+		};
+
+		upload_init(&daemon.upload, daemon.loop, daemon.store, &upload_options);
+		daemon.upload_ready = true;
+	}
 
 	options = daemon_server_options(&daemon, "cli");
 	options.pass_fds = true;
@@ -447,7 +494,9 @@ int daemon_run(const struct daemon_config *config)
 	loop_op_init(&daemon.recover_op, daemon_recover_done, &daemon);
 	loop_nop(daemon.loop, &daemon.recover_op);
 	if (config->listen_peer[0]) {
-		options = daemon_server_options(&daemon, "peer");
+		options = daemon_server_options(&daemon, "upload");
+		options.max_connections = (unsigned)config->upload_max_connections;
+		options.idle_timeout_ms = (unsigned)config->upload_idle_timeout_ms;
 		rc = conn_server_create(&daemon.peer, daemon.loop, &handlers, &options, &daemon);
 		if (rc < 0) {
 			fprintf(stderr, "ringflyd: peer listener: %s\n", strerror(-rc));
@@ -472,6 +521,8 @@ out_uds:
 	loop_destroy(daemon.loop);
 	conn_server_destroy(daemon.cli);
 	conn_server_destroy(daemon.peer);
+	if (daemon.upload_ready)
+		upload_fini(&daemon.upload);
 	download_engine_destroy(daemon.engine);
 	store_close(daemon.store);
 	return exit_code;

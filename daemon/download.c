@@ -15,6 +15,7 @@
 #include "core/clock.h"
 #include "core/hash.h"
 #include "core/log.h"
+#include "daemon/parent.h"
 #include "net/origin.h"
 #include "storage/piece.h"
 
@@ -44,6 +45,12 @@
 /* Output bytes copied per loop turn before yielding to other work. */
 #define DOWNLOAD_COPY_TURN_BYTES (64ull << 20)
 #define DOWNLOAD_HEADERS_MAX 64u
+#define DOWNLOAD_PARENTS_MAX 64u	/* connections to parents per task */
+#define DOWNLOAD_PARENT_CONNECTIONS_DEFAULT 4u
+#define DOWNLOAD_PARENT_REQUESTS_DEFAULT 8u
+#define DOWNLOAD_PIECE_TIMEOUT_DEFAULT_MS 30000u
+/* A parent that sent this many pieces with a wrong crc is dropped. */
+#define DL_PARENT_STRIKES 3u
 /* Outputs a piece is written into straight from its buffer; more watchers
  * of one task get it copied from the cache file afterwards. */
 #define DL_PIECE_OUTPUTS 4u
@@ -100,6 +107,20 @@ struct dl_piece {
 	char problem[256];		/* why on_headers refused the answer */
 };
 
+/* A parent of a task (given with the request): one connection, its pieces. */
+struct dl_parent {
+	struct dl_task *task;
+	struct dl_parent *next;
+	struct parent *parent;		/* NULL once dropped */
+	char address[160];
+	uint8_t *has;			/* pieces it announced (and we still trust it for) */
+	uint8_t *asked;			/* pieces requested from it, not yet done */
+	unsigned inflight;
+	unsigned strikes;		/* pieces that failed their crc */
+	bool synced;			/* its availability stream ended */
+	uint64_t bytes;
+};
+
 struct dl_task {
 	struct download_engine *engine;
 	struct dl_task *prev, *next;
@@ -149,6 +170,17 @@ struct dl_task {
 
 	uint64_t origin_bytes;
 	uint64_t started_ms;
+
+	/* Parents: pieces from peers first, the origin only for what they cannot
+	 * give (none left, none has it, or none delivers for piece_timeout). */
+	struct dl_parent *parents;
+	unsigned parents_live;
+	uint16_t *avail;		/* live parents that have each piece */
+	unsigned peer_inflight;		/* pieces asked of parents, not done */
+	uint64_t peer_bytes;
+	uint64_t peer_progress_ms;	/* the last sign of life from parents */
+	bool origin_allowed;		/* the origin fetches too */
+	bool origin_ready;		/* its HEAD answered (fetching) */
 	uint64_t rate_bytes, rate_ms, rate_bytes_per_s;
 
 	int error;
@@ -201,6 +233,10 @@ struct download_engine {
 static void dl_pump(struct dl_task *task);
 static void dl_outputs_advance(struct dl_task *task);
 static void dl_task_maybe_end(struct dl_task *task);
+static int dl_head_start(struct dl_task *task);
+static int dl_open_store_task(struct dl_task *task, char *err, size_t err_size);
+static int dl_fetch_setup(struct dl_task *task);
+static void dl_stop_requests(struct dl_task *task);
 static void dl_fail(struct dl_task *task, int error, enum download_error_kind kind,
 		   const char *fmt, ...) __attribute__((format(printf, 4, 5)));
 
@@ -254,6 +290,7 @@ static void dl_progress_fill(const struct dl_task *task, struct download_progres
 	}
 	progress->rate_bytes_per_s = task->rate_bytes_per_s;
 	progress->origin_bytes = task->origin_bytes;
+	progress->peer_bytes = task->peer_bytes;
 	progress->source = task->source;
 }
 
@@ -886,6 +923,429 @@ static void dl_sequential_start(struct dl_task *task)
 	}
 }
 
+
+/* --- parents. */
+
+static void dl_origin_allow(struct dl_task *task, const char *why);
+
+/* Forgets a parent: no callback comes from it any more; what was asked of it
+ * can be asked elsewhere. */
+static void dl_parent_drop(struct dl_parent *dp, const char *reason)
+{
+	struct dl_task *task = dp->task;
+
+	if (!dp->parent)
+		return;
+	log_info("download", "parent dropped task=%s parent=%s delivered=%llu reason=\"%s\"",
+		 task->hex, dp->address, (unsigned long long)dp->bytes, reason);
+	for (uint32_t n = 0; dp->has && n < task->piece_count; n++) {
+		if (bit_get(dp->has, n) && task->avail && task->avail[n])
+			task->avail[n]--;
+		/* A piece already off the socket is still reported (and
+		 * counted); the rest can be asked elsewhere now. */
+		if (dp->asked && bit_get(dp->asked, n) && !parent_piece_pending(dp->parent, n)) {
+			bit_set(dp->asked, n, false);
+			bit_set(task->busy, n, false);
+			dp->inflight--;
+			task->peer_inflight--;
+		}
+	}
+	if (dp->has)
+		memset(dp->has, 0, task->piece_count / 8u + 1u);
+	parent_close(dp->parent);
+	dp->parent = NULL;
+	task->parents_live--;
+	task->scan = 0;
+}
+
+static void dl_parents_close(struct dl_task *task, const char *reason)
+{
+	for (struct dl_parent *dp = task->parents; dp; dp = dp->next)
+		dl_parent_drop(dp, reason);
+}
+
+static void dl_parent_penalise(struct dl_parent *dp, uint32_t number, const char *reason)
+{
+	struct dl_task *task = dp->task;
+
+	dp->strikes++;
+	log_warn("download", "parent penalised task=%s parent=%s strikes=%u reason=\"piece %u: %s\"",
+		 task->hex, dp->address, dp->strikes, number, reason);
+	/* Never asked for that piece again. */
+	if (dp->has && bit_get(dp->has, number)) {
+		bit_set(dp->has, number, false);
+		task->avail[number]--;
+	}
+	if (dp->strikes >= DL_PARENT_STRIKES)
+		dl_parent_drop(dp, "too many bad pieces");
+}
+
+static int dl_parent_shape(struct parent *parent, void *arg, uint64_t content_length,
+			   uint64_t piece_length)
+{
+	struct dl_parent *dp = arg;
+	struct dl_task *task = dp->task;
+	size_t bytes;
+
+	(void)parent;
+	if (dl_final(task))
+		return -ECANCELED;
+	if (task->piece_length_wanted && piece_length != task->piece_length_wanted) {
+		log_warn("download", "parent refused task=%s parent=%s reason=\"piece length %llu, "
+			 "asked for %llu\"", task->hex, dp->address,
+			 (unsigned long long)piece_length,
+			 (unsigned long long)task->piece_length_wanted);
+		return -EINVAL;
+	}
+	if (task->state == DL_PROBING) {
+		char err[512];
+		int rc;
+
+		/* The first parent to answer gives the shape. */
+		task->length = content_length;
+		task->piece_length_wanted = piece_length;
+		rc = dl_open_store_task(task, err, sizeof(err));
+		if (rc < 0) {
+			dl_fail(task, rc, rc == -ENOSPC ? DOWNLOAD_ERROR_NO_SPACE
+				: rc == -EINVAL ? DOWNLOAD_ERROR_INVALID : DOWNLOAD_ERROR_INTERNAL,
+				"%s", err);
+			return rc;
+		}
+		if (dl_fetch_setup(task) < 0) {
+			dl_fail(task, -ENOMEM, DOWNLOAD_ERROR_INTERNAL, "out of memory");
+			return -ENOMEM;
+		}
+		task->peer_progress_ms = clock_monotonic_ms();
+		log_info("download", "fetching from parents task=%s length=%llu piece_length=%llu "
+			 "pieces=%u recorded=%u parents=%u", task->hex,
+			 (unsigned long long)task->length, (unsigned long long)task->piece_length,
+			 task->piece_count, store_task_info(task->st)->pieces_done,
+			 task->parents_live);
+	} else if (content_length != task->length || piece_length != task->piece_length) {
+		log_warn("download", "parent refused task=%s parent=%s reason=\"length %llu piece "
+			 "length %llu, the task has %llu and %llu\"", task->hex, dp->address,
+			 (unsigned long long)content_length, (unsigned long long)piece_length,
+			 (unsigned long long)task->length, (unsigned long long)task->piece_length);
+		return -ESTALE;
+	}
+	bytes = task->piece_count / 8u + 1u;
+	dp->has = calloc(bytes, 1);
+	dp->asked = calloc(bytes, 1);
+	if (!dp->has || !dp->asked)
+		return -ENOMEM;
+	log_info("download", "parent connected task=%s parent=%s", task->hex, dp->address);
+	return 0;
+}
+
+static void dl_parent_have(struct parent *parent, void *arg, const uint32_t *numbers,
+			   size_t count)
+{
+	struct dl_parent *dp = arg;
+	struct dl_task *task = dp->task;
+
+	(void)parent;
+	for (size_t i = 0; i < count; i++) {
+		if (bit_get(dp->has, numbers[i]))
+			continue;
+		bit_set(dp->has, numbers[i], true);
+		task->avail[numbers[i]]++;
+	}
+	task->peer_progress_ms = clock_monotonic_ms();
+	dl_pump(task);
+}
+
+static bool dl_parent_has_missing(const struct dl_task *task, const struct dl_parent *dp)
+{
+	for (uint32_t n = 0; dp->has && n < task->piece_count; n++)
+		if (bit_get(dp->has, n) && !store_task_has_piece(task->st, n))
+			return true;
+	return false;
+}
+
+static void dl_parent_sync_end(struct parent *parent, void *arg, bool complete,
+			       const char *reason)
+{
+	struct dl_parent *dp = arg;
+	struct dl_task *task = dp->task;
+
+	(void)parent;
+	dp->synced = true;
+	if (!complete) {
+		log_info("download", "parent stops announcing task=%s parent=%s reason=\"%s\"",
+			 task->hex, dp->address, reason);
+		if (task->state != DL_FETCHING || !dl_parent_has_missing(task, dp)) {
+			dl_parent_drop(dp, reason[0] ? reason : "nothing more to give");
+			if (task->parents_live == 0 && task->state == DL_PROBING)
+				dl_origin_allow(task, "no parent has the task");
+		}
+	}
+	dl_pump(task);
+}
+
+static void dl_parent_piece_done(struct parent *parent, void *arg, uint32_t number,
+				 uint32_t length, int res, const char *reason)
+{
+	struct dl_parent *dp = arg;
+	struct dl_task *task = dp->task;
+
+	(void)parent;
+	if (dp->asked && bit_get(dp->asked, number)) {
+		bit_set(dp->asked, number, false);
+		bit_set(task->busy, number, false);
+		dp->inflight--;
+		task->peer_inflight--;
+	}
+	switch (res) {
+	case 0:
+		dp->bytes += length;
+		task->peer_bytes += length;
+		task->peer_progress_ms = clock_monotonic_ms();
+		if (task->source == DOWNLOAD_SOURCE_ORIGIN)
+			task->source = DOWNLOAD_SOURCE_PEER;
+		if (!bit_get(task->ready, number)) {
+			bit_set(task->ready, number, true);
+			task->ready_count++;
+			task->ready_bytes += length;
+		}
+		break;
+	case -EALREADY:
+		break;
+	case -EBADMSG:
+		dl_parent_penalise(dp, number, reason ? reason : "crc mismatch");
+		task->scan = 0;
+		break;
+	case -ENOENT:
+	case -EINVAL:
+		/* It no longer has it (or never had): not asked again. */
+		if (dp->has && bit_get(dp->has, number)) {
+			bit_set(dp->has, number, false);
+			task->avail[number]--;
+		}
+		task->scan = 0;
+		break;
+	case -EBUSY:
+		dl_parent_drop(dp, reason ? reason : "busy");
+		break;
+	case -ENOSPC:
+	case -EIO:
+	case -EROFS: {
+		const char *why = store_task_error(task->st);
+
+		if (why[0])
+			dl_fail(task, res, res == -ENOSPC ? DOWNLOAD_ERROR_NO_SPACE
+							  : DOWNLOAD_ERROR_INTERNAL, "%s", why);
+		task->scan = 0;
+		break;
+	}
+	default:
+		task->scan = 0; /* the connection broke: gone() follows */
+		break;
+	}
+	if (dl_final(task)) {
+		dl_task_maybe_end(task);
+		return;
+	}
+	dl_outputs_advance(task);
+	dl_pump(task);
+}
+
+static void dl_parent_gone(struct parent *parent, void *arg, int error, const char *reason)
+{
+	struct dl_parent *dp = arg;
+	struct dl_task *task = dp->task;
+
+	(void)parent;
+	(void)error;
+	if (dp->strikes == 0 && dp->bytes == 0 && dp->has == NULL)
+		log_warn("download", "parent unusable task=%s parent=%s reason=\"%s\"", task->hex,
+			 dp->address, reason);
+	else
+		log_warn("download", "parent penalised task=%s parent=%s strikes=%u reason=\"%s\"",
+			 task->hex, dp->address, ++dp->strikes, reason);
+	dl_parent_drop(dp, reason);
+	if (dl_final(task)) {
+		dl_task_maybe_end(task);
+		return;
+	}
+	dl_pump(task);
+}
+
+static const struct parent_callbacks dl_parent_callbacks = {
+	.shape = dl_parent_shape,
+	.have = dl_parent_have,
+	.sync_end = dl_parent_sync_end,
+	.piece_done = dl_parent_piece_done,
+	.gone = dl_parent_gone,
+};
+
+/* Rarest first among the pieces `dp` has that nobody is fetching, with a
+ * random start as the tie-break. */
+static bool dl_parent_pick(struct dl_task *task, struct dl_parent *dp, uint32_t *out)
+{
+	uint32_t start = task->piece_count ? (uint32_t)random() % task->piece_count : 0;
+	uint32_t best = UINT32_MAX, best_avail = UINT32_MAX;
+
+	for (uint32_t i = 0; i < task->piece_count; i++) {
+		uint32_t n = (start + i) % task->piece_count;
+
+		if (!bit_get(dp->has, n) || bit_get(task->busy, n) || bit_get(task->ready, n) ||
+		    store_task_has_piece(task->st, n))
+			continue;
+		if (task->avail[n] < best_avail) {
+			best = n;
+			best_avail = task->avail[n];
+			if (best_avail <= 1)
+				break;
+		}
+	}
+	*out = best;
+	return best != UINT32_MAX;
+}
+
+static void dl_parents_pump(struct dl_task *task)
+{
+	unsigned depth = task->engine->options.parent_requests;
+
+	for (struct dl_parent *dp = task->parents; dp && task->state == DL_FETCHING; dp = dp->next) {
+		while (dp->parent && dp->has && dp->inflight < depth) {
+			uint32_t n;
+
+			if (!dl_parent_pick(task, dp, &n))
+				break;
+			if (parent_request(dp->parent, task->st, n) < 0)
+				break; /* it failed: gone() has dropped it or will */
+			bit_set(task->busy, n, true);
+			bit_set(dp->asked, n, true);
+			dp->inflight++;
+			task->peer_inflight++;
+		}
+	}
+}
+
+/* True when the parents cannot finish the task on their own: none left, or
+ * a missing piece that no live parent has and none will announce. */
+static bool dl_parents_stuck(const struct dl_task *task)
+{
+	bool announcing = false;
+
+	if (task->parents_live == 0)
+		return true;
+	for (const struct dl_parent *dp = task->parents; dp; dp = dp->next)
+		if (dp->parent && !dp->synced)
+			announcing = true;
+	if (announcing || task->state != DL_FETCHING)
+		return false;
+	for (uint32_t n = 0; n < task->piece_count; n++)
+		if (task->avail[n] == 0 && !store_task_has_piece(task->st, n) &&
+		    !bit_get(task->ready, n) && !bit_get(task->busy, n))
+			return true;
+	return false;
+}
+
+/* The origin joins in (HEAD first if the parents gave the shape). */
+static void dl_origin_allow(struct dl_task *task, const char *why)
+{
+	int rc;
+
+	if (task->origin_allowed || dl_final(task))
+		return;
+	task->origin_allowed = true;
+	if (task->parents)
+		log_info("download", "falling back to the origin task=%s reason=\"%s\"", task->hex,
+			 why);
+	if (task->head_req || task->origin_ready)
+		return;
+	rc = dl_head_start(task);
+	if (rc < 0) {
+		task->head_req = NULL;
+		dl_fail(task, rc, DOWNLOAD_ERROR_INTERNAL, "cannot start a request to the origin: %s",
+			strerror(-rc));
+	}
+}
+
+/* `connections` to each parent: one piece at a time moves on a connection
+ * (socket -> pipe -> file), so several overlap the network and the disk. */
+static int dl_parents_open(struct dl_task *task, const char *const *addresses, size_t count)
+{
+	unsigned connections = task->engine->options.parent_connections;
+
+	if (count * connections > DOWNLOAD_PARENTS_MAX)
+		connections = (unsigned)(DOWNLOAD_PARENTS_MAX / count ? DOWNLOAD_PARENTS_MAX / count : 1);
+	if (count > DOWNLOAD_PARENTS_MAX)
+		count = DOWNLOAD_PARENTS_MAX;
+	for (size_t k = 0; k < count * connections; k++) {
+		size_t i = k % count;
+		struct dl_parent *dp = calloc(1, sizeof(*dp));
+		char err[256];
+
+		if (!dp)
+			return -ENOMEM;
+		dp->task = task;
+		snprintf(dp->address, sizeof(dp->address), "%s", addresses[i]);
+		dp->next = task->parents;
+		task->parents = dp;
+		if (parent_open(&dp->parent, task->engine->loop, addresses[i], task->id,
+				&dl_parent_callbacks, dp, err, sizeof(err)) < 0) {
+			dp->parent = NULL;
+			log_warn("download", "parent unusable task=%s parent=%s reason=\"%s\"",
+				 task->hex, dp->address, err);
+			continue;
+		}
+		task->parents_live++;
+	}
+	task->peer_progress_ms = clock_monotonic_ms();
+	return 0;
+}
+
+static void dl_parents_free(struct dl_task *task)
+{
+	while (task->parents) {
+		struct dl_parent *dp = task->parents;
+
+		task->parents = dp->next;
+		if (dp->parent)
+			parent_close(dp->parent);
+		free(dp->has);
+		free(dp->asked);
+		free(dp);
+	}
+	free(task->avail);
+	task->avail = NULL;
+}
+
+/* Checks parents' deadlines: a request unanswered for piece_timeout drops
+ * its parent; parents that deliver nothing for as long bring in the origin. */
+static void dl_parents_tick(struct dl_task *task, uint64_t now_ms)
+{
+	unsigned timeout = task->engine->options.piece_timeout_ms;
+
+	if (!task->parents || dl_final(task))
+		return;
+	for (struct dl_parent *dp = task->parents; dp; dp = dp->next) {
+		uint64_t since = dp->parent ? parent_oldest_ms(dp->parent) : 0;
+		char reason[128];
+
+		if (!since || now_ms - since < timeout)
+			continue;
+		if (dp->has && parent_oldest_piece(dp->parent) != UINT32_MAX)
+			snprintf(reason, sizeof(reason), "piece %u: no answer in %u ms",
+				 parent_oldest_piece(dp->parent), timeout);
+		else
+			snprintf(reason, sizeof(reason), "no availability in %u ms", timeout);
+		dp->strikes++;
+		log_warn("download", "parent penalised task=%s parent=%s strikes=%u reason=\"%s\"",
+			 task->hex, dp->address, dp->strikes, reason);
+		dl_parent_drop(dp, reason);
+	}
+	if (!task->origin_allowed && now_ms - task->peer_progress_ms >= timeout) {
+		char reason[128];
+
+		snprintf(reason, sizeof(reason), "nothing from the parents in %u ms", timeout);
+		dl_origin_allow(task, reason);
+	}
+	dl_pump(task);
+}
+
 /* --- the task. */
 
 static void dl_finish(struct dl_task *task)
@@ -901,24 +1361,55 @@ static void dl_finish(struct dl_task *task)
 		return;
 	}
 	task->state = DL_COMPLETE;
-	log_info("download", "download done task=%s source=%s bytes=%llu origin_bytes=%llu ms=%llu",
-		 task->hex, task->source == DOWNLOAD_SOURCE_CACHE ? "cache" : "origin",
+	dl_stop_requests(task);
+	log_info("download", "download done task=%s source=%s bytes=%llu origin_bytes=%llu "
+		 "peer_bytes=%llu ms=%llu", task->hex,
+		 task->source == DOWNLOAD_SOURCE_CACHE ? "cache"
+		 : task->source == DOWNLOAD_SOURCE_PEER ? "peer" : "origin",
 		 (unsigned long long)task->length, (unsigned long long)task->origin_bytes,
+		 (unsigned long long)task->peer_bytes,
 		 (unsigned long long)(clock_monotonic_ms() - task->started_ms));
+}
+
+/* A live parent has the piece and has been delivering lately: the origin
+ * leaves it to the parent. */
+static bool dl_parent_will_bring(const struct dl_task *task, uint32_t number)
+{
+	return task->avail && task->avail[number] && task->parents_live &&
+	       clock_monotonic_ms() - task->peer_progress_ms <
+		       task->engine->options.piece_timeout_ms;
 }
 
 /* Starts whatever can start: fetches up to `parallel`, or the end. */
 static void dl_pump(struct dl_task *task)
 {
+	if (task->state == DL_PROBING && task->parents && task->parents_live == 0)
+		dl_origin_allow(task, "no parent left");
 	if (task->state != DL_FETCHING)
 		return;
 	if (store_task_info(task->st)->pieces_done == task->piece_count) {
-		if (task->write_count == 0 && task->fetch_count == 0 && !task->seq_req) {
+		if (task->write_count == 0 && task->fetch_count == 0 && !task->seq_req &&
+		    task->peer_inflight == 0) {
 			dl_finish(task);
 			dl_outputs_advance(task);
 			dl_task_maybe_end(task);
 		}
 		return;
+	}
+	if (task->parents) {
+		dl_parents_pump(task);
+		if (!task->origin_allowed && dl_parents_stuck(task))
+			dl_origin_allow(task, task->parents_live ? "a piece no parent has"
+								 : "no parent left");
+		if (!task->origin_ready || task->state != DL_FETCHING)
+			return;
+		/* A stream that passed pieces the parents then failed to bring
+		 * goes again for them. */
+		if (task->sequential && !task->seq_req && !task->write_count &&
+		    !task->peer_inflight) {
+			dl_sequential_start(task);
+			return;
+		}
 	}
 	if (task->sequential)
 		return;
@@ -926,7 +1417,8 @@ static void dl_pump(struct dl_task *task)
 		struct dl_piece *piece;
 
 		while (task->scan < task->piece_count &&
-		       (store_task_has_piece(task->st, task->scan) || bit_get(task->busy, task->scan)))
+		       (store_task_has_piece(task->st, task->scan) || bit_get(task->busy, task->scan) ||
+			dl_parent_will_bring(task, task->scan)))
 			task->scan++;
 		if (task->scan == task->piece_count)
 			break;
@@ -969,6 +1461,28 @@ static int dl_open_store_task(struct dl_task *task, char *err, size_t err_size)
 	return rc;
 }
 
+/* The store task is open with its shape: the fetch bookkeeping, FETCHING. */
+static int dl_fetch_setup(struct dl_task *task)
+{
+	const struct meta_task *info = store_task_info(task->st);
+	size_t bytes;
+
+	task->length = info->content_length;
+	task->piece_length = info->piece_length;
+	task->piece_count = info->piece_count;
+	bytes = task->piece_count / 8u + 1u;
+	task->busy = calloc(bytes, 1);
+	task->ready = calloc(bytes, 1);
+	if (task->parents)
+		task->avail = calloc(task->piece_count + 1u, sizeof(*task->avail));
+	if (!task->busy || !task->ready || (task->parents && !task->avail))
+		return -ENOMEM;
+	task->ready_count = info->pieces_done;
+	task->ready_bytes = info->bytes_done;
+	task->state = DL_FETCHING;
+	return 0;
+}
+
 static int dl_head_headers(struct origin_request *req, const struct origin_response *response,
 			   void *arg)
 {
@@ -981,6 +1495,13 @@ static int dl_head_headers(struct origin_request *req, const struct origin_respo
 		snprintf(task->message, sizeof(task->message),
 			 "the origin does not say how long the content is (no Content-Length)");
 		return -ENODATA;
+	}
+	if (task->state == DL_FETCHING && (uint64_t)length != task->length) {
+		/* The shape came from the parents. */
+		snprintf(task->message, sizeof(task->message),
+			 "the origin's length %lld differs from the parents' %llu", (long long)length,
+			 (unsigned long long)task->length);
+		return -ESTALE;
 	}
 	task->length = (uint64_t)length;
 	task->ranges = response->accepts_ranges;
@@ -1001,14 +1522,29 @@ static void dl_head_done(struct origin_request *req, const struct origin_result 
 		dl_task_maybe_end(task);
 		return;
 	}
-	if (result->error == -ENODATA) {
-		dl_fail(task, -ENODATA, DOWNLOAD_ERROR_ORIGIN_UNREACHABLE, "%s", task->message);
+	if (result->error == -ENODATA || result->error == -ESTALE) {
+		dl_fail(task, result->error, result->error == -ESTALE ? DOWNLOAD_ERROR_INTEGRITY
+				: DOWNLOAD_ERROR_ORIGIN_UNREACHABLE, "%s", task->message);
 		dl_task_maybe_end(task);
 		return;
 	}
 	if (result->error) {
 		dl_fail_from_result(task, result, NULL);
 		dl_task_maybe_end(task);
+		return;
+	}
+	if (task->state == DL_FETCHING) {
+		/* The fallback HEAD of a task the parents started. */
+		log_info("download", "fetching from the origin task=%s length=%llu pieces=%u "
+			 "recorded=%u ranges=%s (parents left %u)", task->hex,
+			 (unsigned long long)task->length, task->piece_count,
+			 store_task_info(task->st)->pieces_done, task->ranges ? "yes" : "no",
+			 task->parents_live);
+		task->origin_ready = true;
+		task->scan = 0;
+		if (!task->ranges)
+			dl_sequential_start(task);
+		dl_pump(task);
 		return;
 	}
 	rc = dl_open_store_task(task, err, sizeof(err));
@@ -1018,22 +1554,16 @@ static void dl_head_done(struct origin_request *req, const struct origin_result 
 		dl_task_maybe_end(task);
 		return;
 	}
-	task->piece_length = store_task_info(task->st)->piece_length;
-	task->piece_count = store_task_info(task->st)->piece_count;
-	task->busy = calloc(task->piece_count / 8u + 1u, 1);
-	task->ready = calloc(task->piece_count / 8u + 1u, 1);
-	task->ready_count = store_task_info(task->st)->pieces_done;
-	task->ready_bytes = store_task_info(task->st)->bytes_done;
-	if (!task->busy || !task->ready) {
+	if (dl_fetch_setup(task) < 0) {
 		dl_fail(task, -ENOMEM, DOWNLOAD_ERROR_INTERNAL, "out of memory");
 		dl_task_maybe_end(task);
 		return;
 	}
+	task->origin_ready = true;
 	log_info("download", "fetching from the origin task=%s length=%llu piece_length=%llu "
 		 "pieces=%u recorded=%u ranges=%s", task->hex, (unsigned long long)task->length,
 		 (unsigned long long)task->piece_length, task->piece_count,
 		 store_task_info(task->st)->pieces_done, task->ranges ? "yes" : "no");
-	task->state = DL_FETCHING;
 	if (!task->ranges && store_task_info(task->st)->pieces_done < task->piece_count)
 		dl_sequential_start(task);
 	dl_pump(task);
@@ -1056,6 +1586,8 @@ static int dl_head_start(struct dl_task *task)
 /* Stops every request; pieces being written finish on their own. */
 static void dl_stop_requests(struct dl_task *task)
 {
+	dl_parents_close(task, dl_final(task) && task->state == DL_COMPLETE ? "the task is complete"
+								: "the task stopped");
 	if (task->head_req) {
 		origin_request_cancel(task->head_req);
 		task->head_req = NULL;
@@ -1104,7 +1636,8 @@ static void dl_task_maybe_end(struct dl_task *task)
 	struct download_engine *engine = task->engine;
 
 	if (!dl_final(task) || task->watcher_count || task->write_count || task->output_writes ||
-	    task->fetch_count || task->head_req || task->seq_req || task->copy_armed)
+	    task->fetch_count || task->head_req || task->seq_req || task->copy_armed ||
+	    task->peer_inflight)
 		return;
 	if (task->st) {
 		/* The store may still hold it for a moment (this can run inside
@@ -1122,6 +1655,7 @@ static void dl_task_maybe_end(struct dl_task *task)
 				 task->hex, strerror(-rc));
 	}
 	dl_buffers_free(task);
+	dl_parents_free(task);
 	assert(task->buffers_out == 0);
 	if (task->prev)
 		task->prev->next = task->next;
@@ -1435,6 +1969,7 @@ static void dl_tick_done(struct loop_op *op, int res, uint32_t flags)
 			w->ops.progress(w->arg, &progress);
 		}
 		dl_task_unwatched(task);
+		dl_parents_tick(task, now_ms);
 		dl_task_maybe_end(task);
 	}
 	dl_tick_arm(engine);
@@ -1516,7 +2051,19 @@ static int dl_task_new(struct download_engine *engine, const struct download_req
 			rc = -EBUSY;
 			goto out_free;
 		}
-		rc = dl_head_start(task);
+		if (request->parent_count) {
+			rc = dl_parents_open(task, request->parents, request->parent_count);
+			if (rc < 0) {
+				snprintf(err, err_size, "get %s: out of memory", request->url);
+				goto out_free;
+			}
+		}
+		if (task->parents_live) {
+			rc = 0;
+		} else {
+			task->origin_allowed = true;
+			rc = dl_head_start(task);
+		}
 		if (rc < 0) {
 			snprintf(err, err_size, "get %s: cannot start a request: %s", request->url,
 				 strerror(-rc));
@@ -1535,6 +2082,7 @@ out_nomem:
 	snprintf(err, err_size, "get %s: out of memory", request->url);
 	rc = -ENOMEM;
 out_free:
+	dl_parents_free(task);
 	if (task->st)
 		store_task_release(task->st);
 	for (size_t i = 0; i < task->header_count; i++)
@@ -1659,6 +2207,12 @@ int download_engine_create(struct download_engine **out, struct loop *loop, stru
 		engine->options.progress_ms = DOWNLOAD_PROGRESS_DEFAULT_MS;
 	if (!engine->options.origin_buffer_bytes)
 		engine->options.origin_buffer_bytes = DOWNLOAD_ORIGIN_BUFFER_DEFAULT;
+	if (!engine->options.parent_requests)
+		engine->options.parent_requests = DOWNLOAD_PARENT_REQUESTS_DEFAULT;
+	if (!engine->options.piece_timeout_ms)
+		engine->options.piece_timeout_ms = DOWNLOAD_PIECE_TIMEOUT_DEFAULT_MS;
+	if (!engine->options.parent_connections)
+		engine->options.parent_connections = DOWNLOAD_PARENT_CONNECTIONS_DEFAULT;
 	*out = engine;
 	return 0;
 }

@@ -43,6 +43,7 @@ enum download_error_kind {
 enum download_source {
 	DOWNLOAD_SOURCE_ORIGIN = 0,
 	DOWNLOAD_SOURCE_CACHE,
+	DOWNLOAD_SOURCE_PEER,	/* some bytes came from parents */
 };
 
 struct download_options {
@@ -50,6 +51,10 @@ struct download_options {
 	uint64_t memory_bytes;	/* piece buffers of all tasks; 0 = 256 MiB */
 	unsigned progress_ms;	/* progress() interval; 0 = 250 */
 	size_t origin_buffer_bytes; /* libcurl's receive buffer; 0 = 1 MiB */
+	unsigned parent_requests;   /* GetPiece in flight per parent; 0 = 8 */
+	unsigned piece_timeout_ms;  /* a parent silent this long is dropped; 0 = 30 s */
+	unsigned parent_connections; /* connections to each parent, each its own
+				      * pipeline (socket and disk overlap); 0 = 4 */
 };
 
 struct download_request {
@@ -64,6 +69,8 @@ struct download_request {
 	const char *ca_file;	/* "" or NULL: the system's CAs */
 	unsigned parallel;	/* 0 = the engine's default */
 	int output_fd;		/* owned by the engine from the call on; -1: none */
+	const char *const *parents; /* "host:port" of peers to fetch pieces from first */
+	size_t parent_count;
 	int requester_pid;	/* for logs */
 	unsigned requester_uid;
 };
@@ -74,6 +81,7 @@ struct download_progress {
 	uint64_t total_bytes;	/* 0 while unknown */
 	uint64_t rate_bytes_per_s;
 	uint64_t origin_bytes;
+	uint64_t peer_bytes;
 	enum download_source source;
 };
 

@@ -34,9 +34,13 @@ static Ringfly__ErrorCode service_error_code(enum download_error_kind kind)
 	}
 }
 
-static const char *service_source_name(enum download_source source)
+static const char *service_source_name(const struct download_progress *p)
 {
-	return source == DOWNLOAD_SOURCE_CACHE ? "cache" : "origin";
+	if (p->source == DOWNLOAD_SOURCE_CACHE)
+		return "cache";
+	if (p->peer_bytes)
+		return p->origin_bytes ? "peers and origin" : "peers";
+	return "origin";
 }
 
 static void service_send_progress(struct service_get *get, const struct download_progress *p,
@@ -49,9 +53,10 @@ static void service_send_progress(struct service_get *get, const struct download
 	message.bytes_done = p->bytes_done;
 	message.total_bytes = p->total_bytes;
 	message.rate_bytes_per_s = p->rate_bytes_per_s;
-	message.source = (char *)service_source_name(p->source);
+	message.source = (char *)service_source_name(p);
 	message.done = done;
 	message.origin_bytes = p->origin_bytes;
+	message.peer_bytes = p->peer_bytes;
 	conn_send_frame(get->conn, FRAME_TYPE_DOWNLOAD_PROGRESS, &message.base);
 }
 
@@ -106,6 +111,8 @@ static void service_download(struct service *service, struct conn *conn,
 		.insecure = request->insecure,
 		.ca_file = request->ca_file,
 		.parallel = request->parallel,
+		.parents = (const char *const *)request->parents,
+		.parent_count = request->n_parents,
 		.output_fd = -1,
 	};
 	struct service_get *get;

@@ -26,6 +26,12 @@ static const struct frame_type_info frame_types[FRAME_TYPE_COUNT_] = {
 	[FRAME_TYPE_TASK_INFO] = { "TaskInfo", &ringfly__task_info__descriptor, 16u << 10 },
 	[FRAME_TYPE_IMPORT_FILE] = { "ImportFile", &ringfly__import_file__descriptor, 8u << 10 },
 	[FRAME_TYPE_EXPORT_TASK] = { "ExportTask", &ringfly__export_task__descriptor, 4u << 10 },
+	[FRAME_TYPE_SYNC_PIECES] = { "SyncPieces", &ringfly__sync_pieces__descriptor, 1u << 10 },
+	/* Up to 2^17 piece numbers of 5 bytes each in the first frame. */
+	[FRAME_TYPE_PIECE_AVAILABILITY] = { "PieceAvailability",
+					    &ringfly__piece_availability__descriptor, 1u << 20 },
+	[FRAME_TYPE_GET_PIECE] = { "GetPiece", &ringfly__get_piece__descriptor, 1u << 10 },
+	[FRAME_TYPE_PIECE_HEADER] = { "PieceHeader", &ringfly__piece_header__descriptor, 1u << 10 },
 };
 
 static const struct frame_type_info *frame_type_info(uint8_t type)

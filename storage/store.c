@@ -137,10 +137,25 @@ struct store {
 	struct loop_op gc_op;
 	bool gc_armed;
 	int lock_fd;			/* flock on <data_dir>/lock: one daemon per data dir */
+
+	store_observer_fn observer;
+	void *observer_arg;
 };
 
 static void piece_step(struct piece_write *w);
 static void task_sync_start(struct store_task *task);
+
+static void notify(struct store_task *task, enum store_event event, uint32_t number)
+{
+	if (task->store->observer)
+		task->store->observer(task->store->observer_arg, task, event, number);
+}
+
+void store_set_observer(struct store *store, store_observer_fn fn, void *arg)
+{
+	store->observer = fn;
+	store->observer_arg = arg;
+}
 
 /* --- small helpers. */
 
@@ -271,6 +286,7 @@ static void task_fail(struct store_task *task, int err, const char *what)
 	log_error("store", "task failed reason=\"%s\"", task->error);
 	meta_task_set_state(task->store->meta, task->info.id, META_TASK_FAILED);
 	task->info.state = META_TASK_FAILED;
+	notify(task, STORE_EVENT_FAILED, 0);
 }
 
 static void piece_release(struct piece_write *w, bool report, int res);
@@ -343,6 +359,8 @@ static void task_sync_done(struct loop_op *op, int res, uint32_t flags)
 			task->crcs[w->number] = w->crc;
 		}
 		meta_task_get(task->store->meta, task->info.id, &task->info);
+		for (w = list; w; w = w->next)
+			notify(task, STORE_EVENT_PIECE, w->number);
 	}
 	/* Pieces that finished waiting meanwhile go into the next sync now. */
 	if (task->waiting_count && !task->sync_timer_armed)
@@ -870,6 +888,8 @@ void store_task_release(struct store_task *task)
 		store->open_tasks = task->next;
 	if (task->next)
 		task->next->prev = task->prev;
+	if (task->info.state != META_TASK_COMPLETE)
+		notify(task, STORE_EVENT_IDLE, 0);
 	if (task->discard) {
 		char hex[HASH_SHA256_HEX_SIZE];
 		int rc = store_delete_task(store, task->info.id);
@@ -940,6 +960,11 @@ static int file_crc32c(struct store *store, int fd, uint64_t offset, uint32_t le
 	pool_put_chunk(store, chunk);
 	*crc_out = crc;
 	return 0;
+}
+
+uint32_t store_piece_crc(const struct store_task *task, uint32_t number)
+{
+	return store_task_has_piece(task, number) ? task->crcs[number] : 0;
 }
 
 int store_piece_locate(struct store_task *task, uint32_t number, int *fd, uint64_t *offset,
@@ -1055,6 +1080,7 @@ int store_task_finish(struct store_task *task, char *err, size_t err_size)
 			snprintf(task->error, sizeof(task->error), "%s", err);
 			meta_task_set_state(store->meta, task->info.id, META_TASK_FAILED);
 			task->info.state = META_TASK_FAILED;
+			notify(task, STORE_EVENT_FAILED, 0);
 			return -EBADMSG;
 		}
 	}
@@ -1065,6 +1091,7 @@ int store_task_finish(struct store_task *task, char *err, size_t err_size)
 		return rc;
 	}
 	task->info.state = META_TASK_COMPLETE;
+	notify(task, STORE_EVENT_COMPLETE, 0);
 	return 0;
 }
 
@@ -1510,6 +1537,8 @@ static int store_import_common(struct store *store, int fd, const char *path,
 		goto out;
 	}
 	log_info("store", "imported path=%s task=%s bytes=%lld", path, hex, (long long)st.st_size);
+	meta_task_get(store->meta, params.id, &task->info);
+	notify(task, STORE_EVENT_COMPLETE, 0);
 	store_task_release(task);
 out:
 	free(rows);

@@ -43,6 +43,19 @@ struct store_options {
 struct store;
 struct store_task;
 
+enum store_event {
+	STORE_EVENT_PIECE,	/* piece `number` is recorded: verified, durable, servable */
+	STORE_EVENT_COMPLETE,	/* every piece recorded, the digest checked */
+	STORE_EVENT_FAILED,	/* the task failed (store_task_error says why) */
+	STORE_EVENT_IDLE,	/* the last reference to an incomplete task went:
+				 * nobody is filling it now */
+};
+
+/* Runs on the loop inside store calls: it must not open, release or write
+ * tasks; `task` is borrowed for the call. */
+typedef void (*store_observer_fn)(void *arg, struct store_task *task, enum store_event event,
+				  uint32_t number);
+
 /* Opens the store (creating the layout) and its metadata. No recovery yet:
  * call store_recover once the daemon already answers. err names the path. */
 int store_open(struct store **out, struct loop *loop, const struct store_options *options,
@@ -50,6 +63,9 @@ int store_open(struct store **out, struct loop *loop, const struct store_options
 /* After the loop has stopped for good (like loop_destroy): tasks still open
  * and operations in flight are abandoned. */
 void store_close(struct store *store);
+
+/* One observer of every task's pieces and state (the peer upload server). */
+void store_set_observer(struct store *store, store_observer_fn fn, void *arg);
 
 struct store_recovery {
 	unsigned tasks_complete, tasks_incomplete;
@@ -160,6 +176,8 @@ int store_task_content_fd(const struct store_task *task);
  */
 int store_piece_locate(struct store_task *task, uint32_t number, int *fd, uint64_t *offset,
 		       uint32_t *length);
+/* The crc32c of a recorded piece (0 if it is not recorded). */
+uint32_t store_piece_crc(const struct store_task *task, uint32_t number);
 
 /*
  * Once every piece is recorded: checks the digest (if the task has one),

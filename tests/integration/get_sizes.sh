@@ -23,6 +23,7 @@ export RF_DEADLINE
 make_file "$WWW/zero" 0
 make_file "$WWW/one" 1
 make_file "$WWW/pl-1" $((PL - 1))
+make_file "$WWW/devnull" $((PL * 3 + 11))
 make_file "$WWW/pl+1" $((PL + 1))
 make_file "$WWW/3.5p" $((PL * 7 / 2))
 make_file "$WWW/stdout" $((PL * 5 + 123))
@@ -79,9 +80,34 @@ assert_contains "$T/get-stdout.err" "from origin" "summary line of get -O -"
 [[ ! -e ./- ]] || fail "get -O - created a file named '-' in $PWD"
 [[ ! -e $OUT/- ]] || fail "get -O - created a file named '-'"
 
+# Outputs that are not regular files are never replaced (a rename over
+# /dev/null once turned it into a regular file): -O /dev/null fills the cache
+# only, a FIFO gets the bytes written into it, a directory is refused.
+null_before=$(stat -c '%F %t:%T' /dev/null)
+url="$MAIN_URL/devnull"
+rf_get get-devnull "$url" /dev/null --piece-length $PL
+[[ $GET_RC == 0 ]] || fail "get $url -O /dev/null exited $GET_RC; stderr: $(cat "$T/get-devnull.err")"
+assert_eq "$null_before" "$(stat -c '%F %t:%T' /dev/null)" "/dev/null after get -O /dev/null"
+assert_contains "$T/get-devnull.err" "ringfly: /dev/null: $(size_of "$WWW/devnull") bytes in" "summary line of get -O /dev/null"
+find /dev -maxdepth 1 -name '.null.ringfly-*' | grep -q . && fail "get -O /dev/null left a temp file in /dev"
+rf stat "$url"
+assert_eq complete "$(stat_field state)" "state of the task fetched with -O /dev/null"
+mkfifo "$T/fifo"
+sha256sum <"$T/fifo" >"$T/fifo.sha" 9>&- &
+reader=$!
+track "$reader" fifo-reader
+rf_get get-fifo "$url" "$T/fifo"
+[[ $GET_RC == 0 ]] || fail "get $url -O FIFO exited $GET_RC; stderr: $(cat "$T/get-fifo.err")"
+wait_exit "$reader" 10
+assert_eq "$(sha "$WWW/devnull")" "$(cut -d' ' -f1 "$T/fifo.sha")" "sha256 of what the FIFO's reader got"
+[[ -p $T/fifo ]] || fail "get -O FIFO replaced the FIFO: $(stat -c %F "$T/fifo")"
+rf_get get-dir "$url" "$OUT"
+assert_eq 1 "$GET_RC" "exit code of get -O DIRECTORY"
+assert_contains "$T/get-dir.err" "is a directory" "stderr of get -O DIRECTORY"
+
 # nginx sent every file exactly once (HEAD and ranges: no byte twice).
 nginx_wait_idle
-for name in zero one pl-1 pl+1 3.5p stdout big; do
+for name in zero one pl-1 pl+1 3.5p stdout big devnull; do
     sent=$(origin_bytes "$MAIN_LOG" "/$name")
     assert_eq "$(size_of "$WWW/$name")" "$sent" "body bytes nginx sent for /$name"
 done

@@ -2511,3 +2511,176 @@ Test(store_stream, pieces_back_to_back_on_one_socket_recv)
 {
 	stream_pieces(STORE_SOCKET_RECV);
 }
+
+/* --- the observer (the peer upload service) and discarded tasks. */
+
+TestSuite(store_observe, .init = setup, .fini = teardown, .timeout = 60);
+
+struct observed {
+	unsigned pieces, complete, failed, idle;
+	uint8_t seen[MAX_PIECES];
+	bool recorded_when_told;
+};
+
+static void observe(void *arg, struct store_task *task, enum store_event event, uint32_t number)
+{
+	struct observed *o = arg;
+
+	switch (event) {
+	case STORE_EVENT_PIECE:
+		o->pieces++;
+		cr_assert_lt(number, MAX_PIECES);
+		o->seen[number]++;
+		/* Servable at once: recorded by the time anyone hears of it. */
+		o->recorded_when_told = store_task_has_piece(task, number);
+		break;
+	case STORE_EVENT_COMPLETE: o->complete++; break;
+	case STORE_EVENT_FAILED: o->failed++; break;
+	case STORE_EVENT_IDLE: o->idle++; break;
+	}
+}
+
+Test(store_observe, every_recorded_piece_then_complete_once)
+{
+	const uint64_t length = 5 * PL + 7;
+	struct store_options options = base_options();
+	struct piece_result results[6];
+	struct observed o = { 0 };
+	uint8_t id[META_ID_SIZE];
+	uint8_t *content = make_content(length, 21);
+	struct store_task *task;
+
+	open_store(&options);
+	store_set_observer(fx.store, observe, &o);
+	make_id(id, "observe-basic");
+	task = open_task(id, length, PL, NULL);
+	memset(results, 0, sizeof(results));
+	begin_batch();
+	for (uint32_t k = 0; k < 6; k++)
+		cr_assert_eq(store_piece_from_buffer(task, k, content + k * PL,
+						     piece_size(length, PL, k), true,
+						     piece_crc(content, length, PL, k), NULL, piece_done,
+						     &results[k]),
+			     0);
+	wait_done(6);
+	cr_assert_eq(o.pieces, 6);
+	for (uint32_t k = 0; k < 6; k++)
+		cr_assert_eq(o.seen[k], 1, "piece %u told %u times", k, o.seen[k]);
+	cr_assert(o.recorded_when_told);
+	cr_assert_eq(o.complete, 0);
+	finish_ok(task);
+	cr_assert_eq(o.complete, 1);
+	store_task_release(task); /* complete: not idle */
+	cr_assert_eq(o.idle, 0);
+	cr_assert_eq(o.failed, 0);
+	free(content);
+}
+
+Test(store_observe, a_bad_piece_is_not_told_and_an_abandoned_task_is_idle)
+{
+	const uint64_t length = 3 * PL;
+	struct store_options options = base_options();
+	struct piece_result results[2];
+	struct observed o = { 0 };
+	uint8_t id[META_ID_SIZE];
+	uint8_t *content = make_content(length, 22);
+	struct store_task *task, *again;
+
+	open_store(&options);
+	store_set_observer(fx.store, observe, &o);
+	make_id(id, "observe-idle");
+	task = open_task(id, length, PL, NULL);
+	cr_assert_eq(store_task_find(fx.store, id, &again), 0);
+	memset(results, 0, sizeof(results));
+	begin_batch();
+	cr_assert_eq(store_piece_from_buffer(task, 0, content, PL, true,
+					     piece_crc(content, length, PL, 0), NULL, piece_done,
+					     &results[0]), 0);
+	cr_assert_eq(store_piece_from_buffer(task, 1, content + PL, PL, true,
+					     piece_crc(content, length, PL, 1) ^ 1, NULL, piece_done,
+					     &results[1]), 0);
+	wait_done(2);
+	cr_assert_eq(results[1].res, -EBADMSG);
+	cr_assert_eq(o.pieces, 1);
+	cr_assert_eq(o.seen[0], 1);
+	cr_assert_eq(o.seen[1], 0);
+	store_task_release(task);
+	cr_assert_eq(o.idle, 0, "another reference is still held");
+	store_task_release(again);
+	cr_assert_eq(o.idle, 1);
+	cr_assert_eq(o.complete + o.failed, 0);
+	free(content);
+}
+
+Test(store_observe, a_wrong_digest_is_failed)
+{
+	const uint64_t length = PL + 1;
+	struct store_options options = base_options();
+	struct piece_result results[2];
+	struct observed o = { 0 };
+	uint8_t id[META_ID_SIZE], digest[HASH_SHA256_SIZE] = { 1 };
+	uint8_t *content = make_content(length, 23);
+	struct store_task *task;
+	char err[512];
+
+	open_store(&options);
+	store_set_observer(fx.store, observe, &o);
+	make_id(id, "observe-digest");
+	task = open_task(id, length, PL, digest);
+	memset(results, 0, sizeof(results));
+	begin_batch();
+	for (uint32_t k = 0; k < 2; k++)
+		cr_assert_eq(store_piece_from_buffer(task, k, content + k * PL,
+						     piece_size(length, PL, k), false, 0, NULL,
+						     piece_done, &results[k]), 0);
+	wait_done(2);
+	cr_assert_eq(store_task_finish(task, err, sizeof(err)), -EBADMSG);
+	cr_assert_eq(o.failed, 1);
+	cr_assert_eq(o.complete, 0);
+	store_task_release(task);
+	free(content);
+}
+
+/* The delete waits for the write that still holds the task. */
+struct discard_at_done {
+	struct piece_result result;
+	bool discarded;
+};
+
+static void discard_in_done(struct store_task *task, uint32_t number, int res, void *arg)
+{
+	struct discard_at_done *d = arg;
+
+	piece_done(task, number, res, &d->result);
+	store_task_discard(task);
+	d->discarded = true;
+}
+
+Test(store_observe, a_task_discarded_from_a_piece_callback_is_deleted_after_it)
+{
+	const uint64_t length = 2 * PL;
+	struct store_options options = base_options();
+	struct discard_at_done d = { 0 };
+	uint8_t id[META_ID_SIZE];
+	uint8_t *content = make_content(length, 24);
+	struct store_task *task;
+	char path[512];
+
+	open_store(&options);
+	make_id(id, "discard");
+	task = open_task(id, length, PL, NULL);
+	content_path(id, path, sizeof(path));
+	cr_assert(path_exists(path));
+	begin_batch();
+	cr_assert_eq(store_piece_from_buffer(task, 0, content, PL, true,
+					     piece_crc(content, length, PL, 0), NULL, discard_in_done,
+					     &d), 0);
+	wait_done(1);
+	cr_assert(d.discarded);
+	cr_assert_eq(d.result.res, 0);
+	/* The write's own reference went after the callback: gone now. */
+	cr_assert_not(path_exists(path), "%s still exists", path);
+	cr_assert_eq(store_task_find(fx.store, id, &task), -ENOENT);
+	cr_assert_eq(store_delete(fx.store, id), -ENOENT);
+	free(content);
+}

@@ -1,0 +1,513 @@
+/* upload: the peer service on TCP: SyncPieces streams and GetPiece answers from the cache. */
+#include "daemon/upload.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/clock.h"
+#include "core/hash.h"
+#include "core/log.h"
+
+/* Piece numbers per PieceAvailability frame: 5 bytes each at most. */
+#define UPLOAD_NUMBERS_PER_FRAME 65536u
+
+struct upload_get {
+	uint64_t id;
+	uint8_t task_id[32];
+	uint32_t number;
+};
+
+/* A peer connection's state (its conn_user). Lives until the connection is
+ * closed and the last payload it queued has been reported done. */
+struct upload_conn {
+	struct upload *upload;
+	struct conn *conn;
+	struct upload_get *queue;	/* ring of max_requests GetPiece not answered yet */
+	unsigned head, count;
+	unsigned sending;		/* payloads queued on the conn, not yet done */
+	struct store_task *kept;	/* a complete task kept open while we serve it */
+	struct upload_conn *next_blocked;
+	bool blocked;
+	bool pumping;			/* inside upload_pump: not freed under it */
+	bool closed;
+};
+
+/* One SyncPieces stream: told of every piece the store records for the task. */
+struct upload_sync {
+	struct upload_sync *next;
+	struct upload_conn *uc;
+	uint64_t id;
+	uint8_t task_id[32];
+};
+
+/* One payload on its way: holds the task open until it is sent. */
+struct upload_send {
+	struct upload_conn *uc;
+	struct store_task *task;
+};
+
+static void upload_pump(struct upload_conn *uc);
+
+static void upload_conn_maybe_free(struct upload_conn *uc)
+{
+	if (!uc->closed || uc->sending || uc->blocked || uc->pumping)
+		return;
+	free(uc->queue);
+	free(uc);
+}
+
+/* --- the rate limit: one token bucket over every upload, in bytes. */
+
+static void upload_refill(struct upload *upload)
+{
+	uint64_t now = clock_monotonic_ms();
+	int64_t burst = (int64_t)(upload->options.rate_limit / 4);
+
+	if (now > upload->tokens_ms) {
+		upload->tokens += (int64_t)(upload->options.rate_limit * (now - upload->tokens_ms) / 1000);
+		upload->tokens_ms = now;
+	}
+	if (upload->tokens > burst)
+		upload->tokens = burst;
+}
+
+static void upload_timer_done(struct loop_op *op, int res, uint32_t flags)
+{
+	struct upload *upload = op->owner;
+	struct upload_conn *list = upload->blocked;
+
+	(void)res;
+	(void)flags;
+	upload->timer_armed = false;
+	upload->blocked = NULL;
+	if (upload->closing) {
+		while (list) {
+			struct upload_conn *uc = list;
+
+			list = uc->next_blocked;
+			uc->blocked = false;
+			upload_conn_maybe_free(uc);
+		}
+		return;
+	}
+	upload_refill(upload);
+	while (list) {
+		struct upload_conn *uc = list;
+
+		list = uc->next_blocked;
+		uc->blocked = false;
+		if (uc->closed)
+			upload_conn_maybe_free(uc);
+		else
+			upload_pump(uc);
+	}
+}
+
+/* True if `uc` may send now; else it waits in the blocked list. */
+static bool upload_may_send(struct upload_conn *uc)
+{
+	struct upload *upload = uc->upload;
+	uint64_t wait_ms;
+
+	if (!upload->options.rate_limit)
+		return true;
+	upload_refill(upload);
+	if (upload->tokens > 0)
+		return true;
+	if (!uc->blocked) {
+		uc->blocked = true;
+		uc->next_blocked = upload->blocked;
+		upload->blocked = uc;
+	}
+	if (!upload->timer_armed) {
+		wait_ms = (uint64_t)(-upload->tokens) * 1000 / upload->options.rate_limit + 1;
+		loop_op_init(&upload->timer_op, upload_timer_done, upload);
+		if (loop_timeout(upload->loop, &upload->timer_op, wait_ms) == 0)
+			upload->timer_armed = true;
+		else
+			return true; /* no timer: better unlimited than stuck */
+	}
+	return false;
+}
+
+void upload_set_rate_limit(struct upload *upload, uint64_t bytes_per_s)
+{
+	upload->options.rate_limit = bytes_per_s;
+	upload->tokens = 0;
+	upload->tokens_ms = clock_monotonic_ms();
+	log_info("upload", "upload rate limit bytes_per_s=%llu%s", (unsigned long long)bytes_per_s,
+		 bytes_per_s ? "" : " (none)");
+}
+
+/* --- GetPiece. */
+
+static void upload_sent(struct conn *conn, void *arg, int res)
+{
+	struct upload_send *send = arg;
+	struct upload_conn *uc = send->uc;
+
+	(void)conn;
+	if (res < 0)
+		log_debug("upload", "payload not sent peer=%s error=\"%s\"",
+			  uc->closed ? "-" : conn_peer_name(uc->conn), strerror(-res));
+	store_task_release(send->task);
+	free(send);
+	uc->sending--;
+	if (uc->closed)
+		upload_conn_maybe_free(uc);
+	else
+		upload_pump(uc);
+}
+
+static void upload_answer(struct upload_conn *uc, const struct upload_get *get)
+{
+	struct upload *upload = uc->upload;
+	Ringfly__PieceHeader header = RINGFLY__PIECE_HEADER__INIT;
+	char hex[HASH_SHA256_HEX_SIZE];
+	struct store_task *task;
+	struct upload_send *send;
+	uint64_t offset;
+	uint32_t length, count;
+	int fd, rc;
+
+	hash_hex(get->task_id, hex);
+	rc = store_task_find(upload->store, get->task_id, &task);
+	if (rc < 0) {
+		conn_reply_error(uc->conn, get->id, rc == -ENOENT
+				 ? RINGFLY__ERROR_CODE__ERROR_CODE_NOT_FOUND
+				 : RINGFLY__ERROR_CODE__ERROR_CODE_INTERNAL,
+				 "no such task %s here%s%s", hex, rc == -ENOENT ? "" : ": ",
+				 rc == -ENOENT ? "" : strerror(-rc));
+		return;
+	}
+	count = store_task_info(task)->piece_count;
+	if (get->number >= count) {
+		conn_reply_error(uc->conn, get->id, RINGFLY__ERROR_CODE__ERROR_CODE_INVALID,
+				 "piece %u out of range: task %s has %u pieces", get->number, hex,
+				 count);
+		store_task_release(task);
+		return;
+	}
+	rc = store_piece_locate(task, get->number, &fd, &offset, &length);
+	if (rc < 0) {
+		conn_reply_error(uc->conn, get->id, rc == -ENOENT || rc == -EBADMSG
+				 ? RINGFLY__ERROR_CODE__ERROR_CODE_NOT_FOUND
+				 : RINGFLY__ERROR_CODE__ERROR_CODE_INTERNAL,
+				 "piece %u of task %s is not here: %s", get->number, hex,
+				 rc == -ENOENT ? "not recorded (yet)"
+					       : rc == -EBADMSG ? "it failed its crc check"
+								: strerror(-rc));
+		store_task_release(task);
+		return;
+	}
+	/* Later requests for a complete task find it open. */
+	if (store_task_is_complete(task) && uc->kept != task) {
+		if (uc->kept)
+			store_task_release(uc->kept);
+		store_task_find(upload->store, get->task_id, &uc->kept);
+	}
+	header.id = get->id;
+	header.number = get->number;
+	header.offset = offset;
+	header.length = length;
+	header.crc32c = store_piece_crc(task, get->number);
+	send = malloc(sizeof(*send));
+	if (!send || conn_send_frame(uc->conn, FRAME_TYPE_PIECE_HEADER, &header.base) < 0) {
+		free(send);
+		store_task_release(task);
+		if (!send)
+			conn_reply_error(uc->conn, get->id, RINGFLY__ERROR_CODE__ERROR_CODE_BUSY,
+					 "out of memory");
+		return;
+	}
+	send->uc = uc;
+	send->task = task;
+	rc = conn_send_file(uc->conn, fd, offset, length, upload_sent, send);
+	if (rc < 0) {
+		/* A header without its bytes: the stream cannot go on. */
+		log_warn("upload", "cannot queue a piece peer=%s task=%s piece=%u error=\"%s\"",
+			 conn_peer_name(uc->conn), hex, get->number, strerror(-rc));
+		free(send);
+		store_task_release(task);
+		conn_close(uc->conn);
+		return;
+	}
+	uc->sending++;
+	upload->pieces_served++;
+	upload->bytes_served += length;
+	if (upload->options.rate_limit)
+		upload->tokens -= length;
+	log_debug("upload", "upload piece task=%s piece=%u peer=%s", hex, get->number,
+		  conn_peer_name(uc->conn));
+}
+
+/* Answers queued requests in order while the rate limit allows. */
+static void upload_pump(struct upload_conn *uc)
+{
+	unsigned cap = uc->upload->options.max_requests;
+
+	if (uc->pumping)
+		return;
+	uc->pumping = true;
+	while (uc->count && !uc->closed && upload_may_send(uc)) {
+		struct upload_get get = uc->queue[uc->head];
+
+		uc->head = (uc->head + 1) % cap;
+		uc->count--;
+		upload_answer(uc, &get);
+	}
+	uc->pumping = false;
+	upload_conn_maybe_free(uc);
+}
+
+static struct upload_conn *upload_conn_of(struct upload *upload, struct conn *conn)
+{
+	struct upload_conn *uc = conn_user(conn);
+
+	if (uc)
+		return uc;
+	uc = calloc(1, sizeof(*uc));
+	if (!uc)
+		return NULL;
+	uc->queue = calloc(upload->options.max_requests, sizeof(*uc->queue));
+	if (!uc->queue) {
+		free(uc);
+		return NULL;
+	}
+	uc->upload = upload;
+	uc->conn = conn;
+	conn_set_user(conn, uc);
+	return uc;
+}
+
+static bool upload_task_id(struct conn *conn, uint64_t id, const ProtobufCBinaryData *task_id)
+{
+	if (task_id->len == 32)
+		return true;
+	conn_reply_error(conn, id, RINGFLY__ERROR_CODE__ERROR_CODE_INVALID,
+			 "task_id has %zu bytes, not 32", task_id->len);
+	return false;
+}
+
+static void upload_get_piece(struct upload *upload, struct conn *conn, const Ringfly__GetPiece *m)
+{
+	struct upload_conn *uc = upload_conn_of(upload, conn);
+	unsigned cap = upload->options.max_requests;
+	struct upload_get *get;
+
+	if (!uc) {
+		conn_reply_error(conn, m->id, RINGFLY__ERROR_CODE__ERROR_CODE_BUSY, "out of memory");
+		return;
+	}
+	if (!upload_task_id(conn, m->id, &m->task_id))
+		return;
+	if (uc->count + uc->sending >= cap) {
+		log_info("upload", "upload busy peer=%s requests=%u limit=%u", conn_peer_name(conn),
+			 uc->count + uc->sending, cap);
+		conn_reply_error(conn, m->id, RINGFLY__ERROR_CODE__ERROR_CODE_BUSY,
+				 "too many piece requests in flight (limit %u); try elsewhere", cap);
+		return;
+	}
+	get = &uc->queue[(uc->head + uc->count) % cap];
+	get->id = m->id;
+	memcpy(get->task_id, m->task_id.data, 32);
+	get->number = m->number;
+	uc->count++;
+	if (!uc->blocked)
+		upload_pump(uc);
+}
+
+/* --- SyncPieces. */
+
+static void upload_send_availability(struct conn *conn, uint64_t id, const struct meta_task *info,
+				     uint32_t *numbers, size_t count, bool done, bool failed,
+				     const char *reason)
+{
+	Ringfly__PieceAvailability m = RINGFLY__PIECE_AVAILABILITY__INIT;
+
+	m.id = id;
+	m.content_length = info->content_length;
+	m.piece_length = info->piece_length;
+	m.pieces = numbers;
+	m.n_pieces = count;
+	m.done = done;
+	m.failed = failed;
+	m.reason = (char *)(reason ? reason : "");
+	conn_send_frame(conn, FRAME_TYPE_PIECE_AVAILABILITY, &m.base);
+}
+
+static void upload_sync_remove(struct upload *upload, struct upload_sync *sync)
+{
+	for (struct upload_sync **p = &upload->syncs; *p; p = &(*p)->next) {
+		if (*p == sync) {
+			*p = sync->next;
+			free(sync);
+			return;
+		}
+	}
+}
+
+static void upload_sync_pieces(struct upload *upload, struct conn *conn,
+			       const Ringfly__SyncPieces *m)
+{
+	struct upload_conn *uc = upload_conn_of(upload, conn);
+	char hex[HASH_SHA256_HEX_SIZE];
+	const struct meta_task *info;
+	struct store_task *task;
+	struct upload_sync *sync;
+	uint32_t *numbers;
+	size_t n = 0;
+	bool complete, failed;
+	int rc;
+
+	if (!uc) {
+		conn_reply_error(conn, m->id, RINGFLY__ERROR_CODE__ERROR_CODE_BUSY, "out of memory");
+		return;
+	}
+	if (!upload_task_id(conn, m->id, &m->task_id))
+		return;
+	hash_hex(m->task_id.data, hex);
+	rc = store_task_find(upload->store, m->task_id.data, &task);
+	if (rc < 0) {
+		conn_reply_error(conn, m->id, RINGFLY__ERROR_CODE__ERROR_CODE_NOT_FOUND,
+				 "no such task %s here%s%s", hex, rc == -ENOENT ? "" : ": ",
+				 rc == -ENOENT ? "" : strerror(-rc));
+		return;
+	}
+	info = store_task_info(task);
+	complete = store_task_is_complete(task);
+	failed = info->state == META_TASK_FAILED;
+	numbers = malloc(sizeof(*numbers) * (info->piece_count < UPLOAD_NUMBERS_PER_FRAME
+					     ? (info->piece_count ? info->piece_count : 1)
+					     : UPLOAD_NUMBERS_PER_FRAME));
+	sync = complete || failed ? NULL : calloc(1, sizeof(*sync));
+	if (!numbers || (!complete && !failed && !sync)) {
+		free(numbers);
+		free(sync);
+		store_task_release(task);
+		conn_reply_error(conn, m->id, RINGFLY__ERROR_CODE__ERROR_CODE_BUSY, "out of memory");
+		return;
+	}
+	for (uint32_t i = 0; i < info->piece_count; i++) {
+		if (!store_task_has_piece(task, i))
+			continue;
+		numbers[n++] = i;
+		if (n == UPLOAD_NUMBERS_PER_FRAME) {
+			upload_send_availability(conn, m->id, info, numbers, n, false, false, NULL);
+			n = 0;
+		}
+	}
+	upload_send_availability(conn, m->id, info, numbers, n, complete, failed,
+				 failed ? store_task_error(task) : NULL);
+	free(numbers);
+	log_info("upload", "sync task=%s peer=%s state=%s pieces=%u/%u", hex, conn_peer_name(conn),
+		 complete ? "complete" : failed ? "failed" : "pending", info->pieces_done,
+		 info->piece_count);
+	if (sync) {
+		sync->uc = uc;
+		sync->id = m->id;
+		memcpy(sync->task_id, m->task_id.data, 32);
+		sync->next = upload->syncs;
+		upload->syncs = sync;
+	}
+	/* If nobody else holds it, nobody is filling it: the stream ends here
+	 * (the observer says so). */
+	store_task_release(task);
+}
+
+static void upload_observe(void *arg, struct store_task *task, enum store_event event,
+			   uint32_t number)
+{
+	struct upload *upload = arg;
+	const struct meta_task *info = store_task_info(task);
+	struct upload_sync *sync, *next;
+
+	for (sync = upload->syncs; sync; sync = next) {
+		next = sync->next;
+		if (memcmp(sync->task_id, info->id, 32) != 0)
+			continue;
+		switch (event) {
+		case STORE_EVENT_PIECE:
+			upload_send_availability(sync->uc->conn, sync->id, info, &number, 1, false,
+						 false, NULL);
+			break;
+		case STORE_EVENT_COMPLETE:
+			upload_send_availability(sync->uc->conn, sync->id, info, NULL, 0, true,
+						 false, NULL);
+			upload_sync_remove(upload, sync);
+			break;
+		case STORE_EVENT_FAILED:
+			upload_send_availability(sync->uc->conn, sync->id, info, NULL, 0, false,
+						 true, store_task_error(task));
+			upload_sync_remove(upload, sync);
+			break;
+		case STORE_EVENT_IDLE:
+			upload_send_availability(sync->uc->conn, sync->id, info, NULL, 0, false,
+						 true, "the parent is not downloading this task");
+			upload_sync_remove(upload, sync);
+			break;
+		}
+	}
+}
+
+/* --- the service. */
+
+bool upload_frame(struct upload *upload, struct conn *conn, uint8_t type,
+		  const ProtobufCMessage *msg)
+{
+	switch (type) {
+	case FRAME_TYPE_SYNC_PIECES:
+		upload_sync_pieces(upload, conn, (const Ringfly__SyncPieces *)msg);
+		return true;
+	case FRAME_TYPE_GET_PIECE:
+		upload_get_piece(upload, conn, (const Ringfly__GetPiece *)msg);
+		return true;
+	default:
+		return false;
+	}
+}
+
+void upload_conn_closed(struct upload *upload, struct conn *conn)
+{
+	struct upload_conn *uc = conn_user(conn);
+	struct upload_sync *sync, *next;
+
+	if (!uc)
+		return;
+	conn_set_user(conn, NULL);
+	for (sync = upload->syncs; sync; sync = next) {
+		next = sync->next;
+		if (sync->uc == uc)
+			upload_sync_remove(upload, sync);
+	}
+	uc->count = 0;
+	uc->closed = true;
+	uc->conn = NULL;
+	if (uc->kept) {
+		store_task_release(uc->kept);
+		uc->kept = NULL;
+	}
+	upload_conn_maybe_free(uc);
+}
+
+void upload_init(struct upload *upload, struct loop *loop, struct store *store,
+		 const struct upload_options *options)
+{
+	memset(upload, 0, sizeof(*upload));
+	upload->loop = loop;
+	upload->store = store;
+	upload->options = *options;
+	if (!upload->options.max_requests)
+		upload->options.max_requests = 64;
+	upload->tokens_ms = clock_monotonic_ms();
+	store_set_observer(store, upload_observe, upload);
+}
+
+void upload_fini(struct upload *upload)
+{
+	upload->closing = true;
+	store_set_observer(upload->store, NULL, NULL);
+	while (upload->syncs)
+		upload_sync_remove(upload, upload->syncs);
+}

@@ -1,0 +1,48 @@
+/* upload: the peer service on TCP: SyncPieces streams and GetPiece answers from the cache. */
+#ifndef RINGFLY_DAEMON_UPLOAD_H
+#define RINGFLY_DAEMON_UPLOAD_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "core/loop.h"
+#include "net/conn.h"
+#include "storage/store.h"
+
+struct upload_options {
+	unsigned max_requests;	/* GetPiece queued per connection; past it: BUSY */
+	uint64_t rate_limit;	/* bytes/s over every upload; 0 = none */
+};
+
+struct upload_sync;
+struct upload_conn;
+
+struct upload {
+	struct loop *loop;
+	struct store *store;
+	struct upload_options options;
+	struct upload_sync *syncs;	/* every SyncPieces stream still open */
+	struct upload_conn *blocked;	/* connections waiting for rate tokens */
+	int64_t tokens;			/* bytes that may leave now (may go negative) */
+	uint64_t tokens_ms;		/* when tokens were last refilled */
+	struct loop_op timer_op;
+	bool timer_armed;
+	bool closing;
+	uint64_t pieces_served, bytes_served;
+};
+
+/* Sets up the service and becomes the store's observer. */
+void upload_init(struct upload *upload, struct loop *loop, struct store *store,
+		 const struct upload_options *options);
+/* After the loop has stopped for good (like loop_destroy). */
+void upload_fini(struct upload *upload);
+/* SIGHUP: a new rate limit (0 = none) applies from now on. */
+void upload_set_rate_limit(struct upload *upload, uint64_t bytes_per_s);
+
+/* Handles a peer request; false if `type` is not one (the caller answers). */
+bool upload_frame(struct upload *upload, struct conn *conn, uint8_t type,
+		  const ProtobufCMessage *msg);
+/* The connection is gone: its streams and queued requests go with it. */
+void upload_conn_closed(struct upload *upload, struct conn *conn);
+
+#endif
