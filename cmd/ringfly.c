@@ -66,7 +66,7 @@ static void usage(FILE *out)
 		"  health    show whether the local ringflyd answers, and its state\n"
 		"  get URL -O FILE [-H 'Name: value']... [--digest sha256:HEX] [--timeout D]\n"
 		"            [--piece-length BYTES] [--parallel N] [--no-progress] [--insecure]\n"
-		"            [--ca-file PEM] [--fsync] [--parent HOST:PORT]...\n"
+		"            [--ca-file PEM] [--fsync] [--parent HOST:PORT]... [--rate-limit BYTES]\n"
 		"            download URL through ringflyd into FILE (- for stdout)\n"
 		"  import FILE             add a local file to the cache; prints its task id\n"
 		"  export TASK -O FILE     copy a complete task out of the cache\n"
@@ -320,6 +320,7 @@ struct cli_get_options {
 	int64_t timeout_ms;
 	int64_t piece_length;
 	int64_t parallel;
+	int64_t rate_limit;
 	bool no_progress;
 	bool insecure;
 	bool fsync;
@@ -332,6 +333,8 @@ static const struct config_option cli_get_table[] = {
 	{ "piece-length", CONFIG_BYTES, offsetof(struct cli_get_options, piece_length), 0,
 	  64LL << 10, 1LL << 30, NULL },
 	{ "parallel", CONFIG_INT, offsetof(struct cli_get_options, parallel), 0, 1, 64, NULL },
+	{ "rate-limit", CONFIG_BYTES, offsetof(struct cli_get_options, rate_limit), 0, 1,
+	  INT64_MAX / 1000, NULL },
 	{ "digest", CONFIG_STRING, offsetof(struct cli_get_options, digest),
 	  sizeof(((struct cli_get_options *)0)->digest), 0, 0, NULL },
 	{ "ca-file", CONFIG_STRING, offsetof(struct cli_get_options, ca_file),
@@ -500,6 +503,7 @@ static int cli_get_parse(struct cli_get_options *get, int argc, char **argv)
 		{ "ca-file", required_argument, NULL, 'c' },
 		{ "fsync", no_argument, NULL, 'f' },
 		{ "parent", required_argument, NULL, 'P' },
+		{ "rate-limit", required_argument, NULL, 'r' },
 		{ NULL, 0, NULL, 0 },
 	};
 	const size_t table_size = sizeof(cli_get_table) / sizeof(cli_get_table[0]);
@@ -534,6 +538,7 @@ static int cli_get_parse(struct cli_get_options *get, int argc, char **argv)
 		case 't': key = "timeout"; break;
 		case 'p': key = "piece-length"; break;
 		case 'j': key = "parallel"; break;
+		case 'r': key = "rate-limit"; break;
 		case 'c': key = "ca-file"; break;
 		case 'q': get->no_progress = true; break;
 		case 'k': get->insecure = true; break;
@@ -599,6 +604,7 @@ static int cli_get(struct cli_call *call, int argc, char **argv)
 	request.parallel = (uint32_t)get.parallel;
 	request.parents = (char **)get.parents;
 	request.n_parents = get.parent_count;
+	request.rate_limit = (uint64_t)get.rate_limit;
 	if (get.ca_file[0] && get.ca_file[0] != '/') {
 		/* The daemon resolves paths from its own directory. */
 		char absolute[PATH_MAX];

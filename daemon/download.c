@@ -180,6 +180,12 @@ struct dl_task {
 	uint64_t peer_bytes;
 	uint64_t peer_progress_ms;	/* the last sign of life from parents */
 	bool origin_allowed;		/* the origin fetches too */
+
+	/* The task's rate limit: a piece starts only while tokens are left
+	 * (they may go negative by a piece); refilled as time passes. */
+	uint64_t rate_limit;
+	int64_t tokens;
+	uint64_t tokens_ms;
 	bool origin_ready;		/* its HEAD answered (fetching) */
 	uint64_t rate_bytes, rate_ms, rate_bytes_per_s;
 
@@ -1178,6 +1184,27 @@ static const struct parent_callbacks dl_parent_callbacks = {
 	.gone = dl_parent_gone,
 };
 
+/* True if the task may start fetching a piece of `length` bytes now (and
+ * takes the tokens). The tick pumps again as the bucket refills. */
+static bool dl_rate_take(struct dl_task *task, uint32_t length)
+{
+	uint64_t now = clock_monotonic_ms();
+	int64_t burst = (int64_t)(task->rate_limit / 4);
+
+	if (!task->rate_limit)
+		return true;
+	if (now > task->tokens_ms) {
+		task->tokens += (int64_t)(task->rate_limit * (now - task->tokens_ms) / 1000);
+		task->tokens_ms = now;
+		if (task->tokens > burst)
+			task->tokens = burst;
+	}
+	if (task->tokens <= 0)
+		return false;
+	task->tokens -= length;
+	return true;
+}
+
 /* Rarest first among the pieces `dp` has that nobody is fetching, with a
  * random start as the tie-break. */
 static bool dl_parent_pick(struct dl_task *task, struct dl_parent *dp, uint32_t *out)
@@ -1212,6 +1239,8 @@ static void dl_parents_pump(struct dl_task *task)
 
 			if (!dl_parent_pick(task, dp, &n))
 				break;
+			if (!dl_rate_take(task, piece_size(task->length, task->piece_length, n)))
+				return;
 			if (parent_request(dp->parent, task->st, n) < 0)
 				break; /* it failed: gone() has dropped it or will */
 			bit_set(task->busy, n, true);
@@ -1421,6 +1450,8 @@ static void dl_pump(struct dl_task *task)
 			dl_parent_will_bring(task, task->scan)))
 			task->scan++;
 		if (task->scan == task->piece_count)
+			break;
+		if (!dl_rate_take(task, piece_size(task->length, task->piece_length, task->scan)))
 			break;
 		piece = dl_piece_new(task, task->scan);
 		if (!piece)
@@ -1970,6 +2001,8 @@ static void dl_tick_done(struct loop_op *op, int res, uint32_t flags)
 		}
 		dl_task_unwatched(task);
 		dl_parents_tick(task, now_ms);
+		if (task->rate_limit && task->state == DL_FETCHING)
+			dl_pump(task); /* the bucket refilled */
 		dl_task_maybe_end(task);
 	}
 	dl_tick_arm(engine);
@@ -2024,6 +2057,8 @@ static int dl_task_new(struct download_engine *engine, const struct download_req
 		task->parallel = DOWNLOAD_PARALLEL_MAX;
 	task->timeout_ms = request->timeout_ms;
 	task->started_ms = task->rate_ms = clock_monotonic_ms();
+	task->rate_limit = request->rate_limit;
+	task->tokens_ms = task->started_ms;
 	task->source = DOWNLOAD_SOURCE_ORIGIN;
 
 	rc = store_task_find(engine->store, id, &st);

@@ -71,6 +71,7 @@ struct download_request {
 	int output_fd;		/* owned by the engine from the call on; -1: none */
 	const char *const *parents; /* "host:port" of peers to fetch pieces from first */
 	size_t parent_count;
+	uint64_t rate_limit;	/* bytes/s the task may fetch (parents and origin); 0 = none */
 	int requester_pid;	/* for logs */
 	unsigned requester_uid;
 };

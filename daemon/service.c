@@ -113,6 +113,7 @@ static void service_download(struct service *service, struct conn *conn,
 		.parallel = request->parallel,
 		.parents = (const char *const *)request->parents,
 		.parent_count = request->n_parents,
+		.rate_limit = request->rate_limit,
 		.output_fd = -1,
 	};
 	struct service_get *get;
