@@ -51,6 +51,10 @@
 #define DOWNLOAD_PIECE_TIMEOUT_DEFAULT_MS 30000u
 /* A parent that sent this many pieces with a wrong crc is dropped. */
 #define DL_PARENT_STRIKES 3u
+/* A parent without the task yet (it may be about to start it: a chain
+ * started all at once) is asked again after 200, 400, 800 ms. */
+#define DL_PARENT_RETRIES 3u
+#define DL_PARENT_RETRY_MS 200u
 /* Outputs a piece is written into straight from its buffer; more watchers
  * of one task get it copied from the cache file afterwards. */
 #define DL_PIECE_OUTPUTS 4u
@@ -118,6 +122,8 @@ struct dl_parent {
 	unsigned inflight;
 	unsigned strikes;		/* pieces that failed their crc */
 	bool synced;			/* its availability stream ended */
+	unsigned retries;		/* reconnections after "no such task" */
+	uint64_t retry_at_ms;		/* dropped, to be reopened then (0: not) */
 	uint64_t bytes;
 };
 
@@ -933,6 +939,7 @@ static void dl_sequential_start(struct dl_task *task)
 /* --- parents. */
 
 static void dl_origin_allow(struct dl_task *task, const char *why);
+static bool dl_parents_hope(const struct dl_task *task);
 
 /* Forgets a parent: no callback comes from it any more; what was asked of it
  * can be asked elsewhere. */
@@ -1035,8 +1042,10 @@ static int dl_parent_shape(struct parent *parent, void *arg, uint64_t content_le
 		return -ESTALE;
 	}
 	bytes = task->piece_count / 8u + 1u;
-	dp->has = calloc(bytes, 1);
-	dp->asked = calloc(bytes, 1);
+	if (!dp->has)
+		dp->has = calloc(bytes, 1);
+	if (!dp->asked)
+		dp->asked = calloc(bytes, 1);
 	if (!dp->has || !dp->asked)
 		return -ENOMEM;
 	log_info("download", "parent connected task=%s parent=%s", task->hex, dp->address);
@@ -1068,6 +1077,14 @@ static bool dl_parent_has_missing(const struct dl_task *task, const struct dl_pa
 	return false;
 }
 
+static bool dl_parent_had_any(const struct dl_task *task, const struct dl_parent *dp)
+{
+	for (uint32_t n = 0; dp->has && n < task->piece_count; n++)
+		if (bit_get(dp->has, n))
+			return true;
+	return false;
+}
+
 static void dl_parent_sync_end(struct parent *parent, void *arg, bool complete,
 			       const char *reason)
 {
@@ -1080,9 +1097,14 @@ static void dl_parent_sync_end(struct parent *parent, void *arg, bool complete,
 		log_info("download", "parent stops announcing task=%s parent=%s reason=\"%s\"",
 			 task->hex, dp->address, reason);
 		if (task->state != DL_FETCHING || !dl_parent_has_missing(task, dp)) {
+			bool never_had = !dl_parent_had_any(task, dp);
+
 			dl_parent_drop(dp, reason[0] ? reason : "nothing more to give");
-			if (task->parents_live == 0 && task->state == DL_PROBING)
-				dl_origin_allow(task, "no parent has the task");
+			if (never_had && dp->retries < DL_PARENT_RETRIES) {
+				dp->retry_at_ms = clock_monotonic_ms() +
+						  ((uint64_t)DL_PARENT_RETRY_MS << dp->retries);
+				dp->retries++;
+			}
 		}
 	}
 	dl_pump(task);
@@ -1257,7 +1279,7 @@ static bool dl_parents_stuck(const struct dl_task *task)
 {
 	bool announcing = false;
 
-	if (task->parents_live == 0)
+	if (!dl_parents_hope(task))
 		return true;
 	for (const struct dl_parent *dp = task->parents; dp; dp = dp->next)
 		if (dp->parent && !dp->synced)
@@ -1294,6 +1316,34 @@ static void dl_origin_allow(struct dl_task *task, const char *why)
 
 /* `connections` to each parent: one piece at a time moves on a connection
  * (socket -> pipe -> file), so several overlap the network and the disk. */
+static void dl_parent_connect(struct dl_parent *dp)
+{
+	struct dl_task *task = dp->task;
+	char err[256];
+
+	dp->retry_at_ms = 0;
+	dp->synced = false;
+	if (parent_open(&dp->parent, task->engine->loop, dp->address, task->id,
+			&dl_parent_callbacks, dp, err, sizeof(err)) < 0) {
+		dp->parent = NULL;
+		log_warn("download", "parent unusable task=%s parent=%s reason=\"%s\"", task->hex,
+			 dp->address, err);
+		return;
+	}
+	task->parents_live++;
+}
+
+/* Parents connected, or to be asked again soon. */
+static bool dl_parents_hope(const struct dl_task *task)
+{
+	if (task->parents_live)
+		return true;
+	for (const struct dl_parent *dp = task->parents; dp; dp = dp->next)
+		if (dp->retry_at_ms)
+			return true;
+	return false;
+}
+
 static int dl_parents_open(struct dl_task *task, const char *const *addresses, size_t count)
 {
 	unsigned connections = task->engine->options.parent_connections;
@@ -1305,7 +1355,6 @@ static int dl_parents_open(struct dl_task *task, const char *const *addresses, s
 	for (size_t k = 0; k < count * connections; k++) {
 		size_t i = k % count;
 		struct dl_parent *dp = calloc(1, sizeof(*dp));
-		char err[256];
 
 		if (!dp)
 			return -ENOMEM;
@@ -1313,14 +1362,7 @@ static int dl_parents_open(struct dl_task *task, const char *const *addresses, s
 		snprintf(dp->address, sizeof(dp->address), "%s", addresses[i]);
 		dp->next = task->parents;
 		task->parents = dp;
-		if (parent_open(&dp->parent, task->engine->loop, addresses[i], task->id,
-				&dl_parent_callbacks, dp, err, sizeof(err)) < 0) {
-			dp->parent = NULL;
-			log_warn("download", "parent unusable task=%s parent=%s reason=\"%s\"",
-				 task->hex, dp->address, err);
-			continue;
-		}
-		task->parents_live++;
+		dl_parent_connect(dp);
 	}
 	task->peer_progress_ms = clock_monotonic_ms();
 	return 0;
@@ -1354,6 +1396,12 @@ static void dl_parents_tick(struct dl_task *task, uint64_t now_ms)
 		uint64_t since = dp->parent ? parent_oldest_ms(dp->parent) : 0;
 		char reason[128];
 
+		if (!dp->parent && dp->retry_at_ms && now_ms >= dp->retry_at_ms) {
+			log_info("download", "parent asked again task=%s parent=%s retry=%u",
+				 task->hex, dp->address, dp->retries);
+			dl_parent_connect(dp);
+			continue;
+		}
 		if (!since || now_ms - since < timeout)
 			continue;
 		if (dp->has && parent_oldest_piece(dp->parent) != UINT32_MAX)
@@ -1412,8 +1460,8 @@ static bool dl_parent_will_bring(const struct dl_task *task, uint32_t number)
 /* Starts whatever can start: fetches up to `parallel`, or the end. */
 static void dl_pump(struct dl_task *task)
 {
-	if (task->state == DL_PROBING && task->parents && task->parents_live == 0)
-		dl_origin_allow(task, "no parent left");
+	if (task->state == DL_PROBING && task->parents && !dl_parents_hope(task))
+		dl_origin_allow(task, "no parent has the task");
 	if (task->state != DL_FETCHING)
 		return;
 	if (store_task_info(task->st)->pieces_done == task->piece_count) {
