@@ -11,6 +11,8 @@
 
 /* Piece numbers per PieceAvailability frame: 5 bytes each at most. */
 #define UPLOAD_NUMBERS_PER_FRAME 65536u
+/* SyncPieces streams open on one connection (a child needs one per task). */
+#define UPLOAD_SYNCS_PER_CONN 16u
 
 struct upload_get {
 	uint64_t id;
@@ -26,6 +28,7 @@ struct upload_conn {
 	struct upload_get *queue;	/* ring of max_requests GetPiece not answered yet */
 	unsigned head, count;
 	unsigned sending;		/* payloads queued on the conn, not yet done */
+	unsigned syncs;			/* its SyncPieces streams still open */
 	struct store_task *kept;	/* a complete task kept open while we serve it */
 	struct upload_conn *next_blocked;
 	bool blocked;
@@ -342,6 +345,7 @@ static void upload_sync_remove(struct upload *upload, struct upload_sync *sync)
 	for (struct upload_sync **p = &upload->syncs; *p; p = &(*p)->next) {
 		if (*p == sync) {
 			*p = sync->next;
+			sync->uc->syncs--;
 			free(sync);
 			return;
 		}
@@ -367,6 +371,12 @@ static void upload_sync_pieces(struct upload *upload, struct conn *conn,
 	}
 	if (!upload_task_id(conn, m->id, &m->task_id))
 		return;
+	if (uc->syncs >= UPLOAD_SYNCS_PER_CONN) {
+		conn_reply_error(conn, m->id, RINGFLY__ERROR_CODE__ERROR_CODE_BUSY,
+				 "too many SyncPieces streams on one connection (limit %u)",
+				 UPLOAD_SYNCS_PER_CONN);
+		return;
+	}
 	hash_hex(m->task_id.data, hex);
 	rc = store_task_find(upload->store, m->task_id.data, &task);
 	if (rc < 0) {
@@ -410,6 +420,7 @@ static void upload_sync_pieces(struct upload *upload, struct conn *conn,
 		memcpy(sync->task_id, m->task_id.data, 32);
 		sync->next = upload->syncs;
 		upload->syncs = sync;
+		uc->syncs++;
 	}
 	/* If nobody else holds it, nobody is filling it: the stream ends here
 	 * (the observer says so). */
