@@ -668,6 +668,15 @@ static void dl_piece_write(struct dl_piece *piece)
 	task->write_count++;
 	rc = store_piece_from_buffer(task->st, piece->number, piece->buf, piece->size, false, 0,
 				     dl_piece_written, dl_piece_stored, piece);
+	if (rc == -EALREADY || rc == -EBUSY) {
+		/* Recorded meanwhile, or another source is writing it: that
+		 * write decides (a failed one leaves the piece to fetch again). */
+		task->write_count--;
+		piece->stored = true;
+		dl_piece_settle(piece);
+		task->scan = 0;
+		return;
+	}
 	if (rc < 0) {
 		uint32_t number = piece->number;
 
@@ -954,8 +963,9 @@ static void dl_parent_drop(struct dl_parent *dp, const char *reason)
 	for (uint32_t n = 0; dp->has && n < task->piece_count; n++) {
 		if (bit_get(dp->has, n) && task->avail && task->avail[n])
 			task->avail[n]--;
-		/* A piece already off the socket is still reported (and
-		 * counted); the rest can be asked elsewhere now. */
+		/* A piece being written is still reported (its bytes may be
+		 * recorded, and no second write of it may start meanwhile);
+		 * the rest can be asked elsewhere now. */
 		if (dp->asked && bit_get(dp->asked, n) && !parent_piece_pending(dp->parent, n)) {
 			bit_set(dp->asked, n, false);
 			bit_set(task->busy, n, false);

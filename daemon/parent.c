@@ -47,6 +47,7 @@ struct parent_write {
 	uint32_t number;
 	uint32_t length;
 	bool received;
+	bool report;			/* in flight at parent_close: still reported */
 };
 
 struct parent {
@@ -198,6 +199,7 @@ static void parent_piece_done(struct store_task *st, uint32_t number, int res, v
 	struct parent_write *w = arg;
 	struct parent *parent = w->parent;
 	bool received = w->received;
+	bool report = w->report;
 	uint32_t length = w->length;
 
 	(void)st;
@@ -212,7 +214,7 @@ static void parent_piece_done(struct store_task *st, uint32_t number, int res, v
 	parent->calling++;
 	if (res == 0)
 		parent->bytes += length;
-	if (!parent->closed || received)
+	if (!parent->closed || report)
 		parent->cb.piece_done(parent, parent->arg, number, length, res,
 				      res == -EBADMSG ? "crc mismatch" : NULL);
 	/* Bytes of the piece still in the socket: the stream is lost. */
@@ -394,6 +396,14 @@ static void parent_recv_done(struct loop_op *op, int res, uint32_t flags)
 	(void)flags;
 	parent->op_armed = false;
 	if (parent->closed || parent->stage == PARENT_DEAD) {
+		/* A piece whose bytes we were reading past is over too. */
+		if (parent->discard_write) {
+			struct parent_write *w = parent->discard_write;
+
+			parent->discard_write = NULL;
+			parent_piece_done(NULL, w->number, -ECONNRESET, w);
+			return;
+		}
 		parent_maybe_free(parent);
 		return;
 	}
@@ -637,13 +647,15 @@ const char *parent_address(const struct parent *parent)
 bool parent_piece_pending(const struct parent *parent, uint32_t number)
 {
 	for (const struct parent_write *w = parent->write_list; w; w = w->next)
-		if (w->number == number && w->received && w != parent->discard_write)
+		if (w->number == number)
 			return true;
 	return false;
 }
 
 void parent_close(struct parent *parent)
 {
+	for (struct parent_write *w = parent->write_list; w; w = w->next)
+		w->report = true;
 	parent->closed = true;
 	if (parent->stage != PARENT_DEAD) {
 		parent->stage = PARENT_DEAD;

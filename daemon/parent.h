@@ -66,13 +66,14 @@ uint32_t parent_oldest_piece(const struct parent *parent);
 uint64_t parent_bytes(const struct parent *parent);
 const char *parent_address(const struct parent *parent);
 
-/* True while piece `number` is off the socket and in the store (checked,
- * then made durable): its piece_done still comes after parent_close. */
+/* True while a write of piece `number` from this parent is in flight (the
+ * store is reading its bytes from the socket, or checking and syncing them):
+ * its piece_done still comes after parent_close. */
 bool parent_piece_pending(const struct parent *parent, uint32_t number);
 
-/* Stops: no callback runs any more, except piece_done for the pieces
- * parent_piece_pending says are in the store; the memory goes once the loop
- * and the store are done with it. */
+/* Stops: no callback runs any more, except piece_done for the writes
+ * parent_piece_pending says are in flight (soon: the socket is shut down);
+ * the memory goes once the loop and the store are done with it. */
 void parent_close(struct parent *parent);
 
 #endif

@@ -103,6 +103,7 @@ struct store_task {
 	int fd;
 	struct meta_task info;
 	uint8_t *recorded;		/* bitmap of recorded pieces */
+	uint8_t *writing;		/* bitmap of pieces with a write in flight */
 	uint32_t *crcs;			/* crc of each recorded piece */
 	bool failed;
 	bool discard;			/* delete when the last reference goes */
@@ -307,6 +308,7 @@ static void piece_release(struct piece_write *w, bool report, int res)
 	w->chunk = NULL;
 	assert(task->writes > 0);
 	task->writes--;
+	bit_set(task->writing, w->number, false);
 	if (report)
 		w->done(task, w->number, res, w->arg);
 	w->next = store->free_writes;
@@ -607,9 +609,14 @@ static int piece_begin(struct store_task *task, uint32_t number, bool has_crc, u
 		return -EINVAL;
 	if (bit_get(task->recorded, number))
 		return -EALREADY;
+	/* Two writers of one piece would write over each other's checked
+	 * bytes (one from a parent that lies, say): one at a time. */
+	if (bit_get(task->writing, number))
+		return -EBUSY;
 	w = pool_get_write(store);
 	if (!w)
 		return -ENOMEM;
+	bit_set(task->writing, number, true);
 	w->task = task;
 	w->number = number;
 	w->offset = piece_offset(task->info.piece_length, number);
@@ -704,6 +711,7 @@ static void task_free(struct store_task *task)
 	if (task->fd >= 0)
 		close(task->fd);
 	free(task->recorded);
+	free(task->writing);
 	free(task->crcs);
 	free(task->rows);
 	free(task);
@@ -722,8 +730,9 @@ static int task_attach(struct store *store, const struct meta_task *info, int fd
 	task->fd = fd;
 	task->info = *info;
 	task->recorded = calloc(1, bitmap_bytes);
+	task->writing = calloc(1, bitmap_bytes);
 	task->crcs = calloc(info->piece_count + 1u, sizeof(uint32_t));
-	if (!task->recorded || !task->crcs) {
+	if (!task->recorded || !task->writing || !task->crcs) {
 		task->fd = -1;
 		task_free(task);
 		return -ENOMEM;

@@ -124,6 +124,9 @@ bool store_task_is_complete(const struct store_task *task);
 const char *store_task_error(const struct store_task *task);
 
 /*
+ * A piece has one write at a time: starting another while one is in flight
+ * is -EBUSY (nothing happens), starting one of a recorded piece -EALREADY.
+ *
  * res: 0 = the piece is written, checked, durable and recorded;
  * -EBADMSG = its bytes do not match the expected crc (nothing recorded; fetch
  * it again elsewhere); -EPIPE = the socket ended before the piece did;

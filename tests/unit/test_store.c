@@ -732,7 +732,7 @@ Test(store_buffer, without_crc_the_bytes_written_are_what_is_recorded)
 	free(content);
 }
 
-Test(store_buffer, the_same_piece_twice_at_once_counts_once)
+Test(store_buffer, the_same_piece_twice_at_once_is_ebusy_then_ealready)
 {
 	const uint64_t length = 2 * PL;
 	struct store_options options = base_options();
@@ -749,12 +749,16 @@ Test(store_buffer, the_same_piece_twice_at_once_counts_once)
 	cr_assert_eq(store_piece_from_buffer(task, 0, content, PL, true,
 					     piece_crc(content, length, PL, 0), NULL, piece_done, &a),
 		     0);
+	/* A second writer would write over the first one's checked bytes. */
 	cr_assert_eq(store_piece_from_buffer(task, 0, content, PL, true,
 					     piece_crc(content, length, PL, 0), NULL, piece_done, &b),
-		     0);
-	wait_done(2);
+		     -EBUSY);
+	wait_done(1);
 	cr_assert_eq(a.res, 0);
-	cr_assert_eq(b.res, 0);
+	cr_assert_eq(b.calls, 0);
+	cr_assert_eq(store_piece_from_buffer(task, 0, content, PL, true,
+					     piece_crc(content, length, PL, 0), NULL, piece_done, &b),
+		     -EALREADY);
 	cr_assert_eq(store_task_info(task)->pieces_done, 1);
 	cr_assert_eq(store_task_info(task)->bytes_done, PL);
 	cr_assert_eq(store_task_finish(task, err, sizeof(err)), -EAGAIN);
