@@ -11,6 +11,11 @@
 # with nginx stopped, a second get of the URL is served from the daemon's cache, and
 # `ringfly stat URL` shows the task.
 #
+# Issue 6: peer to peer. The daemon that fetched the file (the seed) also listens for
+# peers on loopback TCP; with the origin stopped, three more daemons fetch it from it and
+# from each other (`ringfly get --parent`): a chain that streams piece by piece. The
+# summary compares the bytes the origin sent with the bytes delivered.
+#
 # To add a step: write a function step_<name> that starts with `step "title"` and append
 # its name to STEPS at the bottom. Helpers: start_daemon, wait_health, start_nginx, run, note.
 #
@@ -278,7 +283,8 @@ step_origin() {
 
 step_get() {
 	step "ringfly get: the daemon downloads it from the origin (HTTP range requests)"
-	start_daemon PID3 "$tmp/ringflyd-3.log" --socket "$SOCKET" --data-dir "$DATA"
+	start_daemon PID3 "$tmp/ringflyd-3.log" --socket "$SOCKET" --data-dir "$DATA" \
+		--listen-peer 127.0.0.1:0
 	wait_health "$SOCKET" "$PID3" "$tmp/ringflyd-3.log"
 	note "progress goes to stderr: a bar on a terminal, a line every ~2 s otherwise; then a summary"
 	run "$RINGFLY" --socket "$SOCKET" get "$URL" -O "$tmp/out/first.bin" ||
@@ -323,17 +329,107 @@ step_cache() {
 		fail "ringfly stat does not say 'bytes_done: $((${DEMO_SIZE_MIB:-256} << 20))'"
 }
 
+# peer_port LOG PID: the TCP port the daemon logged (`listening peer=... port=N`).
+peer_port() {
+	local log=$1 pid=$2 deadline=$(($(date +%s) + HEALTH_DEADLINE_S)) port
+	while :; do
+		port=$(sed -n 's/.*listening peer=.* port=\([0-9]*\).*/\1/p' "$log" | tail -n 1)
+		[[ -n $port ]] && break
+		kill -0 "$pid" 2>/dev/null || fail "ringflyd pid $pid died: $(tail -n 3 "$log")"
+		(($(date +%s) <= deadline)) || fail "no 'listening peer=' line in $log"
+		sleep 0.01
+	done
+	printf '%s\n' "$port"
+}
+
+# field_of LOG KEY: the KEY=N value of the `download done` line in LOG.
+field_of() { sed -n "s/.*download done.* $2=\([0-9]*\).*/\1/p" "$1" | tail -n 1; }
+
+step_swarm() {
+	step "peer to peer: three more daemons fetch it from the seed and from each other"
+	local seed_port p names=(peer-a peer-b peer-c) pids=() ports=() t0 t1 rc size
+	size=$((${DEMO_SIZE_MIB:-256} << 20))
+	seed_port=$(peer_port "$tmp/ringflyd-3.log" "$PID3")
+	note "the daemon above (the seed) serves pieces on 127.0.0.1:$seed_port; nginx is stopped"
+	for p in 0 1 2; do
+		start_daemon "pids[$p]" "$tmp/${names[p]}.log" --socket "$tmp/${names[p]}.sock" \
+			--data-dir "$tmp/${names[p]}.data" --listen-peer 127.0.0.1:0
+		wait_health "$tmp/${names[p]}.sock" "${pids[p]}" "$tmp/${names[p]}.log"
+		ports[p]=$(peer_port "$tmp/${names[p]}.log" "${pids[p]}")
+	done
+	note "peer-a from the seed (with its progress bar); at the same time peer-b from the seed"
+	note "and peer-a, and peer-c from peer-a and peer-b: pieces stream down the chain"
+	t0=$(date +%s%N)
+	show "$RINGFLY" --socket "\$T/peer-b.sock" get "$URL" -O "\$T/out/peer-b.bin" --no-progress \
+		--parent "127.0.0.1:$seed_port" --parent "127.0.0.1:${ports[0]}" "&"
+	"$RINGFLY" --socket "$tmp/peer-b.sock" get "$URL" -O "$tmp/out/peer-b.bin" --no-progress \
+		--parent "127.0.0.1:$seed_port" --parent "127.0.0.1:${ports[0]}" 2>"$tmp/get-b.err" &
+	local get_b=$!
+	show "$RINGFLY" --socket "\$T/peer-c.sock" get "$URL" -O "\$T/out/peer-c.bin" --no-progress \
+		--parent "127.0.0.1:${ports[0]}" --parent "127.0.0.1:${ports[1]}" "&"
+	"$RINGFLY" --socket "$tmp/peer-c.sock" get "$URL" -O "$tmp/out/peer-c.bin" --no-progress \
+		--parent "127.0.0.1:${ports[0]}" --parent "127.0.0.1:${ports[1]}" 2>"$tmp/get-c.err" &
+	local get_c=$!
+	run "$RINGFLY" --socket "$tmp/peer-a.sock" get "$URL" -O "$tmp/out/peer-a.bin" \
+		--parent "127.0.0.1:$seed_port" || fail "peer-a's get exited with $?"
+	rc=0
+	wait "$get_b" || rc=$?
+	sed 's/^/    /' "$tmp/get-b.err"
+	((rc == 0)) || fail "peer-b's get exited with $rc"
+	rc=0
+	wait "$get_c" || rc=$?
+	sed 's/^/    /' "$tmp/get-c.err"
+	((rc == 0)) || fail "peer-c's get exited with $rc"
+	t1=$(date +%s%N)
+	for p in 0 1 2; do
+		[[ $(sha_of "$tmp/out/${names[p]}.bin") == "$SOURCE_SHA" ]] ||
+			fail "${names[p]}'s copy has another sha256"
+	done
+	note "sha256 of all three copies matches the source"
+	local origin_bytes=0 peer_bytes=0 delivered=0 n log deadline
+	origin_bytes=$(awk '{ if ($9 ~ /^2/) sum += $10 } END { print sum + 0 }' "$tmp/nginx/access.log")
+	for log in "$tmp/peer-a.log" "$tmp/peer-b.log" "$tmp/peer-c.log"; do
+		# The get ends when the output is whole; the line follows once the cache is durable.
+		deadline=$(($(date +%s) + 10))
+		until grep -q "download done" "$log"; do
+			(($(date +%s) <= deadline)) || fail "no 'download done' in $log"
+			sleep 0.01
+		done
+		n=$(field_of "$log" peer_bytes)
+		peer_bytes=$((peer_bytes + n))
+		[[ $(field_of "$log" origin_bytes) == 0 ]] || fail "$log: bytes came from the origin"
+	done
+	delivered=$((5 * size)) # first get, cache hit, three peers
+	note "the daemons' logs (source=peer: every byte from other peers):"
+	grep -h "download done" "$tmp/peer-a.log" "$tmp/peer-b.log" "$tmp/peer-c.log" |
+		sed 's/^/    /'
+	printf '\n   %ssummary%s\n' "$bold" "$plain"
+	awk -v o="$origin_bytes" -v p="$peer_bytes" -v d="$delivered" -v s="$size" \
+		-v ns="$((t1 - t0))" 'BEGIN {
+		printf "   bytes from the origin      %12d  (%.2f x the file)\n", o, o / s
+		printf "   bytes between peers        %12d\n", p
+		printf "   bytes delivered to files   %12d  (5 gets: origin, cache hit, 3 peers)\n", d
+		printf "   three peer gets            %12.2f s, %.2f GB/s together\n", ns / 1e9, 3 * s / ns
+	}'
+	((origin_bytes <= size + size / 10)) ||
+		fail "the origin sent $origin_bytes bytes for a $size-byte file"
+	PEER_PIDS=("${pids[@]}")
+}
+
 step_stop() {
-	step "SIGTERM: the daemon stops cleanly"
-	run kill -TERM "$PID3"
-	local rc=0
-	wait "$PID3" || rc=$?
-	((rc == 0)) || fail "expected exit code 0 after SIGTERM, got $rc"
-	note "ringflyd exit code: 0"
+	step "SIGTERM: the daemons stop cleanly"
+	local pid rc
+	for pid in "$PID3" "${PEER_PIDS[@]}"; do
+		run kill -TERM "$pid"
+		rc=0
+		wait "$pid" || rc=$?
+		((rc == 0)) || fail "expected exit code 0 after SIGTERM, got $rc"
+	done
+	note "ringflyd exit codes: 0"
 }
 
 STEPS=(step_build step_start step_kill9 step_restart step_sigterm
-	step_origin step_get step_cache step_stop)
+	step_origin step_get step_cache step_swarm step_stop)
 
 for s in "${STEPS[@]}"; do
 	"$s"
