@@ -186,6 +186,7 @@ struct dl_task {
 	uint64_t peer_bytes;
 	uint64_t peer_progress_ms;	/* the last sign of life from parents */
 	bool origin_allowed;		/* the origin fetches too */
+	bool stuck_changed;		/* a parent or piece changed: look again */
 
 	/* The task's rate limit: a piece starts only while tokens are left
 	 * (they may go negative by a piece); refilled as time passes. */
@@ -979,6 +980,7 @@ static void dl_parent_drop(struct dl_parent *dp, const char *reason)
 	dp->parent = NULL;
 	task->parents_live--;
 	task->scan = 0;
+	task->stuck_changed = true;
 }
 
 static void dl_parents_close(struct dl_task *task, const char *reason)
@@ -1103,6 +1105,7 @@ static void dl_parent_sync_end(struct parent *parent, void *arg, bool complete,
 
 	(void)parent;
 	dp->synced = true;
+	task->stuck_changed = true;
 	if (!complete) {
 		log_info("download", "parent stops announcing task=%s parent=%s reason=\"%s\"",
 			 task->hex, dp->address, reason);
@@ -1133,6 +1136,8 @@ static void dl_parent_piece_done(struct parent *parent, void *arg, uint32_t numb
 		dp->inflight--;
 		task->peer_inflight--;
 	}
+	if (res < 0)
+		task->stuck_changed = true;
 	switch (res) {
 	case 0:
 		dp->bytes += length;
@@ -1285,7 +1290,7 @@ static void dl_parents_pump(struct dl_task *task)
 
 /* True when the parents cannot finish the task on their own: none left, or
  * a missing piece that no live parent has and none will announce. */
-static bool dl_parents_stuck(const struct dl_task *task)
+static bool dl_parents_stuck(struct dl_task *task)
 {
 	bool announcing = false;
 
@@ -1294,8 +1299,11 @@ static bool dl_parents_stuck(const struct dl_task *task)
 	for (const struct dl_parent *dp = task->parents; dp; dp = dp->next)
 		if (dp->parent && !dp->synced)
 			announcing = true;
-	if (announcing || task->state != DL_FETCHING)
+	if (announcing || task->state != DL_FETCHING || !task->stuck_changed)
 		return false;
+	/* Only after a parent went, stopped announcing or failed a piece:
+	 * not a scan of every piece per piece. */
+	task->stuck_changed = false;
 	for (uint32_t n = 0; n < task->piece_count; n++)
 		if (task->avail[n] == 0 && !store_task_has_piece(task->st, n) &&
 		    !bit_get(task->ready, n) && !bit_get(task->busy, n))
