@@ -73,6 +73,8 @@
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+# shellcheck source-path=SCRIPTDIR source=../common/lib.sh
+. "$root/bench/common/lib.sh"
 build=${1:-${BUILD_DIR:-$root/build/release}}
 runs=${RUNS:-5}
 size_mib=${SIZE_MIB:-1024}
@@ -80,21 +82,11 @@ bytes=$((size_mib * 1024 * 1024))
 parallel=${PARALLEL:-}
 ringfly=$build/ringfly
 ringflyd=$build/ringflyd
-nginx_bin=$(command -v nginx || echo /usr/sbin/nginx)
-clk_tck=$(getconf CLK_TCK)
-
-want() { [[ -z ${CONTENDERS:-} || " $CONTENDERS " == *" $1 "* ]]; }
 
 names=()
 if want ringfly; then
-	for bin in "$ringfly" "$ringflyd"; do
-		if [[ ! -x $bin ]]; then
-			echo "run.sh: $bin missing; build first:" >&2
-			echo "  cmake -S $root -B $build -DCMAKE_BUILD_TYPE=Release && cmake --build $build" >&2
-			echo "  (or leave ringfly out: CONTENDERS=\"curl aria2c curl-null\")" >&2
-			exit 1
-		fi
-	done
+	require_built "$root" "$build" '(or leave ringfly out: CONTENDERS="curl aria2c curl-null")' \
+		"$ringfly" "$ringflyd"
 	names+=(ringfly)
 fi
 if [[ ! -x $nginx_bin ]]; then
@@ -125,40 +117,13 @@ fi
 out_dir=$(mktemp -d "${OUT_PARENT:-/tmp}/ringfly-bench-origin.XXXXXX")
 chmod 755 "$out_dir"
 src_dir=
-nginx_pid=
 daemon_pid=
-cleanup() {
-	local pid
-	for pid in "$daemon_pid" "$nginx_pid"; do
-		if [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null; then
-			kill -TERM "$pid" 2>/dev/null || true
-			wait "$pid" 2>/dev/null || true
-		fi
-	done
-	if [[ ${KEEP:-0} == 1 ]]; then
-		echo "run.sh: kept $out_dir${src_dir:+ and $src_dir}" >&2
-		return
-	fi
-	rm -rf "$out_dir"
-	if [[ -n $src_dir ]]; then
-		rm -rf "$src_dir"
-	fi
-}
+cleanup() { bench_cleanup "$out_dir" "$src_dir" "$daemon_pid" "$nginx_pid"; }
 trap cleanup EXIT
-
-fail() {
-	echo "run.sh: $1" >&2
-	if [[ -n ${2:-} && -s $2 ]]; then
-		echo "run.sh: last lines of $2:" >&2
-		tail -n 20 "$2" >&2
-	fi
-	exit 1
-}
 
 # Room: the source on SRC_PARENT; on OUT_PARENT one output at a time plus ringfly's cache,
 # which keeps every ringfly run's task.
 src_parent=${SRC_PARENT:-/dev/shm}
-avail() { df --output=avail -B1 "$1" 2>/dev/null | tail -n 1 || echo 0; }
 if (($(avail "$src_parent") < bytes + (256 << 20))); then
 	echo "run.sh: $src_parent has no room for the source; using $out_dir" >&2
 	src_parent=$out_dir
@@ -183,56 +148,8 @@ src_sha=$(sha256sum "$src" | cut -d' ' -f1)
 # nginx on a free loopback port, in out_dir/nginx (its conf, pid, logs, temp paths).
 # ---------------------------------------------------------------------------------------
 ngx=$out_dir/nginx
-mkdir -m 755 "$ngx"
 access_log=$ngx/access.log
-
-port_listening() { (: </dev/tcp/127.0.0.1/"$1") 2>/dev/null; }
-
-start_nginx() {
-	local port deadline
-	for _ in 1 2 3 4 5 6 7 8; do
-		port=$((20000 + (RANDOM * 32768 + RANDOM) % 40000))
-		if port_listening "$port"; then
-			continue
-		fi
-		cat >"$ngx/nginx.conf" <<-EOF
-			error_log $ngx/error.log;
-			pid $ngx/nginx.pid;
-			events { worker_connections 1024; }
-			http {
-			 access_log $access_log;
-			 client_body_temp_path $ngx/body; proxy_temp_path $ngx/proxy;
-			 fastcgi_temp_path $ngx/fastcgi; uwsgi_temp_path $ngx/uwsgi; scgi_temp_path $ngx/scgi;
-			 default_type application/octet-stream;
-			 sendfile on;
-			 keepalive_requests 100000;
-			 server {
-			  listen 127.0.0.1:$port;
-			  root $src_dir/www;
-			 }
-			}
-		EOF
-		"$nginx_bin" -p "$ngx" -c "$ngx/nginx.conf" -g "daemon off; master_process off;" \
-			2>>"$ngx/stderr.log" &
-		nginx_pid=$!
-		deadline=$((SECONDS + 5))
-		while ! port_listening "$port"; do
-			if ! kill -0 "$nginx_pid" 2>/dev/null; then
-				wait "$nginx_pid" 2>/dev/null || true
-				nginx_pid=
-				break # port taken meanwhile, or a config error: see the next try
-			fi
-			((SECONDS < deadline)) || fail "nginx not listening on $port after 5 s" "$ngx/error.log"
-			sleep 0.01
-		done
-		if [[ -n $nginx_pid ]]; then
-			nginx_port=$port
-			return
-		fi
-	done
-	fail "nginx did not start" "$ngx/error.log"
-}
-start_nginx
+start_nginx nginx "$ngx" "$src_dir/www" "daemon off; master_process off;" 1024 "" 20000 40000
 base_url=http://127.0.0.1:$nginx_port/file
 # One untimed GET checks that nginx serves the file (403 if a directory is not 755).
 code=$(curl -s -o /dev/null -w '%{http_code} %{size_download}' "$base_url?check") ||
@@ -247,15 +164,9 @@ data_dir=$out_dir/data
 daemon_log=$out_dir/ringflyd.log
 peak_rss_kib=0
 start_daemon() {
-	local deadline
 	"$ringflyd" --socket "$socket" --data-dir "$data_dir" --log-level info 2>>"$daemon_log" &
 	daemon_pid=$!
-	deadline=$((SECONDS + 5))
-	until "$ringfly" --socket "$socket" --timeout 500ms health >/dev/null 2>&1; do
-		kill -0 "$daemon_pid" 2>/dev/null || fail "ringflyd exited" "$daemon_log"
-		((SECONDS < deadline)) || fail "ringflyd does not answer health after 5 s" "$daemon_log"
-		sleep 0.01
-	done
+	wait_health "$ringfly" "$socket" "$daemon_pid" "$daemon_log"
 }
 # note_rss: keep the largest VmHWM (peak RSS) of the daemons seen so far.
 note_rss() {
@@ -281,16 +192,6 @@ ringfly_cache=${RINGFLY_CACHE:-keep}
 if want ringfly; then
 	start_daemon
 fi
-
-# CPU seconds (user+sys, all threads) of a live process, from /proc/PID/stat.
-proc_cpu() {
-	local stat rest
-	stat=$(<"/proc/$1/stat") || return 1
-	rest=${stat##*) }
-	# shellcheck disable=SC2086 # fields: state is 1, utime 12, stime 13 after "pid (comm) "
-	set -- $rest
-	awk -v u="${12}" -v s="${13}" -v t="$clk_tck" 'BEGIN { printf "%.3f\n", (u + s) / t }'
-}
 
 # Bytes nginx logged as sent (10th field of the default log format) in lines after LINE.
 origin_bytes_after() {
@@ -331,10 +232,7 @@ run_one() {
 	if [[ ${DROP_CACHES:-0} == 1 ]]; then
 		echo 1 >/proc/sys/vm/drop_caches
 	fi
-	if ((prewarm_mib > 0)); then
-		head -c "$((prewarm_mib << 20))" /dev/zero >"$src_dir/prewarm"
-		rm -f "$src_dir/prewarm"
-	fi
+	prewarm "$src_dir" "$prewarm_mib"
 	log_lines=$(wc -l <"$access_log")
 	if [[ $name == ringfly ]]; then
 		d0=$(proc_cpu "$daemon_pid") || fail "ringflyd is gone" "$daemon_log"
@@ -395,30 +293,8 @@ run_one() {
 		printf "%.3f %.3f %.3f\n", B / w / 1e9, (u + s + b - a) / gib, (n1 - n0) / gib }')
 	printf "%4d %6d  %-${name_w}s %-5s %8s %10s %8s %10s  %s\n" "$run_no" "$round" "$name" \
 		"$state" "$gbps" "$cpu_gib" "$wall" "$ocpu_gib" "$note"
-	all_gbps[$name]+=" $gbps"
-	all_cpu[$name]+=" $cpu_gib"
+	record "$name" "$state" "$gbps" "$cpu_gib"
 	all_ocpu[$name]+=" $ocpu_gib"
-	if [[ $state == warm ]]; then
-		warm_gbps[$name]+=" $gbps"
-		warm_cpu[$name]+=" $cpu_gib"
-	fi
-}
-
-median() {
-	if [[ -z ${1// /} ]]; then
-		echo -
-		return
-	fi
-	# shellcheck disable=SC2086 # word splitting intended: one value per word
-	printf '%s\n' $1 | sort -g | awk '{ v[NR] = $1 } END {
-		if (NR % 2) printf "%.3f\n", v[(NR + 1) / 2]
-		else printf "%.3f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
-}
-
-# ratio A B: median(A) / median(B), or "-".
-ratio() {
-	awk -v a="$(median "$1")" -v b="$(median "$2")" 'BEGIN {
-		if (a == "-" || b == "-" || b + 0 == 0) print "-"; else printf "%.2fx\n", a / b }'
 }
 
 # ---------------------------------------------------------------------------------------
@@ -469,20 +345,18 @@ done
 # target_line LABEL NUM DEN TARGET: throughput ratio of medians with the target's verdict
 # (warm-only medians when there are warm runs, else all runs), and the CPU/GiB ratio.
 target_line() {
-	local label=$1 num=$2 den=$3 target=$4 g c wg wc verdict basis
+	local label=$1 num=$2 den=$3 target=$4 g c wg wc basis
 	if [[ -z ${all_gbps[$num]:-} || -z ${all_gbps[$den]:-} ]]; then
 		return
 	fi
-	g=$(ratio "${all_gbps[$num]}" "${all_gbps[$den]}")
-	c=$(ratio "${all_cpu[$num]}" "${all_cpu[$den]}")
-	wg=$(ratio "${warm_gbps[$num]:-}" "${warm_gbps[$den]:-}")
-	wc=$(ratio "${warm_cpu[$num]:-}" "${warm_cpu[$den]:-}")
+	g=$(ratio "${all_gbps[$num]}" "${all_gbps[$den]}" x)
+	c=$(ratio "${all_cpu[$num]}" "${all_cpu[$den]}" x)
+	wg=$(ratio "${warm_gbps[$num]:-}" "${warm_gbps[$den]:-}" x)
+	wc=$(ratio "${warm_cpu[$num]:-}" "${warm_cpu[$den]:-}" x)
 	basis=$wg
 	[[ $basis == - ]] && basis=$g
-	verdict=$(awk -v r="${basis%x}" -v t="$target" 'BEGIN {
-		if (r == "-") print "n/a"; else print (r + 0 >= t) ? "PASS" : "SHORT" }')
 	printf '  %-28s %8s %10s   %14s %19s   >= %sx  %s\n' "$label" "$g" "$c" "$wg" "$wc" \
-		"$target" "$verdict"
+		"$target" "$(verdict "${basis%x}" ">=" "$target")"
 }
 
 if [[ -n ${all_gbps[ringfly]:-} ]]; then

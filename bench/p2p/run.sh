@@ -83,6 +83,8 @@
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+# shellcheck source-path=SCRIPTDIR source=../common/lib.sh
+. "$root/bench/common/lib.sh"
 build=${1:-${BUILD_DIR:-$root/build/release}}
 runs=${RUNS:-5}
 size_mib=${SIZE_MIB:-1024}
@@ -100,19 +102,10 @@ ringflyd=$build/ringflyd
 sender=$build/bench/ref/ringfly-ref-sender
 receiver=$build/bench/ref/ringfly-ref-receiver
 p8_client=$build/bench/p2p/ringfly-bench-p8-client
-nginx_bin=$(command -v nginx || echo /usr/sbin/nginx)
-clk_tck=$(getconf CLK_TCK)
 
 part() { [[ " $parts " == *" $1 "* ]]; }
-want() { [[ -z ${CONTENDERS:-} || " $CONTENDERS " == *" $1 "* ]]; }
 
-for bin in "$ringfly" "$ringflyd" "$sender" "$receiver" "$p8_client"; do
-	if [[ ! -x $bin ]]; then
-		echo "run.sh: $bin missing; build first:" >&2
-		echo "  cmake -S $root -B $build -DCMAKE_BUILD_TYPE=Release && cmake --build $build" >&2
-		exit 1
-	fi
-done
+require_built "$root" "$build" "" "$ringfly" "$ringflyd" "$sender" "$receiver" "$p8_client"
 [[ -x $nginx_bin ]] || { echo "run.sh: nginx not found (scripts/setup.sh)" >&2; exit 1; }
 command -v curl >/dev/null || { echo "run.sh: curl not found (scripts/setup.sh)" >&2; exit 1; }
 [[ $p8_discard == trunc || $p8_discard == copy ]] ||
@@ -143,38 +136,15 @@ declare -A ngx_pid=() ngx_port=()
 a_pid=
 b_pid=
 bg_pid=
+# nginx_pid (lib.sh): an nginx being started, not yet in ngx_pid.
 cleanup() {
-	local pid
-	for pid in "$bg_pid" "$b_pid" "$a_pid" "${ngx_pid[@]}"; do
-		if [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null; then
-			kill -TERM "$pid" 2>/dev/null || true
-			wait "$pid" 2>/dev/null || true
-		fi
-	done
-	if [[ ${KEEP:-0} == 1 ]]; then
-		echo "run.sh: kept $out_dir${src_dir:+ and $src_dir}" >&2
-		return
-	fi
-	rm -rf "$out_dir"
-	if [[ -n $src_dir ]]; then
-		rm -rf "$src_dir"
-	fi
+	bench_cleanup "$out_dir" "$src_dir" "$bg_pid" "$b_pid" "$a_pid" "${ngx_pid[@]}" "$nginx_pid"
 }
 trap cleanup EXIT
-
-fail() {
-	echo "run.sh: $1" >&2
-	if [[ -n ${2:-} && -s $2 ]]; then
-		echo "run.sh: last lines of $2:" >&2
-		tail -n 20 "$2" >&2
-	fi
-	exit 1
-}
 
 # Room: the sources on SRC_PARENT; on OUT_PARENT A's cache (both tasks), B's cache or one
 # output, and B's export in round 1.
 src_parent=${SRC_PARENT:-/dev/shm}
-avail() { df --output=avail -B1 "$1" 2>/dev/null | tail -n 1 || echo 0; }
 if (($(avail "$src_parent") < bytes + p8_bytes + (prewarm_mib << 20) + (256 << 20))); then
 	echo "run.sh: $src_parent has no room for the sources; using $out_dir" >&2
 	src_parent=$out_dir
@@ -200,82 +170,23 @@ fi
 # ---------------------------------------------------------------------------------------
 # Processes: nginx, the parent A, a child B, CPU and memory readings.
 # ---------------------------------------------------------------------------------------
-port_listening() { (: </dev/tcp/127.0.0.1/"$1") 2>/dev/null; }
-# A random port below the kernel's ephemeral range (32768 and up here), so that no client
-# connection of an earlier run (P8 opens hundreds) holds it.
-random_port() { echo $((10000 + (RANDOM * 32768 + RANDOM) % 22000)); }
+# Random ports below the kernel's ephemeral range (32768 and up here), so that no client
+# connection of an earlier run (P8 opens hundreds) holds one.
+port_low=10000
+port_count=22000
 
-# start_nginx NAME: an nginx of its own (conf, pid, logs in out_dir/nginx-NAME) on a free
+# start_ngx NAME: an nginx of its own (conf, pid, logs in out_dir/nginx-NAME) on a free
 # loopback port serving src_dir/www; sets ngx_pid[NAME] and ngx_port[NAME].
-start_nginx() {
-	local name=$1 dir=$out_dir/nginx-$1 port deadline pid procs
-	mkdir -m 755 "$dir"
-	procs="daemon off; master_process off;"
+start_ngx() {
+	local name=$1 procs="daemon off; master_process off;"
 	if [[ $name == reference && $nginx_workers -gt 1 ]]; then
 		procs="daemon off; master_process on; worker_processes $nginx_workers;"
 	fi
-	for _ in 1 2 3 4 5 6 7 8; do
-		port=$(random_port)
-		port_listening "$port" && continue
-		cat >"$dir/nginx.conf" <<-EOF
-			error_log $dir/error.log;
-			pid $dir/nginx.pid;
-			events { worker_connections 4096; }
-			http {
-			 access_log $dir/access.log;
-			 client_body_temp_path $dir/body; proxy_temp_path $dir/proxy;
-			 fastcgi_temp_path $dir/fastcgi; uwsgi_temp_path $dir/uwsgi; scgi_temp_path $dir/scgi;
-			 default_type application/octet-stream;
-			 sendfile on;
-			 keepalive_requests 100000;
-			 server {
-			  listen 127.0.0.1:$port backlog=4096;
-			  root $src_dir/www;
-			 }
-			}
-		EOF
-		"$nginx_bin" -p "$dir" -c "$dir/nginx.conf" -g "$procs" 2>>"$dir/stderr.log" &
-		pid=$!
-		deadline=$((SECONDS + 5))
-		while ! port_listening "$port"; do
-			if ! kill -0 "$pid" 2>/dev/null; then
-				wait "$pid" 2>/dev/null || true
-				pid=
-				break # port taken meanwhile, or a config error: see the next try
-			fi
-			((SECONDS < deadline)) || fail "nginx $name not listening on $port after 5 s" "$dir/error.log"
-			sleep 0.01
-		done
-		if [[ -n $pid ]]; then
-			ngx_pid[$name]=$pid
-			ngx_port[$name]=$port
-			return
-		fi
-	done
-	fail "nginx $name did not start" "$dir/error.log"
-}
-
-stop_pid() {
-	kill -TERM "$1" 2>/dev/null || true
-	wait "$1" 2>/dev/null || true
-}
-
-# CPU seconds (user+sys, all threads, exited ones included) of a live process and its
-# children processes (nginx's workers), from /proc/PID/stat.
-proc_cpu() {
-	local pid ticks=0 stat rest kids
-	local -a pids=("$1")
-	kids=$(cat /proc/"$1"/task/*/children 2>/dev/null || true)
-	# shellcheck disable=SC2206 # one pid per word
-	pids+=($kids)
-	for pid in "${pids[@]}"; do
-		stat=$(<"/proc/$pid/stat") || return 1
-		rest=${stat##*) }
-		# shellcheck disable=SC2086 # fields: state is 1, utime 12, stime 13 after "pid (comm) "
-		set -- $rest
-		ticks=$((ticks + ${12} + ${13}))
-	done
-	awk -v t="$ticks" -v hz="$clk_tck" 'BEGIN { printf "%.3f\n", t / hz }'
+	start_nginx "nginx $name" "$out_dir/nginx-$name" "$src_dir/www" "$procs" 4096 backlog=4096 \
+		"$port_low" "$port_count"
+	ngx_pid[$name]=$nginx_pid
+	ngx_port[$name]=$nginx_port
+	nginx_pid=
 }
 
 # Arithmetic on decimal seconds: per_gib CPU_SECONDS BYTES, gbps_of SECONDS BYTES, add, minus.
@@ -288,16 +199,6 @@ minus() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f\n", a - b }'; }
 hwm_mib() { awk '/^VmHWM/ { printf "%.0f\n", $2 / 1024 }' "/proc/$1/status"; }
 hwm_reset_ok=1
 hwm_reset() { echo 5 >"/proc/$1/clear_refs" 2>/dev/null || hwm_reset_ok=0; }
-
-# wait_health SOCKET PID LOG: polls `ringfly health` for up to 5 s.
-wait_health() {
-	local deadline=$((SECONDS + 5))
-	until "$ringfly" --socket "$1" --timeout 500ms health >/dev/null 2>&1; do
-		kill -0 "$2" 2>/dev/null || fail "ringflyd exited" "$3"
-		((SECONDS < deadline)) || fail "ringflyd does not answer health after 5 s" "$3"
-		sleep 0.01
-	done
-}
 
 # wait_line FILE ERE SECONDS: polls FILE for a line matching ERE; prints the first match.
 wait_line() {
@@ -328,8 +229,8 @@ b_sock=$out_dir/b.sock
 b_data=$out_dir/b.data
 b_log=$out_dir/b.log
 
-start_nginx origin
-start_nginx reference
+start_ngx origin
+start_ngx reference
 origin_base=http://127.0.0.1:${ngx_port[origin]}
 ref_base=http://127.0.0.1:${ngx_port[reference]}
 for name in origin reference; do
@@ -349,7 +250,7 @@ start_parent() {
 	"$ringflyd" --socket "$a_sock" --data-dir "$a_data" --listen-peer 127.0.0.1:0 \
 		--log-level info ${PARENT_ARGS:-} 2>>"$a_log" &
 	a_pid=$!
-	wait_health "$a_sock" "$a_pid" "$a_log"
+	wait_health "$ringfly" "$a_sock" "$a_pid" "$a_log"
 	line=$(wait_line "$a_log" 'listening peer=127\.0\.0\.1:0 port=[0-9]+' 5) ||
 		fail "no 'listening peer=... port=N' line from ringflyd" "$a_log"
 	a_addr=127.0.0.1:$(field "$line" port)
@@ -398,35 +299,6 @@ b_hwm_max=0
 p8_a_hwm_max=0
 run_no=0
 
-median() {
-	if [[ -z ${1// /} ]]; then
-		echo -
-		return
-	fi
-	# shellcheck disable=SC2086 # word splitting intended: one value per word
-	printf '%s\n' $1 | sort -g | awk '{ v[NR] = $1 } END {
-		if (NR % 2) printf "%.3f\n", v[(NR + 1) / 2]
-		else printf "%.3f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
-}
-
-# record KEY STATE GBPS CPU: keeps one sample.
-record() {
-	all_gbps[$1]+=" $3"
-	all_cpu[$1]+=" $4"
-	if [[ $2 == warm ]]; then
-		warm_gbps[$1]+=" $3"
-		warm_cpu[$1]+=" $4"
-	fi
-}
-
-
-prewarm() {
-	if ((prewarm_mib > 0)); then
-		head -c "$((prewarm_mib << 20))" /dev/zero >"$src_dir/prewarm"
-		rm -f "$src_dir/prewarm"
-	fi
-}
-
 timefile=$out_dir/run.time
 runlog=$out_dir/run.stderr
 
@@ -440,12 +312,12 @@ run_ringfly() {
 	"$ringflyd" --socket "$b_sock" --data-dir "$b_data" --log-level info ${CHILD_ARGS:-} \
 		2>>"$b_log" &
 	b_pid=$!
-	wait_health "$b_sock" "$b_pid" "$b_log"
+	wait_health "$ringfly" "$b_sock" "$b_pid" "$b_log"
 	if port_listening "${ngx_port[origin]}"; then
 		fail "something listens on the origin's port ${ngx_port[origin]}"
 	fi
 	sync
-	prewarm
+	prewarm "$src_dir" "$prewarm_mib"
 	hwm_reset "$a_pid"
 	a0=$(proc_cpu "$a_pid") || fail "parent ringflyd is gone" "$a_log"
 	b0=$(proc_cpu "$b_pid") || fail "child ringflyd is gone" "$b_log"
@@ -489,7 +361,7 @@ run_ref() {
 	rm -f "$out" "$fifo"
 	mkfifo "$fifo"
 	sync
-	prewarm
+	prewarm "$src_dir" "$prewarm_mib"
 	: >"$runlog"
 	"$receiver" --listen 127.0.0.1:0 --out "$out" --bytes "$bytes" --mode splice \
 		--pipe-size 1048576 "$@" >"$fifo" 2>>"$runlog" &
@@ -523,7 +395,7 @@ run_curl() {
 	local out=$out_dir/curl.out n0 n1 wall user sys rc=0 pid=${ngx_pid[reference]}
 	rm -f "$out"
 	sync
-	prewarm
+	prewarm "$src_dir" "$prewarm_mib"
 	n0=$(proc_cpu "$pid")
 	: >"$runlog"
 	local TIMEFORMAT='%3R %3U %3S'
@@ -553,10 +425,10 @@ json_get() {
 run_iperf3() {
 	local json=$out_dir/iperf3.json port bps sent_s recv_s host remote rc=0 deadline try
 	sync
-	prewarm
+	prewarm "$src_dir" "$prewarm_mib"
 	: >"$runlog"
 	for try in 1 2 3 4 5 6 7 8; do
-		port=$(random_port)
+		port=$(random_port "$port_low" "$port_count")
 		iperf3 -s -1 -p "$port" -B 127.0.0.1 >/dev/null 2>>"$runlog" &
 		bg_pid=$!
 		# Not a connect probe: the one-off server would take it for its one test.
@@ -725,28 +597,16 @@ for key in "${p1_names[@]/#/p1 }" "${p8_names[@]/#/p8 }" "${p8_names[@]/#/p8c }"
 		"$(median "${warm_gbps[$key]:-}")" "$(median "${warm_cpu[$key]:-}")"
 done
 
-# ratio_of A B: median(A) / median(B) (warm-only when both have warm runs), or "-".
-ratio_of() {
-	awk -v a="$(median "$1")" -v b="$(median "$2")" 'BEGIN {
-		if (a == "-" || b == "-" || b + 0 == 0) print "-"; else printf "%.2f\n", a / b }'
-}
-# verdict RATIO OP TARGET
-verdict() {
-	awk -v r="$1" -v op="$2" -v t="$3" 'BEGIN {
-		if (r == "-") print "n/a"
-		else if (op == ">=") print (r + 0 >= t) ? "PASS" : "SHORT"
-		else print (r + 0 <= t) ? "PASS" : "SHORT" }'
-}
 # target LABEL WHAT NUM DEN OP TARGET: WHAT is gbps or cpu.
 target() {
 	local label=$1 what=$2 num=$3 den=$4 op=$5 t=$6 all warm basis
 	[[ -n ${all_gbps[$num]:-} && -n ${all_gbps[$den]:-} ]] || return 0
 	if [[ $what == gbps ]]; then
-		all=$(ratio_of "${all_gbps[$num]}" "${all_gbps[$den]}")
-		warm=$(ratio_of "${warm_gbps[$num]:-}" "${warm_gbps[$den]:-}")
+		all=$(ratio "${all_gbps[$num]}" "${all_gbps[$den]}")
+		warm=$(ratio "${warm_gbps[$num]:-}" "${warm_gbps[$den]:-}")
 	else
-		all=$(ratio_of "${all_cpu[$num]}" "${all_cpu[$den]}")
-		warm=$(ratio_of "${warm_cpu[$num]:-}" "${warm_cpu[$den]:-}")
+		all=$(ratio "${all_cpu[$num]}" "${all_cpu[$den]}")
+		warm=$(ratio "${warm_cpu[$num]:-}" "${warm_cpu[$den]:-}")
 	fi
 	basis=$warm
 	[[ $basis == - ]] && basis=$all
