@@ -67,6 +67,7 @@ static void usage(FILE *out)
 		"  get URL -O FILE [-H 'Name: value']... [--digest sha256:HEX] [--timeout D]\n"
 		"            [--piece-length BYTES] [--parallel N] [--no-progress] [--insecure]\n"
 		"            [--ca-file PEM] [--fsync] [--parent HOST:PORT]... [--rate-limit BYTES]\n"
+		"            [--disable-back-to-source]\n"
 		"            download URL through ringflyd into FILE (- for stdout)\n"
 		"  import FILE             add a local file to the cache; prints its task id\n"
 		"  export TASK -O FILE     copy a complete task out of the cache\n"
@@ -322,6 +323,7 @@ struct cli_get_options {
 	int64_t parallel;
 	int64_t rate_limit;
 	bool no_progress;
+	bool no_back_to_source;
 	bool insecure;
 	bool fsync;
 	char ca_file[PATH_MAX];
@@ -504,6 +506,7 @@ static int cli_get_parse(struct cli_get_options *get, int argc, char **argv)
 		{ "fsync", no_argument, NULL, 'f' },
 		{ "parent", required_argument, NULL, 'P' },
 		{ "rate-limit", required_argument, NULL, 'r' },
+		{ "disable-back-to-source", no_argument, NULL, 'B' },
 		{ NULL, 0, NULL, 0 },
 	};
 	const size_t table_size = sizeof(cli_get_table) / sizeof(cli_get_table[0]);
@@ -539,6 +542,7 @@ static int cli_get_parse(struct cli_get_options *get, int argc, char **argv)
 		case 'p': key = "piece-length"; break;
 		case 'j': key = "parallel"; break;
 		case 'r': key = "rate-limit"; break;
+		case 'B': get->no_back_to_source = true; break;
 		case 'c': key = "ca-file"; break;
 		case 'q': get->no_progress = true; break;
 		case 'k': get->insecure = true; break;
@@ -605,6 +609,7 @@ static int cli_get(struct cli_call *call, int argc, char **argv)
 	request.parents = (char **)get.parents;
 	request.n_parents = get.parent_count;
 	request.rate_limit = (uint64_t)get.rate_limit;
+	request.disable_back_to_source = get.no_back_to_source;
 	if (get.ca_file[0] && get.ca_file[0] != '/') {
 		/* The daemon resolves paths from its own directory. */
 		char absolute[PATH_MAX];

@@ -24,6 +24,9 @@ static const struct {
 	{ "storage-socket-path", "storage.socket_path" },
 	{ "upload-max-connections", "upload.max_connections" },
 	{ "upload-rate-limit", "upload.rate_limit" },
+	{ "scheduler", "scheduler.addresses" },
+	{ "location", "location" },
+	{ "advertise-ip", "advertise_ip" },
 };
 
 #define FLAG_KEY_COUNT (sizeof(flag_keys) / sizeof(flag_keys[0]))
@@ -37,6 +40,8 @@ static void usage(FILE *out)
 		"                [--max-connections N] [--shutdown-timeout DURATION]\n"
 		"                [--storage-socket-path splice|recv] [--verify-cache]\n"
 		"                [--upload-max-connections N] [--upload-rate-limit BYTES]\n"
+		"                [--scheduler HOST:PORT[,HOST:PORT...]] [--location LABEL]\n"
+		"                [--advertise-ip IP]\n"
 		"                [--help] [--version]\n"
 		"Default socket: $RINGFLY_SOCKET, else /run/ringfly/ringflyd.sock.\n"
 		"Precedence: defaults < $RINGFLY_SOCKET < config file < flags.\n");

@@ -54,6 +54,12 @@ static const struct config_option daemon_options[] = {
 	NUMBER_OPTION("download.parent_requests", CONFIG_INT, download_parent_requests, 1, 256),
 	NUMBER_OPTION("download.parent_connections", CONFIG_INT, download_parent_connections, 1,
 		      16),
+	{ "download.back_to_source", CONFIG_BOOL, offsetof(struct daemon_config, back_to_source),
+	  0, 0, 0, NULL },
+	STRING_OPTION("scheduler.addresses", scheduler_addresses),
+	NUMBER_OPTION("scheduler.timeout", CONFIG_DURATION, scheduler_timeout_ms, 100, 60000),
+	STRING_OPTION("location", location),
+	STRING_OPTION("advertise_ip", advertise_ip),
 };
 
 #define DAEMON_OPTION_COUNT (sizeof(daemon_options) / sizeof(daemon_options[0]))
@@ -90,6 +96,8 @@ void daemon_config_defaults(struct daemon_config *config)
 	config->download_piece_timeout_ms = 30 * 1000;
 	config->download_parent_requests = 8;
 	config->download_parent_connections = 4;
+	config->back_to_source = true;
+	config->scheduler_timeout_ms = 2000;
 }
 
 int daemon_config_load(struct daemon_config *config, const char *path, char *err,

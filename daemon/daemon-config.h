@@ -41,6 +41,11 @@ struct daemon_config {
 	int64_t download_parent_requests;	/* download.parent_requests */
 	int64_t download_parent_connections;	/* download.parent_connections */
 	char config_path[PATH_MAX];		/* --config, re-read on SIGHUP ("" = none) */
+	char scheduler_addresses[1024];		/* scheduler.addresses: HOST:PORT,... */
+	int64_t scheduler_timeout_ms;		/* scheduler.timeout */
+	char location[128];			/* location: e.g. zone-a|rack-3 */
+	char advertise_ip[64];			/* advertise_ip: what peers connect to */
+	bool back_to_source;			/* download.back_to_source */
 };
 
 /* Built-in defaults; the socket default comes from $RINGFLY_SOCKET when set. */

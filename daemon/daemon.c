@@ -14,6 +14,7 @@
 #include "core/log.h"
 #include "core/loop.h"
 #include "daemon/download.h"
+#include "daemon/schedclient.h"
 #include "daemon/service.h"
 #include "daemon/upload.h"
 #include "net/conn.h"
@@ -56,6 +57,7 @@ struct daemon {
 	struct service service;
 	struct upload upload;
 	bool upload_ready;
+	struct sched_client *sched;
 
 	struct loop_op drain_op;
 	struct loop_op peer_retry_op;
@@ -234,6 +236,8 @@ static void daemon_begin_shutdown(struct daemon *daemon, int signo)
 	}
 	daemon->draining = true;
 	daemon->drain_started_ms = clock_monotonic_ms();
+	if (daemon->sched)
+		sched_leave_all(daemon->sched);
 	log_info("daemon", "shutting down signal=%s connections=%u deadline_ms=%lld",
 		 daemon_signal_name(signo), daemon_connection_count(daemon),
 		 (long long)daemon->config->shutdown_timeout_ms);
@@ -271,6 +275,26 @@ static void daemon_reload(struct daemon *daemon)
 	if (daemon->upload_ready &&
 	    (uint64_t)fresh.upload_rate_limit != daemon->upload.options.rate_limit)
 		upload_set_rate_limit(&daemon->upload, (uint64_t)fresh.upload_rate_limit);
+}
+
+/* The address other peers reach this daemon at: advertise_ip, else the
+ * peer listener's host unless it is a wildcard, else 127.0.0.1. */
+static void daemon_advertise_ip(const struct daemon_config *config, char *ip, size_t size)
+{
+	char host[128], err[128];
+	unsigned port;
+
+	if (config->advertise_ip[0]) {
+		snprintf(ip, size, "%s", config->advertise_ip);
+		return;
+	}
+	if (config->listen_peer[0] &&
+	    tcp_parse_address(config->listen_peer, host, sizeof(host), &port, err, sizeof(err)) == 0 &&
+	    host[0] && strcmp(host, "0.0.0.0") != 0 && strcmp(host, "::") != 0) {
+		snprintf(ip, size, "%s", host);
+		return;
+	}
+	snprintf(ip, size, "127.0.0.1");
 }
 
 static void daemon_signal(struct loop *loop, int signo, void *arg)
@@ -342,6 +366,8 @@ static void daemon_peer_listen(struct daemon *daemon)
 	}
 	log_info("daemon", "listening peer=%s port=%d", daemon->config->listen_peer,
 		 tcp_local_port(fd));
+	if (daemon->sched)
+		sched_client_set_port(daemon->sched, (unsigned)tcp_local_port(fd));
 }
 
 /* --- the cache: opened before the listener is registered (fast: a lock and
@@ -449,11 +475,32 @@ int daemon_run(const struct daemon_config *config)
 			goto out_uds;
 		}
 	}
+	if (config->scheduler_addresses[0]) {
+		char ip[64];
+		struct sched_options sched_options = {
+			.addresses = config->scheduler_addresses,
+			.timeout_ms = (unsigned)config->scheduler_timeout_ms,
+			.ip = ip,
+			.location = config->location,
+			.seed = strcmp(config->role, "seed") == 0,
+			.upload_slots = (unsigned)config->upload_max_connections,
+		};
+
+		daemon_advertise_ip(config, ip, sizeof(ip));
+		rc = sched_client_create(&daemon.sched, daemon.loop, &sched_options, err,
+					 sizeof(err));
+		if (rc < 0) {
+			fprintf(stderr, "ringflyd: %s\n", err[0] ? err : strerror(-rc));
+			goto out_uds;
+		}
+	}
 	{
 		struct download_options download_options = {
 			.parent_requests = (unsigned)config->download_parent_requests,
 			.piece_timeout_ms = (unsigned)config->download_piece_timeout_ms,
 			.parent_connections = (unsigned)config->download_parent_connections,
+			.sched = daemon.sched,
+			.no_back_to_source = !config->back_to_source,
 		};
 
 		rc = download_engine_create(&daemon.engine, daemon.loop, daemon.store,
@@ -469,6 +516,8 @@ int daemon_run(const struct daemon_config *config)
 		struct upload_options upload_options = {
 			.max_requests = (unsigned)config->upload_max_requests,
 			.rate_limit = (uint64_t)config->upload_rate_limit,
+			.seed = strcmp(config->role, "seed") == 0,
+			.engine = daemon.engine,
 		};
 
 		upload_init(&daemon.upload, daemon.loop, daemon.store, &upload_options);
@@ -524,6 +573,7 @@ out_uds:
 	if (daemon.upload_ready)
 		upload_fini(&daemon.upload);
 	download_engine_destroy(daemon.engine);
+	sched_client_destroy(daemon.sched);
 	store_close(daemon.store);
 	return exit_code;
 out_loop:

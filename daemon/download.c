@@ -16,6 +16,7 @@
 #include "core/hash.h"
 #include "core/log.h"
 #include "daemon/parent.h"
+#include "daemon/schedclient.h"
 #include "net/origin.h"
 #include "storage/piece.h"
 
@@ -54,6 +55,9 @@
 /* A parent without the task yet (it may be about to start it: a chain
  * started all at once) is asked again after 200, 400, 800 ms. */
 #define DL_PARENT_RETRIES 3u
+/* ... and a seed that is fetching it for us, up to 6 s in all. */
+#define DL_PARENT_RETRIES_SEED 5u
+#define DL_ANNOUNCE_MS 1000u
 #define DL_PARENT_RETRY_MS 200u
 /* Outputs a piece is written into straight from its buffer; more watchers
  * of one task get it copied from the cache file afterwards. */
@@ -187,6 +191,9 @@ struct dl_task {
 	uint64_t peer_progress_ms;	/* the last sign of life from parents */
 	bool origin_allowed;		/* the origin fetches too */
 	bool stuck_changed;		/* a parent or piece changed: look again */
+	bool no_origin;			/* back to source disabled */
+	struct sched_request *sched_req;	/* asking a scheduler for parents */
+	uint64_t announce_ms;		/* the last announcement to the scheduler */
 
 	/* The task's rate limit: a piece starts only while tokens are left
 	 * (they may go negative by a piece); refilled as time passes. */
@@ -1112,8 +1119,11 @@ static void dl_parent_sync_end(struct parent *parent, void *arg, bool complete,
 		if (task->state != DL_FETCHING || !dl_parent_has_missing(task, dp)) {
 			bool never_had = !dl_parent_had_any(task, dp);
 
+			unsigned limit = strstr(reason, "fetching it now") ? DL_PARENT_RETRIES_SEED
+									   : DL_PARENT_RETRIES;
+
 			dl_parent_drop(dp, reason[0] ? reason : "nothing more to give");
-			if (never_had && dp->retries < DL_PARENT_RETRIES) {
+			if (never_had && dp->retries < limit) {
 				dp->retry_at_ms = clock_monotonic_ms() +
 						  ((uint64_t)DL_PARENT_RETRY_MS << dp->retries);
 				dp->retries++;
@@ -1318,6 +1328,11 @@ static void dl_origin_allow(struct dl_task *task, const char *why)
 
 	if (task->origin_allowed || dl_final(task))
 		return;
+	if (task->no_origin) {
+		dl_fail(task, -EHOSTUNREACH, DOWNLOAD_ERROR_ORIGIN_UNREACHABLE,
+			"no parent can serve it and back-to-source is disabled (%s)", why);
+		return;
+	}
 	task->origin_allowed = true;
 	if (task->parents)
 		log_info("download", "falling back to the origin task=%s reason=\"%s\"", task->hex,
@@ -1341,7 +1356,7 @@ static void dl_parent_connect(struct dl_parent *dp)
 
 	dp->retry_at_ms = 0;
 	dp->synced = false;
-	if (parent_open(&dp->parent, task->engine->loop, dp->address, task->id,
+	if (parent_open(&dp->parent, task->engine->loop, dp->address, task->id, task->url,
 			&dl_parent_callbacks, dp, err, sizeof(err)) < 0) {
 		dp->parent = NULL;
 		log_warn("download", "parent unusable task=%s parent=%s reason=\"%s\"", task->hex,
@@ -1362,28 +1377,131 @@ static bool dl_parents_hope(const struct dl_task *task)
 	return false;
 }
 
+static bool dl_parent_known(const struct dl_task *task, const char *address)
+{
+	for (const struct dl_parent *dp = task->parents; dp; dp = dp->next)
+		if (strcmp(dp->address, address) == 0)
+			return true;
+	return false;
+}
+
 static int dl_parents_open(struct dl_task *task, const char *const *addresses, size_t count)
 {
 	unsigned connections = task->engine->options.parent_connections;
+	const char *fresh[DOWNLOAD_PARENTS_MAX];
+	size_t n = 0;
 
-	if (count * connections > DOWNLOAD_PARENTS_MAX)
-		connections = (unsigned)(DOWNLOAD_PARENTS_MAX / count ? DOWNLOAD_PARENTS_MAX / count : 1);
-	if (count > DOWNLOAD_PARENTS_MAX)
-		count = DOWNLOAD_PARENTS_MAX;
-	for (size_t k = 0; k < count * connections; k++) {
-		size_t i = k % count;
+	/* Parents the task already has (the scheduler names them again) stay. */
+	for (size_t i = 0; i < count && n < DOWNLOAD_PARENTS_MAX; i++)
+		if (!dl_parent_known(task, addresses[i]))
+			fresh[n++] = addresses[i];
+	if (n == 0)
+		return 0;
+	if (n * connections > DOWNLOAD_PARENTS_MAX)
+		connections = (unsigned)(DOWNLOAD_PARENTS_MAX / n ? DOWNLOAD_PARENTS_MAX / n : 1);
+	for (size_t k = 0; k < n * connections; k++) {
 		struct dl_parent *dp = calloc(1, sizeof(*dp));
 
 		if (!dp)
 			return -ENOMEM;
 		dp->task = task;
-		snprintf(dp->address, sizeof(dp->address), "%s", addresses[i]);
+		snprintf(dp->address, sizeof(dp->address), "%s", fresh[k % n]);
 		dp->next = task->parents;
 		task->parents = dp;
 		dl_parent_connect(dp);
 	}
 	task->peer_progress_ms = clock_monotonic_ms();
 	return 0;
+}
+
+/* --- schedulers. */
+
+/* Tells the task's scheduler where it stands (and, with want_parents, asks). */
+static void dl_sched_fill(const struct dl_task *task, struct sched_announce *a,
+			  const char **in_use, size_t in_use_max)
+{
+	const struct meta_task *info = task->st ? store_task_info(task->st) : NULL;
+
+	memset(a, 0, sizeof(*a));
+	memcpy(a->task_id, task->id, 32);
+	a->url = task->url;
+	if (info) {
+		a->content_length = info->content_length;
+		a->piece_length = info->piece_length;
+		a->piece_count = info->piece_count;
+		a->pieces_done = info->pieces_done;
+		a->complete = info->state == META_TASK_COMPLETE;
+	}
+	a->want_parents = !a->complete;
+	for (const struct dl_parent *dp = task->parents; dp; dp = dp->next) {
+		bool seen = false;
+
+		if (!dp->parent)
+			continue;
+		for (size_t i = 0; i < a->parents_in_use_count; i++)
+			seen = seen || strcmp(in_use[i], dp->address) == 0;
+		if (!seen && a->parents_in_use_count < in_use_max)
+			in_use[a->parents_in_use_count++] = dp->address;
+	}
+	a->parents_in_use = in_use;
+}
+
+static void dl_sched_announce(struct dl_task *task)
+{
+	struct sched_announce a;
+	const char *in_use[SCHED_PARENTS_MAX * 2];
+
+	if (!task->engine->options.sched)
+		return;
+	dl_sched_fill(task, &a, in_use, sizeof(in_use) / sizeof(in_use[0]));
+	sched_announce(task->engine->options.sched, &a);
+	task->announce_ms = clock_monotonic_ms();
+}
+
+static void dl_sched_parents(void *arg, int error, const struct sched_parents *parents,
+			     const char *reason)
+{
+	struct dl_task *task = arg;
+	const char *addresses[SCHED_PARENTS_MAX];
+
+	task->sched_req = NULL;
+	if (dl_final(task)) {
+		dl_task_maybe_end(task);
+		return;
+	}
+	if (error) {
+		log_warn("download", "scheduler unavailable task=%s reason=\"%s\"", task->hex,
+			 reason);
+		dl_origin_allow(task, "no scheduler answered");
+		dl_task_maybe_end(task);
+		return;
+	}
+	log_info("download", "parents from scheduler task=%s scheduler=%s parents=%zu "
+		 "back_to_source=%d%s%s", task->hex, parents->scheduler, parents->count,
+		 parents->back_to_source ? 1 : 0, parents->reason[0] ? " reason=" : "",
+		 parents->reason);
+	for (size_t i = 0; i < parents->count; i++)
+		addresses[i] = parents->addresses[i];
+	if (parents->count && dl_parents_open(task, addresses, parents->count) < 0)
+		dl_fail(task, -ENOMEM, DOWNLOAD_ERROR_INTERNAL, "out of memory");
+	if (!parents->count || parents->back_to_source)
+		dl_origin_allow(task, parents->reason[0] ? parents->reason
+							 : "the scheduler has no parent for it");
+	if (dl_final(task))
+		dl_task_maybe_end(task);
+	else
+		dl_pump(task);
+}
+
+static int dl_sched_ask(struct dl_task *task)
+{
+	struct sched_announce a;
+	const char *in_use[1];
+
+	dl_sched_fill(task, &a, in_use, 0);
+	a.want_parents = true;
+	task->announce_ms = clock_monotonic_ms();
+	return sched_ask(task->engine->options.sched, &a, dl_sched_parents, task, &task->sched_req);
 }
 
 static void dl_parents_free(struct dl_task *task)
@@ -1408,6 +1526,9 @@ static void dl_parents_tick(struct dl_task *task, uint64_t now_ms)
 {
 	unsigned timeout = task->engine->options.piece_timeout_ms;
 
+	if (task->engine->options.sched && task->st && !dl_final(task) &&
+	    now_ms - task->announce_ms >= DL_ANNOUNCE_MS)
+		dl_sched_announce(task);
 	if (!task->parents || dl_final(task))
 		return;
 	for (struct dl_parent *dp = task->parents; dp; dp = dp->next) {
@@ -1457,6 +1578,7 @@ static void dl_finish(struct dl_task *task)
 	}
 	task->state = DL_COMPLETE;
 	dl_stop_requests(task);
+	dl_sched_announce(task); /* complete: a parent for others now */
 	log_info("download", "download done task=%s source=%s bytes=%llu origin_bytes=%llu "
 		 "peer_bytes=%llu ms=%llu", task->hex,
 		 task->source == DOWNLOAD_SOURCE_CACHE ? "cache"
@@ -1683,6 +1805,10 @@ static int dl_head_start(struct dl_task *task)
 /* Stops every request; pieces being written finish on their own. */
 static void dl_stop_requests(struct dl_task *task)
 {
+	if (task->sched_req) {
+		sched_cancel(task->sched_req);
+		task->sched_req = NULL;
+	}
 	dl_parents_close(task, dl_final(task) && task->state == DL_COMPLETE ? "the task is complete"
 								: "the task stopped");
 	if (task->head_req) {
@@ -1734,7 +1860,7 @@ static void dl_task_maybe_end(struct dl_task *task)
 
 	if (!dl_final(task) || task->watcher_count || task->write_count || task->output_writes ||
 	    task->fetch_count || task->head_req || task->seq_req || task->copy_armed ||
-	    task->peer_inflight)
+	    task->peer_inflight || task->sched_req)
 		return;
 	if (task->st) {
 		/* The store may still hold it for a moment (this can run inside
@@ -2124,6 +2250,7 @@ static int dl_task_new(struct download_engine *engine, const struct download_req
 	task->timeout_ms = request->timeout_ms;
 	task->started_ms = task->rate_ms = clock_monotonic_ms();
 	task->rate_limit = request->rate_limit;
+	task->no_origin = request->no_back_to_source || engine->options.no_back_to_source;
 	task->tokens_ms = task->started_ms;
 	task->source = DOWNLOAD_SOURCE_ORIGIN;
 
@@ -2161,6 +2288,18 @@ static int dl_task_new(struct download_engine *engine, const struct download_req
 		}
 		if (task->parents_live) {
 			rc = 0;
+		} else if (engine->options.sched && !request->parent_count) {
+			rc = dl_sched_ask(task);
+			if (rc < 0) {
+				snprintf(err, err_size, "get %s: cannot ask a scheduler: %s",
+					 request->url, strerror(-rc));
+				goto out_free;
+			}
+		} else if (task->no_origin) {
+			snprintf(err, err_size, "get %s: no parent can serve it and back-to-source is "
+				 "disabled (no --parent and no scheduler)", request->url);
+			rc = -EHOSTUNREACH;
+			goto out_free;
 		} else {
 			task->origin_allowed = true;
 			rc = dl_head_start(task);
@@ -2370,4 +2509,35 @@ void download_engine_destroy(struct download_engine *engine)
 		free(task);
 	}
 	free(engine);
+}
+
+/* --- fetching for others (a seed asked for a task it lacks). */
+
+static void dl_prefetch_progress(void *arg, const struct download_progress *progress)
+{
+	(void)arg;
+	(void)progress;
+}
+
+static void dl_prefetch_done(void *arg, int error, enum download_error_kind kind,
+			     const char *message, const struct download_progress *progress)
+{
+	(void)arg;
+	(void)kind;
+	(void)progress;
+	if (error)
+		log_warn("download", "fetch for peers failed reason=\"%s\"", message);
+}
+
+int download_prefetch(struct download_engine *engine, const char *url, char *err,
+		      size_t err_size)
+{
+	static const struct download_watcher_ops ops = {
+		.progress = dl_prefetch_progress,
+		.done = dl_prefetch_done,
+	};
+	struct download_request request = { .url = url, .output_fd = -1 };
+	struct download_watcher *watcher;
+
+	return download_start(engine, &request, &ops, NULL, &watcher, err, err_size);
 }

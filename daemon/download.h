@@ -55,6 +55,8 @@ struct download_options {
 	unsigned piece_timeout_ms;  /* a parent silent this long is dropped; 0 = 30 s */
 	unsigned parent_connections; /* connections to each parent, each its own
 				      * pipeline (socket and disk overlap); 0 = 4 */
+	struct sched_client *sched;  /* parents from schedulers (borrowed); NULL = none */
+	bool no_back_to_source;	     /* never the origin (download.back_to_source: false) */
 };
 
 struct download_request {
@@ -72,6 +74,7 @@ struct download_request {
 	const char *const *parents; /* "host:port" of peers to fetch pieces from first */
 	size_t parent_count;
 	uint64_t rate_limit;	/* bytes/s the task may fetch (parents and origin); 0 = none */
+	bool no_back_to_source;	/* never the origin: fail if parents cannot give it */
 	int requester_pid;	/* for logs */
 	unsigned requester_uid;
 };
@@ -115,6 +118,11 @@ unsigned download_engine_active(const struct download_engine *engine);
 int download_start(struct download_engine *engine, const struct download_request *request,
 		   const struct download_watcher_ops *ops, void *arg,
 		   struct download_watcher **out, char *err, size_t err_size);
+
+/* A seed peer asked for a task it lacks: fetch it (no output, nobody waits).
+ * 0, or a negative errno with the reason in err. */
+int download_prefetch(struct download_engine *engine, const char *url, char *err,
+		      size_t err_size);
 
 /* The requester went away: no callback runs for this watcher any more, its
  * output is closed; a task nobody watches any more stops (its recorded

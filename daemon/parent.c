@@ -55,6 +55,7 @@ struct parent {
 	int fd;
 	char address[160];
 	uint8_t task_id[32];
+	char *url;			/* sent with SyncPieces: a seed fetches it */
 	struct parent_callbacks cb;
 	void *arg;
 
@@ -97,6 +98,7 @@ static void parent_maybe_free(struct parent *parent)
 		close(parent->fd);
 	free(parent->msg);
 	free(parent->scratch);
+	free(parent->url);
 	free(parent);
 }
 
@@ -135,11 +137,12 @@ static void parent_fail(struct parent *parent, int error, const char *fmt, ...)
 	parent_maybe_free(parent);
 }
 
-/* --- sending: requests are tiny; the socket buffer always has room. */
+/* --- sending: requests are small (a URL at most); the socket buffer always
+ * has room. */
 
 static int parent_send(struct parent *parent, uint8_t type, const ProtobufCMessage *msg)
 {
-	uint8_t frame[256];
+	uint8_t frame[8192];
 	ssize_t len = frame_pack(type, msg, frame, sizeof(frame));
 
 	if (len < 0)
@@ -543,6 +546,7 @@ static void parent_connected(struct loop_op *op, int res, uint32_t flags)
 	sync.id = PARENT_SYNC_ID;
 	sync.task_id.data = parent->task_id;
 	sync.task_id.len = sizeof(parent->task_id);
+	sync.url = parent->url;
 	rc = parent_send(parent, FRAME_TYPE_SYNC_PIECES, &sync.base);
 	if (rc < 0) {
 		parent_fail(parent, rc, "cannot send SyncPieces: %s", strerror(-rc));
@@ -553,8 +557,8 @@ static void parent_connected(struct loop_op *op, int res, uint32_t flags)
 }
 
 int parent_open(struct parent **out, struct loop *loop, const char *address,
-		const uint8_t task_id[32], const struct parent_callbacks *callbacks, void *arg,
-		char *err, size_t err_size)
+		const uint8_t task_id[32], const char *url,
+		const struct parent_callbacks *callbacks, void *arg, char *err, size_t err_size)
 {
 	struct addrinfo hints = { .ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICSERV };
 	struct addrinfo *found = NULL;
@@ -588,6 +592,13 @@ int parent_open(struct parent **out, struct loop *loop, const char *address,
 	memcpy(parent->task_id, task_id, sizeof(parent->task_id));
 	parent->cb = *callbacks;
 	parent->arg = arg;
+	parent->url = strdup(url ? url : "");
+	if (!parent->url) {
+		freeaddrinfo(found);
+		free(parent);
+		snprintf(err, err_size, "parent %s: out of memory", address);
+		return -ENOMEM;
+	}
 	parent->next_id = PARENT_SYNC_ID + 1;
 	parent->started_ms = clock_monotonic_ms();
 	parent->fd = socket(found->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -598,6 +609,7 @@ int parent_open(struct parent **out, struct loop *loop, const char *address,
 		freeaddrinfo(found);
 		if (parent->fd >= 0)
 			close(parent->fd);
+		free(parent->url);
 		free(parent);
 		return rc;
 	}
@@ -607,6 +619,7 @@ int parent_open(struct parent **out, struct loop *loop, const char *address,
 	if (loop_poll(loop, &parent->op, parent->fd, POLLOUT) < 0) {
 		snprintf(err, err_size, "parent %s: cannot queue the connect", address);
 		close(parent->fd);
+		free(parent->url);
 		free(parent);
 		return -EBUSY;
 	}

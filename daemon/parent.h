@@ -48,8 +48,8 @@ struct parent_callbacks {
 /* Connects to `address` ("host:port") and subscribes to task_id. 0, or a
  * negative errno with the reason in err (bad address). */
 int parent_open(struct parent **out, struct loop *loop, const char *address,
-		const uint8_t task_id[32], const struct parent_callbacks *callbacks, void *arg,
-		char *err, size_t err_size);
+		const uint8_t task_id[32], const char *url,
+		const struct parent_callbacks *callbacks, void *arg, char *err, size_t err_size);
 
 /* Asks for piece `number`, to be written into st (the task of the shape;
  * held by the caller). 0, or a negative errno (too many outstanding,

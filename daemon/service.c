@@ -114,6 +114,7 @@ static void service_download(struct service *service, struct conn *conn,
 		.parents = (const char *const *)request->parents,
 		.parent_count = request->n_parents,
 		.rate_limit = request->rate_limit,
+		.no_back_to_source = request->disable_back_to_source,
 		.output_fd = -1,
 	};
 	struct service_get *get;
@@ -167,6 +168,7 @@ static void service_download(struct service *service, struct conn *conn,
 		conn_send_error(conn, request->id,
 				rc == -EINVAL || rc == -E2BIG ? RINGFLY__ERROR_CODE__ERROR_CODE_INVALID
 				: rc == -EAGAIN ? RINGFLY__ERROR_CODE__ERROR_CODE_BUSY
+				: rc == -EHOSTUNREACH ? RINGFLY__ERROR_CODE__ERROR_CODE_ORIGIN_UNREACHABLE
 				: RINGFLY__ERROR_CODE__ERROR_CODE_INTERNAL, "%s", err);
 		return;
 	}

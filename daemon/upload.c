@@ -352,6 +352,33 @@ static void upload_sync_remove(struct upload *upload, struct upload_sync *sync)
 	}
 }
 
+/* A seed asked for a task it lacks starts fetching it; the child asks again. */
+static bool upload_seed_fetch(struct upload *upload, struct conn *conn,
+			      const Ringfly__SyncPieces *m, const char *hex)
+{
+	uint8_t id[32];
+	char err[512];
+
+	if (!upload->options.seed || !upload->options.engine || !m->url || !m->url[0])
+		return false;
+	download_task_id(m->url, id);
+	if (memcmp(id, m->task_id.data, 32) != 0) {
+		conn_reply_error(conn, m->id, RINGFLY__ERROR_CODE__ERROR_CODE_INVALID,
+				 "task %s is not the task of %s", hex, m->url);
+		return true;
+	}
+	if (download_prefetch(upload->options.engine, m->url, err, sizeof(err)) < 0) {
+		conn_reply_error(conn, m->id, RINGFLY__ERROR_CODE__ERROR_CODE_NOT_FOUND,
+				 "no such task %s here and cannot fetch it: %s", hex, err);
+		return true;
+	}
+	log_info("upload", "seed fetch task=%s url=%s for peer=%s", hex, m->url,
+		 conn_peer_name(conn));
+	conn_reply_error(conn, m->id, RINGFLY__ERROR_CODE__ERROR_CODE_NOT_FOUND,
+			 "no such task %s here yet: fetching it now", hex);
+	return true;
+}
+
 static void upload_sync_pieces(struct upload *upload, struct conn *conn,
 			       const Ringfly__SyncPieces *m)
 {
@@ -379,6 +406,8 @@ static void upload_sync_pieces(struct upload *upload, struct conn *conn,
 	}
 	hash_hex(m->task_id.data, hex);
 	rc = store_task_find(upload->store, m->task_id.data, &task);
+	if (rc == -ENOENT && upload_seed_fetch(upload, conn, m, hex))
+		return;
 	if (rc < 0) {
 		conn_reply_error(conn, m->id, RINGFLY__ERROR_CODE__ERROR_CODE_NOT_FOUND,
 				 "no such task %s here%s%s", hex, rc == -ENOENT ? "" : ": ",

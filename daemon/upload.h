@@ -6,12 +6,17 @@
 #include <stdint.h>
 
 #include "core/loop.h"
+#include "daemon/download.h"
 #include "net/conn.h"
 #include "storage/store.h"
 
 struct upload_options {
 	unsigned max_requests;	/* GetPiece queued per connection; past it: BUSY */
 	uint64_t rate_limit;	/* bytes/s over every upload; 0 = none */
+	/* A seed: SyncPieces of a task it lacks, with its URL, starts fetching
+	 * it from the origin through engine (borrowed). */
+	bool seed;
+	struct download_engine *engine;
 };
 
 struct upload_sync;

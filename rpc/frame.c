@@ -32,6 +32,11 @@ static const struct frame_type_info frame_types[FRAME_TYPE_COUNT_] = {
 					    &ringfly__piece_availability__descriptor, 1u << 20 },
 	[FRAME_TYPE_GET_PIECE] = { "GetPiece", &ringfly__get_piece__descriptor, 1u << 10 },
 	[FRAME_TYPE_PIECE_HEADER] = { "PieceHeader", &ringfly__piece_header__descriptor, 1u << 10 },
+	[FRAME_TYPE_ANNOUNCE_PEER] = { "AnnouncePeer", &ringfly__announce_peer__descriptor,
+				       64u << 10 },
+	[FRAME_TYPE_PARENTS_RESPONSE] = { "ParentsResponse",
+					  &ringfly__parents_response__descriptor, 64u << 10 },
+	[FRAME_TYPE_PEER_LEAVE] = { "PeerLeave", &ringfly__peer_leave__descriptor, 1u << 10 },
 };
 
 static const struct frame_type_info *frame_type_info(uint8_t type)

@@ -1,0 +1,79 @@
+/* schedclient: the daemon's connections to schedulers: announcements, parents, fail-over. */
+#ifndef RINGFLY_DAEMON_SCHEDCLIENT_H
+#define RINGFLY_DAEMON_SCHEDCLIENT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/loop.h"
+
+/*
+ * Each task has its scheduler: the configured addresses ordered by
+ * rendezvous hashing (highest sha256(address | task id) first); a request
+ * goes to the first that answers within the timeout, else the next. One TCP
+ * connection per scheduler, opened on demand, reopened after a failure no
+ * sooner than a second later. The last announcement of every task is kept
+ * (bounded) and sent again when a connection to its scheduler is made, so a
+ * restarted scheduler learns what this daemon holds.
+ */
+
+#define SCHED_ADDRESSES_MAX 16u
+#define SCHED_PARENTS_MAX 8u
+
+struct sched_options {
+	const char *addresses;		/* "host:port,host:port" */
+	unsigned timeout_ms;		/* per scheduler; 0 = 2000 */
+	const char *peer_id;		/* unused: a peer is known by ip:peer port */
+	const char *ip;			/* advertised */
+	const char *location;
+	bool seed;
+	unsigned upload_slots;
+};
+
+struct sched_announce {
+	uint8_t task_id[32];
+	const char *url;
+	uint64_t content_length, piece_length;
+	uint32_t piece_count, pieces_done;
+	bool complete;
+	bool want_parents;
+	const char *const *parents_in_use;	/* peer ids */
+	size_t parents_in_use_count;
+};
+
+struct sched_parents {
+	size_t count;
+	char addresses[SCHED_PARENTS_MAX][160];
+	bool back_to_source;
+	char reason[256];
+	char scheduler[160];			/* who answered */
+};
+
+/* error 0: `parents` holds the answer; else no scheduler answered (reason). */
+typedef void (*sched_parents_fn)(void *arg, int error, const struct sched_parents *parents,
+				 const char *reason);
+
+struct sched_client;
+struct sched_request;
+
+int sched_client_create(struct sched_client **out, struct loop *loop,
+			const struct sched_options *options, char *err, size_t err_size);
+/* After the loop has stopped for good. */
+void sched_client_destroy(struct sched_client *client);
+/* The daemon's peer port, once its listener is bound (0 until then). */
+void sched_client_set_port(struct sched_client *client, unsigned port);
+
+/* Announces and asks for parents; fn runs once, from the loop (never from
+ * inside this call), unless the request is cancelled first. */
+int sched_ask(struct sched_client *client, const struct sched_announce *announce,
+	      sched_parents_fn fn, void *arg, struct sched_request **out);
+void sched_cancel(struct sched_request *request);
+
+/* Announces without waiting for the answer. Remembered for re-announcing. */
+void sched_announce(struct sched_client *client, const struct sched_announce *announce);
+
+/* SIGTERM: PeerLeave to every connected scheduler (best effort, no wait). */
+void sched_leave_all(struct sched_client *client);
+
+#endif
