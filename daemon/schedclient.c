@@ -24,6 +24,9 @@
 #define SCHED_TICK_MS 100u
 #define SCHED_MEMO_MAX 4096u		/* tasks whose last announcement is kept */
 #define SCHED_INPUT_MAX (128u << 10)
+/* Every remembered announcement goes again this often: a scheduler drops
+ * peers it has not heard from for its peer TTL (30 s by default). */
+#define SCHED_REFRESH_MS 10000u
 
 enum sched_conn_state { SC_IDLE, SC_CONNECTING, SC_UP, SC_DOWN };
 
@@ -77,6 +80,8 @@ struct sched_client {
 	uint64_t next_id;
 	struct loop_op tick_op;
 	bool tick_armed;
+	struct loop_op refresh_op;
+	bool refresh_armed;
 	struct sched_memo *memos;
 	size_t memo_count, memo_next;
 };
@@ -204,7 +209,7 @@ static void sched_memo_put(struct sched_client *client, const uint8_t task_id[32
 }
 
 /* A connection is up: what this daemon told the schedulers before goes again
- * to this one for the tasks it is first for. */
+ * to this one for the tasks it is now the first scheduler up for. */
 static void sched_memo_replay(struct sched_conn *conn)
 {
 	struct sched_client *client = conn->client;
@@ -212,8 +217,13 @@ static void sched_memo_replay(struct sched_conn *conn)
 	unsigned sent = 0;
 
 	for (size_t i = 0; i < client->memo_count; i++) {
+		unsigned first = 0;
+
+		/* The task's scheduler is the first one up in its order. */
 		sched_order(client, client->memos[i].task_id, order);
-		if (order[0] != conn->index)
+		while (first < client->conn_count && client->conns[order[first]].state != SC_UP)
+			first++;
+		if (first == client->conn_count || order[first] != conn->index)
 			continue;
 		if (sched_conn_send(conn, client->memos[i].frame, client->memos[i].frame_len) < 0)
 			break;
@@ -373,7 +383,11 @@ static void sched_on_frame(struct sched_conn *conn, uint8_t type, const uint8_t 
 	}
 	memset(&parents, 0, sizeof(parents));
 	for (size_t i = 0; i < r->n_parents && parents.count < SCHED_PARENTS_MAX; i++) {
-		if (!r->parents[i]->address || !r->parents[i]->address[0])
+		const char *address = r->parents[i]->address;
+		size_t address_len = address ? strlen(address) : 0;
+
+		/* A peer without a peer listener announces port 0: no parent. */
+		if (address_len < 3 || strcmp(address + address_len - 2, ":0") == 0)
 			continue;
 		snprintf(parents.addresses[parents.count++], sizeof(parents.addresses[0]), "%s",
 			 r->parents[i]->address);
@@ -574,6 +588,38 @@ static void sched_tick_arm(struct sched_client *client)
 		client->tick_armed = true;
 }
 
+static void sched_refresh_arm(struct sched_client *client);
+
+static void sched_refresh_done(struct loop_op *op, int res, uint32_t flags)
+{
+	struct sched_client *client = op->owner;
+	uint64_t now = clock_monotonic_ms();
+
+	(void)flags;
+	client->refresh_armed = false;
+	if (res == -ECANCELED)
+		return;
+	for (unsigned i = 0; i < client->conn_count; i++) {
+		struct sched_conn *conn = &client->conns[i];
+
+		if (conn->state == SC_UP)
+			sched_memo_replay(conn);
+		else if (conn->state == SC_IDLE ||
+			 (conn->state == SC_DOWN && now >= conn->retry_after_ms))
+			sched_conn_connect(conn); /* replays once up */
+	}
+	sched_refresh_arm(client);
+}
+
+static void sched_refresh_arm(struct sched_client *client)
+{
+	if (client->refresh_armed || !client->memo_count)
+		return;
+	loop_op_init(&client->refresh_op, sched_refresh_done, client);
+	if (loop_timeout(client->loop, &client->refresh_op, SCHED_REFRESH_MS) == 0)
+		client->refresh_armed = true;
+}
+
 /* --- the API. */
 
 int sched_ask(struct sched_client *client, const struct sched_announce *announce,
@@ -594,6 +640,7 @@ int sched_ask(struct sched_client *client, const struct sched_announce *announce
 		return -ENOMEM;
 	}
 	sched_memo_put(client, announce->task_id, req->frame, req->frame_len);
+	sched_refresh_arm(client);
 	sched_order(client, announce->task_id, req->order);
 	req->next = client->requests;
 	if (client->requests)
@@ -626,6 +673,7 @@ void sched_announce(struct sched_client *client, const struct sched_announce *an
 	if (!frame)
 		return;
 	sched_memo_put(client, announce->task_id, frame, len);
+	sched_refresh_arm(client);
 	sched_order(client, announce->task_id, order);
 	for (unsigned i = 0; i < client->conn_count; i++) {
 		conn = &client->conns[order[i]];
