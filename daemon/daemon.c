@@ -366,8 +366,11 @@ static void daemon_peer_listen(struct daemon *daemon)
 	}
 	log_info("daemon", "listening peer=%s port=%d", daemon->config->listen_peer,
 		 tcp_local_port(fd));
-	if (daemon->sched)
+	if (daemon->sched) {
 		sched_client_set_port(daemon->sched, (unsigned)tcp_local_port(fd));
+		if (strcmp(daemon->config->role, "seed") == 0)
+			sched_register_seed(daemon->sched);
+	}
 }
 
 /* --- the cache: opened before the listener is registered (fast: a lock and

@@ -84,6 +84,8 @@ struct sched_client {
 	bool refresh_armed;
 	struct sched_memo *memos;
 	size_t memo_count, memo_next;
+	uint8_t *registration;		/* a seed's announcement to every scheduler */
+	size_t registration_len;
 };
 
 static void sched_conn_connect(struct sched_conn *conn);
@@ -216,6 +218,8 @@ static void sched_memo_replay(struct sched_conn *conn)
 	unsigned order[SCHED_ADDRESSES_MAX];
 	unsigned sent = 0;
 
+	if (client->registration)
+		sched_conn_send(conn, client->registration, client->registration_len);
 	for (size_t i = 0; i < client->memo_count; i++) {
 		unsigned first = 0;
 
@@ -613,7 +617,7 @@ static void sched_refresh_done(struct loop_op *op, int res, uint32_t flags)
 
 static void sched_refresh_arm(struct sched_client *client)
 {
-	if (client->refresh_armed || !client->memo_count)
+	if (client->refresh_armed || (!client->memo_count && !client->registration))
 		return;
 	loop_op_init(&client->refresh_op, sched_refresh_done, client);
 	if (loop_timeout(client->loop, &client->refresh_op, SCHED_REFRESH_MS) == 0)
@@ -689,6 +693,26 @@ void sched_announce(struct sched_client *client, const struct sched_announce *an
 		}
 	}
 	free(frame);
+}
+
+void sched_register_seed(struct sched_client *client)
+{
+	struct sched_announce a = { .url = "" };
+
+	free(client->registration);
+	client->registration = sched_pack_announce(client, &a, client->next_id++,
+						   &client->registration_len);
+	if (!client->registration)
+		return;
+	for (unsigned i = 0; i < client->conn_count; i++) {
+		struct sched_conn *conn = &client->conns[i];
+
+		if (conn->state == SC_UP)
+			sched_conn_send(conn, client->registration, client->registration_len);
+		else
+			sched_conn_connect(conn); /* sent once up */
+	}
+	sched_refresh_arm(client);
 }
 
 void sched_leave_all(struct sched_client *client)
@@ -781,6 +805,7 @@ void sched_client_destroy(struct sched_client *client)
 	for (size_t i = 0; client->memos && i < client->memo_count; i++)
 		free(client->memos[i].frame);
 	free(client->memos);
+	free(client->registration);
 	free(client->peer_id);
 	free(client->ip);
 	free(client->location);

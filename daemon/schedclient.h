@@ -73,6 +73,11 @@ void sched_cancel(struct sched_request *request);
 /* Announces without waiting for the answer. Remembered for re-announcing. */
 void sched_announce(struct sched_client *client, const struct sched_announce *announce);
 
+/* A seed with an empty cache has no task to announce: it tells every
+ * scheduler it exists (an announcement of the all-zero task id, refreshed
+ * with the others) so that the first requester of a task can be sent to it. */
+void sched_register_seed(struct sched_client *client);
+
 /* SIGTERM: PeerLeave to every connected scheduler (best effort, no wait). */
 void sched_leave_all(struct sched_client *client);
 

@@ -1,0 +1,353 @@
+#!/usr/bin/env bash
+# ringfly-scheduler alone (docs/INTERFACE-issue7.md), driven by a raw client
+# ($T/schedwire.py, python3, protobuf fields encoded by hand):
+#  1. listens on 127.0.0.1:0 and logs the bound port; health: role scheduler,
+#     version, pid, the bound address, open connections;
+#  2. the first requester of an unknown task, no seed known: back_to_source;
+#  3. a seed, a complete peer, a new peer of one task: the new one gets the
+#     complete peer then the seed (ids, addresses, id and task echoed), the
+#     announce (debug) and parents (info) lines are logged; a task nobody
+#     holds now gets the seed (it fetches from the origin);
+#  4. PeerLeave of the complete peer: it is gone from the next answer;
+#  5. a wrong AnnouncePeer gets INVALID and a Hello gets UNEXPECTED, the
+#     connection kept; random bytes and a huge length get an Error, then
+#     close; health answers afterwards;
+#  6. a second scheduler on the same address exits 1 naming it; an unknown
+#     config key, a bad flag value, a bad or missing address exit 2;
+#  7. SIGTERM with a client connected: the client sees EOF, exit 0;
+#  8. --peer-ttl 1s (the config file says 1h): peers are dropped (`peer
+#     expired`) after 1 to 3.5 s.
+# shellcheck source=tests/integration/lib.sh
+. "$(dirname "$0")/lib.sh"
+# shellcheck source=tests/integration/lib-p2p.sh
+. "$(dirname "$0")/lib-p2p.sh"
+
+: "${RINGFLY_SCHEDULER:?set RINGFLY_SCHEDULER to the ringfly-scheduler binary}"
+require_cmd python3
+
+# start_scheduler NAME [args...]: ringfly-scheduler on 127.0.0.1:0 (debug
+# logs), its port read from `scheduler listening address=127.0.0.1:0 port=N`.
+# Sets SCHED_PID, SCHED_LOG, SCHED_PORT.
+start_scheduler() {
+    local name=$1
+    shift
+    SCHED_LOG="$T/$name.log"
+    env --default-signal=INT,QUIT "$RINGFLY_SCHEDULER" --listen 127.0.0.1:0 --log-level debug "$@" \
+        >"$SCHED_LOG" 2>&1 9>&- &
+    SCHED_PID=$!
+    track "$SCHED_PID" "ringfly-scheduler $name"
+    _LOGS+=("$SCHED_LOG")
+    wait_log "$SCHED_LOG" 'scheduler listening address=127\.0\.0\.1:0 port=[0-9]+$' 10 "$SCHED_PID"
+    SCHED_PORT=$(log_field "$LOG_LINE" port)
+    [[ $SCHED_PORT =~ ^[0-9]+$ && $SCHED_PORT -gt 0 ]] || fail "bad port in '$LOG_LINE'"
+    log "scheduler $name: pid $SCHED_PID port $SCHED_PORT log $SCHED_LOG"
+}
+
+cat >"$T/schedwire.py" <<'PY'
+# schedwire PORT ACTION...: one connection to a scheduler; actions in order,
+# each "VERB key=value ...":
+#   announce id= task=HEX peer= [ip= port= seed= done= count= complete= want=
+#            location= slots= uploads= using=ID,ID]   then reads one frame
+#   leave id= task=HEX|- peer=                       nothing read
+#   health id=                                       then reads one frame
+#   hello id=                                        then reads one frame
+#   send hex=HEX | random n=N | shut | read | eof (reads until close)
+# Values are %-decoded (peer=bad%20id).
+# Prints one line per frame: parents ... reason=TEXT | health ... |
+# error id= code= message=TEXT | frame type= length=; "eof" at the end.
+import random, socket, struct, sys, time, urllib.parse
+
+def varint(n):
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+def fv(num, v):
+    return varint(num << 3) + varint(v) if v else b""
+
+def fb(num, v):
+    if isinstance(v, str):
+        v = v.encode()
+    return varint((num << 3) | 2) + varint(len(v)) + v if v else b""
+
+def frame(ftype, msg):
+    return struct.pack(">IB", 1 + len(msg), ftype) + msg
+
+def read_varint(buf, i):
+    shift = n = 0
+    while True:
+        b = buf[i]
+        i += 1
+        n |= (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            return n, i
+
+def decode(msg):
+    fields = {}
+    i = 0
+    while i < len(msg):
+        key, i = read_varint(msg, i)
+        num, wt = key >> 3, key & 7
+        if wt == 0:
+            v, i = read_varint(msg, i)
+        elif wt == 2:
+            n, i = read_varint(msg, i)
+            v = bytes(msg[i:i + n])
+            i += n
+        else:
+            raise ValueError("wire type %d" % wt)
+        fields.setdefault(num, []).append(v)
+    return fields
+
+def first(f, num, default=0):
+    return f.get(num, [default])[0]
+
+def text(f, num):
+    return first(f, num, b"").decode("utf-8", "replace")
+
+def die(msg):
+    print("schedwire: " + msg, file=sys.stderr, flush=True)
+    sys.exit(1)
+
+class Conn:
+    def __init__(self, port, deadline):
+        self.deadline = time.monotonic() + deadline
+        self.s = socket.create_connection(("127.0.0.1", port), timeout=deadline)
+        self.buf = bytearray()
+        self.eof = False
+
+    def need(self, n):
+        while len(self.buf) < n and not self.eof:
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                die("deadline passed")
+            self.s.settimeout(left)
+            try:
+                data = self.s.recv(65536)
+            except socket.timeout:
+                die("deadline passed waiting for a frame")
+            except ConnectionResetError:
+                data = b""
+            if not data:
+                self.eof = True
+            self.buf += data
+        return len(self.buf) >= n
+
+    def read_frame(self):
+        if not self.need(5):
+            print("eof", flush=True)
+            return False
+        length, ftype = struct.unpack(">IB", bytes(self.buf[:5]))
+        if length == 0 or length > (1 << 20) or not self.need(4 + length):
+            die("bad or truncated frame: length %d type %d" % (length, ftype))
+        msg = bytes(self.buf[5:4 + length])
+        del self.buf[:4 + length]
+        f = decode(msg)
+        if ftype == 16:
+            parents = [decode(p) for p in f.get(3, [])]
+            print("parents id=%d task=%s back_to_source=%d addresses=%s peers=%s seeds=%s reason=%s"
+                  % (first(f, 1), first(f, 2, b"").hex(), first(f, 4),
+                     ",".join(text(p, 2) for p in parents),
+                     ",".join(text(p, 1) for p in parents),
+                     ",".join(str(first(p, 3)) for p in parents), text(f, 5)), flush=True)
+        elif ftype == 4:
+            print("health id=%d version=%s pid=%d uptime_ms=%d role=%s socket_path=%s open_connections=%d"
+                  % (first(f, 1), text(f, 2), first(f, 3), first(f, 4), text(f, 5), text(f, 6),
+                     first(f, 7)), flush=True)
+        elif ftype == 2:
+            print("error id=%d code=%d message=%s" % (first(f, 1), first(f, 2), text(f, 3)),
+                  flush=True)
+        else:
+            print("frame type=%d length=%d" % (ftype, length), flush=True)
+        return True
+
+def announce(a):
+    host = (fb(1, a.get("ip", "127.0.0.1")) + fv(2, int(a.get("port", "0"))) +
+            fv(3, int(a.get("seed", "0"))) + fb(4, a.get("location", "")) +
+            fv(5, int(a.get("slots", "0"))) + fv(6, int(a.get("uploads", "0"))))
+    msg = (fv(1, int(a["id"])) + fb(2, bytes.fromhex(a["task"])) + fb(3, "http://origin/x") +
+           fb(4, a["peer"]) + fb(5, host) + fv(8, int(a.get("count", "4"))) +
+           fv(9, int(a.get("done", "0"))) + fv(10, int(a.get("complete", "0"))) +
+           fv(11, int(a.get("want", "0"))))
+    for p in filter(None, a.get("using", "").split(",")):
+        msg += fb(12, p)
+    return frame(15, msg)
+
+def main():
+    port, actions = int(sys.argv[1]), sys.argv[2:]
+    c = Conn(port, 10)
+    for action in actions:
+        verb, *pairs = action.split()
+        a = {k: urllib.parse.unquote(v) for k, v in (p.split("=", 1) for p in pairs)}
+        if verb == "announce":
+            c.s.sendall(announce(a))
+        elif verb == "leave":
+            task = b"" if a["task"] == "-" else bytes.fromhex(a["task"])
+            c.s.sendall(frame(17, fv(1, int(a["id"])) + fb(2, task) + fb(3, a["peer"])))
+            continue
+        elif verb == "health":
+            c.s.sendall(frame(3, fv(1, int(a["id"]))))
+        elif verb == "hello":
+            c.s.sendall(frame(1, fv(1, int(a["id"])) + fb(6, "peer")))
+        elif verb == "send":
+            c.s.sendall(bytes.fromhex(a["hex"]))
+            continue
+        elif verb == "random":
+            c.s.sendall(random.Random(7).randbytes(int(a["n"])))
+            continue
+        elif verb == "shut":
+            c.s.shutdown(socket.SHUT_WR)
+            continue
+        elif verb == "eof":
+            while c.read_frame():
+                pass
+            return
+        elif verb != "read":
+            die("unknown action " + action)
+        if not c.read_frame():
+            return
+
+main()
+PY
+
+# wire NAME PORT ACTION...: schedwire, output in $T/NAME.wire; W = its lines.
+wire() {
+    local name=$1 port=$2
+    shift 2
+    timeout -k 2 20 python3 "$T/schedwire.py" "$port" "$@" >"$T/$name.wire" 2>"$T/$name.wire.err" 9>&- ||
+        fail "schedwire $name ($*): $(cat "$T/$name.wire.err"); got: $(cat "$T/$name.wire")"
+    mapfile -t W <"$T/$name.wire"
+}
+
+# expect_line LINE PREFIX [what]: LINE starts with PREFIX.
+expect_line() {
+    [[ $1 == "$2"* ]] || fail "${3:-line}: expected '$2...', got '$1'"
+}
+
+hex_task() { printf '%064x\n' "$1"; }
+T0=$(hex_task 100)
+T1=$(hex_task 101)
+T2=$(hex_task 102)
+T3=$(hex_task 103)
+
+# 1. listening, health.
+start_scheduler s1
+P1=$SCHED_PORT
+PID1=$SCHED_PID
+LOG1=$SCHED_LOG
+wire health "$P1" "health id=7"
+expect_line "${W[0]}" "health id=7 version=0.1.0 pid=$PID1 " "health"
+assert_contains "${W[0]}" " role=scheduler socket_path=127.0.0.1:$P1 open_connections=1" "health"
+
+# 2. an unknown task, no seed anywhere: back to source.
+wire lonely "$P1" "announce id=2 task=$T0 peer=lonely port=7100 want=1"
+assert_eq "parents id=2 task=$T0 back_to_source=1 addresses= peers= seeds= reason=no other peer has the task and no seed is known" "${W[0]}" "answer to the first requester"
+assert_contains "$LOG1" "parents task=$T0 peer=lonely parents= back_to_source=1"
+
+# 3. one seed (starting the task), one complete peer, one new peer.
+wire swarm "$P1" \
+    "announce id=10 task=$T1 peer=seed-1 port=7001 seed=1 done=0 slots=1024" \
+    "announce id=11 task=$T1 peer=done-1 port=7002 done=4 complete=1 slots=8" \
+    "announce id=12 task=$T1 peer=new-1 port=7003 done=0 want=1 slots=8"
+assert_eq "parents id=10 task=$T1 back_to_source=0 addresses= peers= seeds= reason=" "${W[0]}" "answer to the seed (no parents wanted)"
+assert_eq "parents id=11 task=$T1 back_to_source=0 addresses= peers= seeds= reason=" "${W[1]}" "answer to the complete peer"
+assert_eq "parents id=12 task=$T1 back_to_source=0 addresses=127.0.0.1:7002,127.0.0.1:7001 peers=done-1,seed-1 seeds=0,1 reason=" "${W[2]}" "answer to the new peer"
+assert_contains "$LOG1" "announce task=$T1 peer=seed-1 address=127.0.0.1:7001 seed=1 pieces=0/4 complete=0"
+assert_contains "$LOG1" "announce task=$T1 peer=done-1 address=127.0.0.1:7002 seed=0 pieces=4/4 complete=1"
+assert_contains "$LOG1" "parents task=$T1 peer=new-1 parents=127.0.0.1:7002,127.0.0.1:7001 back_to_source=0"
+# A task nobody holds now: the seed is known, it fetches it.
+wire seeded "$P1" "announce id=13 task=$T2 peer=new-1 port=7003 want=1"
+assert_eq "parents id=13 task=$T2 back_to_source=0 addresses=127.0.0.1:7001 peers=seed-1 seeds=1 reason=" "${W[0]}" "answer for a task only the seed can fetch"
+
+# 4. PeerLeave: the complete peer is gone from the next answer (same
+# connection: frames are taken in order).
+wire leave "$P1" "leave id=20 task=$T1 peer=done-1" \
+    "announce id=21 task=$T1 peer=new-1 port=7003 want=1"
+assert_eq "parents id=21 task=$T1 back_to_source=0 addresses=127.0.0.1:7001 peers=seed-1 seeds=1 reason=" "${W[0]}" "answer after PeerLeave"
+wait_log "$LOG1" "peer left task=$T1 peer=done-1" 5 "$PID1"
+
+# 5. wrong requests: an Error, the connection kept; broken frames: an Error,
+# then close.
+wire invalid "$P1" "announce id=30 task=abcdef peer=x port=1 want=1" \
+    "announce id=31 task=$T1 peer=bad%20id port=1" "hello id=32" "health id=33"
+expect_line "${W[0]}" "error id=30 code=13 message=AnnouncePeer: task_id must be 32 bytes, got 3" "short task id"
+expect_line "${W[1]}" "error id=31 code=13 message=AnnouncePeer: peer_id must be" "peer id with a space"
+expect_line "${W[2]}" "error id=32 code=4 message=ringfly-scheduler does not take Hello messages" "Hello"
+expect_line "${W[3]}" "health id=33 " "health on the same connection"
+wire random "$P1" "random n=4096" "shut" "eof"
+expect_line "${W[0]}" "error id=0 code=" "random bytes"
+assert_eq eof "${W[1]:-}" "connection after random bytes"
+wire huge "$P1" "send hex=ffffffff0f" "eof"
+expect_line "${W[0]}" "error id=0 code=1 message=frame of type AnnouncePeer (15) is larger than its limit" "huge length"
+assert_eq eof "${W[1]:-}" "connection after a huge length"
+wire undecodable "$P1" "send hex=000000030f08ff" "eof"
+expect_line "${W[0]}" "error id=0 code=2 message=AnnouncePeer message of 2 bytes does not decode" "undecodable AnnouncePeer"
+wire health2 "$P1" "health id=34"
+expect_line "${W[0]}" "health id=34 version=0.1.0 pid=$PID1 " "health after the broken frames"
+alive "$PID1" || fail "the scheduler died"
+
+# 6. the same address again: exit 1 naming it. Config mistakes: exit 2.
+assert_exit 1 "$RINGFLY_SCHEDULER" --listen "127.0.0.1:$P1"
+assert_contains "$T/last.err" "ringfly-scheduler: listen 127.0.0.1:$P1: Address already in use"
+printf 'listen: 127.0.0.1:0\nmax_peer: 3\n' >"$T/bad.yaml"
+assert_exit 2 "$RINGFLY_SCHEDULER" --config "$T/bad.yaml"
+assert_contains "$T/last.err" "ringfly-scheduler: $T/bad.yaml:2: unknown key 'max_peer'"
+assert_exit 2 "$RINGFLY_SCHEDULER" --listen 127.0.0.1:0 --peer-ttl soon
+assert_contains "$T/last.err" "ringfly-scheduler: --peer-ttl: peer_ttl: expects a duration"
+assert_exit 2 "$RINGFLY_SCHEDULER" --listen nowhere
+assert_contains "$T/last.err" "ringfly-scheduler: listen: 'nowhere': expected HOST:PORT"
+assert_exit 2 "$RINGFLY_SCHEDULER" --max-tasks 100
+assert_contains "$T/last.err" "ringfly-scheduler: no address to listen on"
+
+# 7. SIGTERM with a client connected.
+python3 "$T/schedwire.py" "$P1" "health id=40" "eof" >"$T/held.wire" 2>&1 9>&- &
+HELD=$!
+track "$HELD" schedwire
+now_ms; t0=$NOW_MS
+until grep -q '^health id=40 ' "$T/held.wire"; do
+    alive "$HELD" || fail "the held client exited: $(cat "$T/held.wire")"
+    now_ms; ((NOW_MS - t0 < 5000)) || fail "no health answer for the held client"
+    nap
+done
+kill -TERM "$PID1"
+wait_exit "$PID1" 5
+[[ $WAIT_RC != timeout ]] || fail "SIGTERM: still running after 5 s"
+assert_eq 0 "$WAIT_RC" "SIGTERM: exit status"
+wait_exit "$HELD" 5
+assert_eq 0 "$WAIT_RC" "held client exit status"
+assert_eq eof "$(tail -n 1 "$T/held.wire")" "the held client saw the connection close"
+assert_contains "$LOG1" "shutting down signal=SIGTERM connections=1"
+assert_contains "$LOG1" "stopped cleanly"
+
+# 8. expiry with --peer-ttl 1s (over the config file's 1h: flags win).
+printf 'peer_ttl: 1h\nmax_tasks: 10\n' >"$T/s2.yaml"
+start_scheduler s2 --config "$T/s2.yaml" --peer-ttl 1s
+P2=$SCHED_PORT
+LOG2=$SCHED_LOG
+now_ms; t0=$NOW_MS
+wire ttl "$P2" "announce id=50 task=$T3 peer=old-1 port=7101 done=2 want=1" \
+    "announce id=51 task=$T3 peer=old-2 port=7102 want=1"
+assert_eq "parents id=51 task=$T3 back_to_source=0 addresses=127.0.0.1:7101 peers=old-1 seeds=0 reason=" "${W[1]}" "answer before expiry"
+wait_log "$LOG2" "peer expired task=$T3 peer=old-1" 5 "$SCHED_PID"
+now_ms
+((NOW_MS - t0 >= 1000)) || fail "old-1 expired after $((NOW_MS - t0)) ms, before the 1 s TTL"
+((NOW_MS - t0 <= 3500)) || fail "old-1 expired after $((NOW_MS - t0)) ms (TTL 1 s, checked every second)"
+wait_log "$LOG2" "peer expired task=$T3 peer=old-2" 5 "$SCHED_PID"
+wire after "$P2" "announce id=52 task=$T3 peer=new-2 port=7103 want=1"
+assert_eq "parents id=52 task=$T3 back_to_source=1 addresses= peers= seeds= reason=no other peer has the task and no seed is known" "${W[0]}" "answer after expiry"
+kill_and_reap "$SCHED_PID" TERM
+assert_eq 0 "$WAIT_RC" "SIGTERM of s2"
+
+for f in "$LOG1" "$LOG2"; do
+    if grep -qE 'ERROR: AddressSanitizer|runtime error:|LeakSanitizer' "$f"; then
+        fail "sanitizer report in $f: $(grep -m 1 -A 12 -E 'ERROR: AddressSanitizer|runtime error:|LeakSanitizer' "$f")"
+    fi
+done
+pass

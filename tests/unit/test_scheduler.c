@@ -1,0 +1,744 @@
+/* test_scheduler: the scheduler's state: ranking, cycles, back to source, expiry, leave, bounds. */
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "scheduler/state.h"
+
+static struct sched_state *state;
+static char drops[8192]; /* "reason:task:peer " per dropped entry, in order */
+
+static const char *reason_name(enum sched_drop_reason reason)
+{
+	switch (reason) {
+	case SCHED_DROP_EXPIRED:
+		return "expired";
+	case SCHED_DROP_LEFT:
+		return "left";
+	case SCHED_DROP_EVICTED:
+		return "evicted";
+	}
+	return "?";
+}
+
+static void on_drop(void *arg, const uint8_t task_id[SCHED_TASK_ID_SIZE], const char *peer_id,
+		    enum sched_drop_reason reason)
+{
+	size_t used = strlen(drops);
+
+	cr_assert_eq(arg, &drops);
+	snprintf(drops + used, sizeof(drops) - used, "%s:%u:%s ", reason_name(reason), task_id[0],
+		 peer_id);
+}
+
+/* Task ids: 32 bytes, the first one n (drops name tasks by it). */
+static const uint8_t *task(unsigned n)
+{
+	static uint8_t ids[256][SCHED_TASK_ID_SIZE];
+
+	cr_assert_lt(n, 256u);
+	memset(ids[n], 0xa5, SCHED_TASK_ID_SIZE);
+	ids[n][0] = (uint8_t)n;
+	return ids[n];
+}
+
+static void make_state(unsigned max_tasks, unsigned max_peers, uint64_t peer_ttl_ms)
+{
+	struct sched_options options = {
+		.max_tasks = max_tasks,
+		.max_peers = max_peers,
+		.peer_ttl_ms = peer_ttl_ms,
+		.dropped = on_drop,
+		.arg = &drops,
+	};
+
+	if (state)
+		sched_state_destroy(state);
+	drops[0] = '\0';
+	cr_assert_eq(sched_state_create(&state, &options), 0);
+}
+
+static void setup(void)
+{
+	make_state(0, 0, 0);
+}
+
+static void teardown(void)
+{
+	sched_state_destroy(state);
+	state = NULL;
+}
+
+TestSuite(sched, .init = setup, .fini = teardown);
+
+/* One peer's announcement; fields not given are zero. want_parents follows
+ * !complete unless `quiet`. */
+struct peer {
+	const char *id;
+	const char *address;
+	const char *location;
+	bool seed, complete, quiet;
+	uint32_t pieces, slots, uploads;
+	const char *parents[4];
+};
+
+static struct sched_answer last;
+
+static int announce_at(unsigned task_n, uint64_t now_ms, struct peer peer)
+{
+	char address[64];
+	size_t parent_count = 0;
+	struct sched_announce announce = {
+		.task_id = task(task_n),
+		.url = "http://origin/file",
+		.peer_id = peer.id,
+		.address = peer.address,
+		.location = peer.location,
+		.seed = peer.seed,
+		.complete = peer.complete,
+		.want_parents = !peer.complete && !peer.quiet,
+		.upload_slots = peer.slots,
+		.uploads = peer.uploads,
+		.piece_count = 10,
+		.pieces_done = peer.complete ? 10 : peer.pieces,
+		.parents_in_use = peer.parents,
+	};
+
+	if (!peer.address) {
+		/* Default: an address made from the id, so lists are easy to read. */
+		snprintf(address, sizeof(address), "10.0.0.1:%zu", 1000 + strlen(peer.id));
+		announce.address = address;
+	}
+	while (parent_count < 4 && peer.parents[parent_count])
+		parent_count++;
+	announce.parents_in_use_count = parent_count;
+	return sched_announce(state, &announce, now_ms, &last);
+}
+
+#define ANNOUNCE(task_n, now_ms, ...) \
+	cr_assert_eq(announce_at(task_n, now_ms, (struct peer){ __VA_ARGS__ }), 0)
+
+/* The answer's parents as "id,id,...". */
+static const char *ids(const struct sched_answer *answer)
+{
+	static char text[SCHED_PARENTS_MAX * (SCHED_PEER_ID_MAX + 1) + 1];
+	size_t used = 0;
+
+	text[0] = '\0';
+	for (unsigned i = 0; i < answer->parent_count; i++)
+		used += (size_t)snprintf(text + used, sizeof(text) - used, "%s%s", i ? "," : "",
+					 answer->parents[i].peer_id);
+	return text;
+}
+
+/* --- ranking. */
+
+Test(sched, ranking_order_complete_pieces_location_slots)
+{
+	ANNOUNCE(1, 0, .id = "c-far", .complete = true, .location = "z2|r1", .slots = 10);
+	ANNOUNCE(1, 0, .id = "c-near", .complete = true, .location = "z1|r9", .slots = 1);
+	ANNOUNCE(1, 0, .id = "c-rack", .complete = true, .location = "z1|r1", .slots = 1,
+		 .uploads = 1);
+	ANNOUNCE(1, 0, .id = "p7", .pieces = 7, .quiet = true);
+	ANNOUNCE(1, 0, .id = "p3-near", .pieces = 3, .location = "z1|r1", .quiet = true);
+	ANNOUNCE(1, 0, .id = "p3-far", .pieces = 3, .location = "z3", .quiet = true);
+	ANNOUNCE(1, 0, .id = "p3-slots", .pieces = 3, .location = "z3", .slots = 5, .quiet = true);
+	ANNOUNCE(1, 0, .id = "p1", .pieces = 1, .quiet = true);
+	ANNOUNCE(1, 0, .id = "p0", .pieces = 0, .quiet = true);
+
+	ANNOUNCE(1, 0, .id = "child", .pieces = 2, .location = "z1|r1");
+	/* Complete first (by location, then free slots), then by pieces_done
+	 * (equal pieces: location, then free slots), fewer pieces than the
+	 * child last; at most 8. */
+	cr_assert_str_eq(ids(&last), "c-rack,c-near,c-far,p7,p3-near,p3-slots,p3-far,p1");
+	cr_assert_eq(last.parent_count, 8);
+	cr_assert_not(last.back_to_source);
+	cr_assert_str_eq(last.reason, "");
+	cr_assert_str_eq(last.parents[0].address, "10.0.0.1:1006");
+	cr_assert(last.parents[0].complete);
+	cr_assert_eq(last.parents[0].pieces_done, 10);
+	cr_assert_not(last.parents[3].complete);
+	cr_assert_eq(last.parents[3].pieces_done, 7);
+	cr_assert_not(last.parents[3].seed);
+}
+
+Test(sched, location_is_compared_by_leading_parts)
+{
+	ANNOUNCE(1, 0, .id = "a", .complete = true, .location = "z1|r2|h1");
+	ANNOUNCE(1, 0, .id = "b", .complete = true, .location = "z1|r1|h9");
+	ANNOUNCE(1, 0, .id = "c", .complete = true, .location = "z1|r1|h1");
+	ANNOUNCE(1, 0, .id = "d", .complete = true, .location = "z1r1h1");
+	ANNOUNCE(1, 0, .id = "e", .complete = true);
+	ANNOUNCE(1, 0, .id = "child", .location = "z1|r1|h1");
+	cr_assert_str_eq(ids(&last), "c,b,a,d,e");
+	/* No location: nothing shared, free slots and ids decide (the first
+	 * child has no pieces: last). */
+	ANNOUNCE(1, 0, .id = "child2");
+	cr_assert_str_eq(ids(&last), "a,b,c,d,e,child");
+}
+
+Test(sched, seeds_come_last_among_equals)
+{
+	ANNOUNCE(1, 0, .id = "a-seed", .seed = true, .complete = true, .slots = 4);
+	ANNOUNCE(1, 0, .id = "b-peer", .complete = true, .slots = 4);
+	ANNOUNCE(1, 0, .id = "c-peer", .complete = true, .slots = 4);
+	ANNOUNCE(1, 0, .id = "child");
+	cr_assert_str_eq(ids(&last), "b-peer,c-peer,a-seed");
+	cr_assert(last.parents[2].seed);
+	/* Not equal: a seed with more free slots comes first. */
+	ANNOUNCE(1, 0, .id = "a-seed", .seed = true, .complete = true, .slots = 5);
+	ANNOUNCE(1, 0, .id = "child");
+	cr_assert_str_eq(ids(&last), "a-seed,b-peer,c-peer");
+}
+
+Test(sched, a_seed_is_always_included)
+{
+	char id[16];
+
+	for (int i = 0; i < 9; i++) {
+		snprintf(id, sizeof(id), "p%d", i);
+		ANNOUNCE(1, 0, .id = id, .pieces = 5, .quiet = true);
+	}
+	ANNOUNCE(1, 0, .id = "seed", .seed = true, .pieces = 0, .quiet = true);
+	ANNOUNCE(1, 0, .id = "child", .pieces = 1);
+	/* Eight partial peers outrank it; the seed takes the last place. */
+	cr_assert_str_eq(ids(&last), "p0,p1,p2,p3,p4,p5,p6,seed");
+	cr_assert(last.parents[7].seed);
+	cr_assert_eq(last.parents[7].pieces_done, 0);
+}
+
+Test(sched, a_seed_of_another_task_is_offered)
+{
+	ANNOUNCE(2, 0, .id = "seed", .seed = true, .complete = true, .address = "10.9.9.9:65002",
+		 .location = "z1", .slots = 1024);
+	cr_assert_eq(sched_seed_count(state), 1);
+	ANNOUNCE(1, 0, .id = "p", .pieces = 3, .quiet = true);
+	ANNOUNCE(1, 0, .id = "child", .pieces = 0, .location = "z1");
+	cr_assert_str_eq(ids(&last), "p,seed");
+	cr_assert_str_eq(last.parents[1].address, "10.9.9.9:65002");
+	cr_assert(last.parents[1].seed);
+	cr_assert_not(last.parents[1].complete);
+	cr_assert_eq(last.parents[1].pieces_done, 0);
+	/* An unknown task: the seed fetches it, no back to source. */
+	ANNOUNCE(3, 0, .id = "first");
+	cr_assert_str_eq(ids(&last), "seed");
+	cr_assert_not(last.back_to_source);
+	/* The seed's own entry in a task is what ranks, once it has one. */
+	ANNOUNCE(3, 0, .id = "seed", .seed = true, .pieces = 4, .address = "10.9.9.9:65002",
+		 .quiet = true);
+	ANNOUNCE(3, 0, .id = "first");
+	cr_assert_str_eq(ids(&last), "seed");
+	cr_assert_eq(last.parents[0].pieces_done, 4);
+}
+
+Test(sched, never_itself_nor_a_peer_without_address)
+{
+	ANNOUNCE(1, 0, .id = "child", .pieces = 9);
+	ANNOUNCE(1, 0, .id = "hidden", .complete = true, .address = "");
+	ANNOUNCE(1, 0, .id = "other", .pieces = 1, .quiet = true);
+	ANNOUNCE(1, 0, .id = "child", .pieces = 9);
+	cr_assert_str_eq(ids(&last), "other");
+	/* A seed without a peer port is no seed host either. */
+	ANNOUNCE(2, 0, .id = "s", .seed = true, .complete = true, .address = "");
+	cr_assert_eq(sched_seed_count(state), 0);
+}
+
+/* --- cycles. */
+
+Test(sched, a_peer_fetching_from_the_child_is_excluded)
+{
+	ANNOUNCE(1, 0, .id = "a", .pieces = 8, .parents = { "child" }, .quiet = true);
+	ANNOUNCE(1, 0, .id = "b", .pieces = 4, .parents = { "x", "y" }, .quiet = true);
+	ANNOUNCE(1, 0, .id = "child", .pieces = 2);
+	cr_assert_str_eq(ids(&last), "b");
+	/* In another task, the same ids are unrelated. */
+	ANNOUNCE(2, 0, .id = "a", .pieces = 8, .quiet = true);
+	ANNOUNCE(2, 0, .id = "child", .pieces = 2);
+	cr_assert_str_eq(ids(&last), "a");
+}
+
+Test(sched, a_peer_fetching_from_the_child_transitively_is_excluded)
+{
+	/* child <- a <- b <- c; d fetches from c and from e; f from "gone". */
+	ANNOUNCE(1, 0, .id = "a", .pieces = 6, .parents = { "child" }, .quiet = true);
+	ANNOUNCE(1, 0, .id = "b", .pieces = 7, .parents = { "a" }, .quiet = true);
+	ANNOUNCE(1, 0, .id = "c", .pieces = 8, .parents = { "x", "b" }, .quiet = true);
+	ANNOUNCE(1, 0, .id = "d", .pieces = 9, .parents = { "e", "c" }, .quiet = true);
+	ANNOUNCE(1, 0, .id = "e", .pieces = 5, .parents = { "f" }, .quiet = true);
+	ANNOUNCE(1, 0, .id = "f", .pieces = 4, .parents = { "gone" }, .quiet = true);
+	ANNOUNCE(1, 0, .id = "child", .pieces = 1);
+	cr_assert_str_eq(ids(&last), "e,f");
+	/* A cycle among the others does not stop the walk. */
+	ANNOUNCE(1, 0, .id = "e", .pieces = 5, .parents = { "f" }, .quiet = true);
+	ANNOUNCE(1, 0, .id = "f", .pieces = 4, .parents = { "e" }, .quiet = true);
+	ANNOUNCE(1, 0, .id = "child", .pieces = 1);
+	cr_assert_str_eq(ids(&last), "e,f");
+	/* b drops a: b and the peers above it are safe again. */
+	ANNOUNCE(1, 0, .id = "b", .pieces = 7, .quiet = true);
+	ANNOUNCE(1, 0, .id = "child", .pieces = 1);
+	cr_assert_str_eq(ids(&last), "d,c,b,e,f");
+}
+
+Test(sched, a_walk_longer_than_the_bound_excludes)
+{
+	char id[16], parent[16];
+	unsigned n = SCHED_WALK_MAX + 10;
+
+	/* A chain p0 <- p1 <- ... that never reaches the child. */
+	for (unsigned i = 0; i < n; i++) {
+		snprintf(id, sizeof(id), "p%03u", i);
+		snprintf(parent, sizeof(parent), "p%03u", i ? i - 1 : 999);
+		ANNOUNCE(1, 0, .id = id, .pieces = i == n - 1 ? 9 : 5, .parents = { parent },
+			 .quiet = true);
+	}
+	ANNOUNCE(1, 0, .id = "child", .pieces = 1);
+	/* The top of the chain cannot be proven safe; the next ones can. */
+	cr_assert_str_eq(ids(&last), "p000,p001,p002,p003,p004,p005,p006,p007");
+}
+
+/* --- back to source. */
+
+Test(sched, unknown_task_without_seed_goes_back_to_source)
+{
+	ANNOUNCE(1, 0, .id = "first");
+	cr_assert_eq(last.parent_count, 0);
+	cr_assert(last.back_to_source);
+	cr_assert_str_eq(last.reason, "no other peer has the task and no seed is known");
+	cr_assert_eq(sched_task_count(state), 1);
+	cr_assert_eq(sched_task_peer_count(state, task(1)), 1);
+	/* The second one gets the first (it fetches from the origin). */
+	ANNOUNCE(1, 0, .id = "second");
+	cr_assert_str_eq(ids(&last), "first");
+	cr_assert_not(last.back_to_source);
+}
+
+Test(sched, everyone_excluded_goes_back_to_source)
+{
+	ANNOUNCE(1, 0, .id = "a", .pieces = 3, .parents = { "child" }, .quiet = true);
+	ANNOUNCE(1, 0, .id = "child");
+	cr_assert_eq(last.parent_count, 0);
+	cr_assert(last.back_to_source);
+	cr_assert_str_eq(
+		last.reason,
+		"no other peer can serve it: they fetch from this one or have no peer port");
+}
+
+Test(sched, a_seed_lacking_pieces_nobody_has_goes_back_to_source)
+{
+	ANNOUNCE(1, 0, .id = "a", .pieces = 0, .quiet = true);
+	ANNOUNCE(1, 0, .id = "b", .pieces = 2, .quiet = true);
+	ANNOUNCE(1, 0, .id = "other-seed", .seed = true, .pieces = 2, .quiet = true);
+	ANNOUNCE(1, 0, .id = "seed", .seed = true, .pieces = 2);
+	cr_assert_eq(last.parent_count, 0);
+	cr_assert(last.back_to_source);
+	cr_assert_str_eq(last.reason, "a seed and no other peer has pieces it lacks");
+	/* Someone with more pieces: the seed takes those (only those). */
+	ANNOUNCE(1, 0, .id = "c", .pieces = 5, .quiet = true);
+	ANNOUNCE(1, 0, .id = "seed", .seed = true, .pieces = 2);
+	cr_assert_str_eq(ids(&last), "c");
+	cr_assert_not(last.back_to_source);
+	ANNOUNCE(1, 0, .id = "d", .complete = true);
+	ANNOUNCE(1, 0, .id = "seed", .seed = true, .pieces = 2);
+	cr_assert_str_eq(ids(&last), "d,c");
+}
+
+Test(sched, a_complete_peer_or_one_not_asking_gets_nothing)
+{
+	ANNOUNCE(1, 0, .id = "a", .complete = true);
+	cr_assert_eq(last.parent_count, 0);
+	cr_assert_not(last.back_to_source);
+	ANNOUNCE(1, 0, .id = "b", .pieces = 1, .quiet = true);
+	cr_assert_eq(last.parent_count, 0);
+	cr_assert_not(last.back_to_source);
+	ANNOUNCE(1, 0, .id = "b", .pieces = 1);
+	cr_assert_str_eq(ids(&last), "a");
+}
+
+/* --- expiry, leave. */
+
+Test(sched, peers_expire_after_the_ttl)
+{
+	make_state(0, 0, 1000);
+	ANNOUNCE(1, 0, .id = "a", .complete = true);
+	ANNOUNCE(1, 500, .id = "b", .quiet = true);
+	ANNOUNCE(2, 600, .id = "s", .seed = true, .complete = true);
+	cr_assert_eq(sched_expire(state, 999), 0);
+	cr_assert_eq(sched_peer_count(state), 3);
+	cr_assert_eq(sched_expire(state, 1000), 1);
+	cr_assert_str_eq(drops, "expired:1:a ");
+	cr_assert_not(sched_has_peer(state, task(1), "a"));
+	cr_assert(sched_has_peer(state, task(1), "b"));
+	/* An announcement keeps a peer: b is seen again at 1400. */
+	ANNOUNCE(1, 1400, .id = "b", .quiet = true);
+	cr_assert_eq(sched_expire(state, 1600), 1);
+	cr_assert_str_eq(drops, "expired:1:a expired:2:s ");
+	cr_assert_eq(sched_seed_count(state), 0);
+	cr_assert_eq(sched_expire(state, 2399), 0);
+	cr_assert_eq(sched_expire(state, 2400), 1);
+	cr_assert_str_eq(drops, "expired:1:a expired:2:s expired:1:b ");
+	cr_assert_eq(sched_task_count(state), 0);
+	cr_assert_eq(sched_peer_count(state), 0);
+	/* Time does not go back: an older now_ms counts as the latest. */
+	ANNOUNCE(1, 100, .id = "late", .quiet = true);
+	cr_assert_eq(sched_expire(state, 3399), 0);
+	cr_assert_eq(sched_expire(state, 3400), 1);
+}
+
+Test(sched, leave_one_task_or_all)
+{
+	ANNOUNCE(1, 0, .id = "s", .seed = true, .complete = true);
+	ANNOUNCE(2, 0, .id = "s", .seed = true, .complete = true);
+	ANNOUNCE(2, 0, .id = "p", .quiet = true);
+	ANNOUNCE(3, 0, .id = "s", .seed = true, .complete = true);
+	cr_assert_eq(sched_leave(state, task(9), "s"), 0);
+	cr_assert_eq(sched_leave(state, task(1), "nobody"), 0);
+	cr_assert_eq(sched_leave(state, task(1), "s"), 1);
+	cr_assert_str_eq(drops, "left:1:s ");
+	cr_assert_eq(sched_task_count(state), 2);
+	cr_assert_eq(sched_seed_count(state), 1);
+	/* The parent disappears from the answers. */
+	ANNOUNCE(1, 0, .id = "child");
+	cr_assert(last.back_to_source == false);
+	cr_assert_str_eq(ids(&last), "s"); /* still a seed host */
+	cr_assert_eq(sched_leave(state, NULL, "s"), 2);
+	cr_assert_str_eq(drops, "left:1:s left:2:s left:3:s ");
+	cr_assert_eq(sched_seed_count(state), 0);
+	cr_assert_eq(sched_task_count(state), 2);
+	cr_assert(sched_has_peer(state, task(2), "p"));
+	ANNOUNCE(1, 0, .id = "child");
+	cr_assert(last.back_to_source);
+	cr_assert_eq(sched_leave(state, NULL, "s"), 0);
+}
+
+/* --- bounds. */
+
+Test(sched, past_max_tasks_the_least_recently_announced_goes)
+{
+	make_state(2, 0, 0);
+	ANNOUNCE(1, 0, .id = "a", .quiet = true);
+	ANNOUNCE(1, 0, .id = "b", .quiet = true);
+	ANNOUNCE(2, 1, .id = "a", .quiet = true);
+	ANNOUNCE(1, 2, .id = "b", .quiet = true); /* task 1 is now the most recent */
+	ANNOUNCE(3, 3, .id = "c", .quiet = true);
+	cr_assert_str_eq(drops, "evicted:2:a ");
+	cr_assert_eq(sched_task_count(state), 2);
+	cr_assert_eq(sched_task_peer_count(state, task(1)), 2);
+	cr_assert_eq(sched_task_peer_count(state, task(2)), 0);
+	ANNOUNCE(4, 4, .id = "d", .quiet = true);
+	cr_assert_str_eq(drops, "evicted:2:a evicted:1:a evicted:1:b ");
+	cr_assert_eq(sched_task_count(state), 2);
+	cr_assert_eq(sched_peer_count(state), 2);
+}
+
+Test(sched, past_max_peers_the_least_recently_seen_goes)
+{
+	make_state(0, 2, 0);
+	ANNOUNCE(1, 0, .id = "a", .complete = true);
+	ANNOUNCE(1, 1, .id = "b", .complete = true);
+	ANNOUNCE(1, 2, .id = "a", .complete = true);
+	ANNOUNCE(1, 3, .id = "c", .pieces = 1);
+	cr_assert_str_eq(drops, "evicted:1:b ");
+	cr_assert_str_eq(ids(&last), "a");
+	cr_assert_eq(sched_task_peer_count(state, task(1)), 2);
+	/* Per task: another task has its own room. */
+	ANNOUNCE(2, 4, .id = "x", .quiet = true);
+	ANNOUNCE(2, 4, .id = "y", .quiet = true);
+	cr_assert_eq(sched_peer_count(state), 4);
+	make_state(0, 1, 0);
+	ANNOUNCE(1, 0, .id = "a", .complete = true);
+	ANNOUNCE(1, 1, .id = "b");
+	cr_assert_str_eq(drops, "evicted:1:a ");
+	cr_assert(last.back_to_source);
+	cr_assert_eq(sched_task_count(state), 1);
+}
+
+Test(sched, many_tasks_and_peers_stay_consistent)
+{
+	char id[16];
+
+	make_state(100, 50, 1000);
+	for (unsigned round = 0; round < 20; round++)
+		for (unsigned t = 0; t < 150; t++) {
+			snprintf(id, sizeof(id), "p%u", (round * 7 + t) % 60);
+			ANNOUNCE(t, round * 100 + t / 10, .id = id, .pieces = t % 10,
+				 .quiet = t % 3);
+		}
+	cr_assert_eq(sched_task_count(state), 100);
+	cr_assert_leq(sched_peer_count(state), 100 * 50);
+	sched_expire(state, 100000);
+	cr_assert_eq(sched_task_count(state), 0);
+	cr_assert_eq(sched_peer_count(state), 0);
+}
+
+/* --- input. */
+
+Test(sched, wrong_fields_are_refused_and_not_recorded)
+{
+	char long_id[SCHED_PEER_ID_MAX + 2];
+	char long_location[SCHED_LOCATION_MAX + 2];
+
+	memset(long_id, 'x', sizeof(long_id) - 1);
+	long_id[sizeof(long_id) - 1] = '\0';
+	memset(long_location, 'z', sizeof(long_location) - 1);
+	long_location[sizeof(long_location) - 1] = '\0';
+	cr_assert_eq(announce_at(1, 0, (struct peer){ .id = "with space" }), -EINVAL);
+	cr_assert_str_eq(last.reason,
+			 "peer_id must be 1 to 128 printable characters without spaces");
+	cr_assert_eq(announce_at(1, 0, (struct peer){ .id = "" }), -EINVAL);
+	cr_assert_eq(announce_at(1, 0, (struct peer){ .id = "new\nline" }), -EINVAL);
+	cr_assert_eq(announce_at(1, 0, (struct peer){ .id = long_id }), -EINVAL);
+	cr_assert_eq(announce_at(1, 0, (struct peer){ .id = "ok", .location = long_location }),
+		     -EINVAL);
+	cr_assert_str_eq(last.reason, "location longer than 128 bytes");
+	cr_assert_eq(sched_task_count(state), 0);
+	long_id[SCHED_PEER_ID_MAX] = '\0'; /* exactly the maximum */
+	cr_assert_eq(announce_at(1, 0, (struct peer){ .id = long_id }), 0);
+	cr_assert_eq(sched_leave(state, NULL, ""), 0);
+}
+
+Test(sched, parents_in_use_beyond_the_limit_are_ignored)
+{
+	const char *many[SCHED_PARENTS_IN_USE_MAX + 1];
+	char names[SCHED_PARENTS_IN_USE_MAX + 1][8];
+	struct sched_announce announce = {
+		.task_id = task(1),
+		.peer_id = "a",
+		.address = "10.0.0.2:1",
+		.pieces_done = 5,
+		.parents_in_use = many,
+		.parents_in_use_count = SCHED_PARENTS_IN_USE_MAX + 1,
+	};
+
+	for (unsigned i = 0; i <= SCHED_PARENTS_IN_USE_MAX; i++) {
+		snprintf(names[i], sizeof(names[i]), "q%u", i);
+		many[i] = names[i];
+	}
+	/* The child is the 17th: not recorded, so a stays a candidate. */
+	many[SCHED_PARENTS_IN_USE_MAX] = "child";
+	cr_assert_eq(sched_announce(state, &announce, 0, &last), 0);
+	ANNOUNCE(1, 0, .id = "child");
+	cr_assert_str_eq(ids(&last), "a");
+	many[0] = "child";
+	cr_assert_eq(sched_announce(state, &announce, 0, &last), 0);
+	ANNOUNCE(1, 0, .id = "child");
+	cr_assert(last.back_to_source);
+}
+
+Test(sched, same_inputs_same_answers)
+{
+	char first[1024];
+
+	for (int run = 0; run < 2; run++) {
+		make_state(0, 0, 0);
+		ANNOUNCE(1, 0, .id = "m", .pieces = 4, .slots = 3, .quiet = true);
+		ANNOUNCE(1, 0, .id = "k", .pieces = 4, .slots = 3, .quiet = true);
+		ANNOUNCE(1, 0, .id = "z", .pieces = 4, .slots = 3, .quiet = true);
+		ANNOUNCE(1, 0, .id = "s", .seed = true, .pieces = 4, .slots = 3, .quiet = true);
+		ANNOUNCE(1, 0, .id = "child");
+		if (run == 0)
+			snprintf(first, sizeof(first), "%s", ids(&last));
+		else
+			cr_assert_str_eq(ids(&last), first);
+	}
+	cr_assert_str_eq(first, "k,m,z,s");
+}
+
+/* --- ranking past the first candidates sorted. */
+
+Test(sched, many_excluded_best_candidates)
+{
+	char id[16];
+
+	for (int i = 0; i < 25; i++) {
+		snprintf(id, sizeof(id), "p%02d", i);
+		if (i < 12)
+			ANNOUNCE(1, 0, .id = id, .pieces = 9, .parents = { "child" },
+				 .quiet = true);
+		else
+			ANNOUNCE(1, 0, .id = id, .pieces = i < 20 ? 8 : 7, .quiet = true);
+	}
+	ANNOUNCE(1, 0, .id = "child", .pieces = 1);
+	cr_assert_str_eq(ids(&last), "p12,p13,p14,p15,p16,p17,p18,p19");
+}
+
+Test(sched, a_seed_far_down_the_ranking_is_still_included)
+{
+	char id[16];
+
+	for (int i = 0; i < 20; i++) {
+		snprintf(id, sizeof(id), "p%02d", i);
+		ANNOUNCE(1, 0, .id = id, .pieces = 5, .quiet = true);
+	}
+	ANNOUNCE(1, 0, .id = "s1", .seed = true, .parents = { "child" }, .quiet = true);
+	ANNOUNCE(1, 0, .id = "s2", .seed = true, .quiet = true);
+	ANNOUNCE(1, 0, .id = "child", .pieces = 1);
+	cr_assert_str_eq(ids(&last), "p00,p01,p02,p03,p04,p05,p06,s2");
+	/* No seed that can serve: the eight best. */
+	ANNOUNCE(1, 0, .id = "s2", .seed = true, .parents = { "p00", "s1" }, .quiet = true);
+	ANNOUNCE(1, 0, .id = "child", .pieces = 1);
+	cr_assert_str_eq(ids(&last), "p00,p01,p02,p03,p04,p05,p06,p07");
+}
+
+/*
+ * Random swarms against a plain reference: every candidate sorted by the
+ * documented order, cycles found by a full walk, the eight first, a seed in
+ * the last place if none came in.
+ */
+struct ref_peer {
+	char id[8];
+	char location[8];
+	uint32_t pieces, slots, uploads;
+	bool complete, seed;
+	int parents[4];
+	int parent_count;
+};
+
+static struct ref_peer ref[64];
+static int ref_count;
+static uint32_t rnd_state = 12345;
+
+static uint32_t rnd(uint32_t below)
+{
+	rnd_state = rnd_state * 1103515245u + 12345u;
+	return (rnd_state >> 16) % below;
+}
+
+static unsigned ref_location_match(const char *a, const char *b)
+{
+	unsigned parts = 0;
+
+	while (a[0] && b[0]) {
+		size_t len_a = strcspn(a, "|"), len_b = strcspn(b, "|");
+
+		if (len_a != len_b || strncmp(a, b, len_a) != 0)
+			break;
+		parts++;
+		if (!a[len_a] || !b[len_b])
+			break;
+		a += len_a + 1;
+		b += len_b + 1;
+	}
+	return parts;
+}
+
+static int ref_compare(const void *left, const void *right)
+{
+	const struct ref_peer *a = &ref[*(const int *)left], *b = &ref[*(const int *)right];
+	unsigned match_a = ref_location_match(ref[0].location, a->location);
+	unsigned match_b = ref_location_match(ref[0].location, b->location);
+	int64_t free_a = (int64_t)a->slots - a->uploads, free_b = (int64_t)b->slots - b->uploads;
+
+	if (a->complete != b->complete)
+		return a->complete ? -1 : 1;
+	if (!a->complete && a->pieces != b->pieces)
+		return a->pieces > b->pieces ? -1 : 1;
+	if (match_a != match_b)
+		return match_a > match_b ? -1 : 1;
+	if (free_a != free_b)
+		return free_a > free_b ? -1 : 1;
+	if (a->seed != b->seed)
+		return a->seed ? 1 : -1;
+	return strcmp(a->id, b->id);
+}
+
+/* Whether peer 0 (the child) is reachable from `from` through parents. */
+static bool ref_reaches_child(int from)
+{
+	bool seen[64] = { false };
+	int stack[64], depth = 0;
+
+	stack[depth++] = from;
+	seen[from] = true;
+	while (depth) {
+		const struct ref_peer *peer = &ref[stack[--depth]];
+
+		for (int i = 0; i < peer->parent_count; i++) {
+			int next = peer->parents[i];
+
+			if (next == 0)
+				return true;
+			if (!seen[next]) {
+				seen[next] = true;
+				stack[depth++] = next;
+			}
+		}
+	}
+	return false;
+}
+
+static void ref_expected(char *out, size_t size)
+{
+	int order[64], chosen[SCHED_PARENTS_MAX], count = 0, n = 0;
+	bool have_seed = false;
+
+	for (int i = 1; i < ref_count; i++)
+		order[n++] = i;
+	qsort(order, (size_t)n, sizeof(order[0]), ref_compare);
+	for (int i = 0; i < n; i++) {
+		const struct ref_peer *peer = &ref[order[i]];
+
+		if (ref_reaches_child(order[i]))
+			continue;
+		if (count < SCHED_PARENTS_MAX) {
+			chosen[count++] = order[i];
+			have_seed |= peer->seed;
+		} else if (!have_seed && peer->seed) {
+			chosen[SCHED_PARENTS_MAX - 1] = order[i];
+			break;
+		}
+	}
+	out[0] = '\0';
+	for (int i = 0; i < count; i++) {
+		size_t used = strlen(out);
+
+		snprintf(out + used, size - used, "%s%s", i ? "," : "", ref[chosen[i]].id);
+	}
+}
+
+Test(sched, random_swarms_match_the_reference)
+{
+	static const char *const locations[] = { "", "z1", "z1|r1", "z1|r2", "z2|r1" };
+	char expected[256];
+
+	for (int round = 0; round < 300; round++) {
+		make_state(0, 0, 0);
+		ref_count = 1 + (int)rnd(60);
+		for (int i = 0; i < ref_count; i++) {
+			struct ref_peer *peer = &ref[i];
+
+			snprintf(peer->id, sizeof(peer->id), "r%02d", i);
+			snprintf(peer->location, sizeof(peer->location), "%s", locations[rnd(5)]);
+			peer->complete = i > 0 && rnd(5) == 0;
+			peer->seed = i > 0 && rnd(8) == 0;
+			peer->pieces = peer->complete ? 10 : rnd(i ? 11 : 10);
+			peer->slots = rnd(5);
+			peer->uploads = rnd(peer->slots + 1);
+			peer->parent_count = (int)rnd(4);
+			for (int j = 0; j < peer->parent_count; j++)
+				peer->parents[j] = (int)rnd((uint32_t)ref_count);
+		}
+		/* The child last, so that it sees everyone. */
+		for (int k = 1; k <= ref_count; k++) {
+			int i = k % ref_count;
+			struct ref_peer *peer = &ref[i];
+			struct peer spec = {
+				.id = peer->id,
+				.location = peer->location,
+				.seed = peer->seed,
+				.complete = peer->complete,
+				.quiet = i != 0,
+				.pieces = peer->pieces,
+				.slots = peer->slots,
+				.uploads = peer->uploads,
+			};
+
+			for (int j = 0; j < peer->parent_count; j++)
+				spec.parents[j] = ref[peer->parents[j]].id;
+			cr_assert_eq(announce_at(1, 0, spec), 0);
+		}
+		ref_expected(expected, sizeof(expected));
+		cr_assert_str_eq(ids(&last), expected, "round %d, %d peers", round, ref_count);
+		cr_assert_eq(last.back_to_source, expected[0] == '\0');
+	}
+}
