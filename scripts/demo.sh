@@ -16,6 +16,12 @@
 # from each other (`ringfly get --parent`): a chain that streams piece by piece. The
 # summary compares the bytes the origin sent with the bytes delivered.
 #
+# Issue 7: the swarm. nginx comes back with a second file; ringfly-scheduler, a seed
+# (`--role seed`) and four peers start on loopback, all with `--scheduler`; the four get
+# the file at once with no --parent: the scheduler sends the first to the seed (which
+# fetches from the origin) and the others to the seed and to each other. A table shows
+# each peer's time and where its bytes came from, and the origin's bytes vs delivered.
+#
 # To add a step: write a function step_<name> that starts with `step "title"` and append
 # its name to STEPS at the bottom. Helpers: start_daemon, wait_health, start_nginx, run, note.
 #
@@ -35,6 +41,7 @@ build=${BUILD_DIR:-build/release}
 build_shown=${build#"$root"/}
 RINGFLYD=$build/ringflyd
 RINGFLY=$build/ringfly
+RINGFLY_SCHEDULER=$build/ringfly-scheduler
 
 HEALTH_DEADLINE_S=5
 
@@ -416,10 +423,93 @@ step_swarm() {
 	PEER_PIDS=("${pids[@]}")
 }
 
+step_scheduled() {
+	step "the swarm: a scheduler, a seed and four peers; all four want a new file at once"
+	local size=$((${DEMO_SIZE_MIB:-256} << 20)) sport seed_pid p n pids=() gets=() t0 rc
+	local url2 sha2 log
+	show head -c "$size" /dev/urandom ">$tmp/www/swarm.bin"
+	head -c "$size" /dev/urandom >"$tmp/www/swarm.bin"
+	chmod 644 "$tmp/www/swarm.bin"
+	sha2=$(sha_of "$tmp/www/swarm.bin")
+	rm -rf "$tmp/nginx"
+	start_nginx "$tmp/www"
+	url2=http://127.0.0.1:$NGINX_PORT/swarm.bin
+	show "$RINGFLY_SCHEDULER" --listen 127.0.0.1:0 "2>\$T/scheduler.log &"
+	"$RINGFLY_SCHEDULER" --listen 127.0.0.1:0 2>"$tmp/scheduler.log" &
+	SCHED_PID=$!
+	daemon_pids+=("$SCHED_PID")
+	local deadline=$(($(date +%s) + HEALTH_DEADLINE_S))
+	until sport=$(sed -n 's/.*scheduler listening .* port=\([0-9]*\).*/\1/p' "$tmp/scheduler.log") &&
+		[[ -n $sport ]]; do
+		kill -0 "$SCHED_PID" 2>/dev/null || fail "ringfly-scheduler died: $(cat "$tmp/scheduler.log")"
+		(($(date +%s) <= deadline)) || fail "ringfly-scheduler did not report its port"
+		sleep 0.01
+	done
+	note "ringfly-scheduler pid $SCHED_PID on 127.0.0.1:$sport"
+	start_daemon seed_pid "$tmp/seed.log" --socket "$tmp/seed.sock" --data-dir "$tmp/seed.data" \
+		--listen-peer 127.0.0.1:0 --role seed --scheduler "127.0.0.1:$sport"
+	wait_health "$tmp/seed.sock" "$seed_pid" "$tmp/seed.log" >/dev/null
+	peer_port "$tmp/seed.log" "$seed_pid" >/dev/null
+	for n in 1 2 3 4; do
+		start_daemon "pids[$n]" "$tmp/node-$n.log" --socket "$tmp/node-$n.sock" \
+			--data-dir "$tmp/node-$n.data" --listen-peer 127.0.0.1:0 \
+			--scheduler "127.0.0.1:$sport"
+		wait_health "$tmp/node-$n.sock" "${pids[n]}" "$tmp/node-$n.log" >/dev/null
+		peer_port "$tmp/node-$n.log" "${pids[n]}" >/dev/null
+	done
+	note "node-1 with its progress bar; node-2..4 at the same time, in the background"
+	t0=$(date +%s%N)
+	for n in 2 3 4; do
+		"$RINGFLY" --socket "$tmp/node-$n.sock" get "$url2" -O "$tmp/out/node-$n.bin" \
+			--no-progress 2>"$tmp/node-$n.err" &
+		gets[n]=$!
+	done
+	run "$RINGFLY" --socket "$tmp/node-1.sock" get "$url2" -O "$tmp/out/node-1.bin" ||
+		fail "node-1's get exited with $?"
+	for n in 2 3 4; do
+		rc=0
+		wait "${gets[n]}" || rc=$?
+		((rc == 0)) || fail "node-$n's get exited with $rc: $(cat "$tmp/node-$n.err")"
+		sed 's/^/    /' "$tmp/node-$n.err"
+	done
+	for n in 1 2 3 4; do
+		[[ $(sha_of "$tmp/out/node-$n.bin") == "$sha2" ]] || fail "node-$n's copy has another sha256"
+	done
+	note "sha256 of all four copies matches the source"
+	for log in "$tmp/seed.log" "$tmp/node-1.log" "$tmp/node-2.log" "$tmp/node-3.log" "$tmp/node-4.log"; do
+		deadline=$(($(date +%s) + 10))
+		until grep -q "download done" "$log"; do
+			(($(date +%s) <= deadline)) || fail "no 'download done' in $log"
+			sleep 0.01
+		done
+	done
+	note "what the scheduler answered:"
+	grep -h "parents task=" "$tmp/scheduler.log" | sed 's/^.*parents task=[0-9a-f]*/    parents for/' | head -n 6
+	local origin_bytes total=0
+	origin_bytes=$(awk '$7 == "/swarm.bin" && $9 ~ /^2/ { sum += $10 } END { print sum + 0 }' \
+		"$tmp/nginx/access.log")
+	printf '\n   %s%-8s %9s %16s %16s%s\n' "$bold" node "time ms" "from origin" "from peers" "$plain"
+	for n in seed 1 2 3 4; do
+		log=$tmp/node-$n.log
+		[[ $n == seed ]] && log=$tmp/seed.log
+		printf '   %-8s %9s %16s %16s\n' "${n/#[0-9]/node-$n}" "$(field_of "$log" ms)" \
+			"$(field_of "$log" origin_bytes)" "$(field_of "$log" peer_bytes)"
+		[[ $n == seed ]] || total=$((total + size))
+	done
+	awk -v o="$origin_bytes" -v d="$total" -v s="$size" -v ns="$(($(date +%s%N) - t0))" 'BEGIN {
+		printf "\n   the origin sent %d bytes (%.2f x the file); %d bytes delivered to 4 nodes\n",
+			o, o / s, d
+		printf "   from the first get to the last byte recorded: %.2f s\n", ns / 1e9
+	}'
+	((origin_bytes <= size + size / 20)) ||
+		fail "the origin sent $origin_bytes bytes for a $size-byte file"
+	PEER_PIDS+=("$seed_pid" "${pids[@]}")
+}
+
 step_stop() {
-	step "SIGTERM: the daemons stop cleanly"
+	step "SIGTERM: the daemons and the scheduler stop cleanly"
 	local pid rc
-	for pid in "$PID3" "${PEER_PIDS[@]}"; do
+	for pid in "$PID3" "${PEER_PIDS[@]}" "$SCHED_PID"; do
 		run kill -TERM "$pid"
 		rc=0
 		wait "$pid" || rc=$?
@@ -429,7 +519,7 @@ step_stop() {
 }
 
 STEPS=(step_build step_start step_kill9 step_restart step_sigterm
-	step_origin step_get step_cache step_swarm step_stop)
+	step_origin step_get step_cache step_swarm step_scheduled step_stop)
 
 for s in "${STEPS[@]}"; do
 	"$s"
