@@ -72,6 +72,8 @@ static void usage(FILE *out)
 		"  import FILE             add a local file to the cache; prints its task id\n"
 		"  export TASK -O FILE     copy a complete task out of the cache\n"
 		"  stat URL|TASK           show a task's state\n"
+		"  preheat URL [--digest sha256:HEX]\n"
+		"                          have the scheduler's seed peers fetch URL now\n"
 		"Default socket: $RINGFLY_SOCKET, else /run/ringfly/ringflyd.sock.\n");
 }
 
@@ -748,6 +750,63 @@ static int cli_stat(struct cli_call *call, const char *name)
 	return rc ? rc : cli_print_info(call, "stat", type, reply, false);
 }
 
+static int cli_preheat(struct cli_call *call, int argc, char **argv)
+{
+	Ringfly__Preheat request = RINGFLY__PREHEAT__INIT;
+	ProtobufCMessage *reply = NULL;
+	const char *url = NULL, *digest = "";
+	uint8_t type, parsed[HASH_SHA256_SIZE];
+	int rc;
+
+	for (int i = 1; i < argc; i++) {
+		if (strcmp(argv[i], "--digest") == 0 && i + 1 < argc)
+			digest = argv[++i];
+		else if (!url && argv[i][0] != '-')
+			url = argv[i];
+		else {
+			url = NULL; /* anything else: usage */
+			break;
+		}
+	}
+	if (!url) {
+		fprintf(stderr, "ringfly: preheat: want URL [--digest sha256:HEX]\n");
+		return CLI_EXIT_USAGE;
+	}
+	if (digest[0] && hash_parse_sha256(digest, parsed) < 0) {
+		fprintf(stderr, "ringfly: preheat: --digest \"%s\" is not sha256:<64 hex digits>\n",
+			digest);
+		return CLI_EXIT_USAGE;
+	}
+	request.id = 1;
+	request.url = (char *)url;
+	request.digest = (char *)digest;
+	call->timeout_ms = 0; /* the daemon bounds it with scheduler.timeout */
+	call->deadline_ms = 0;
+	rc = cli_request(call, FRAME_TYPE_PREHEAT, &request.base, -1, &type, &reply);
+	if (rc)
+		return rc;
+	if (type == FRAME_TYPE_ERROR) {
+		Ringfly__Error *error = (Ringfly__Error *)reply;
+
+		fprintf(stderr, "ringfly: preheat %s: %s\n", url, error->message);
+		rc = error->code == RINGFLY__ERROR_CODE__ERROR_CODE_ORIGIN_UNREACHABLE
+			     ? CLI_EXIT_ORIGIN_UNREACHABLE : CLI_EXIT_FAILED;
+	} else if (type == FRAME_TYPE_PREHEAT_RESPONSE) {
+		Ringfly__PreheatResponse *r = (Ringfly__PreheatResponse *)reply;
+
+		printf("preheating %s on", r->task_id);
+		for (size_t i = 0; i < r->n_seeds; i++)
+			printf("%s%s", i ? "," : " ", r->seeds[i]);
+		printf("\n");
+	} else {
+		fprintf(stderr, "ringfly: preheat: unexpected %s from ringflyd at %s\n",
+			frame_type_name(type), call->socket_path);
+		rc = CLI_EXIT_FAILED;
+	}
+	protobuf_c_message_free_unpacked(reply, NULL);
+	return rc;
+}
+
 static int cli_import(struct cli_call *call, const char *path)
 {
 	Ringfly__ImportFile request = RINGFLY__IMPORT_FILE__INIT;
@@ -862,6 +921,8 @@ int main(int argc, char **argv)
 		rc = cli_import(&call, argv[optind + 1]);
 	} else if (strcmp(argv[optind], "export") == 0) {
 		rc = cli_export(&call, argc - optind, argv + optind);
+	} else if (strcmp(argv[optind], "preheat") == 0) {
+		rc = cli_preheat(&call, argc - optind, argv + optind);
 	} else {
 		fprintf(stderr, "ringfly: unknown command '%s'\n", argv[optind]);
 		usage(stderr);

@@ -277,6 +277,18 @@ static void daemon_reload(struct daemon *daemon)
 		upload_set_rate_limit(&daemon->upload, (uint64_t)fresh.upload_rate_limit);
 }
 
+/* A scheduler asks this seed to fetch a task ahead of demand. */
+static void daemon_on_preheat(void *arg, const char *url)
+{
+	struct daemon *daemon = arg;
+	char err[512];
+
+	if (!daemon->engine || daemon->draining)
+		return;
+	if (download_prefetch(daemon->engine, url, err, sizeof(err)) < 0)
+		log_warn("daemon", "preheat failed url=%s reason=\"%s\"", url, err);
+}
+
 /* The address other peers reach this daemon at: advertise_ip, else the
  * peer listener's host unless it is a wildcard, else 127.0.0.1. */
 static void daemon_advertise_ip(const struct daemon_config *config, char *ip, size_t size)
@@ -489,6 +501,8 @@ int daemon_run(const struct daemon_config *config)
 			.upload_slots = (unsigned)config->upload_max_connections,
 		};
 
+		sched_options.on_preheat = daemon_on_preheat;
+		sched_options.on_preheat_arg = &daemon;
 		daemon_advertise_ip(config, ip, sizeof(ip));
 		rc = sched_client_create(&daemon.sched, daemon.loop, &sched_options, err,
 					 sizeof(err));
@@ -515,6 +529,7 @@ int daemon_run(const struct daemon_config *config)
 	}
 	daemon.service.store = daemon.store;
 	daemon.service.engine = daemon.engine;
+	daemon.service.sched = daemon.sched;
 	{
 		struct upload_options upload_options = {
 			.max_requests = (unsigned)config->upload_max_requests,

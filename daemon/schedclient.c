@@ -52,7 +52,8 @@ struct sched_request {
 	unsigned tried;			/* index into order of the scheduler asked now */
 	bool sent;			/* the frame went to order[tried] */
 	uint64_t deadline_ms;
-	sched_parents_fn fn;
+	sched_parents_fn fn;		/* an ask, or */
+	sched_preheat_fn preheat_fn;	/* a preheat */
 	void *arg;
 	uint8_t *frame;
 	size_t frame_len;
@@ -73,6 +74,8 @@ struct sched_client {
 	char *peer_id, *ip, *location;
 	bool seed;
 	unsigned upload_slots;
+	sched_preheat_in_fn on_preheat;
+	void *on_preheat_arg;
 	unsigned port;
 	struct sched_conn conns[SCHED_ADDRESSES_MAX];
 	unsigned conn_count;
@@ -255,6 +258,15 @@ static void sched_request_unlink(struct sched_request *req)
 	req->frame = NULL;
 }
 
+/* A failure, to whichever callback the request has. */
+static void sched_request_report(struct sched_request *req, int error, const char *reason)
+{
+	if (req->preheat_fn)
+		req->preheat_fn(req->arg, error, NULL, reason);
+	else
+		req->fn(req->arg, error, NULL, reason);
+}
+
 static void sched_request_done_op(struct loop_op *op, int res, uint32_t flags)
 {
 	struct sched_request *req = op->owner;
@@ -263,7 +275,7 @@ static void sched_request_done_op(struct loop_op *op, int res, uint32_t flags)
 	(void)flags;
 	req->done_armed = false;
 	if (!req->cancelled)
-		req->fn(req->arg, -EHOSTUNREACH, NULL, req->reason);
+		sched_request_report(req, -EHOSTUNREACH, req->reason);
 	free(req);
 }
 
@@ -276,7 +288,7 @@ static void sched_request_fail(struct sched_request *req)
 		req->done_armed = true;
 		return;
 	}
-	req->fn(req->arg, -EHOSTUNREACH, NULL, req->reason);
+	sched_request_report(req, -EHOSTUNREACH, req->reason);
 	free(req);
 }
 
@@ -356,6 +368,63 @@ static void sched_conn_down(struct sched_conn *conn, const char *why)
 	}
 }
 
+static struct sched_request *sched_request_by_id(struct sched_client *client, uint64_t id)
+{
+	for (struct sched_request *req = client->requests; req; req = req->next)
+		if (req->id == id)
+			return req;
+	return NULL;
+}
+
+/* A scheduler asks this seed to fetch a task ahead of demand. */
+static void sched_on_preheat(struct sched_conn *conn, const Ringfly__Preheat *m)
+{
+	struct sched_client *client = conn->client;
+
+	if (!client->seed || !client->on_preheat || !m->url || !m->url[0])
+		return;
+	log_info("sched", "preheat url=%s from scheduler=%s", m->url, conn->address);
+	client->on_preheat(client->on_preheat_arg, m->url);
+}
+
+/* An Error answering a request, or a PreheatResponse. */
+static void sched_on_answer(struct sched_conn *conn, uint8_t type, ProtobufCMessage *msg)
+{
+	struct sched_client *client = conn->client;
+	struct sched_request *req;
+
+	if (type == FRAME_TYPE_ERROR) {
+		Ringfly__Error *e = (Ringfly__Error *)msg;
+
+		req = e->id ? sched_request_by_id(client, e->id) : NULL;
+		if (!req) {
+			log_warn("sched", "scheduler said scheduler=%s message=\"%s\"", conn->address,
+				 e->message);
+			return;
+		}
+		sched_request_unlink(req);
+		sched_request_report(req, e->code == RINGFLY__ERROR_CODE__ERROR_CODE_NOT_FOUND
+				     ? -ENOENT : -EPROTO, e->message);
+		free(req);
+		return;
+	}
+	{
+		Ringfly__PreheatResponse *r = (Ringfly__PreheatResponse *)msg;
+		char seeds[1024] = "";
+		size_t at = 0;
+
+		req = sched_request_by_id(client, r->id);
+		if (!req || !req->preheat_fn)
+			return;
+		for (size_t i = 0; i < r->n_seeds && at < sizeof(seeds); i++)
+			at += (size_t)snprintf(seeds + at, sizeof(seeds) - at, "%s%s", i ? "," : "",
+					       r->seeds[i]);
+		sched_request_unlink(req);
+		req->preheat_fn(req->arg, 0, seeds, NULL);
+		free(req);
+	}
+}
+
 static void sched_on_frame(struct sched_conn *conn, uint8_t type, const uint8_t *message,
 			   size_t len)
 {
@@ -367,9 +436,13 @@ static void sched_on_frame(struct sched_conn *conn, uint8_t type, const uint8_t 
 
 	if (!msg)
 		return;
-	if (type == FRAME_TYPE_ERROR) {
-		log_warn("sched", "scheduler said scheduler=%s message=\"%s\"", conn->address,
-			 ((Ringfly__Error *)msg)->message);
+	if (type == FRAME_TYPE_PREHEAT) {
+		sched_on_preheat(conn, (Ringfly__Preheat *)msg);
+		protobuf_c_message_free_unpacked(msg, NULL);
+		return;
+	}
+	if (type == FRAME_TYPE_ERROR || type == FRAME_TYPE_PREHEAT_RESPONSE) {
+		sched_on_answer(conn, type, msg);
 		protobuf_c_message_free_unpacked(msg, NULL);
 		return;
 	}
@@ -378,10 +451,8 @@ static void sched_on_frame(struct sched_conn *conn, uint8_t type, const uint8_t 
 		return;
 	}
 	r = (Ringfly__ParentsResponse *)msg;
-	for (req = client->requests; req; req = req->next)
-		if (req->id == r->id)
-			break;
-	if (!req) { /* the answer to an announcement */
+	req = sched_request_by_id(client, r->id);
+	if (!req || req->preheat_fn) { /* the answer to an announcement */
 		protobuf_c_message_free_unpacked(msg, NULL);
 		return;
 	}
@@ -626,6 +697,52 @@ static void sched_refresh_arm(struct sched_client *client)
 
 /* --- the API. */
 
+/* Queues a request whose frame is built; it goes to the task's scheduler. */
+static void sched_request_start(struct sched_client *client, struct sched_request *req,
+				const uint8_t task_id[32])
+{
+	sched_order(client, task_id, req->order);
+	req->next = client->requests;
+	if (client->requests)
+		client->requests->prev = req;
+	client->requests = req;
+	sched_request_send(req);
+	sched_tick_arm(client);
+}
+
+int sched_preheat(struct sched_client *client, const uint8_t task_id[32], const char *url,
+		  const char *digest, sched_preheat_fn fn, void *arg, struct sched_request **out)
+{
+	Ringfly__Preheat m = RINGFLY__PREHEAT__INIT;
+	struct sched_request *req = calloc(1, sizeof(*req));
+	ssize_t n;
+
+	if (!req)
+		return -ENOMEM;
+	req->client = client;
+	req->id = client->next_id++;
+	memcpy(req->task_id, task_id, 32);
+	req->preheat_fn = fn;
+	req->arg = arg;
+	m.id = req->id;
+	m.url = (char *)url;
+	m.task_id.data = (uint8_t *)task_id;
+	m.task_id.len = 32;
+	m.digest = (char *)(digest ? digest : "");
+	req->frame_len = frame_packed_size(&m.base);
+	req->frame = malloc(req->frame_len);
+	n = req->frame ? frame_pack(FRAME_TYPE_PREHEAT, &m.base, req->frame, req->frame_len) : -1;
+	if (n < 0) {
+		free(req->frame);
+		free(req);
+		return -ENOMEM;
+	}
+	req->frame_len = (size_t)n;
+	*out = req;
+	sched_request_start(client, req, task_id);
+	return 0;
+}
+
 int sched_ask(struct sched_client *client, const struct sched_announce *announce,
 	      sched_parents_fn fn, void *arg, struct sched_request **out)
 {
@@ -645,14 +762,8 @@ int sched_ask(struct sched_client *client, const struct sched_announce *announce
 	}
 	sched_memo_put(client, announce->task_id, req->frame, req->frame_len);
 	sched_refresh_arm(client);
-	sched_order(client, announce->task_id, req->order);
-	req->next = client->requests;
-	if (client->requests)
-		client->requests->prev = req;
-	client->requests = req;
 	*out = req;
-	sched_request_send(req);
-	sched_tick_arm(client);
+	sched_request_start(client, req, announce->task_id);
 	return 0;
 }
 
@@ -750,6 +861,8 @@ int sched_client_create(struct sched_client **out, struct loop *loop,
 	client->location = strdup(options->location ? options->location : "");
 	client->seed = options->seed;
 	client->upload_slots = options->upload_slots;
+	client->on_preheat = options->on_preheat;
+	client->on_preheat_arg = options->on_preheat_arg;
 	client->next_id = 1;
 	client->memos = calloc(SCHED_MEMO_MAX, sizeof(*client->memos));
 	if (!client->peer_id || !client->ip || !client->location || !client->memos) {

@@ -21,6 +21,9 @@
 #define SCHED_ADDRESSES_MAX 16u
 #define SCHED_PARENTS_MAX 8u
 
+/* A scheduler asks this seed to fetch url (preheat). */
+typedef void (*sched_preheat_in_fn)(void *arg, const char *url);
+
 struct sched_options {
 	const char *addresses;		/* "host:port,host:port" */
 	unsigned timeout_ms;		/* per scheduler; 0 = 2000 */
@@ -29,6 +32,8 @@ struct sched_options {
 	const char *location;
 	bool seed;
 	unsigned upload_slots;
+	sched_preheat_in_fn on_preheat;	/* seeds: preheat requests */
+	void *on_preheat_arg;
 };
 
 struct sched_announce {
@@ -50,6 +55,10 @@ struct sched_parents {
 	char scheduler[160];			/* who answered */
 };
 
+/* error 0: seeds ("a,b") are fetching it; else the reason (no scheduler
+ * answered, or it said no: -ENOENT "no seed peer known"). */
+typedef void (*sched_preheat_fn)(void *arg, int error, const char *seeds, const char *reason);
+
 /* error 0: `parents` holds the answer; else no scheduler answered (reason). */
 typedef void (*sched_parents_fn)(void *arg, int error, const struct sched_parents *parents,
 				 const char *reason);
@@ -69,6 +78,10 @@ void sched_client_set_port(struct sched_client *client, unsigned port);
 int sched_ask(struct sched_client *client, const struct sched_announce *announce,
 	      sched_parents_fn fn, void *arg, struct sched_request **out);
 void sched_cancel(struct sched_request *request);
+
+/* Asks the task's scheduler to have seeds fetch url; fn as for sched_ask. */
+int sched_preheat(struct sched_client *client, const uint8_t task_id[32], const char *url,
+		  const char *digest, sched_preheat_fn fn, void *arg, struct sched_request **out);
 
 /* Announces without waiting for the answer. Remembered for re-announcing. */
 void sched_announce(struct sched_client *client, const struct sched_announce *announce);

@@ -16,8 +16,10 @@
 struct service_get {
 	struct service *service;
 	struct conn *conn;
-	struct download_watcher *watcher;
+	struct download_watcher *watcher;	/* a get, or */
+	struct sched_request *preheat;		/* a preheat */
 	uint64_t request_id;
+	char task_hex[65];
 	struct service_get *next;
 };
 
@@ -183,7 +185,10 @@ void service_conn_closed(struct service *service, struct conn *conn)
 		struct service_get *get = conn_user(conn);
 
 		conn_set_user(conn, get->next);
-		download_watcher_cancel(get->watcher);
+		if (get->watcher)
+			download_watcher_cancel(get->watcher);
+		if (get->preheat)
+			sched_cancel(get->preheat);
 		free(get);
 	}
 }
@@ -304,10 +309,85 @@ static void service_export(struct service *service, struct conn *conn,
 	store_task_release(task);
 }
 
+static void service_preheat_done(void *arg, int error, const char *seeds, const char *reason)
+{
+	struct service_get *get = arg;
+	Ringfly__PreheatResponse response = RINGFLY__PREHEAT_RESPONSE__INIT;
+	char *list[8];
+	char copy[1024];
+	size_t n = 0;
+
+	service_get_unlink(get);
+	if (error) {
+		conn_send_error(get->conn, get->request_id,
+				error == -ENOENT ? RINGFLY__ERROR_CODE__ERROR_CODE_NOT_FOUND
+						 : RINGFLY__ERROR_CODE__ERROR_CODE_ORIGIN_UNREACHABLE,
+				"%s", reason);
+		free(get);
+		return;
+	}
+	snprintf(copy, sizeof(copy), "%s", seeds);
+	for (char *save = NULL, *s = strtok_r(copy, ",", &save); s && n < 8;
+	     s = strtok_r(NULL, ",", &save))
+		list[n++] = s;
+	response.id = get->request_id;
+	response.seeds = list;
+	response.n_seeds = n;
+	response.task_id = (char *)get->task_hex;
+	conn_send_frame(get->conn, FRAME_TYPE_PREHEAT_RESPONSE, &response.base);
+	free(get);
+}
+
+static void service_preheat(struct service *service, struct conn *conn,
+			    const Ringfly__Preheat *request)
+{
+	struct service_get *get;
+	uint8_t id[32];
+	int rc;
+
+	if (!service->sched) {
+		conn_send_error(conn, request->id, RINGFLY__ERROR_CODE__ERROR_CODE_INVALID,
+				"preheat %s: this ringflyd has no scheduler (scheduler.addresses)",
+				request->url);
+		return;
+	}
+	if (strncmp(request->url, "http://", 7) != 0 && strncmp(request->url, "https://", 8) != 0) {
+		conn_send_error(conn, request->id, RINGFLY__ERROR_CODE__ERROR_CODE_INVALID,
+				"preheat %s: only http:// and https:// URLs are supported",
+				request->url);
+		return;
+	}
+	get = calloc(1, sizeof(*get));
+	if (!get) {
+		conn_send_error(conn, request->id, RINGFLY__ERROR_CODE__ERROR_CODE_INTERNAL,
+				"preheat %s: out of memory", request->url);
+		return;
+	}
+	download_task_id(request->url, id);
+	hash_hex(id, get->task_hex);
+	get->service = service;
+	get->conn = conn;
+	get->request_id = request->id;
+	rc = sched_preheat(service->sched, id, request->url, request->digest,
+			   service_preheat_done, get, &get->preheat);
+	if (rc < 0) {
+		free(get);
+		conn_send_error(conn, request->id, RINGFLY__ERROR_CODE__ERROR_CODE_INTERNAL,
+				"preheat %s: %s", request->url, strerror(-rc));
+		return;
+	}
+	log_info("download", "preheat task=%s url=%s", get->task_hex, request->url);
+	get->next = conn_user(conn);
+	conn_set_user(conn, get);
+}
+
 bool service_frame(struct service *service, struct conn *conn, uint8_t type,
 		   const ProtobufCMessage *msg)
 {
 	switch (type) {
+	case FRAME_TYPE_PREHEAT:
+		service_preheat(service, conn, (const Ringfly__Preheat *)msg);
+		return true;
 	case FRAME_TYPE_DOWNLOAD_TASK:
 		service_download(service, conn, (const Ringfly__DownloadTask *)msg);
 		return true;

@@ -6,12 +6,14 @@
 #include <stdint.h>
 
 #include "daemon/download.h"
+#include "daemon/schedclient.h"
 #include "net/conn.h"
 #include "storage/store.h"
 
 struct service {
 	struct store *store;
 	struct download_engine *engine;
+	struct sched_client *sched;	/* NULL without schedulers */
 };
 
 /*

@@ -37,6 +37,9 @@ static const struct frame_type_info frame_types[FRAME_TYPE_COUNT_] = {
 	[FRAME_TYPE_PARENTS_RESPONSE] = { "ParentsResponse",
 					  &ringfly__parents_response__descriptor, 64u << 10 },
 	[FRAME_TYPE_PEER_LEAVE] = { "PeerLeave", &ringfly__peer_leave__descriptor, 1u << 10 },
+	[FRAME_TYPE_PREHEAT] = { "Preheat", &ringfly__preheat__descriptor, 16u << 10 },
+	[FRAME_TYPE_PREHEAT_RESPONSE] = { "PreheatResponse",
+					  &ringfly__preheat_response__descriptor, 16u << 10 },
 };
 
 static const struct frame_type_info *frame_type_info(uint8_t type)
