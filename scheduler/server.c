@@ -1,4 +1,4 @@
-/* server: ringfly-scheduler's service: the TCP listener, announcements, expiry, shutdown. */
+/* server: ringfly-scheduler: the TCP listener, announcements, preheat, expiry, shutdown. */
 #include "scheduler/server.h"
 
 #include <arpa/inet.h>
@@ -23,6 +23,18 @@
  * answered from memory within its frame callback; nothing waits. The 1 s
  * timer drops the peers that stopped announcing, and reports evictions (a
  * limit reached) once per tick rather than once per peer.
+ *
+ * Preheat sends frames on a connection other than the one being answered:
+ * the one a seed last announced on. The state keeps that conn pointer (as an
+ * opaque registration of the seed host) and nothing else does. It is safe
+ * because a conn's memory stays valid until handlers->closed has returned
+ * (net/conn.h), and sched_closed makes the state forget the pointer there,
+ * before the conn can be reused for another peer; a seed host that goes
+ * (expiry, leave, eviction) takes its pointer with it. (After a second
+ * signal conn_server_destroy frees open conns without closed; the state goes
+ * right after, nothing reading it in between.) Between conn_close and
+ * closed a conn is still valid but takes no frames: conn_send_frame says
+ * -EPIPE, and the next seed in the order is asked instead.
  */
 
 #define SCHED_EXPIRE_INTERVAL_MS 1000u
@@ -31,6 +43,11 @@
 #define SCHED_IDLE_TIMEOUT_MS	 (5u * 60u * 1000u)
 #define SCHED_MESSAGE_MAX	 (64u << 10) /* AnnouncePeer's own limit (rpc/frame.c) */
 #define SCHED_PARENTS_TEXT_MAX	 (SCHED_PARENTS_MAX * (SCHED_ADDRESS_MAX + 1) + 1)
+#define SCHED_PREHEAT_SEEDS	 2u /* seeds asked to fetch one task */
+#define SCHED_PREHEAT_TRIES	 8u /* seeds tried when some connections are closing */
+#define SCHED_PREHEAT_TEXT_MAX	 (SCHED_PREHEAT_SEEDS * (SCHED_ADDRESS_MAX + 1) + 1)
+
+_Static_assert(SCHED_PREHEAT_SEEDS <= SCHED_PREHEAT_TRIES, "every seed asked was tried");
 
 _Static_assert(SCHED_TASK_ID_SIZE == HASH_SHA256_SIZE, "task ids are sha256 digests");
 
@@ -176,6 +193,7 @@ static void sched_take_announce(struct sched_server *server, struct conn *conn,
 	announce.pieces_done = request->pieces_done;
 	announce.parents_in_use = (const char *const *)request->parents_in_use;
 	announce.parents_in_use_count = request->n_parents_in_use;
+	announce.registration = conn; /* kept by a seed host until sched_closed */
 
 	rc = sched_announce(server->state, &announce, clock_monotonic_ms(), &answer);
 	if (rc == -EINVAL) {
@@ -223,6 +241,88 @@ static void sched_take_leave(struct sched_server *server, struct conn *conn,
 		    request->peer_id);
 }
 
+/* What is wrong with a Preheat's url or digest, or NULL. */
+static const char *sched_preheat_problem(const Ringfly__Preheat *request)
+{
+	uint8_t digest[HASH_SHA256_SIZE];
+	size_t url_len = strnlen(request->url, SCHED_URL_MAX + 1);
+
+	if (url_len == 0)
+		return "url is empty";
+	if (url_len > SCHED_URL_MAX)
+		return "url longer than 8192 bytes";
+	for (size_t i = 0; i < url_len; i++)
+		if ((unsigned char)request->url[i] < 0x20 || request->url[i] == 0x7f)
+			return "url has a control character"; /* it goes into log lines */
+	/* As `ringfly preheat --digest` takes it: the "sha256:" may be left out. */
+	if (request->digest[0] && hash_parse_sha256(request->digest, digest) < 0)
+		return "digest must be \"sha256:\" and 64 hex digits, or empty";
+	return NULL;
+}
+
+/*
+ * Asks up to SCHED_PREHEAT_SEEDS seeds, in rendezvous order, to fetch the
+ * task (Preheat id 0 on the connection each registered on), and answers the
+ * requester with the seeds asked.
+ */
+static void sched_take_preheat(struct sched_server *server, struct conn *conn,
+			       const Ringfly__Preheat *request)
+{
+	Ringfly__Preheat order = RINGFLY__PREHEAT__INIT;
+	Ringfly__PreheatResponse response = RINGFLY__PREHEAT_RESPONSE__INIT;
+	struct sched_seed_pick picks[SCHED_PREHEAT_TRIES];
+	char *asked[SCHED_PREHEAT_SEEDS];
+	char hex[HASH_SHA256_HEX_SIZE], seeds_text[SCHED_PREHEAT_TEXT_MAX];
+	const char *problem;
+	unsigned count, sent = 0;
+	size_t used = 0;
+
+	if (request->task_id.len != SCHED_TASK_ID_SIZE) {
+		conn_reply_error(conn, request->id, RINGFLY__ERROR_CODE__ERROR_CODE_INVALID,
+				 "Preheat: task_id must be 32 bytes, got %zu",
+				 request->task_id.len);
+		return;
+	}
+	problem = sched_preheat_problem(request);
+	if (problem) {
+		conn_reply_error(conn, request->id, RINGFLY__ERROR_CODE__ERROR_CODE_INVALID,
+				 "Preheat: %s", problem);
+		return;
+	}
+	count = sched_pick_seeds(server->state, request->task_id.data, picks, SCHED_PREHEAT_TRIES);
+	assert(count <= SCHED_PREHEAT_TRIES);
+	order.url = request->url;
+	order.task_id = request->task_id;
+	order.digest = request->digest;
+	hash_hex(request->task_id.data, hex);
+	seeds_text[0] = '\0';
+	for (unsigned i = 0; i < count && sent < SCHED_PREHEAT_SEEDS; i++) {
+		int rc;
+
+		assert(picks[i].registration);
+		rc = conn_send_frame(picks[i].registration, FRAME_TYPE_PREHEAT, &order.base);
+		if (rc < 0) {
+			log_debug("scheduler", "preheat not sent task=%s seed=%s error=\"%s\"", hex,
+				  picks[i].address, strerror(-rc));
+			continue;
+		}
+		used += (size_t)snprintf(seeds_text + used, sizeof(seeds_text) - used, "%s%s",
+					 sent ? "," : "", picks[i].address);
+		asked[sent++] = picks[i].address;
+	}
+	log_info("scheduler", "preheat task=%s url=%s seeds=%s", hex, request->url, seeds_text);
+	if (sent == 0) {
+		conn_reply_error(conn, request->id, RINGFLY__ERROR_CODE__ERROR_CODE_NOT_FOUND,
+				 "no seed peer known");
+		return;
+	}
+	response.id = request->id;
+	response.n_seeds = sent;
+	response.seeds = asked;
+	response.task_id = hex;
+	conn_send_frame(conn, FRAME_TYPE_PREHEAT_RESPONSE, &response.base);
+}
+
 static void sched_answer_health(struct sched_server *server, struct conn *conn, uint64_t id)
 {
 	Ringfly__HealthResponse response = RINGFLY__HEALTH_RESPONSE__INIT;
@@ -255,6 +355,9 @@ static int sched_frame(struct conn *conn, uint8_t type, const uint8_t *message, 
 	case FRAME_TYPE_PEER_LEAVE:
 		sched_take_leave(server, conn, (Ringfly__PeerLeave *)msg);
 		break;
+	case FRAME_TYPE_PREHEAT:
+		sched_take_preheat(server, conn, (Ringfly__Preheat *)msg);
+		break;
 	case FRAME_TYPE_HEALTH_REQUEST:
 		sched_answer_health(server, conn, ((Ringfly__HealthRequest *)msg)->id);
 		break;
@@ -275,6 +378,17 @@ static int sched_frame(struct conn *conn, uint8_t type, const uint8_t *message, 
 	}
 	protobuf_c_message_free_unpacked(msg, NULL);
 	return 0;
+}
+
+/* The conn is about to be reused: no seed host may keep pointing at it. */
+static void sched_closed(struct conn *conn)
+{
+	struct sched_server *server = conn_server_context(conn_get_server(conn));
+	unsigned forgotten = sched_forget_registration(server->state, conn);
+
+	if (forgotten)
+		log_debug("scheduler", "seed registration closed peer=%s seeds=%u",
+			  conn_peer_name(conn), forgotten);
 }
 
 /* --- the tick: expiry, evictions. */
@@ -372,7 +486,8 @@ static void sched_bound_address(struct sched_server *server, int port)
 
 int sched_server_run(const struct sched_config *config)
 {
-	static const struct conn_handlers handlers = { .frame = sched_frame };
+	static const struct conn_handlers handlers = { .frame = sched_frame,
+						       .closed = sched_closed };
 	struct conn_server_options conn_options = {
 		.max_message_bytes = SCHED_MESSAGE_MAX,
 		.idle_timeout_ms = SCHED_IDLE_TIMEOUT_MS,

@@ -7,6 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/hash.h"
+
 /*
  * Layout. Tasks live in a chained hash table keyed by their id and on a list
  * ordered by last announcement (least recent first: the one max_tasks
@@ -212,6 +214,7 @@ struct sched_peer {
 struct sched_seed {
 	uint64_t id_hash;
 	uint64_t last_seen_ms;
+	void *registration; /* the caller's handle of its last announcement, or NULL */
 	uint32_t upload_slots, uploads;
 	char id[SCHED_PEER_ID_MAX + 1];
 	char address[SCHED_ADDRESS_MAX + 1];
@@ -340,7 +343,8 @@ static void sched_seed_remove(struct sched_state *state, const struct sched_seed
 	state->seeds[index] = state->seeds[--state->seed_count];
 }
 
-static void sched_seed_update(struct sched_state *state, const struct sched_peer *peer)
+static void sched_seed_update(struct sched_state *state, const struct sched_peer *peer,
+			      void *registration)
 {
 	struct sched_seed *seed = sched_seed_find(state, peer->id_hash, peer->id);
 
@@ -355,6 +359,7 @@ static void sched_seed_update(struct sched_state *state, const struct sched_peer
 	}
 	seed->id_hash = peer->id_hash;
 	seed->last_seen_ms = peer->last_seen_ms;
+	seed->registration = registration;
 	seed->upload_slots = peer->upload_slots;
 	seed->uploads = peer->uploads;
 	memcpy(seed->id, peer->id, sizeof(seed->id));
@@ -775,7 +780,7 @@ int sched_announce(struct sched_state *state, const struct sched_announce *annou
 	}
 
 	if (peer->seed && peer->address[0]) {
-		sched_seed_update(state, peer);
+		sched_seed_update(state, peer, announce->registration);
 	} else {
 		struct sched_seed *seed = sched_seed_find(state, peer->id_hash, peer->id);
 
@@ -850,6 +855,79 @@ unsigned sched_expire(struct sched_state *state, uint64_t now_ms)
 			i++;
 	}
 	return dropped;
+}
+
+/* --- preheat: seeds by rendezvous hashing. */
+
+_Static_assert(SCHED_WEIGHT_SIZE == HASH_SHA256_SIZE, "weights are sha256 digests");
+
+static void sched_seed_weight(const struct sched_seed *seed,
+			      const uint8_t task_id[SCHED_TASK_ID_SIZE],
+			      uint8_t weight[SCHED_WEIGHT_SIZE])
+{
+	uint8_t key[SCHED_ADDRESS_MAX + 1 + SCHED_TASK_ID_SIZE];
+	size_t len = strnlen(seed->address, SCHED_ADDRESS_MAX + 1);
+
+	assert(len > 0 && len <= SCHED_ADDRESS_MAX); /* seeds without an address are not kept */
+	memcpy(key, seed->address, len);
+	key[len] = '|';
+	memcpy(key + len + 1, task_id, SCHED_TASK_ID_SIZE);
+	hash_sha256(key, len + 1 + SCHED_TASK_ID_SIZE, weight);
+}
+
+/* Negative when a goes before b: higher weight, then lower address. */
+static int sched_pick_compare(const struct sched_seed_pick *a, const struct sched_seed_pick *b)
+{
+	int order = memcmp(b->weight, a->weight, SCHED_WEIGHT_SIZE);
+
+	return order ? order : strcmp(a->address, b->address);
+}
+
+unsigned sched_pick_seeds(const struct sched_state *state,
+			  const uint8_t task_id[SCHED_TASK_ID_SIZE], struct sched_seed_pick *out,
+			  unsigned max)
+{
+	struct sched_seed_pick candidate;
+	unsigned count = 0;
+
+	assert(state->seed_count <= SCHED_SEEDS_MAX);
+	for (unsigned i = 0; i < state->seed_count; i++) {
+		const struct sched_seed *seed = &state->seeds[i];
+		unsigned at;
+
+		if (!seed->registration)
+			continue;
+		memcpy(candidate.peer_id, seed->id, sizeof(candidate.peer_id));
+		memcpy(candidate.address, seed->address, sizeof(candidate.address));
+		candidate.registration = seed->registration;
+		sched_seed_weight(seed, task_id, candidate.weight);
+		/* Insertion into the max best so far: max is small (a few seeds). */
+		at = count < max ? count++ : max;
+		while (at > 0 && sched_pick_compare(&candidate, &out[at - 1]) < 0) {
+			if (at < max)
+				out[at] = out[at - 1];
+			at--;
+		}
+		if (at < max)
+			out[at] = candidate;
+	}
+	assert(count <= max);
+	return count;
+}
+
+unsigned sched_forget_registration(struct sched_state *state, const void *registration)
+{
+	unsigned forgotten = 0;
+
+	if (!registration)
+		return 0;
+	for (unsigned i = 0; i < state->seed_count; i++) {
+		if (state->seeds[i].registration != registration)
+			continue;
+		state->seeds[i].registration = NULL;
+		forgotten++;
+	}
+	return forgotten;
 }
 
 /* --- life cycle, counters. */

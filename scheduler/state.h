@@ -36,6 +36,14 @@
  * back_to_source is set exactly when that list is empty. A complete C, or one
  * that does not want parents, gets an empty list without back_to_source.
  *
+ * Preheat: each seed host keeps the registration (an opaque handle, in the
+ * server the connection) of its latest seed announcement, until that
+ * registration is forgotten (the connection closed) or the seed host goes
+ * (expired, left, evicted, no longer a seed). sched_pick_seeds orders the
+ * seed hosts that have one by rendezvous hashing: highest
+ * sha256(address "|" task id) first, as daemons order schedulers, so one
+ * task goes to the same seeds whatever else joins or goes.
+ *
  * Bounds: at most max_tasks tasks (a new one evicts the least recently
  * announced), max_peers peers per task (a new one evicts the task's least
  * recently seen), SCHED_SEEDS_MAX seed hosts (a new one replaces the least
@@ -52,6 +60,7 @@
 #define SCHED_PARENTS_MAX	 8   /* parents in one answer */
 #define SCHED_SEEDS_MAX		 256 /* seed hosts remembered */
 #define SCHED_WALK_MAX		 256 /* peers one cycle check may visit */
+#define SCHED_WEIGHT_SIZE	 32  /* a rendezvous weight: a sha256 digest */
 
 struct sched_state;
 
@@ -91,6 +100,9 @@ struct sched_announce {
 	uint32_t piece_count, pieces_done;
 	const char *const *parents_in_use; /* peer ids; the first SCHED_PARENTS_IN_USE_MAX count */
 	size_t parents_in_use_count;
+	/* The caller's handle of where it came from (NULL: none). Kept, not
+	 * dereferenced, by a seed host until sched_forget_registration. */
+	void *registration;
 };
 
 struct sched_parent {
@@ -131,6 +143,27 @@ unsigned sched_leave(struct sched_state *state, const uint8_t *task_id, const ch
 /* Drops every peer (and seed host) not seen for peer_ttl_ms at now_ms.
  * Returns the number of task entries dropped. */
 unsigned sched_expire(struct sched_state *state, uint64_t now_ms);
+
+/* A seed host to ask for a task, from sched_pick_seeds. */
+struct sched_seed_pick {
+	char peer_id[SCHED_PEER_ID_MAX + 1];
+	char address[SCHED_ADDRESS_MAX + 1];
+	void *registration;		   /* as last announced; never NULL */
+	uint8_t weight[SCHED_WEIGHT_SIZE]; /* sha256(address "|" task id) */
+};
+
+/*
+ * Fills out[max] with the seed hosts that have a registration, best first:
+ * the highest weight (compared bytewise), then the address bytewise. Returns
+ * how many it filled (at most max). The state is not changed.
+ */
+unsigned sched_pick_seeds(const struct sched_state *state,
+			  const uint8_t task_id[SCHED_TASK_ID_SIZE], struct sched_seed_pick *out,
+			  unsigned max);
+
+/* Every seed host holding `registration` (borrowed for the call) forgets it:
+ * call before the handle becomes invalid. Returns how many held it. */
+unsigned sched_forget_registration(struct sched_state *state, const void *registration);
 
 /* Tasks known, peer entries over all tasks, seed hosts known. */
 unsigned sched_task_count(const struct sched_state *state);

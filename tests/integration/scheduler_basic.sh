@@ -12,10 +12,18 @@
 #  5. a wrong AnnouncePeer gets INVALID and a Hello gets UNEXPECTED, the
 #     connection kept; random bytes and a huge length get an Error, then
 #     close; health answers afterwards;
-#  6. a second scheduler on the same address exits 1 naming it; an unknown
+#  6. preheat: with no seed connection open (seed-1 of 3. registered on a
+#     connection since closed), NOT_FOUND "no seed peer known"; a seed that
+#     registers (all-zero task, seed, peer id = its address) is named in the
+#     PreheatResponse and receives a Preheat with the url, task id and
+#     digest; of three seeds the two first by rendezvous hashing (computed
+#     here with hashlib) are asked, the third is not; once their connections
+#     close, NOT_FOUND again; a 5-byte task id, an empty url or a bad digest
+#     get INVALID, the connection kept;
+#  7. a second scheduler on the same address exits 1 naming it; an unknown
 #     config key, a bad flag value, a bad or missing address exit 2;
-#  7. SIGTERM with a client connected: the client sees EOF, exit 0;
-#  8. --peer-ttl 1s (the config file says 1h): peers are dropped (`peer
+#  8. SIGTERM with a client connected: the client sees EOF, exit 0;
+#  9. --peer-ttl 1s (the config file says 1h): peers are dropped (`peer
 #     expired`) after 1 to 3.5 s.
 # shellcheck source=tests/integration/lib.sh
 . "$(dirname "$0")/lib.sh"
@@ -51,11 +59,15 @@ cat >"$T/schedwire.py" <<'PY'
 #   leave id= task=HEX|- peer=                       nothing read
 #   health id=                                       then reads one frame
 #   hello id=                                        then reads one frame
+#   preheat id= task=HEX url= [digest=]              then reads one frame
+#   drain id=      health, then reads frames up to and including its answer
+#   waitfile path=                                   waits until path exists
 #   send hex=HEX | random n=N | shut | read | eof (reads until close)
 # Values are %-decoded (peer=bad%20id).
 # Prints one line per frame: parents ... reason=TEXT | health ... |
-# error id= code= message=TEXT | frame type= length=; "eof" at the end.
-import random, socket, struct, sys, time, urllib.parse
+# preheat ... | preheated ... | error id= code= message=TEXT |
+# frame type= length=; "eof" at the end.
+import os, random, socket, struct, sys, time, urllib.parse
 
 def varint(n):
     out = bytearray()
@@ -161,12 +173,19 @@ class Conn:
             print("health id=%d version=%s pid=%d uptime_ms=%d role=%s socket_path=%s open_connections=%d"
                   % (first(f, 1), text(f, 2), first(f, 3), first(f, 4), text(f, 5), text(f, 6),
                      first(f, 7)), flush=True)
+        elif ftype == 18:
+            print("preheat id=%d task=%s digest=%s url=%s"
+                  % (first(f, 1), first(f, 3, b"").hex(), text(f, 4), text(f, 2)), flush=True)
+        elif ftype == 19:
+            print("preheated id=%d task=%s seeds=%s"
+                  % (first(f, 1), text(f, 3),
+                     ",".join(s.decode("utf-8", "replace") for s in f.get(2, []))), flush=True)
         elif ftype == 2:
             print("error id=%d code=%d message=%s" % (first(f, 1), first(f, 2), text(f, 3)),
                   flush=True)
         else:
             print("frame type=%d length=%d" % (ftype, length), flush=True)
-        return True
+        return ftype
 
 def announce(a):
     host = (fb(1, a.get("ip", "127.0.0.1")) + fv(2, int(a.get("port", "0"))) +
@@ -196,6 +215,24 @@ def main():
             c.s.sendall(frame(3, fv(1, int(a["id"]))))
         elif verb == "hello":
             c.s.sendall(frame(1, fv(1, int(a["id"])) + fb(6, "peer")))
+        elif verb == "preheat":
+            c.s.sendall(frame(18, fv(1, int(a["id"])) + fb(2, a["url"]) +
+                              fb(3, bytes.fromhex(a["task"])) + fb(4, a.get("digest", ""))))
+        elif verb == "drain":
+            c.s.sendall(frame(3, fv(1, int(a["id"]))))
+            while True:
+                ftype = c.read_frame()
+                if not ftype:
+                    return
+                if ftype == 4:
+                    break
+            continue
+        elif verb == "waitfile":
+            while not os.path.exists(a["path"]):
+                if time.monotonic() > c.deadline:
+                    die("deadline passed waiting for " + a["path"])
+                time.sleep(0.01)
+            continue
         elif verb == "send":
             c.s.sendall(bytes.fromhex(a["hex"]))
             continue
@@ -293,7 +330,102 @@ wire health2 "$P1" "health id=34"
 expect_line "${W[0]}" "health id=34 version=0.1.0 pid=$PID1 " "health after the broken frames"
 alive "$PID1" || fail "the scheduler died"
 
-# 6. the same address again: exit 1 naming it. Config mistakes: exit 2.
+# 6. preheat.
+# wait_connections N: health on P1 reports N open connections (its own
+# included; closing ones count), so every other one is finished: its
+# registration forgotten.
+wait_connections() {
+    local want=$1 t0 i=0
+    now_ms; t0=$NOW_MS
+    while :; do
+        wire conns "$P1" "health id=$((900 + i))"
+        [[ ${W[0]} == *" open_connections=$want" ]] && return 0
+        now_ms; ((NOW_MS - t0 < 5000)) || fail "open connections: want $want, got '${W[0]}'"
+        i=$((i + 1))
+        nap 0.02
+    done
+}
+# start_seed NAME ADDRESS ACTION...: a seed's connection (schedwire in the
+# background, output in $T/NAME.wire): registers as seeds do (all-zero task,
+# seed, peer id = ADDRESS), then the actions. Returns once the registration
+# is answered; sets SEED_PID.
+start_seed() {
+    local name=$1 address=$2 t0
+    shift 2
+    python3 "$T/schedwire.py" "$P1" \
+        "announce id=70 task=$(hex_task 0) peer=$address ip=${address%:*} port=${address##*:} seed=1 slots=1024" \
+        "$@" >"$T/$name.wire" 2>"$T/$name.wire.err" 9>&- &
+    SEED_PID=$!
+    track "$SEED_PID" "seed $name"
+    now_ms; t0=$NOW_MS
+    until grep -q '^parents id=70 ' "$T/$name.wire"; do
+        alive "$SEED_PID" || grep -q '^parents id=70 ' "$T/$name.wire" ||
+            fail "seed $name exited: $(cat "$T/$name.wire" "$T/$name.wire.err")"
+        now_ms; ((NOW_MS - t0 < 5000)) || fail "seed $name: no answer to its registration"
+        nap
+    done
+}
+TP=$(hex_task 104)
+TQ=$(hex_task 105)
+DIGEST=sha256:$(printf '%064x' 48879)
+# seed-1 (3.) is a seed host, but its connection is closed: nobody to ask.
+wait_connections 1
+wire noseed "$P1" "preheat id=60 task=$TP url=http://origin/pre.bin"
+assert_eq "error id=60 code=12 message=no seed peer known" "${W[0]}" "preheat, no seed connection open"
+assert_contains "$LOG1" "preheat task=$TP url=http://origin/pre.bin seeds="
+# One seed: named in the answer, asked on its registration connection.
+start_seed seedA 127.0.0.1:7201 read
+wire pre1 "$P1" "preheat id=61 task=$TP url=http://origin/pre.bin?v=1 digest=$DIGEST"
+assert_eq "preheated id=61 task=$TP seeds=127.0.0.1:7201" "${W[0]}" "PreheatResponse"
+wait_exit "$SEED_PID" 5
+assert_eq 0 "$WAIT_RC" "seed A: $(cat "$T/seedA.wire.err")"
+mapfile -t S <"$T/seedA.wire"
+assert_eq "preheat id=0 task=$TP digest=$DIGEST url=http://origin/pre.bin?v=1" "${S[1]:-}" "Preheat received by the seed"
+assert_contains "$LOG1" "preheat task=$TP url=http://origin/pre.bin?v=1 seeds=127.0.0.1:7201"
+# Its connection closed: no seed to ask any more.
+wait_connections 1
+wire gone "$P1" "preheat id=62 task=$TP url=http://origin/pre.bin"
+assert_eq "error id=62 code=12 message=no seed peer known" "${W[0]}" "preheat after the seed's connection closed"
+# Three seeds: the first two by sha256(address | task id) are asked, only them.
+SEEDS=(127.0.0.1:7211 127.0.0.1:7212 127.0.0.1:7213)
+FIRST_TWO=$(python3 -c '
+import hashlib, sys
+task = bytes.fromhex(sys.argv[1])
+weight = lambda address: hashlib.sha256(address.encode() + b"|" + task).digest()
+print(",".join(sorted(sys.argv[2:], key=weight, reverse=True)[:2]))' "$TQ" "${SEEDS[@]}")
+SEED_PIDS=()
+for i in 0 1 2; do
+    start_seed "seed$i" "${SEEDS[i]}" "waitfile path=$T/preheated" "drain id=$((80 + i))"
+    SEED_PIDS[i]=$SEED_PID
+done
+wire pre3 "$P1" "preheat id=63 task=$TQ url=http://origin/three"
+assert_eq "preheated id=63 task=$TQ seeds=$FIRST_TWO" "${W[0]}" "PreheatResponse, three seeds"
+assert_contains "$LOG1" "preheat task=$TQ url=http://origin/three seeds=$FIRST_TWO"
+: >"$T/preheated"
+for i in 0 1 2; do
+    wait_exit "${SEED_PIDS[i]}" 5
+    assert_eq 0 "$WAIT_RC" "seed ${SEEDS[i]}: $(cat "$T/seed$i.wire.err")"
+    mapfile -t S <"$T/seed$i.wire"
+    if [[ ,$FIRST_TWO, == *",${SEEDS[i]},"* ]]; then
+        assert_eq "preheat id=0 task=$TQ digest= url=http://origin/three" "${S[1]:-}" "Preheat received by ${SEEDS[i]}"
+        expect_line "${S[2]:-}" "health id=$((80 + i)) " "${SEEDS[i]} after its Preheat"
+    else
+        expect_line "${S[1]:-}" "health id=$((80 + i)) " "${SEEDS[i]} (not asked): no Preheat"
+    fi
+done
+wait_connections 1
+wire gone3 "$P1" "preheat id=64 task=$TQ url=http://origin/three"
+assert_eq "error id=64 code=12 message=no seed peer known" "${W[0]}" "preheat after the three seeds left"
+# Wrong requests: INVALID, the connection kept.
+wire preinvalid "$P1" "preheat id=65 task=0102030405 url=http://origin/x" \
+    "preheat id=66 task=$TP url=" "preheat id=67 task=$TP url=http://origin/x digest=md5:00" \
+    "health id=68"
+assert_eq "error id=65 code=13 message=Preheat: task_id must be 32 bytes, got 5" "${W[0]}" "5-byte task id"
+assert_eq "error id=66 code=13 message=Preheat: url is empty" "${W[1]}" "empty url"
+expect_line "${W[2]}" "error id=67 code=13 message=Preheat: digest must be " "bad digest"
+expect_line "${W[3]}" "health id=68 " "health after the wrong Preheats"
+
+# 7. the same address again: exit 1 naming it. Config mistakes: exit 2.
 assert_exit 1 "$RINGFLY_SCHEDULER" --listen "127.0.0.1:$P1"
 assert_contains "$T/last.err" "ringfly-scheduler: listen 127.0.0.1:$P1: Address already in use"
 printf 'listen: 127.0.0.1:0\nmax_peer: 3\n' >"$T/bad.yaml"
@@ -306,7 +438,7 @@ assert_contains "$T/last.err" "ringfly-scheduler: listen: 'nowhere': expected HO
 assert_exit 2 "$RINGFLY_SCHEDULER" --max-tasks 100
 assert_contains "$T/last.err" "ringfly-scheduler: no address to listen on"
 
-# 7. SIGTERM with a client connected.
+# 8. SIGTERM with a client connected.
 python3 "$T/schedwire.py" "$P1" "health id=40" "eof" >"$T/held.wire" 2>&1 9>&- &
 HELD=$!
 track "$HELD" schedwire
@@ -326,7 +458,7 @@ assert_eq eof "$(tail -n 1 "$T/held.wire")" "the held client saw the connection 
 assert_contains "$LOG1" "shutting down signal=SIGTERM connections=1"
 assert_contains "$LOG1" "stopped cleanly"
 
-# 8. expiry with --peer-ttl 1s (over the config file's 1h: flags win).
+# 9. expiry with --peer-ttl 1s (over the config file's 1h: flags win).
 printf 'peer_ttl: 1h\nmax_tasks: 10\n' >"$T/s2.yaml"
 start_scheduler s2 --config "$T/s2.yaml" --peer-ttl 1s
 P2=$SCHED_PORT

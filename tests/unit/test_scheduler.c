@@ -1,9 +1,11 @@
-/* test_scheduler: the scheduler's state: ranking, cycles, back to source, expiry, leave, bounds. */
+/* test_scheduler: the scheduler's state: ranking, cycles, back to source, expiry, leave, bounds,
+ * seeds for preheat. */
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
 
+#include "core/hash.h"
 #include "scheduler/state.h"
 
 static struct sched_state *state;
@@ -81,6 +83,7 @@ struct peer {
 	bool seed, complete, quiet;
 	uint32_t pieces, slots, uploads;
 	const char *parents[4];
+	void *registration;
 };
 
 static struct sched_answer last;
@@ -103,6 +106,7 @@ static int announce_at(unsigned task_n, uint64_t now_ms, struct peer peer)
 		.piece_count = 10,
 		.pieces_done = peer.complete ? 10 : peer.pieces,
 		.parents_in_use = peer.parents,
+		.registration = peer.registration,
 	};
 
 	if (!peer.address) {
@@ -741,4 +745,232 @@ Test(sched, random_swarms_match_the_reference)
 		cr_assert_str_eq(ids(&last), expected, "round %d, %d peers", round, ref_count);
 		cr_assert_eq(last.back_to_source, expected[0] == '\0');
 	}
+}
+
+/* --- seeds for preheat. */
+
+static int registrations[16]; /* their addresses are the handles */
+
+/* A seed's registration: the all-zero task, seed, peer id = address. */
+static void register_seed(uint64_t now_ms, const char *address, void *registration)
+{
+	static const uint8_t zero[SCHED_TASK_ID_SIZE];
+	struct sched_announce announce = {
+		.task_id = zero,
+		.peer_id = address,
+		.address = address,
+		.seed = true,
+		.upload_slots = 1024,
+		.registration = registration,
+	};
+
+	cr_assert_eq(sched_announce(state, &announce, now_ms, &last), 0);
+}
+
+/* The picks' addresses as "a,b,...". */
+static const char *pick_text(const struct sched_seed_pick *picks, unsigned count)
+{
+	static char text[SCHED_SEEDS_MAX * (SCHED_ADDRESS_MAX + 1) + 1];
+	size_t used = 0;
+
+	text[0] = '\0';
+	for (unsigned i = 0; i < count; i++)
+		used += (size_t)snprintf(text + used, sizeof(text) - used, "%s%s", i ? "," : "",
+					 picks[i].address);
+	return text;
+}
+
+static const char *pick(unsigned task_n, unsigned max)
+{
+	struct sched_seed_pick picks[SCHED_SEEDS_MAX];
+	unsigned count;
+
+	cr_assert_leq(max, SCHED_SEEDS_MAX);
+	count = sched_pick_seeds(state, task(task_n), picks, max);
+	cr_assert_leq(count, max);
+	return pick_text(picks, count);
+}
+
+/* The weight the daemons give a scheduler (daemon/schedclient.c), written
+ * out again here: sha256 of the address, "|", the task id. */
+static void ref_weight(const char *address, const uint8_t *task_id, uint8_t out[32])
+{
+	struct hash_sha256 *h = hash_sha256_new();
+
+	cr_assert_not_null(h);
+	hash_sha256_update(h, address, strlen(address));
+	hash_sha256_update(h, "|", 1);
+	hash_sha256_update(h, task_id, SCHED_TASK_ID_SIZE);
+	hash_sha256_final(h, out);
+	hash_sha256_free(h);
+}
+
+/* addresses[count] sorted highest weight first, as "a,b,...". */
+static const char *ref_order(const char *const *addresses, unsigned count, const uint8_t *task_id)
+{
+	const char *order[16];
+	uint8_t weights[16][32];
+	static char text[16 * 64];
+	size_t used = 0;
+
+	cr_assert_leq(count, 16u);
+	for (unsigned i = 0; i < count; i++) {
+		unsigned at = i;
+		uint8_t weight[32];
+
+		ref_weight(addresses[i], task_id, weight);
+		while (at > 0 && memcmp(weights[at - 1], weight, 32) < 0) {
+			order[at] = order[at - 1];
+			memcpy(weights[at], weights[at - 1], 32);
+			at--;
+		}
+		order[at] = addresses[i];
+		memcpy(weights[at], weight, 32);
+	}
+	text[0] = '\0';
+	for (unsigned i = 0; i < count; i++)
+		used += (size_t)snprintf(text + used, sizeof(text) - used, "%s%s", i ? "," : "",
+					 order[i]);
+	return text;
+}
+
+static const char *const seed_addresses[] = {
+	"10.0.1.1:7000", "10.0.1.2:7000", "10.0.1.3:7000",  "10.0.1.4:7000",
+	"10.0.1.5:7000", "10.0.1.6:7000", "[fd00::7]:7000", "10.0.1.8:7001",
+};
+#define SEED_COUNT (sizeof(seed_addresses) / sizeof(seed_addresses[0]))
+
+Test(sched, preheat_seeds_in_rendezvous_order)
+{
+	struct sched_seed_pick picks[SEED_COUNT];
+	char prefix[SEED_COUNT * 64];
+	unsigned firsts = 0;
+
+	for (unsigned i = 0; i < SEED_COUNT; i++)
+		register_seed(0, seed_addresses[i], &registrations[i]);
+	for (unsigned n = 1; n < 40; n++) {
+		const char *expected = ref_order(seed_addresses, SEED_COUNT, task(n));
+		unsigned count = sched_pick_seeds(state, task(n), picks, SEED_COUNT);
+
+		cr_assert_eq(count, SEED_COUNT);
+		cr_assert_str_eq(pick_text(picks, count), expected, "task %u", n);
+		for (unsigned i = 0; i < count; i++) {
+			unsigned index = (unsigned)((int *)picks[i].registration - registrations);
+			uint8_t weight[32];
+
+			cr_assert_lt(index, SEED_COUNT);
+			cr_assert_str_eq(picks[i].address, seed_addresses[index]);
+			cr_assert_str_eq(picks[i].peer_id, seed_addresses[index]);
+			ref_weight(picks[i].address, task(n), weight);
+			cr_assert_arr_eq(picks[i].weight, weight, 32);
+		}
+		/* Fewer wanted: the best ones, in the same order. */
+		snprintf(prefix, sizeof(prefix), "%s,%s", picks[0].address, picks[1].address);
+		cr_assert_str_eq(pick(n, 2), prefix);
+		cr_assert_str_eq(pick(n, 1), picks[0].address);
+		cr_assert_str_eq(pick(n, 0), "");
+		firsts |= 1u << ((int *)picks[0].registration - registrations);
+	}
+	/* The tasks spread over the seeds. */
+	cr_assert_geq(__builtin_popcount(firsts), 4, "first picks %#x", firsts);
+}
+
+Test(sched, preheat_only_seeds_with_an_open_registration)
+{
+	char before[SEED_COUNT * 64];
+
+	cr_assert_str_eq(pick(1, 2), "");
+	/* Peers that are not seeds, seeds without a peer port or a registration:
+	 * none to ask. */
+	ANNOUNCE(1, 0, .id = "plain", .address = "10.0.2.1:7000", .complete = true,
+		 .registration = &registrations[9]);
+	ANNOUNCE(1, 0, .id = "portless", .address = "", .seed = true,
+		 .registration = &registrations[10]);
+	register_seed(0, "10.0.2.2:7000", NULL);
+	cr_assert_eq(sched_seed_count(state), 1);
+	cr_assert_str_eq(pick(1, 2), "");
+
+	for (unsigned i = 0; i < 4; i++)
+		register_seed(0, seed_addresses[i], &registrations[i]);
+	snprintf(before, sizeof(before), "%s", pick(1, 4));
+	cr_assert_str_eq(before, ref_order(seed_addresses, 4, task(1)));
+
+	/* The first one's connection closes: the others keep their order. */
+	{
+		struct sched_seed_pick first;
+
+		cr_assert_eq(sched_pick_seeds(state, task(1), &first, 1), 1);
+		cr_assert_eq(sched_forget_registration(state, first.registration), 1);
+		cr_assert_eq(sched_forget_registration(state, first.registration), 0);
+		cr_assert_str_eq(pick(1, 4), strchr(before, ',') + 1);
+		cr_assert_eq(sched_seed_count(state), 5); /* still a seed for parents */
+		/* It registers again on another connection: back in its place. */
+		register_seed(10, first.peer_id, &registrations[12]);
+		cr_assert_str_eq(pick(1, 4), before);
+		cr_assert_eq(sched_forget_registration(state, first.registration), 0);
+		cr_assert_eq(sched_forget_registration(state, &registrations[12]), 1);
+		register_seed(10, first.peer_id, first.registration);
+	}
+	/* Announcing a task as a seed updates the registration too (the last
+	 * connection it announced on), and forgetting an unrelated one changes
+	 * nothing. */
+	ANNOUNCE(2, 20, .id = seed_addresses[0], .address = seed_addresses[0], .seed = true,
+		 .registration = &registrations[13]);
+	cr_assert_eq(sched_forget_registration(state, &registrations[0]), 0);
+	cr_assert_eq(sched_forget_registration(state, &registrations[14]), 0);
+	cr_assert_eq(sched_forget_registration(state, NULL), 0);
+	cr_assert_str_eq(pick(1, 4), before);
+	cr_assert_eq(sched_forget_registration(state, &registrations[13]), 1);
+	cr_assert_eq(strstr(pick(1, 4), seed_addresses[0]), NULL);
+}
+
+Test(sched, preheat_forgets_seeds_that_go)
+{
+	make_state(0, 0, 1000);
+	register_seed(0, seed_addresses[0], &registrations[0]);
+	register_seed(0, seed_addresses[1], &registrations[1]);
+	register_seed(500, seed_addresses[2], &registrations[2]);
+	register_seed(500, seed_addresses[3], &registrations[3]);
+	cr_assert_str_eq(pick(1, 8), ref_order(seed_addresses, 4, task(1)));
+
+	/* Expired. */
+	sched_expire(state, 1000);
+	cr_assert_str_eq(pick(1, 8), ref_order(seed_addresses + 2, 2, task(1)));
+	/* Left one task: still a seed host. Left every task: gone. */
+	ANNOUNCE(1, 600, .id = seed_addresses[2], .address = seed_addresses[2], .seed = true,
+		 .registration = &registrations[2]);
+	cr_assert_eq(sched_leave(state, task(1), seed_addresses[2]), 1);
+	cr_assert_str_eq(pick(1, 8), ref_order(seed_addresses + 2, 2, task(1)));
+	sched_leave(state, NULL, seed_addresses[2]);
+	cr_assert_str_eq(pick(1, 8), seed_addresses[3]);
+	/* No longer a seed. */
+	ANNOUNCE(1, 700, .id = seed_addresses[3], .address = seed_addresses[3], .quiet = true,
+		 .registration = &registrations[3]);
+	cr_assert_str_eq(pick(1, 8), "");
+	cr_assert_eq(sched_forget_registration(state, &registrations[3]), 0);
+}
+
+Test(sched, preheat_past_the_seed_limit_the_least_recently_seen_goes)
+{
+	char address[SCHED_ADDRESS_MAX + 1];
+
+	for (unsigned i = 0; i < SCHED_SEEDS_MAX; i++) {
+		snprintf(address, sizeof(address), "10.1.%u.%u:7000", i / 250, i % 250);
+		register_seed(i, address, i == 0 ? &registrations[0] : &registrations[1]);
+	}
+	cr_assert_eq(sched_seed_count(state), SCHED_SEEDS_MAX);
+	cr_assert_eq(sched_forget_registration(state, &registrations[0]), 1);
+	register_seed(0, "10.1.0.0:7000", &registrations[0]);
+	/* A new seed replaces the least recently seen (10.1.0.1, seen at 1),
+	 * registration and all. */
+	register_seed(SCHED_SEEDS_MAX, "10.2.0.0:7000", &registrations[2]);
+	cr_assert_eq(sched_seed_count(state), SCHED_SEEDS_MAX);
+	cr_assert_eq(sched_forget_registration(state, &registrations[1]), SCHED_SEEDS_MAX - 2);
+	{
+		static const char *const left[] = { "10.1.0.0:7000", "10.2.0.0:7000" };
+
+		cr_assert_str_eq(pick(1, SCHED_SEEDS_MAX), ref_order(left, 2, task(1)));
+	}
+	cr_assert_eq(sched_forget_registration(state, &registrations[2]), 1);
+	cr_assert_str_eq(pick(1, 8), "10.1.0.0:7000");
 }

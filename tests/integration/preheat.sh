@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# shellcheck disable=SC2119 # lib helpers take optional arguments
+# Preheat (docs/INTERFACE-issue7.md): a scheduler with no seed answers
+# `ringfly preheat` with "no seed peer known" (exit 1); a daemon without a
+# scheduler says so (exit 1). With a seed registered, `ringfly preheat URL` on a
+# peer prints "preheating TASK on SEED", the seed fetches the file from the
+# origin (its log: download done ... source=origin), then nginx is stopped and
+# two peers get the URL: both complete from peers, origin_bytes=0, and the
+# origin sent the file exactly once.
+# shellcheck source=tests/integration/lib.sh
+. "$(dirname "$0")/lib.sh"
+# shellcheck source=tests/integration/lib-http.sh
+. "$(dirname "$0")/lib-http.sh"
+# shellcheck source=tests/integration/lib-p2p.sh
+. "$(dirname "$0")/lib-p2p.sh"
+
+: "${RINGFLY_SCHEDULER:?set RINGFLY_SCHEDULER to the ringfly-scheduler binary}"
+OUT="$T/out"
+mkdir -p "$OUT"
+SIZE=$((24 << 20))
+
+make_file "$WWW/blob" $SIZE
+start_nginx
+url="$NGINX_URL/blob"
+id=$(task_id_of "$url")
+
+"$RINGFLY_SCHEDULER" --listen 127.0.0.1:0 2>"$T/sched.log" 9>&- &
+SCHED=$!
+track "$SCHED" scheduler
+wait_log "$T/sched.log" 'scheduler listening address=127\.0\.0\.1:0 port=[0-9]+' 10 "$SCHED"
+SADDR=127.0.0.1:$(log_field "$LOG_LINE" port)
+
+# No scheduler configured.
+start_peer lonely
+peer_rf lonely preheat "$url"
+assert_eq 1 "$RF_RC" "exit code of preheat without a scheduler"
+assert_contains "$T/rf.err" "has no scheduler" "stderr of preheat without a scheduler"
+
+# A scheduler, no seed yet.
+start_peer a --scheduler "$SADDR"
+peer_rf a preheat "$url"
+assert_eq 1 "$RF_RC" "exit code of preheat with no seed"
+assert_contains "$T/rf.err" "ringfly: preheat $url: no seed peer known" "stderr of preheat with no seed"
+peer_rf a preheat "$url" --digest md5:x
+assert_eq 2 "$RF_RC" "exit code of preheat with a bad --digest"
+
+# A seed registers as soon as its peer listener is up.
+start_peer seed --role seed --scheduler "$SADDR"
+SEED=$(paddr seed)
+# (registration is asynchronous: preheat may say "no seed" for a moment)
+deadline_ok=0
+for _ in $(seq 1 100); do
+    peer_rf a preheat "$url"
+    if [[ $RF_RC == 0 ]]; then
+        deadline_ok=1
+        break
+    fi
+    nap 0.1
+done
+((deadline_ok)) || fail "preheat still failing after 10 s: $(cat "$T/rf.err")"
+assert_contains "$T/rf.out" "preheating $id on $SEED" "stdout of preheat"
+wait_log "${PEER_LOG[seed]}" "download done task=$id .*source=origin" 30 "${PEER_PID[seed]}"
+log "the seed holds it: $LOG_LINE"
+log_has "$T/sched.log" "preheat task=$id" || fail "no 'preheat task=$id' in the scheduler's log"
+
+# The origin goes away; two peers get it from the seed (and each other).
+nginx_wait_idle
+stop_nginx
+start_peer b --scheduler "$SADDR"
+expect_peer_get_ok ga a "$url" "$OUT/a" "$WWW/blob"
+assert_source ga peers
+expect_peer_get_ok gb b "$url" "$OUT/b" "$WWW/blob"
+assert_source gb peers
+assert_done a "$id" peer "$SIZE" 0 "$SIZE"
+assert_done b "$id" peer "$SIZE" 0 "$SIZE"
+assert_eq "$SIZE" "$(origin_bytes "$NGINX_ACCESS_LOG" /blob)" "body bytes the origin sent for /blob"
+for p in lonely a b seed; do
+    must_health "${PEER_SOCK[$p]}" 5 "${PEER_PID[$p]}"
+done
+pass
