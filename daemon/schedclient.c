@@ -85,6 +85,8 @@ struct sched_client {
 	bool tick_armed;
 	struct loop_op refresh_op;
 	bool refresh_armed;
+	struct loop_op reconnect_op;	/* a scheduler went down: try it again soon */
+	bool reconnect_armed;
 	struct sched_memo *memos;
 	size_t memo_count, memo_next;
 	uint8_t *registration;		/* a seed's announcement to every scheduler */
@@ -225,6 +227,15 @@ static void sched_memo_replay(struct sched_conn *conn)
 		sched_conn_send(conn, client->registration, client->registration_len);
 	for (size_t i = 0; i < client->memo_count; i++) {
 		unsigned first = 0;
+		bool pending = false;
+
+		/* An ask waiting for this connection sends its own copy. */
+		for (struct sched_request *req = client->requests; req; req = req->next)
+			pending = pending || (!req->sent && req->tried < client->conn_count &&
+					      req->order[req->tried] == conn->index &&
+					      memcmp(req->task_id, client->memos[i].task_id, 32) == 0);
+		if (pending)
+			continue;
 
 		/* The task's scheduler is the first one up in its order. */
 		sched_order(client, client->memos[i].task_id, order);
@@ -336,9 +347,32 @@ static void sched_request_advance(struct sched_request *req, const char *why)
 
 /* --- connections. */
 
-/* The connection is gone (or never came): left alone for SCHED_RETRY_MS. */
+static void sched_reconnect_done(struct loop_op *op, int res, uint32_t flags)
+{
+	struct sched_client *client = op->owner;
+	uint64_t now = clock_monotonic_ms();
+
+	(void)flags;
+	client->reconnect_armed = false;
+	if (res == -ECANCELED)
+		return;
+	for (unsigned i = 0; i < client->conn_count; i++)
+		if (client->conns[i].state == SC_DOWN && now >= client->conns[i].retry_after_ms)
+			sched_conn_connect(&client->conns[i]); /* replays once up */
+}
+
+/* The connection is gone (or never came): left alone for SCHED_RETRY_MS,
+ * then tried again if there is anything to tell it (a restarted scheduler
+ * learns what this daemon holds within about a second). */
 static void sched_conn_mark_down(struct sched_conn *conn, const char *why)
 {
+	struct sched_client *client = conn->client;
+
+	if (!client->reconnect_armed && (client->memo_count || client->registration)) {
+		loop_op_init(&client->reconnect_op, sched_reconnect_done, client);
+		if (loop_timeout(client->loop, &client->reconnect_op, SCHED_RETRY_MS + 100) == 0)
+			client->reconnect_armed = true;
+	}
 	if (conn->state == SC_UP || conn->state == SC_CONNECTING)
 		log_warn("sched", "scheduler connection lost scheduler=%s reason=\"%s\"",
 			 conn->address, why);

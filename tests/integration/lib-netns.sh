@@ -1,6 +1,6 @@
 # shellcheck shell=bash
 # Globals set here (NS_IP, SCHED_PID, ...) are read by the test scripts.
-# shellcheck disable=SC2034
+# shellcheck disable=SC2034,SC2153
 # Swarms (issue 7): network namespaces on one bridge, and the scheduler.
 # Source it after lib.sh (and lib-http.sh / lib-p2p.sh when used):
 #
@@ -32,6 +32,9 @@
 #   EXIT trap calls it, whatever made the test end. netns_setup also sweeps the
 #   namespaces a previous run left behind (rfsw-PID-* whose PID is gone: a run
 #   killed with SIGKILL, e.g. at the ctest timeout, has no EXIT trap).
+#
+# nginx in a namespace (needs lib-http.sh): netns_start_nginx NODE [PORT] and
+# netns_nginx_wait_idle.
 #
 # The scheduler (any user; used by the loopback swarm test too):
 # - start_scheduler [--netns NODE] ADDRESS [args...]: ringfly-scheduler
@@ -200,6 +203,82 @@ netns_teardown() {
     _NETNS_MADE=()
     left=$(ip netns list 2>/dev/null | grep -c "^$NETNS_TAG-")
     ((left == 0)) || echo "[$TEST_NAME] WARNING: $left namespace(s) $NETNS_TAG-* left after teardown" >&2
+}
+
+# --------------------------------------------------------- nginx in a namespace
+
+# netns_start_nginx NODE [PORT]: nginx with lib-http.sh's locations (/NAME,
+# /slow/NAME, /.rfit-status, ...) for the docroot $WWW in NODE's namespace on
+# NS_IP[NODE]:PORT (default 8080), run as lib-http.sh runs it (daemon off,
+# master_process off, its own logs under $T); waits (10 s) until it serves a
+# token file, fetched from inside the namespace. Sets NGINX_PID, NGINX_PORT,
+# NGINX_URL, NGINX_DIR, NGINX_ACCESS_LOG, NGINX_ROOT, NGINX_NODE (lib-http.sh's
+# origin_bytes / origin_requests read the access log). Needs lib-http.sh.
+netns_start_nginx() {
+    local node=$1 port=${2:-8080} root=$WWW dir conf token t0 ip=${NS_IP[$1]:-}
+    [[ -n $ip ]] || fail "netns_start_nginx: no node $node"
+    require_nginx
+    _NGX_COUNT=$((_NGX_COUNT + 1))
+    dir="$T/nginx.$_NGX_COUNT"
+    mkdir -p "$dir"
+    chmod 755 "$dir" "$root"
+    token="rfit-$$-$_NGX_COUNT-$RANDOM$RANDOM"
+    printf '%s\n' "$token" >"$root/.rfit-ready.$_NGX_COUNT"
+    chmod 644 "$root/.rfit-ready.$_NGX_COUNT"
+    conf="$dir/nginx.conf"
+    {
+        printf 'worker_processes 1;\nerror_log %s/error.log info;\npid %s/nginx.pid;\n' "$dir" "$dir"
+        printf 'events { worker_connections 1024; }\nhttp {\n access_log %s/access.log;\n' "$dir"
+        printf ' client_body_temp_path %s/body; proxy_temp_path %s/proxy;\n' "$dir" "$dir"
+        printf ' fastcgi_temp_path %s/fastcgi; uwsgi_temp_path %s/uwsgi; scgi_temp_path %s/scgi;\n' "$dir" "$dir" "$dir"
+        printf ' default_type application/octet-stream;\n sendfile on;\n keepalive_requests 100000;\n'
+        # shellcheck disable=SC2016 # an nginx variable
+        printf ' limit_req_zone $server_port zone=slow:1m rate=1r/s;\n'
+        printf ' server {\n  listen %s:%s;\n' "$ip" "$port"
+        _nginx_locations "$root" 0 '' ''
+        printf ' }\n}\n'
+    } >"$conf"
+    : >"$dir/access.log"
+    netns_bg "$node" "$dir/stderr.log" "$NGINX_BIN" -p "$dir" -c "$conf" -g 'daemon off; master_process off;'
+    NGINX_PID=$NS_BG_PID
+    _LOGS+=("$dir/error.log")
+    now_ms; t0=$NOW_MS
+    until netns_exec "$node" curl -sf --max-time 2 -o "$dir/ready.out" "http://$ip:$port/.rfit-ready.$_NGX_COUNT" 2>/dev/null 9>&- &&
+        [[ $(cat "$dir/ready.out") == "$token" ]]; do
+        if ! alive "$NGINX_PID"; then
+            wait_exit "$NGINX_PID" 1
+            fail "nginx in $node exited ($WAIT_RC) before serving: $(cat "$dir/stderr.log" "$dir/error.log" 2>/dev/null | tail -n 20)"
+        fi
+        now_ms
+        ((NOW_MS - t0 > 10000)) && fail "nginx (pid $NGINX_PID) not serving on $ip:$port within 10 s: $(tail -n 20 "$dir/error.log" 2>/dev/null)"
+        nap
+    done
+    NGINX_PORT=$port
+    NGINX_URL="http://$ip:$port"
+    NGINX_DIR=$dir
+    NGINX_ROOT=$root
+    NGINX_NODE=$node
+    NGINX_ACCESS_LOG="$dir/access.log"
+    log "nginx pid $NGINX_PID serving $root at $NGINX_URL (namespace of $node)"
+}
+
+# netns_nginx_wait_idle [DEADLINE_S]: lib-http.sh's nginx_wait_idle for the
+# nginx of netns_start_nginx (its status asked from inside its namespace).
+netns_nginx_wait_idle() {
+    local t0 st reading writing
+    _ms "${1:-10}"
+    local limit=$_MS
+    now_ms; t0=$NOW_MS
+    while :; do
+        st=$(netns_exec "$NGINX_NODE" curl -sf --max-time 2 "$NGINX_URL/.rfit-status" 9>&-) ||
+            fail "nginx status at $NGINX_URL/.rfit-status: no answer"
+        reading=$(sed -n 's/.*Reading: \([0-9]*\).*/\1/p' <<<"$st")
+        writing=$(sed -n 's/.*Writing: \([0-9]*\).*/\1/p' <<<"$st")
+        ((reading + writing <= 1)) && return 0
+        now_ms
+        ((NOW_MS - t0 > limit)) && fail "nginx at $NGINX_URL still busy after ${1:-10} s: $st"
+        nap 0.05
+    done
 }
 
 # ------------------------------------------------------------------ scheduler

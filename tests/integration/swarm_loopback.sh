@@ -4,14 +4,14 @@
 # ringfly-scheduler, one seed (--role seed) and four peers, each daemon with
 # --scheduler and its own socket, data dir and peer port on 127.0.0.1; nginx
 # (lib-http.sh) is the origin.
-# 1. The seed is made known to the scheduler first: the scheduler learns a
-#    host from its announcements only, and a daemon announces a task only,
-#    so the seed gets a small file (its announce with seed=1 is waited for in
-#    the scheduler's debug log).
+# 1. The seed registers with the scheduler as soon as its peer listener is
+#    bound, cache empty: `announce task=000...0 peer=SEED ... seed=1` in the
+#    scheduler's debug log, waited for before any get.
 # 2. The four peers get one 64 MiB file at once (no --parent): all exit 0 with
 #    the source's sha256; nginx sent at most 1.05 x the size of that file (one
 #    origin transfer for the whole swarm); the scheduler logged `parents
-#    task=ID` for each of the four; each peer's `download done` (source,
+#    task=ID` for each of the four, its first answer offering the seed with
+#    back_to_source=0; each peer's `download done` (source,
 #    origin_bytes, peer_bytes) is logged.
 # 3. The scheduler is stopped (SIGTERM: exit 0). `ringfly get
 #    --disable-back-to-source` of a new file without --parent: exit 5, "no
@@ -41,7 +41,6 @@ MiB=1048576
 SIZE=$((64 * MiB))
 NPEERS=4
 make_file "$WWW/big" $SIZE
-make_file "$WWW/warm" $((MiB + 17))
 make_file "$WWW/nobts" $((4 * MiB))
 make_file "$WWW/late" $((16 * MiB + 3))
 make_file "$WWW/stalled" $((8 * MiB))
@@ -49,14 +48,8 @@ SHA=$(sha "$WWW/big")
 
 start_nginx
 start_scheduler 127.0.0.1:0 --log-level debug
+# shellcheck disable=SC2153 # set by start_scheduler
 SCHED1_LOG=$SCHED_LOG
-
-# grep_count FILE ERE: the number of lines of FILE matching ERE.
-grep_count() {
-    local n
-    n=$(grep -cE -- "$2" "$1" 2>/dev/null)
-    printf '%d\n' "${n:-0}"
-}
 
 # since_ms NAME: milliseconds since background get NAME started (peer_get_bg).
 since_ms() {
@@ -64,13 +57,11 @@ since_ms() {
     SINCE_MS=$((NOW_MS - _BG_T0[$1]))
 }
 
-# --- 1. the seed, known to the scheduler.
+# --- 1. the seed registers with the scheduler, its cache empty.
+ZERO_TASK=$(printf '%064d' 0)
 start_peer seed --role seed --scheduler "$SCHED_ADDR"
-URLW="$NGINX_URL/warm"
-IDW=$(task_id_of "$URLW")
-expect_peer_get_ok warm seed "$URLW" "$OUT/warm" "$WWW/warm"
-wait_log "$SCHED1_LOG" "announce task=$IDW peer=127\.0\.0\.1:${PEER_PORT[seed]} .*seed=1" 10 "$SCHED_PID"
-log "the scheduler knows the seed: $LOG_LINE"
+wait_log "$SCHED1_LOG" "announce task=$ZERO_TASK peer=127\.0\.0\.1:${PEER_PORT[seed]} .*seed=1" 10 "$SCHED_PID"
+log "the seed registered: $LOG_LINE"
 
 # --- 2. four peers get one file at once.
 for ((i = 1; i <= NPEERS; i++)); do
@@ -84,7 +75,7 @@ done
 for ((i = 1; i <= NPEERS; i++)); do
     peer_get_wait "g$i" 60
     check_get_ok "g$i" "$OUT/g$i" "$WWW/big"
-    log "get g$i at p$i: exit 0 in $GET_MS ms, sha256 $SHA: $(grep -o 'from [a-z ]*, task' "$T/g$i.err")"
+    log "get g$i at p$i: exit 0, sha256 $SHA, summary: $(grep -oE '[0-9]+ bytes in .* from [a-z ]*, task' "$T/g$i.err")"
 done
 from_peers=0
 for ((i = 1; i <= NPEERS; i++)); do
@@ -92,8 +83,12 @@ for ((i = 1; i <= NPEERS; i++)); do
     src=$(log_field "$DONE_LINE" source)
     log "p$i: source=$src origin_bytes=$(log_field "$DONE_LINE" origin_bytes) peer_bytes=$(log_field "$DONE_LINE" peer_bytes) ms=$(log_field "$DONE_LINE" ms)"
     [[ $src == peer ]] && from_peers=$((from_peers + 1))
-    log_has "$SCHED1_LOG" "parents task=$ID peer=127\.0\.0\.1:${PEER_PORT[p$i]} " ||
+    # Its first answer: the seed among the parents (it lacked every piece), and
+    # not back to source (a seed is known).
+    line=$(grep -m 1 -E "parents task=$ID peer=127\.0\.0\.1:${PEER_PORT[p$i]} " "$SCHED1_LOG") ||
         fail "no 'parents task=$ID peer=127.0.0.1:${PEER_PORT[p$i]}' in the scheduler's log: $(grep -E "parents task=$ID" "$SCHED1_LOG" | head -n 8)"
+    [[ $line == *" back_to_source=0"* && $line =~ parents=([^ ]*,)?127\.0\.0\.1:${PEER_PORT[seed]}(,| ) ]] ||
+        fail "the scheduler's first answer to p$i does not offer the seed (127.0.0.1:${PEER_PORT[seed]}) without back to source: $line"
 done
 if log_has "${PEER_LOG[seed]}" "download done task=$ID"; then
     done_line seed "$ID"
