@@ -58,6 +58,9 @@ struct daemon {
 	struct upload upload;
 	bool upload_ready;
 	struct sched_client *sched;
+	bool recovered;			/* the cache is recovered (first loop turn) */
+	bool peer_bound;		/* the peer listener has its port */
+	bool cache_announced;
 
 	struct loop_op drain_op;
 	struct loop_op peer_retry_op;
@@ -336,6 +339,7 @@ static struct conn_server_options daemon_server_options(const struct daemon *dae
 }
 
 static void daemon_peer_listen(struct daemon *daemon);
+static void daemon_announce_cache(struct daemon *daemon);
 
 static void daemon_peer_retry_done(struct loop_op *op, int res, uint32_t flags)
 {
@@ -382,6 +386,8 @@ static void daemon_peer_listen(struct daemon *daemon)
 		sched_client_set_port(daemon->sched, (unsigned)tcp_local_port(fd));
 		if (strcmp(daemon->config->role, "seed") == 0)
 			sched_register_seed(daemon->sched);
+		daemon->peer_bound = true;
+		daemon_announce_cache(daemon);
 	}
 }
 
@@ -406,6 +412,35 @@ static struct store_options daemon_store_options(const struct daemon_config *con
 	return options;
 }
 
+static int daemon_announce_one(const struct meta_task *task, void *arg)
+{
+	struct daemon *daemon = arg;
+	struct sched_announce a = {
+		.url = task->url,
+		.content_length = task->content_length,
+		.piece_length = task->piece_length,
+		.piece_count = task->piece_count,
+		.pieces_done = task->pieces_done,
+		.complete = true,
+	};
+
+	memcpy(a.task_id, task->id, sizeof(a.task_id));
+	sched_announce(daemon->sched, &a);
+	return 0;
+}
+
+/* Once the cache is recovered and peers can reach us: the schedulers learn
+ * every complete task this daemon holds (kept and refreshed by schedclient,
+ * so a restarted scheduler learns them again). */
+static void daemon_announce_cache(struct daemon *daemon)
+{
+	if (!daemon->sched || !daemon->recovered || !daemon->peer_bound ||
+	    daemon->cache_announced || daemon->draining)
+		return;
+	daemon->cache_announced = true;
+	store_foreach_complete(daemon->store, daemon_announce_one, daemon);
+}
+
 static void daemon_recover_done(struct loop_op *op, int res, uint32_t flags)
 {
 	struct daemon *daemon = op->owner;
@@ -423,6 +458,8 @@ static void daemon_recover_done(struct loop_op *op, int res, uint32_t flags)
 	else if (daemon->config->verify_cache)
 		log_info("daemon", "verified the cache pieces_checked=%u pieces_dropped=%u",
 			 report.pieces_checked, report.pieces_dropped);
+	daemon->recovered = true;
+	daemon_announce_cache(daemon);
 }
 
 /* --- startup. */

@@ -1263,6 +1263,26 @@ static void recover_orphans(struct store *store, struct store_recovery *report)
 	closedir(top);
 }
 
+struct complete_walk {
+	int (*fn)(const struct meta_task *task, void *arg);
+	void *arg;
+};
+
+static int complete_one(const struct meta_task *task, void *arg)
+{
+	struct complete_walk *walk = arg;
+
+	return task->state == META_TASK_COMPLETE ? walk->fn(task, walk->arg) : 0;
+}
+
+int store_foreach_complete(struct store *store,
+			   int (*fn)(const struct meta_task *task, void *arg), void *arg)
+{
+	struct complete_walk walk = { .fn = fn, .arg = arg };
+
+	return meta_tasks_foreach(store->meta, complete_one, &walk);
+}
+
 int store_recover(struct store *store, bool verify_all, struct store_recovery *report)
 {
 	struct store_recovery local;

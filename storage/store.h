@@ -202,6 +202,11 @@ int store_import(struct store *store, const char *path, uint8_t id_out[META_ID_S
 int store_import_fd(struct store *store, int fd, const char *name, uint8_t id_out[META_ID_SIZE],
 		    char *err, size_t err_size);
 
+/* Calls fn for every complete task's record (borrowed for the call), in id
+ * order; a non-zero return stops the walk and is returned. */
+int store_foreach_complete(struct store *store,
+			   int (*fn)(const struct meta_task *task, void *arg), void *arg);
+
 /* Deletes a task's record and content file. -EBUSY while anyone holds it
  * open, -ENOENT if there is no such task. */
 int store_delete(struct store *store, const uint8_t id[META_ID_SIZE]);

@@ -6,7 +6,9 @@
 # peer prints "preheating TASK on SEED", the seed fetches the file from the
 # origin (its log: download done ... source=origin), then nginx is stopped and
 # two peers get the URL: both complete from peers, origin_bytes=0, and the
-# origin sent the file exactly once.
+# origin sent the file exactly once. Then the seed and a go away and b is
+# killed and restarted: it announces its cache, and a new peer c gets the file
+# from it.
 # shellcheck source=tests/integration/lib.sh
 . "$(dirname "$0")/lib.sh"
 # shellcheck source=tests/integration/lib-http.sh
@@ -24,7 +26,7 @@ start_nginx
 url="$NGINX_URL/blob"
 id=$(task_id_of "$url")
 
-"$RINGFLY_SCHEDULER" --listen 127.0.0.1:0 2>"$T/sched.log" 9>&- &
+"$RINGFLY_SCHEDULER" --listen 127.0.0.1:0 --log-level debug 2>"$T/sched.log" 9>&- &
 SCHED=$!
 track "$SCHED" scheduler
 wait_log "$T/sched.log" 'scheduler listening address=127\.0\.0\.1:0 port=[0-9]+' 10 "$SCHED"
@@ -74,7 +76,21 @@ assert_source gb peers
 assert_done a "$id" peer "$SIZE" 0 "$SIZE"
 assert_done b "$id" peer "$SIZE" 0 "$SIZE"
 assert_eq "$SIZE" "$(origin_bytes "$NGINX_ACCESS_LOG" /blob)" "body bytes the origin sent for /blob"
-for p in lonely a b seed; do
+
+# A restarted daemon tells the scheduler what its cache holds: with the seed
+# and a gone and b killed -9 and restarted, c gets the file from b.
+kill_and_reap "${PEER_PID[seed]}"
+kill_and_reap "${PEER_PID[a]}"
+kill_and_reap "${PEER_PID[b]}"
+start_peer b --scheduler "$SADDR"
+wait_log "$T/sched.log" "announce task=$id peer=$(paddr b) .*complete=1" 10 "$SCHED"
+start_peer c --scheduler "$SADDR"
+expect_peer_get_ok gc c "$url" "$OUT/c" "$WWW/blob"
+assert_source gc peers
+assert_done c "$id" peer "$SIZE" 0 "$SIZE"
+grep -F "parents from scheduler task=$id" "${PEER_LOG[c]}" | grep -qF "parents=" ||
+    fail "c's parents did not come from the scheduler"
+for p in lonely b c; do
     must_health "${PEER_SOCK[$p]}" 5 "${PEER_PID[$p]}"
 done
 pass
