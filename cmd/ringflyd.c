@@ -1,35 +1,29 @@
 /* ringflyd: the node daemon's main: flags and config, then daemon_run. */
-#include <errno.h>
-#include <getopt.h>
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 
+#include "core/config.h"
 #include "core/log.h"
 #include "daemon/daemon.h"
 
 /* Flags that set a config key: the flag's name and the YAML key it sets. */
-static const struct {
-	const char *flag;
-	const char *key;
-} flag_keys[] = {
-	{ "socket", "socket" },
-	{ "socket-mode", "socket_mode" },
-	{ "data-dir", "data_dir" },
-	{ "log-level", "log_level" },
-	{ "role", "role" },
-	{ "listen-peer", "listen_peer" },
-	{ "max-connections", "limits.max_connections" },
-	{ "shutdown-timeout", "shutdown_timeout" },
-	{ "storage-socket-path", "storage.socket_path" },
-	{ "upload-max-connections", "upload.max_connections" },
-	{ "upload-rate-limit", "upload.rate_limit" },
-	{ "scheduler", "scheduler.addresses" },
-	{ "location", "location" },
-	{ "advertise-ip", "advertise_ip" },
+static const struct config_flag flag_keys[] = {
+	{ "socket", "socket", false },
+	{ "socket-mode", "socket_mode", false },
+	{ "data-dir", "data_dir", false },
+	{ "log-level", "log_level", false },
+	{ "role", "role", false },
+	{ "listen-peer", "listen_peer", false },
+	{ "max-connections", "limits.max_connections", false },
+	{ "shutdown-timeout", "shutdown_timeout", false },
+	{ "storage-socket-path", "storage.socket_path", false },
+	{ "upload-max-connections", "upload.max_connections", false },
+	{ "upload-rate-limit", "upload.rate_limit", false },
+	{ "scheduler", "scheduler.addresses", false },
+	{ "location", "location", false },
+	{ "advertise-ip", "advertise_ip", false },
+	{ "verify-cache", "verify_cache", true },
 };
-
-#define FLAG_KEY_COUNT (sizeof(flag_keys) / sizeof(flag_keys[0]))
 
 static void usage(FILE *out)
 {
@@ -47,78 +41,38 @@ static void usage(FILE *out)
 		"Precedence: defaults < $RINGFLY_SOCKET < config file < flags.\n");
 }
 
+static int load(void *config, const char *path, char *err, size_t err_size)
+{
+	return daemon_config_load(config, path, err, err_size);
+}
+
+static int set(void *config, const char *key, const char *value, char *err, size_t err_size)
+{
+	return daemon_config_set(config, key, value, err, err_size);
+}
+
 int main(int argc, char **argv)
 {
-	enum { OPT_CONFIG = 256, OPT_HELP, OPT_VERSION, OPT_VERIFY, OPT_KEY_FIRST };
-	struct option options[FLAG_KEY_COUNT + 5];
-	const char *config_path = NULL;
+	static const struct config_command_line command_line = {
+		.program = "ringflyd",
+		.version = RINGFLY_VERSION,
+		.usage = usage,
+		.flags = flag_keys,
+		.flag_count = sizeof(flag_keys) / sizeof(flag_keys[0]),
+		.load = load,
+		.set = set,
+	};
 	struct daemon_config config;
+	const char *config_path;
 	enum log_level level;
-	char err[512];
-	int opt, rc;
-
-	memset(options, 0, sizeof(options));
-	options[0] = (struct option){ "config", required_argument, NULL, OPT_CONFIG };
-	options[1] = (struct option){ "help", no_argument, NULL, OPT_HELP };
-	options[2] = (struct option){ "version", no_argument, NULL, OPT_VERSION };
-	options[3] = (struct option){ "verify-cache", no_argument, NULL, OPT_VERIFY };
-	for (size_t i = 0; i < FLAG_KEY_COUNT; i++)
-		options[4 + i] = (struct option){ flag_keys[i].flag, required_argument, NULL,
-						  OPT_KEY_FIRST + (int)i };
-
-	/* Pass 1: --config, --help, --version and flag syntax. */
-	opterr = 1;
-	while ((opt = getopt_long(argc, argv, "", options, NULL)) != -1) {
-		switch (opt) {
-		case OPT_CONFIG:
-			config_path = optarg;
-			break;
-		case OPT_HELP:
-			usage(stdout);
-			return 0;
-		case OPT_VERSION:
-			printf("ringflyd %s\n", RINGFLY_VERSION);
-			return 0;
-		case '?':
-			usage(stderr);
-			return 2;
-		default:
-			break;
-		}
-	}
-	if (optind < argc) {
-		fprintf(stderr, "ringflyd: unexpected argument '%s'\n", argv[optind]);
-		usage(stderr);
-		return 2;
-	}
+	int rc;
 
 	daemon_config_defaults(&config);
-	if (config_path) {
+	rc = config_command_line(&command_line, &config, argc, argv, &config_path);
+	if (rc >= 0)
+		return rc;
+	if (config_path) /* re-read on SIGHUP */
 		snprintf(config.config_path, sizeof(config.config_path), "%s", config_path);
-		rc = daemon_config_load(&config, config_path, err, sizeof(err));
-		if (rc < 0) {
-			fprintf(stderr, "ringflyd: %s\n", err);
-			return 2;
-		}
-	}
-
-	/* Pass 2: flags override the file. */
-	optind = 1;
-	opterr = 0;
-	while ((opt = getopt_long(argc, argv, "", options, NULL)) != -1) {
-		if (opt == OPT_VERIFY)
-			config.verify_cache = true;
-		if (opt < OPT_KEY_FIRST)
-			continue;
-		rc = daemon_config_set(&config, flag_keys[opt - OPT_KEY_FIRST].key, optarg, err,
-				       sizeof(err));
-		if (rc < 0) {
-			fprintf(stderr, "ringflyd: --%s: %s\n", flag_keys[opt - OPT_KEY_FIRST].flag,
-				err);
-			return 2;
-		}
-	}
-
 	if (log_level_parse(config.log_level, &level) == 0)
 		log_set_level(level);
 	return daemon_run(&config);

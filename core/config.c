@@ -4,6 +4,7 @@
 #include <assert.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <getopt.h>
 #include <inttypes.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -1004,4 +1005,81 @@ int config_set(const struct config_option *options, size_t count, void *target, 
 	}
 	config_store(opt, &v, target);
 	return 0;
+}
+
+/* --- command lines. */
+
+int config_command_line(const struct config_command_line *cl, void *config, int argc,
+			char **argv, const char **config_path)
+{
+	enum { OPT_CONFIG = 256, OPT_HELP, OPT_VERSION, OPT_KEY_FIRST };
+	struct option *options = calloc(cl->flag_count + 4, sizeof(*options));
+	char err[512];
+	int opt, rc = -1;
+
+	*config_path = NULL;
+	if (!options) {
+		fprintf(stderr, "%s: out of memory\n", cl->program);
+		return 2;
+	}
+	options[0] = (struct option){ "config", required_argument, NULL, OPT_CONFIG };
+	options[1] = (struct option){ "help", no_argument, NULL, OPT_HELP };
+	options[2] = (struct option){ "version", no_argument, NULL, OPT_VERSION };
+	for (size_t i = 0; i < cl->flag_count; i++)
+		options[3 + i] = (struct option){ cl->flags[i].flag,
+						  cl->flags[i].no_value ? no_argument
+									: required_argument,
+						  NULL, OPT_KEY_FIRST + (int)i };
+
+	/* Pass 1: --config, --help, --version and flag syntax. */
+	optind = 1;
+	opterr = 1;
+	while (rc < 0 && (opt = getopt_long(argc, argv, "", options, NULL)) != -1) {
+		switch (opt) {
+		case OPT_CONFIG:
+			*config_path = optarg;
+			break;
+		case OPT_HELP:
+			cl->usage(stdout);
+			rc = 0;
+			break;
+		case OPT_VERSION:
+			printf("%s %s\n", cl->program, cl->version);
+			rc = 0;
+			break;
+		case '?':
+			cl->usage(stderr);
+			rc = 2;
+			break;
+		default:
+			break;
+		}
+	}
+	if (rc < 0 && optind < argc) {
+		fprintf(stderr, "%s: unexpected argument '%s'\n", cl->program, argv[optind]);
+		cl->usage(stderr);
+		rc = 2;
+	}
+	if (rc < 0 && *config_path && cl->load(config, *config_path, err, sizeof(err)) < 0) {
+		fprintf(stderr, "%s: %s\n", cl->program, err);
+		rc = 2;
+	}
+
+	/* Pass 2: flags override the file. */
+	optind = 1;
+	opterr = 0;
+	while (rc < 0 && (opt = getopt_long(argc, argv, "", options, NULL)) != -1) {
+		const struct config_flag *flag;
+
+		if (opt < OPT_KEY_FIRST)
+			continue;
+		flag = &cl->flags[opt - OPT_KEY_FIRST];
+		if (cl->set(config, flag->key, flag->no_value ? "true" : optarg, err,
+			    sizeof(err)) < 0) {
+			fprintf(stderr, "%s: --%s: %s\n", cl->program, flag->flag, err);
+			rc = 2;
+		}
+	}
+	free(options);
+	return rc;
 }

@@ -2,7 +2,9 @@
 #ifndef RINGFLY_CORE_CONFIG_H
 #define RINGFLY_CORE_CONFIG_H
 
+#include <stdbool.h>
 #include <stddef.h>
+#include <stdio.h>
 #include <stdint.h>
 
 /*
@@ -75,5 +77,37 @@ int config_load_buffer(const char *name, const char *text, size_t text_len,
  */
 int config_set(const struct config_option *options, size_t count, void *target,
 	       const char *key, const char *value, char *err, size_t err_size);
+
+/* A command-line flag that sets a config key: `--flag VALUE`, or with
+ * `no_value` just `--flag`, which sets the key to "true". */
+struct config_flag {
+	const char *flag;
+	const char *key;
+	bool no_value;
+};
+
+/* A program's command line: its flags, --config FILE, --help, --version. */
+struct config_command_line {
+	const char *program;			/* "ringflyd", for messages */
+	const char *version;
+	void (*usage)(FILE *out);
+	const struct config_flag *flags;
+	size_t flag_count;
+	/* Loads a file / sets a key over the config (defaults already in). */
+	int (*load)(void *config, const char *path, char *err, size_t err_size);
+	int (*set)(void *config, const char *key, const char *value, char *err,
+		   size_t err_size);
+};
+
+/*
+ * Parses argv in two passes: flag syntax, --help (usage on stdout, exit 0),
+ * --version and --config FILE first; then the file over the defaults already
+ * in `config`, then the flags over the file (precedence: defaults < file <
+ * flags). Errors go to stderr as "PROGRAM: reason" (the load's reason, or
+ * "--flag: reason"). Returns -1 to go on (*config_path is the --config FILE
+ * or NULL), or the exit code to exit with (0 or 2).
+ */
+int config_command_line(const struct config_command_line *cl, void *config, int argc,
+			char **argv, const char **config_path);
 
 #endif
