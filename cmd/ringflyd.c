@@ -22,6 +22,8 @@ static const struct config_flag flag_keys[] = {
 	{ "scheduler", "scheduler.addresses", false },
 	{ "location", "location", false },
 	{ "advertise-ip", "advertise_ip", false },
+	{ "parent-requests", "download.parent_requests", false },
+	{ "parent-connections", "download.parent_connections", false },
 	{ "verify-cache", "verify_cache", true },
 };
 
@@ -35,7 +37,7 @@ static void usage(FILE *out)
 		"                [--storage-socket-path splice|recv] [--verify-cache]\n"
 		"                [--upload-max-connections N] [--upload-rate-limit BYTES]\n"
 		"                [--scheduler HOST:PORT[,HOST:PORT...]] [--location LABEL]\n"
-		"                [--advertise-ip IP]\n"
+		"                [--advertise-ip IP] [--parent-requests N] [--parent-connections N]\n"
 		"                [--help] [--version]\n"
 		"Default socket: $RINGFLY_SOCKET, else /run/ringfly/ringflyd.sock.\n"
 		"Precedence: defaults < $RINGFLY_SOCKET < config file < flags.\n");

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/sendfile.h>
 #include <unistd.h>
 
@@ -238,6 +239,7 @@ struct download_engine {
 	struct loop *loop;
 	struct store *store;
 	struct download_options options;
+	uint64_t rng;			/* xorshift state: each daemon picks differently */
 	struct dl_origin origins[DOWNLOAD_ORIGINS_MAX];
 	unsigned origin_count;
 	struct dl_task *tasks;
@@ -1252,11 +1254,25 @@ static bool dl_rate_take(struct dl_task *task, uint32_t length)
 	return true;
 }
 
+/* xorshift64*: seeded per daemon from getrandom, so that children of one
+ * parent start on different pieces and have something to give each other. */
+static uint64_t dl_random(struct download_engine *engine)
+{
+	uint64_t x = engine->rng;
+
+	x ^= x >> 12;
+	x ^= x << 25;
+	x ^= x >> 27;
+	engine->rng = x;
+	return x * 0x2545F4914F6CDD1Dull;
+}
+
 /* Rarest first among the pieces `dp` has that nobody is fetching, with a
  * random start as the tie-break. */
 static bool dl_parent_pick(struct dl_task *task, struct dl_parent *dp, uint32_t *out)
 {
-	uint32_t start = task->piece_count ? (uint32_t)random() % task->piece_count : 0;
+	uint32_t start = task->piece_count ? (uint32_t)(dl_random(task->engine) % task->piece_count)
+					   : 0;
 	uint32_t best = UINT32_MAX, best_avail = UINT32_MAX;
 
 	for (uint32_t i = 0; i < task->piece_count; i++) {
@@ -2437,6 +2453,9 @@ int download_engine_create(struct download_engine **out, struct loop *loop, stru
 		return -ENOMEM;
 	engine->loop = loop;
 	engine->store = store;
+	if (getrandom(&engine->rng, sizeof(engine->rng), GRND_NONBLOCK) != sizeof(engine->rng))
+		engine->rng = clock_monotonic_ms() ^ ((uint64_t)getpid() << 32);
+	engine->rng |= 1; /* never the all-zero state */
 	if (options)
 		engine->options = *options;
 	if (!engine->options.parallel)
