@@ -54,12 +54,12 @@
 /* A parent that sent this many pieces with a wrong crc is dropped. */
 #define DL_PARENT_STRIKES 3u
 /* A parent without the task yet (it may be about to start it: a chain
- * started all at once) is asked again after 200, 400, 800 ms. */
-#define DL_PARENT_RETRIES 3u
-/* ... and a seed that is fetching it for us, up to 6 s in all. */
-#define DL_PARENT_RETRIES_SEED 5u
+ * started all at once) is asked again after 50, 100, 200, 400, 800 ms ... */
+#define DL_PARENT_RETRIES 5u
+/* ... and a seed that is fetching it for us up to 3.2 s later (6.35 s in all). */
+#define DL_PARENT_RETRIES_SEED 7u
 #define DL_ANNOUNCE_MS 1000u
-#define DL_PARENT_RETRY_MS 200u
+#define DL_PARENT_RETRY_MS 50u
 /* Outputs a piece is written into straight from its buffer; more watchers
  * of one task get it copied from the cache file afterwards. */
 #define DL_PIECE_OUTPUTS 4u
@@ -240,6 +240,8 @@ struct download_engine {
 	struct store *store;
 	struct download_options options;
 	uint64_t rng;			/* xorshift state: each daemon picks differently */
+	struct loop_op retry_op;	/* parents to ask again soon (finer than the tick) */
+	bool retry_armed;
 	struct dl_origin origins[DOWNLOAD_ORIGINS_MAX];
 	unsigned origin_count;
 	struct dl_task *tasks;
@@ -959,6 +961,7 @@ static void dl_sequential_start(struct dl_task *task)
 
 static void dl_origin_allow(struct dl_task *task, const char *why);
 static bool dl_parents_hope(const struct dl_task *task);
+static void dl_retry_arm(struct download_engine *engine);
 
 /* Forgets a parent: no callback comes from it any more; what was asked of it
  * can be asked elsewhere. */
@@ -1098,6 +1101,48 @@ static bool dl_parent_has_missing(const struct dl_task *task, const struct dl_pa
 	return false;
 }
 
+static void dl_parent_connect(struct dl_parent *dp);
+
+/* Asks again the parents whose retry time has come, on a timer of its own:
+ * the tick (250 ms) is too coarse for the first retries. */
+static void dl_retry_done(struct loop_op *op, int res, uint32_t flags)
+{
+	struct download_engine *engine = op->owner;
+	uint64_t now = clock_monotonic_ms();
+	bool pending = false;
+
+	(void)flags;
+	engine->retry_armed = false;
+	if (res == -ECANCELED)
+		return;
+	for (struct dl_task *task = engine->tasks; task; task = task->next) {
+		if (dl_final(task))
+			continue;
+		for (struct dl_parent *dp = task->parents; dp; dp = dp->next) {
+			if (dp->parent || !dp->retry_at_ms)
+				continue;
+			if (now < dp->retry_at_ms) {
+				pending = true;
+				continue;
+			}
+			log_info("download", "parent asked again task=%s parent=%s retry=%u",
+				 task->hex, dp->address, dp->retries);
+			dl_parent_connect(dp);
+		}
+	}
+	if (pending)
+		dl_retry_arm(engine);
+}
+
+static void dl_retry_arm(struct download_engine *engine)
+{
+	if (engine->retry_armed)
+		return;
+	loop_op_init(&engine->retry_op, dl_retry_done, engine);
+	if (loop_timeout(engine->loop, &engine->retry_op, DL_PARENT_RETRY_MS) == 0)
+		engine->retry_armed = true;
+}
+
 static bool dl_parent_had_any(const struct dl_task *task, const struct dl_parent *dp)
 {
 	for (uint32_t n = 0; dp->has && n < task->piece_count; n++)
@@ -1129,6 +1174,7 @@ static void dl_parent_sync_end(struct parent *parent, void *arg, bool complete,
 				dp->retry_at_ms = clock_monotonic_ms() +
 						  ((uint64_t)DL_PARENT_RETRY_MS << dp->retries);
 				dp->retries++;
+				dl_retry_arm(task->engine);
 			}
 		}
 	}
