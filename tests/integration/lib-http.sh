@@ -244,14 +244,17 @@ origin_requests() {
 # NGINX_URL) has no request in progress (stub_status: reading + writing is only
 # the status request itself), so that every request has been logged: nginx
 # logs a request when it ends, an aborted one too. Idle keep-alive connections
-# do not count.
+# do not count. With NGINX_STATUS_VIA set (e.g. "netns_exec NODE"), the status
+# is asked through that command (lib-netns.sh: from inside a namespace).
 nginx_wait_idle() {
     local url=${2:-$NGINX_URL} t0 st reading writing
+    local -a via=()
+    [[ -n ${NGINX_STATUS_VIA:-} ]] && read -r -a via <<<"$NGINX_STATUS_VIA"
     _ms "${1:-10}"
     local limit=$_MS
     now_ms; t0=$NOW_MS
     while :; do
-        st=$(curl -sf --max-time 2 "$url/.rfit-status" 9>&-) || fail "nginx status at $url/.rfit-status: no answer"
+        st=$("${via[@]}" curl -sf --max-time 2 "$url/.rfit-status" 9>&-) || fail "nginx status at $url/.rfit-status: no answer"
         reading=$(sed -n 's/.*Reading: \([0-9]*\).*/\1/p' <<<"$st")
         writing=$(sed -n 's/.*Writing: \([0-9]*\).*/\1/p' <<<"$st")
         ((reading + writing <= 1)) && return 0

@@ -89,14 +89,9 @@ netns_require() {
 # (a namespace lives on while a process is in it), then the namespaces go,
 # then lib.sh's own cleanup with the same exit status.
 _netns_exit() {
-    local rc=$? pid
+    local rc=$?
     trap - EXIT
-    for pid in "${!_PIDS[@]}"; do
-        kill -KILL "$pid" 2>/dev/null
-    done
-    for pid in "${!_PIDS[@]}"; do
-        wait "$pid" 2>/dev/null
-    done
+    _kill_tracked
     netns_teardown
     _netns_rc "$rc"
     _cleanup
@@ -265,20 +260,7 @@ netns_start_nginx() {
 # netns_nginx_wait_idle [DEADLINE_S]: lib-http.sh's nginx_wait_idle for the
 # nginx of netns_start_nginx (its status asked from inside its namespace).
 netns_nginx_wait_idle() {
-    local t0 st reading writing
-    _ms "${1:-10}"
-    local limit=$_MS
-    now_ms; t0=$NOW_MS
-    while :; do
-        st=$(netns_exec "$NGINX_NODE" curl -sf --max-time 2 "$NGINX_URL/.rfit-status" 9>&-) ||
-            fail "nginx status at $NGINX_URL/.rfit-status: no answer"
-        reading=$(sed -n 's/.*Reading: \([0-9]*\).*/\1/p' <<<"$st")
-        writing=$(sed -n 's/.*Writing: \([0-9]*\).*/\1/p' <<<"$st")
-        ((reading + writing <= 1)) && return 0
-        now_ms
-        ((NOW_MS - t0 > limit)) && fail "nginx at $NGINX_URL still busy after ${1:-10} s: $st"
-        nap 0.05
-    done
+    NGINX_STATUS_VIA="netns_exec $NGINX_NODE" nginx_wait_idle "${1:-10}" "$NGINX_URL"
 }
 
 # ------------------------------------------------------------------ scheduler

@@ -36,15 +36,21 @@ mkfifo "$_NAP_FIFO"
 # never reaches EOF. Children are started with 9>&- so they do not inherit it.
 exec 9<>"$_NAP_FIFO"
 
-_cleanup() {
-    local rc=$? pid
-    trap - EXIT
+# _kill_tracked: SIGKILLs every tracked process and reaps it.
+_kill_tracked() {
+    local pid
     for pid in "${!_PIDS[@]}"; do
         kill -KILL "$pid" 2>/dev/null
     done
     for pid in "${!_PIDS[@]}"; do
         wait "$pid" 2>/dev/null
     done
+}
+
+_cleanup() {
+    local rc=$?
+    trap - EXIT
+    _kill_tracked
     exec 9>&-
     if [[ ${KEEP_TMP:-0} == 1 ]]; then
         echo "kept $T" >&2
