@@ -320,6 +320,7 @@ peerwire() {
 }
 
 _write_peerwire() {
+    cp "$(dirname "${BASH_SOURCE[0]}")/protowire.py" "$T/protowire.py"
     cat >"$T/peerwire.py" <<'PY'
 import hashlib, os, selectors, socket, struct, sys, time
 
@@ -341,60 +342,7 @@ def crc32c(data):
         c = t[(c ^ b) & 0xFF] ^ (c >> 8)
     return c ^ 0xFFFFFFFF
 
-def varint(n):
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
-
-def field_varint(num, v):
-    return varint(num << 3) + varint(v) if v else b""
-
-def field_bytes(num, v):
-    return varint((num << 3) | 2) + varint(len(v)) + v
-
-def frame(ftype, msg):
-    return struct.pack(">IB", 1 + len(msg), ftype) + msg
-
-def read_varint(buf, i):
-    shift = n = 0
-    while True:
-        b = buf[i]
-        i += 1
-        n |= (b & 0x7F) << shift
-        shift += 7
-        if not b & 0x80:
-            return n, i
-
-def decode(msg):
-    """field number -> list of values (ints or bytes); packed varints stay bytes."""
-    fields = {}
-    i = 0
-    while i < len(msg):
-        key, i = read_varint(msg, i)
-        num, wt = key >> 3, key & 7
-        if wt == 0:
-            v, i = read_varint(msg, i)
-        elif wt == 2:
-            n, i = read_varint(msg, i)
-            v = bytes(msg[i:i + n])
-            i += n
-        elif wt == 1:
-            v = msg[i:i + 8]; i += 8
-        elif wt == 5:
-            v = msg[i:i + 4]; i += 4
-        else:
-            raise ValueError("wire type %d" % wt)
-        fields.setdefault(num, []).append(v)
-    return fields
-
-def first(f, num, default=0):
-    return f.get(num, [default])[0]
+from protowire import decode, field_bytes, field_varint, first, frame, read_varint, varint
 
 class Conn:
     def __init__(self, port, deadline):

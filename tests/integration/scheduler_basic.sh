@@ -51,6 +51,7 @@ start_scheduler() {
     log "scheduler $name: pid $SCHED_PID port $SCHED_PORT log $SCHED_LOG"
 }
 
+cp "$(dirname "$0")/protowire.py" "$T/protowire.py"
 cat >"$T/schedwire.py" <<'PY'
 # schedwire PORT ACTION...: one connection to a scheduler; actions in order,
 # each "VERB key=value ...":
@@ -69,57 +70,8 @@ cat >"$T/schedwire.py" <<'PY'
 # frame type= length=; "eof" at the end.
 import os, random, socket, struct, sys, time, urllib.parse
 
-def varint(n):
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
-
-def fv(num, v):
-    return varint(num << 3) + varint(v) if v else b""
-
-def fb(num, v):
-    if isinstance(v, str):
-        v = v.encode()
-    return varint((num << 3) | 2) + varint(len(v)) + v if v else b""
-
-def frame(ftype, msg):
-    return struct.pack(">IB", 1 + len(msg), ftype) + msg
-
-def read_varint(buf, i):
-    shift = n = 0
-    while True:
-        b = buf[i]
-        i += 1
-        n |= (b & 0x7F) << shift
-        shift += 7
-        if not b & 0x80:
-            return n, i
-
-def decode(msg):
-    fields = {}
-    i = 0
-    while i < len(msg):
-        key, i = read_varint(msg, i)
-        num, wt = key >> 3, key & 7
-        if wt == 0:
-            v, i = read_varint(msg, i)
-        elif wt == 2:
-            n, i = read_varint(msg, i)
-            v = bytes(msg[i:i + n])
-            i += n
-        else:
-            raise ValueError("wire type %d" % wt)
-        fields.setdefault(num, []).append(v)
-    return fields
-
-def first(f, num, default=0):
-    return f.get(num, [default])[0]
+from protowire import decode, first, frame, read_varint, varint
+from protowire import field_text as fb, field_varint as fv
 
 def text(f, num):
     return first(f, num, b"").decode("utf-8", "replace")
