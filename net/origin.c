@@ -53,6 +53,14 @@
  * libcurl; starts, cancels and resumes made there are queued on the work list
  * and run from a nop at the next loop turn. A cancelled request also makes
  * its callbacks return an error, so libcurl stops it at once.
+ *
+ * Passthrough keeps the header lines of the response being received in the
+ * request's head_bytes, each stored without its CRLF and NUL-terminated, at
+ * head_offsets[]; a status line empties them, so on_headers sees only the
+ * final response's lines (libcurl hands 1xx heads to the header callback
+ * too). What is stored is never longer than what was received, so the
+ * bound on received bytes bounds the buffer. The buffer stays with the
+ * record for its next request unless it grew past ORIGIN_HEAD_KEEP_BYTES.
  */
 
 #define ORIGIN_CONNECT_TIMEOUT_DEFAULT_MS 10000u
@@ -65,6 +73,8 @@
 #define ORIGIN_URL_MAX			  8192u
 #define ORIGIN_MESSAGE_MAX		  2048u
 #define ORIGIN_NO_DEADLINE		  UINT64_MAX
+#define ORIGIN_HEAD_KEEP_BYTES		  4096u /* a passthrough head buffer kept for reuse */
+#define ORIGIN_HEAD_MIN_BYTES		  1024u /* its first allocation */
 
 /* origin_request.flags */
 #define REQ_ADDED	 (1u << 0) /* the easy handle is in the multi */
@@ -111,7 +121,9 @@ struct origin_request {
 	unsigned flags;
 	enum origin_method method;
 	bool range;
-	int abort_error; /* a callback's negative errno */
+	bool passthrough;
+	int abort_error;	  /* a callback's negative errno, or ours */
+	const char *abort_reason; /* ours: why we set abort_error; NULL for a callback's */
 
 	/* The response being received (reset at each status line). */
 	long status;
@@ -124,7 +136,20 @@ struct origin_request {
 	char etag[256];
 	char last_modified[64];
 	char errbuf[CURL_ERROR_SIZE];
+
+	/* Passthrough: the header lines of the response being received (see
+	 * the essay). head_received counts their bytes as received. */
+	char *head_bytes;
+	size_t head_capacity, head_used, head_received;
+	unsigned head_line_count;
+	uint32_t head_offsets[ORIGIN_PASSTHROUGH_HEAD_LINES_MAX];
 };
+
+_Static_assert(ORIGIN_PASSTHROUGH_HEAD_BYTES_MAX < UINT32_MAX, "head offsets fit in uint32_t");
+_Static_assert(ORIGIN_PASSTHROUGH_HEAD_BYTES_MAX == 65536 &&
+		       ORIGIN_PASSTHROUGH_HEAD_LINES_MAX == 100,
+	       "ORIGIN_HEAD_TOO_LARGE names the limits");
+#define ORIGIN_HEAD_TOO_LARGE "response headers too large (more than 65536 bytes or 100 lines)"
 
 struct origin {
 	struct loop *loop;
@@ -438,6 +463,11 @@ static void origin_request_release(struct origin_request *req)
 	free(req->url);
 	req->url = NULL;
 	req->flags = 0;
+	if (req->head_capacity > ORIGIN_HEAD_KEEP_BYTES) {
+		free(req->head_bytes);
+		req->head_bytes = NULL;
+		req->head_capacity = 0;
+	}
 	curl_easy_reset(req->easy);
 	req->prev = NULL;
 	req->next = origin->free_requests;
@@ -485,6 +515,10 @@ static int origin_explain(struct origin_request *req, CURLcode code, char *reaso
 	long os_errno = 0;
 
 	if (req->flags & REQ_ABORTED) {
+		if (req->abort_error && req->abort_reason) {
+			snprintf(reason, reason_len, "%s", req->abort_reason);
+			return req->abort_error;
+		}
 		if (req->abort_error) {
 			snprintf(reason, reason_len, "stopped by the caller (%s)",
 				 strerror(-req->abort_error));
@@ -556,6 +590,7 @@ static void origin_request_finish(struct origin_request *req, CURLcode code)
 	char message[ORIGIN_MESSAGE_MAX];
 	char reason[512];
 	const char *effective = NULL;
+	bool failed;
 
 	origin_request_remove(req);
 	req->flags |= REQ_DONE;
@@ -564,8 +599,13 @@ static void origin_request_finish(struct origin_request *req, CURLcode code)
 
 	result.status = req->status;
 	result.body_bytes = req->body_bytes;
-	if (code != CURLE_OK || (req->flags & REQ_ABORTED) || req->status < 200 ||
-	    req->status >= 300) {
+	if (req->passthrough)
+		failed = code != CURLE_OK || (req->flags & REQ_ABORTED) ||
+			 !(req->flags & REQ_HEADERS_SENT);
+	else
+		failed = code != CURLE_OK || (req->flags & REQ_ABORTED) || req->status < 200 ||
+			 req->status >= 300;
+	if (failed) {
 		result.error = origin_explain(req, code, reason, sizeof(reason));
 		curl_easy_getinfo(req->easy, CURLINFO_EFFECTIVE_URL, &effective);
 		if (effective && strcmp(effective, req->url) != 0)
@@ -744,6 +784,9 @@ static void origin_parse_status(struct origin_request *req, const char *line, si
 	req->content_range_seen = false;
 	req->etag[0] = '\0';
 	req->last_modified[0] = '\0';
+	req->head_used = 0;
+	req->head_received = 0;
+	req->head_line_count = 0;
 	if (!p)
 		return;
 	p++;
@@ -760,17 +803,75 @@ static void origin_parse_status(struct origin_request *req, const char *line, si
 	}
 }
 
+/* Makes room for `need` bytes in head_bytes: 0 or -ENOMEM. */
+static int origin_head_reserve(struct origin_request *req, size_t need)
+{
+	size_t capacity = req->head_capacity ? req->head_capacity : ORIGIN_HEAD_MIN_BYTES;
+	char *bytes;
+
+	if (need <= req->head_capacity)
+		return 0;
+	while (capacity < need)
+		capacity *= 2;
+	bytes = realloc(req->head_bytes, capacity);
+	if (!bytes)
+		return -ENOMEM;
+	req->head_bytes = bytes;
+	req->head_capacity = capacity;
+	return 0;
+}
+
+/* Passthrough: keeps one header line of the response being received. */
+static int origin_head_keep(struct origin_request *req, const char *line, size_t len)
+{
+	bool folded = len && (line[0] == ' ' || line[0] == '\t');
+	size_t need;
+
+	req->head_received += len;
+	if (req->head_received > ORIGIN_PASSTHROUGH_HEAD_BYTES_MAX)
+		return -E2BIG;
+	while (len && (line[len - 1] == '\r' || line[len - 1] == '\n'))
+		len--;
+	if (folded) {
+		/* obs-fold: joined to the line before with one space. */
+		while (len && (line[0] == ' ' || line[0] == '\t')) {
+			line++;
+			len--;
+		}
+		if (!len || !req->head_line_count)
+			return 0; /* nothing to join, or nothing to join it to */
+		assert(req->head_used > 0 && req->head_bytes[req->head_used - 1] == '\0');
+		need = req->head_used + 1 + len;
+		if (origin_head_reserve(req, need) < 0)
+			return -ENOMEM;
+		req->head_bytes[req->head_used - 1] = ' ';
+	} else {
+		if (req->head_line_count == ORIGIN_PASSTHROUGH_HEAD_LINES_MAX)
+			return -E2BIG;
+		need = req->head_used + len + 1;
+		if (origin_head_reserve(req, need) < 0)
+			return -ENOMEM;
+		req->head_offsets[req->head_line_count++] = (uint32_t)req->head_used;
+	}
+	memcpy(req->head_bytes + req->head_used, line, len);
+	req->head_used += len;
+	req->head_bytes[req->head_used++] = '\0';
+	assert(req->head_used == need);
+	return 0;
+}
+
 /* The blank line after a head: returns false to stop the transfer. */
 static bool origin_head_complete(struct origin_request *req)
 {
+	const char *lines[ORIGIN_PASSTHROUGH_HEAD_LINES_MAX];
 	struct origin_response response;
 	const char *effective = NULL;
 	int rc;
 
 	if (req->status < 200)
 		return true; /* 1xx: the real response follows */
-	if (req->status < 300)
-		goto out_final;
+	if (req->status < 300 || req->passthrough)
+		goto out_final; /* passthrough relays any final status */
 	if (req->status < 400)
 		return true;	   /* followed by libcurl, or reported at the end */
 	req->flags |= REQ_ABORTED; /* an HTTP error: on_done names it */
@@ -796,6 +897,18 @@ out_final:
 	response.etag = req->etag;
 	response.last_modified = req->last_modified;
 	response.effective_url = effective ? effective : req->url;
+	response.reason = req->reason;
+	response.header_lines = NULL;
+	response.header_line_count = 0;
+	if (req->passthrough) {
+		assert(req->head_line_count <= ORIGIN_PASSTHROUGH_HEAD_LINES_MAX);
+		for (unsigned i = 0; i < req->head_line_count; i++) {
+			assert(req->head_offsets[i] < req->head_used);
+			lines[i] = req->head_bytes + req->head_offsets[i];
+		}
+		response.header_lines = lines;
+		response.header_line_count = req->head_line_count;
+	}
 	rc = req->callbacks.on_headers(req, &response, req->arg);
 	if (req->flags & REQ_CANCELLED)
 		return false;
@@ -826,6 +939,17 @@ static size_t origin_header(char *buffer, size_t size, size_t nitems, void *user
 		req->flags &= ~REQ_IN_HEAD;
 		return origin_head_complete(req) ? len : 0;
 	}
+	if (req->passthrough) {
+		int rc = origin_head_keep(req, buffer, len);
+
+		if (rc < 0) {
+			req->abort_error = rc;
+			req->abort_reason = rc == -E2BIG ? ORIGIN_HEAD_TOO_LARGE :
+							   "out of memory for response headers";
+			req->flags |= REQ_ABORTED;
+			return 0;
+		}
+	}
 	origin_parse_header(req, buffer, len);
 	return len;
 }
@@ -839,7 +963,7 @@ static size_t origin_write(char *ptr, size_t size, size_t nmemb, void *userdata)
 
 	if (req->flags & (REQ_CANCELLED | REQ_ABORTED))
 		return CURL_WRITEFUNC_ERROR;
-	if (req->status >= 300 && req->status < 400)
+	if (req->status >= 300 && req->status < 400 && !req->passthrough)
 		return len; /* a redirect's body */
 	if (!(req->flags & REQ_HEADERS_SENT)) {
 		/* Body without a 2xx head (HTTP/0.9, or a broken server). */
@@ -901,7 +1025,9 @@ static int origin_request_setup(struct origin_request *req,
 	SET(CURLOPT_SSL_VERIFYHOST, options->insecure ? 0L : 2L);
 	if (req->origin->ca_file)
 		SET(CURLOPT_CAINFO, req->origin->ca_file);
-	if (options->max_redirects >= 0) {
+	if (params->passthrough) {
+		SET(CURLOPT_FOLLOWLOCATION, 0L); /* a 3xx is relayed, not followed */
+	} else if (options->max_redirects >= 0) {
 		SET(CURLOPT_FOLLOWLOCATION, 1L);
 		SET(CURLOPT_MAXREDIRS, (long)options->max_redirects);
 	}
@@ -983,7 +1109,12 @@ int origin_request_start(struct origin *origin, const struct origin_request_para
 	req->arg = arg;
 	req->method = params->method;
 	req->range = params->range;
+	req->passthrough = params->passthrough;
 	req->abort_error = 0;
+	req->abort_reason = NULL;
+	req->head_used = 0;
+	req->head_received = 0;
+	req->head_line_count = 0;
 	req->status = 0;
 	req->reason[0] = '\0';
 	req->content_length = -1;
@@ -1171,6 +1302,7 @@ void origin_destroy(struct origin *origin)
 
 		origin->free_requests = req->next;
 		curl_easy_cleanup(req->easy);
+		free(req->head_bytes);
 		free(req);
 	}
 	curl_multi_cleanup(origin->multi);

@@ -27,6 +27,22 @@
  * The request handle is valid from start until on_done returns or cancel is
  * called, whichever comes first.
  *
+ * Passthrough (params.passthrough) relays a response instead, for a proxy
+ * that hands the upstream's answer to its own client: redirects are not
+ * followed, on_headers runs once for the final response whatever its status
+ * (a 1xx interim response is skipped; 3xx, 4xx and 5xx are reported as they
+ * are) with every header line of that response, on_data gets its body (also
+ * of a 3xx/4xx/5xx), and on_done's error is 0 for any complete HTTP
+ * response. Transport errors (refused, timed out, TLS) still end in on_done
+ * with an error. Header lines are reported as received, hop-by-hop ones
+ * (Connection, Transfer-Encoding, Keep-Alive, ...) and Content-Length
+ * included: filtering them is the caller's job. The body is as libcurl
+ * delivers it: chunked transfer coding is decoded (a "Transfer-Encoding:
+ * chunked" line describes bytes the caller never sees), content codings
+ * (gzip) are not. A response head larger than ORIGIN_PASSTHROUGH_HEAD_BYTES_MAX
+ * bytes or ORIGIN_PASSTHROUGH_HEAD_LINES_MAX lines ends the request with
+ * -E2BIG ("response headers too large"), before on_headers.
+ *
  * The origin functions but origin_destroy may be called from inside the callbacks (start a
  * request from on_done, cancel or resume another from on_data): what libcurl
  * forbids inside its own callbacks is deferred to the next loop turn.
@@ -37,6 +53,11 @@ struct origin_request;
 
 /* on_data's return value: do not take these bytes now, pause the transfer. */
 #define ORIGIN_PAUSE 1
+
+/* Passthrough's bound on one response head: the bytes of its header lines as
+ * received (CRLF included, status line excluded), and how many lines. */
+#define ORIGIN_PASSTHROUGH_HEAD_BYTES_MAX (64u << 10)
+#define ORIGIN_PASSTHROUGH_HEAD_LINES_MAX 100u
 
 struct origin_options {
 	const char *ca_file;		/* PEM bundle of trusted CAs (copied); NULL: the system's */
@@ -67,6 +88,10 @@ struct origin_request_params {
 	const char *const *headers;
 	size_t header_count;
 	unsigned timeout_ms; /* the whole request, paused time included; 0 = none */
+	/* Relay mode: redirects are not followed, every final status (1xx
+	 * excluded, 3xx/4xx/5xx included) goes to on_headers and its body to
+	 * on_data; on_done's error is 0 for any complete HTTP response. */
+	bool passthrough;
 };
 
 /* The final response, as on_headers sees it (strings borrowed for the call). */
@@ -85,6 +110,13 @@ struct origin_response {
 	const char *etag;	   /* "" if none */
 	const char *last_modified; /* "" if none */
 	const char *effective_url; /* after redirects */
+	const char *reason;	   /* the status line's reason phrase (may be cut short), or "" */
+	/* Passthrough only (NULL and 0 otherwise): every header line of the
+	 * final response, "Name: value" without CRLF, in order, as received
+	 * (a folded continuation line is joined to the line before it with one
+	 * space). The status line is not one of them. */
+	const char *const *header_lines;
+	size_t header_line_count;
 };
 
 /* How a request ended (strings borrowed for the call). */
@@ -92,7 +124,9 @@ struct origin_result {
 	/* 0, or a negative errno: -ECONNREFUSED, -ETIMEDOUT, -EHOSTUNREACH,
 	 * -EPROTO (TLS handshake or verification), -ENOENT (404/410),
 	 * -EACCES (401/403), -EIO (other HTTP status, transfer errors),
-	 * -ELOOP (too many redirects), or the errno on_headers returned. */
+	 * -ELOOP (too many redirects), -E2BIG (passthrough: response headers
+	 * too large), or the errno on_headers returned. Passthrough reports no
+	 * HTTP status as an error. */
 	int error;
 	long status;	     /* last HTTP status seen; 0 if none */
 	uint64_t body_bytes; /* bytes taken by on_data */
@@ -104,7 +138,8 @@ struct origin_result {
 };
 
 struct origin_callbacks {
-	/* The final 2xx response's head. Return 0 to go on, or a negative
+	/* The final 2xx response's head (passthrough: the final response's,
+	 * whatever its status). Return 0 to go on, or a negative
 	 * errno to stop: on_done then reports that errno. Optional. */
 	int (*on_headers)(struct origin_request *req, const struct origin_response *response,
 			  void *arg);

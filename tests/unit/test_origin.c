@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -21,11 +22,14 @@
 
 #define BIG_SIZE	((1u << 20) + 7u)
 #define RUN_DEADLINE_MS 10000u
+#define CONF_MAX	(256u << 10)
+#define WIDE_VALUE_LEN	3500 /* one nginx config token stays under its 4 KiB buffer */
 
 static char dir[64];
 static int port;
 static int tls_port; /* 0 unless the suite set up HTTPS */
 static pid_t nginx_pid = -1;
+static pid_t raw_pid = -1; /* a one-shot raw HTTP server, see raw_serve */
 static uint8_t *big;
 static struct loop *loop;
 static struct origin *origin;
@@ -96,9 +100,53 @@ static void make_certificates(void)
 	run_shell(cmd);
 }
 
+/* Appends `count` add_header lines, each with a value of value_len bytes. */
+static size_t add_headers(char *conf, size_t off, const char *name, int count, size_t value_len)
+{
+	for (int i = 0; i < count; i++) {
+		off += (size_t)snprintf(conf + off, CONF_MAX - off, " add_header %s-%d ", name, i);
+		cr_assert_lt(off + value_len + 8, CONF_MAX);
+		memset(conf + off, 'v', value_len);
+		off += value_len;
+		off += (size_t)snprintf(conf + off, CONF_MAX - off, ";\n");
+	}
+	return off;
+}
+
+/* Locations for passthrough: a registry-like 404, a 307, ordered headers,
+ * and heads at and past the passthrough bounds (nginx adds 5 lines of its
+ * own: Server, Date, Content-Type, Content-Length, Connection). */
+static size_t passthrough_locations(char *conf, size_t off)
+{
+	off += (size_t)snprintf(
+		conf + off, CONF_MAX - off,
+		"  location = /denied { add_header WWW-Authenticate"
+		" 'Bearer realm=\"https://auth.example/token\",service=\"reg\"' always;"
+		" return 404 \"no such manifest\\n\"; }\n"
+		"  location = /moved { return 307 /big; }\n"
+		"  location = /ordered { add_header X-One 1; add_header X-Two two;"
+		" add_header X-Three 3; return 200 \"ok\"; }\n"
+		"  location = /lines-95 {\n");
+	off = add_headers(conf, off, "X-L", 90, 1);
+	off += (size_t)snprintf(conf + off, CONF_MAX - off,
+				" return 200 \"ok\"; }\n  location = /lines-101 {\n");
+	off = add_headers(conf, off, "X-L", 96, 1);
+	off += (size_t)snprintf(conf + off, CONF_MAX - off,
+				" return 200 \"ok\"; }\n  location = /wide-53k {\n");
+	off = add_headers(conf, off, "X-W", 15, WIDE_VALUE_LEN);
+	off += (size_t)snprintf(conf + off, CONF_MAX - off,
+				" return 200 \"ok\"; }\n  location = /wide-70k {\n");
+	off = add_headers(conf, off, "X-W", 20, WIDE_VALUE_LEN);
+	off += (size_t)snprintf(conf + off, CONF_MAX - off, " return 200 \"ok\"; }\n");
+	cr_assert_lt(off, CONF_MAX);
+	return off;
+}
+
 static void start_nginx(bool tls)
 {
-	char conf[4096], tls_server[1024] = "", path[256];
+	char tls_server[1024] = "", path[256];
+	char *conf = malloc(CONF_MAX);
+	size_t off;
 	uint64_t deadline;
 	uint8_t one = 'x';
 
@@ -126,8 +174,9 @@ static void start_nginx(bool tls)
 			 " ssl_certificate %s/server.pem; ssl_certificate_key %s/server.key; }",
 			 tls_port, dir, dir, dir);
 	}
-	snprintf(
-		conf, sizeof(conf),
+	cr_assert_not_null(conf);
+	off = (size_t)snprintf(
+		conf, CONF_MAX,
 		"error_log %s/error.log;\n"
 		"pid %s/nginx.pid;\n"
 		"events { worker_connections 256; }\n"
@@ -142,12 +191,13 @@ static void start_nginx(bool tls)
 		"  location = /redirect { return 302 /big; }\n"
 		"  location = /loop { return 302 /loop; }\n"
 		"  location = /echo { return 200 \"[$http_x_test]\"; }\n"
-		"  location /noranges/ { alias %s/www/; max_ranges 0; }\n"
-		" }\n"
-		" %s\n"
-		"}\n",
-		dir, dir, dir, dir, dir, dir, dir, dir, port, dir, dir, tls_server);
-	write_file("nginx.conf", conf, strlen(conf));
+		"  location /noranges/ { alias %s/www/; max_ranges 0; }\n",
+		dir, dir, dir, dir, dir, dir, dir, dir, port, dir, dir);
+	off = passthrough_locations(conf, off);
+	off += (size_t)snprintf(conf + off, CONF_MAX - off, " }\n %s\n}\n", tls_server);
+	cr_assert_lt(off, CONF_MAX);
+	write_file("nginx.conf", conf, off);
+	free(conf);
 
 	nginx_pid = fork();
 	cr_assert_neq(nginx_pid, -1);
@@ -205,6 +255,13 @@ static void teardown(void)
 		waitpid(nginx_pid, &status, 0);
 		nginx_pid = -1;
 	}
+	if (raw_pid > 0) {
+		int status;
+
+		kill(raw_pid, SIGKILL);
+		waitpid(raw_pid, &status, 0);
+		raw_pid = -1;
+	}
 	free(big);
 	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
 	(void)system(cmd);
@@ -225,7 +282,9 @@ struct fetch {
 	size_t len, cap;
 	int headers_calls;
 	struct origin_response response;
-	char etag[256], effective[512];
+	char etag[256], effective[512], reason[64];
+	char **lines; /* passthrough's header lines, copied */
+	size_t line_count;
 	bool done;
 	struct origin_result result;
 	char message[1024];
@@ -283,6 +342,20 @@ static int fetch_headers(struct origin_request *req, const struct origin_respons
 	snprintf(f->effective, sizeof(f->effective), "%s", response->effective_url);
 	f->response.etag = f->etag;
 	f->response.effective_url = f->effective;
+	cr_assert_not_null(response->reason);
+	snprintf(f->reason, sizeof(f->reason), "%s", response->reason);
+	f->response.reason = f->reason;
+	cr_assert_eq(response->header_lines == NULL, response->header_line_count == 0);
+	f->line_count = response->header_line_count;
+	if (f->line_count) {
+		f->lines = calloc(f->line_count, sizeof(*f->lines));
+		cr_assert_not_null(f->lines);
+	}
+	for (size_t i = 0; i < f->line_count; i++) {
+		f->lines[i] = strdup(response->header_lines[i]);
+		cr_assert_not_null(f->lines[i]);
+	}
+	f->response.header_lines = NULL; /* borrowed for the call only */
 	if (f->spawn) {
 		char url[256];
 		struct origin_request_params params = { .url = url };
@@ -391,6 +464,9 @@ static void expect_ok(struct fetch *f)
 
 static void fetch_free(struct fetch *f)
 {
+	for (size_t i = 0; i < f->line_count; i++)
+		free(f->lines[i]);
+	free(f->lines);
 	free(f->body);
 }
 
@@ -763,6 +839,331 @@ Test(origin, start_from_inside_a_callback)
 	expect_body(&spawned, "x", 1);
 	fetch_free(&f);
 	fetch_free(&spawned);
+}
+
+/* --- passthrough: the response relayed as it is. */
+
+/* Passthrough `method` of path and wait for it. */
+static void pass(struct fetch *f, const char *path, enum origin_method method)
+{
+	char url[256];
+	struct origin_request_params params = {
+		.url = url, .method = method, .timeout_ms = 5000, .passthrough = true
+	};
+
+	url_for(url, sizeof(url), path);
+	start(f, &params);
+	run(done_count + 1, RUN_DEADLINE_MS);
+	cr_assert(f->done, "no on_done before the deadline for %s", url);
+}
+
+/* The index of the first header line that starts with `prefix`, or -1. */
+static int line_index(const struct fetch *f, const char *prefix)
+{
+	for (size_t i = 0; i < f->line_count; i++)
+		if (strncasecmp(f->lines[i], prefix, strlen(prefix)) == 0)
+			return (int)i;
+	return -1;
+}
+
+static void expect_line(const struct fetch *f, const char *line)
+{
+	for (size_t i = 0; i < f->line_count; i++)
+		if (strcmp(f->lines[i], line) == 0)
+			return;
+	cr_assert_fail("no header line \"%s\" among %zu", line, f->line_count);
+}
+
+/* No line carries a CR or LF, none is the status line, none is empty. */
+static void expect_clean_lines(const struct fetch *f)
+{
+	for (size_t i = 0; i < f->line_count; i++) {
+		cr_assert_null(strpbrk(f->lines[i], "\r\n"), "line %zu: %s", i, f->lines[i]);
+		cr_assert_neq(strncmp(f->lines[i], "HTTP/", 5), 0, "line %zu: %s", i, f->lines[i]);
+		cr_assert_not_null(strchr(f->lines[i], ':'), "line %zu: %s", i, f->lines[i]);
+	}
+}
+
+Test(origin, passthrough_relays_a_404_with_its_body)
+{
+	struct fetch f = { 0 };
+
+	pass(&f, "/denied", ORIGIN_GET);
+	expect_ok(&f);
+	cr_assert_eq(f.response.status, 404);
+	cr_assert_str_eq(f.reason, "Not Found");
+	cr_assert_eq(f.result.status, 404);
+	expect_clean_lines(&f);
+	expect_line(&f, "WWW-Authenticate: Bearer realm=\"https://auth.example/token\","
+			"service=\"reg\"");
+	expect_line(&f, "Content-Length: 17");
+	cr_assert_eq(f.response.content_length, 17);
+	expect_body(&f, "no such manifest\n", 17);
+	fetch_free(&f);
+}
+
+Test(origin, passthrough_relays_a_307_without_following)
+{
+	struct fetch f = { 0 };
+	char location[300], url[256];
+
+	pass(&f, "/moved", ORIGIN_GET);
+	expect_ok(&f);
+	cr_assert_eq(f.response.status, 307);
+	cr_assert_str_eq(f.reason, "Temporary Redirect");
+	url_for(url, sizeof(url), "/moved");
+	cr_assert_str_eq(f.effective, url, "not followed");
+	snprintf(location, sizeof(location), "Location: http://127.0.0.1:%d/big", port);
+	expect_line(&f, location);
+	cr_assert_gt(f.len, 0, "nginx's 307 page is relayed");
+	cr_assert_not_null(memmem(f.body, f.len, "307", 3));
+	cr_assert_eq(f.result.body_bytes, f.len);
+	fetch_free(&f);
+}
+
+Test(origin, passthrough_keeps_header_order)
+{
+	struct fetch f = { 0 };
+	int one, two, three;
+
+	pass(&f, "/ordered", ORIGIN_GET);
+	expect_ok(&f);
+	cr_assert_eq(f.response.status, 200);
+	cr_assert_str_eq(f.reason, "OK");
+	expect_clean_lines(&f);
+	cr_assert_eq(f.line_count, 8, "nginx's 5 lines and ours, got %zu", f.line_count);
+	cr_assert_eq(line_index(&f, "Server: nginx"), 0, "the first line as sent");
+	one = line_index(&f, "X-One: 1");
+	two = line_index(&f, "X-Two: two");
+	three = line_index(&f, "X-Three: 3");
+	cr_assert(one >= 0 && two == one + 1 && three == two + 1, "%d %d %d", one, two, three);
+	cr_assert_geq(line_index(&f, "Date: "), 0);
+	cr_assert_geq(line_index(&f, "Connection: "), 0);
+	expect_line(&f, "Content-Length: 2");
+	expect_body(&f, "ok", 2);
+	fetch_free(&f);
+}
+
+Test(origin, passthrough_head)
+{
+	struct fetch f[2] = { 0 };
+	char length[64];
+
+	pass(&f[0], "/big", ORIGIN_HEAD);
+	expect_ok(&f[0]);
+	cr_assert_eq(f[0].response.status, 200);
+	cr_assert_eq(f[0].response.content_length, BIG_SIZE);
+	snprintf(length, sizeof(length), "Content-Length: %u", BIG_SIZE);
+	expect_line(&f[0], length);
+	cr_assert_geq(line_index(&f[0], "ETag: "), 0);
+	expect_body(&f[0], "", 0);
+
+	/* A HEAD of a missing blob: the 404 relayed, no error. */
+	pass(&f[1], "/missing", ORIGIN_HEAD);
+	expect_ok(&f[1]);
+	cr_assert_eq(f[1].response.status, 404);
+	cr_assert_geq(line_index(&f[1], "Content-Length: "), 0);
+	expect_body(&f[1], "", 0);
+	fetch_free(&f[0]);
+	fetch_free(&f[1]);
+}
+
+Test(origin, passthrough_bounds_the_response_head)
+{
+	struct fetch f[4] = { 0 };
+
+	/* At the bounds: 95 lines, 53 KB. */
+	pass(&f[0], "/lines-95", ORIGIN_GET);
+	expect_ok(&f[0]);
+	cr_assert_eq(f[0].line_count, 95);
+	expect_line(&f[0], "X-L-89: v");
+	expect_body(&f[0], "ok", 2);
+	pass(&f[1], "/wide-53k", ORIGIN_GET);
+	expect_ok(&f[1]);
+	cr_assert_eq(f[1].line_count, 20);
+	cr_assert_eq(strlen(f[1].lines[line_index(&f[1], "X-W-14: ")]), 8 + WIDE_VALUE_LEN);
+	expect_body(&f[1], "ok", 2);
+
+	/* Past them: 101 lines, 70 KB. */
+	pass(&f[2], "/lines-101", ORIGIN_GET);
+	pass(&f[3], "/wide-70k", ORIGIN_GET);
+	for (int i = 2; i < 4; i++) {
+		cr_assert_eq(f[i].result.error, -E2BIG, "%d: %s", f[i].result.error, f[i].message);
+		cr_assert_not_null(strstr(f[i].message, "response headers too large"), "%s",
+				   f[i].message);
+		cr_assert_not_null(strstr(f[i].message, "GET http://127.0.0.1"), "%s",
+				   f[i].message);
+		cr_assert_eq(f[i].headers_calls, 0);
+		cr_assert_eq(f[i].len, 0);
+	}
+	for (int i = 0; i < 4; i++)
+		fetch_free(&f[i]);
+	cr_assert_eq(origin_active(origin), 0);
+}
+
+Test(origin, without_passthrough_nothing_changes)
+{
+	struct fetch f[3] = { 0 };
+	char url[256];
+
+	/* The same 404 with a body is an error, body unseen. */
+	get(&f[0], "/denied");
+	cr_assert_eq(f[0].result.error, -ENOENT, "%s", f[0].message);
+	cr_assert_eq(f[0].result.status, 404);
+	cr_assert_not_null(strstr(f[0].message, "HTTP 404 Not Found"), "%s", f[0].message);
+	cr_assert_eq(f[0].headers_calls, 0);
+	cr_assert_eq(f[0].len, 0);
+	cr_assert_eq(f[0].result.body_bytes, 0);
+
+	/* The 307 is followed; no header lines outside passthrough. */
+	get(&f[1], "/moved");
+	expect_ok(&f[1]);
+	cr_assert_eq(f[1].response.status, 200);
+	url_for(url, sizeof(url), "/big");
+	cr_assert_str_eq(f[1].effective, url);
+	cr_assert_eq(f[1].line_count, 0);
+	cr_assert_str_eq(f[1].reason, "OK");
+	expect_body(&f[1], big, BIG_SIZE);
+
+	get(&f[2], "/ordered");
+	expect_ok(&f[2]);
+	cr_assert_eq(f[2].line_count, 0);
+	for (int i = 0; i < 3; i++)
+		fetch_free(&f[i]);
+}
+
+/*
+ * Serves `response` (raw bytes) to one connection on a loopback port from a
+ * child process, once the request's head has arrived; returns the port. For
+ * what nginx will not send: a 1xx before the response, a folded line.
+ */
+static int raw_serve(const char *response)
+{
+	struct sockaddr_in addr = { .sin_family = AF_INET };
+	socklen_t addr_len = sizeof(addr);
+	int fd = socket(AF_INET, SOCK_STREAM, 0);
+
+	addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	cr_assert_eq(bind(fd, (struct sockaddr *)&addr, sizeof(addr)), 0);
+	cr_assert_eq(listen(fd, 4), 0);
+	cr_assert_eq(getsockname(fd, (struct sockaddr *)&addr, &addr_len), 0);
+	cr_assert_eq(raw_pid, -1);
+	raw_pid = fork();
+	cr_assert_neq(raw_pid, -1);
+	if (raw_pid == 0) {
+		char request[8192];
+		size_t len = 0, left = strlen(response);
+		int conn = accept(fd, NULL, NULL);
+
+		alarm(10); /* never outlives a failed test for long */
+		while (conn >= 0 && len < sizeof(request) - 1 &&
+		       !memmem(request, len, "\r\n\r\n", 4)) {
+			ssize_t n = read(conn, request + len, sizeof(request) - 1 - len);
+
+			if (n <= 0)
+				_exit(1);
+			len += (size_t)n;
+		}
+		while (conn >= 0 && left) {
+			ssize_t n = write(conn, response, left);
+
+			if (n <= 0)
+				_exit(1);
+			response += n;
+			left -= (size_t)n;
+		}
+		_exit(0);
+	}
+	close(fd);
+	return ntohs(addr.sin_port);
+}
+
+static void raw_reap(void)
+{
+	int status;
+
+	cr_assert_eq(waitpid(raw_pid, &status, 0), raw_pid);
+	raw_pid = -1;
+	cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "raw server failed");
+}
+
+static void raw_pass(struct fetch *f, const char *response)
+{
+	char url[256];
+	struct origin_request_params params = { .url = url,
+						.timeout_ms = 5000,
+						.passthrough = true };
+
+	snprintf(url, sizeof(url), "http://127.0.0.1:%d/v2/", raw_serve(response));
+	start(f, &params);
+	run(done_count + 1, RUN_DEADLINE_MS);
+	cr_assert(f->done, "no on_done before the deadline for %s", url);
+	raw_reap();
+}
+
+Test(origin, passthrough_reports_only_the_final_head)
+{
+	struct fetch f = { 0 };
+
+	raw_pass(&f, "HTTP/1.1 103 Early Hints\r\n"
+		     "Link: </style.css>; rel=preload\r\n"
+		     "\r\n"
+		     "HTTP/1.1 401 Unauthorized\r\n"
+		     "Content-Type: application/json\r\n"
+		     "X-Folded: first\r\n"
+		     "  second\r\n"
+		     "Content-Length: 5\r\n"
+		     "Connection: close\r\n"
+		     "\r\n"
+		     "hello");
+	expect_ok(&f);
+	cr_assert_eq(f.response.status, 401);
+	cr_assert_str_eq(f.reason, "Unauthorized");
+	cr_assert_eq(line_index(&f, "Link:"), -1, "the 103's line is not the final head's");
+	cr_assert_eq(f.line_count, 4, "got %zu lines", f.line_count);
+	cr_assert_str_eq(f.lines[0], "Content-Type: application/json");
+	cr_assert_str_eq(f.lines[1], "X-Folded: first second");
+	cr_assert_str_eq(f.lines[2], "Content-Length: 5");
+	cr_assert_str_eq(f.lines[3], "Connection: close");
+	expect_body(&f, "hello", 5);
+	fetch_free(&f);
+}
+
+Test(origin, passthrough_decodes_chunked_bodies)
+{
+	struct fetch f = { 0 };
+
+	raw_pass(&f, "HTTP/1.1 500 Internal Server Error\r\n"
+		     "Transfer-Encoding: chunked\r\n"
+		     "Connection: close\r\n"
+		     "\r\n"
+		     "5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n");
+	expect_ok(&f);
+	cr_assert_eq(f.response.status, 500);
+	cr_assert_eq(f.response.content_length, -1);
+	expect_line(&f, "Transfer-Encoding: chunked"); /* as received: the caller drops it */
+	expect_body(&f, "hello world", 11);
+	fetch_free(&f);
+}
+
+Test(origin, passthrough_transport_errors_stay_errors)
+{
+	struct fetch f[2] = { 0 };
+	char url[256];
+	struct origin_request_params params = { .url = url, .passthrough = true };
+
+	snprintf(url, sizeof(url), "http://127.0.0.1:%d/v2/", free_port());
+	start(&f[0], &params);
+	run(1, RUN_DEADLINE_MS);
+	cr_assert_eq(f[0].result.error, -ECONNREFUSED, "%s", f[0].message);
+	cr_assert_eq(f[0].headers_calls, 0);
+
+	/* A response cut short (Content-Length promised more). */
+	raw_pass(&f[1], "HTTP/1.1 200 OK\r\nContent-Length: 10\r\nConnection: close\r\n\r\nhel");
+	cr_assert_lt(f[1].result.error, 0, "a short body is an error");
+	cr_assert_eq(f[1].headers_calls, 1);
+	fetch_free(&f[0]);
+	fetch_free(&f[1]);
 }
 
 /* --- HTTPS with a CA the test makes. */
