@@ -96,9 +96,12 @@
 #define CONN_FINISHED (1u << 6)	   /* back on the free list; late calls are no-ops */
 #define CONN_FILE_BUSY (1u << 7)   /* file_op in flight */
 #define CONN_TIMER_ARMED (1u << 8) /* timer_op in flight */
+#define CONN_INPUT_QUEUED (1u << 9) /* input_op (conn_input_again) in flight */
+#define CONN_IN_DATA (1u << 10)	    /* inside handlers->data: finishing waits */
 
 /* The operations in flight that closing waits for. */
-#define CONN_INFLIGHT (CONN_RECV_ARMED | CONN_SENDING | CONN_FILE_BUSY | CONN_TIMER_ARMED)
+#define CONN_INFLIGHT                                                                     \
+	(CONN_RECV_ARMED | CONN_SENDING | CONN_FILE_BUSY | CONN_TIMER_ARMED | CONN_INPUT_QUEUED)
 
 /* One file payload queued behind the frame bytes before output[mark]. */
 struct conn_file {
@@ -148,6 +151,7 @@ struct conn {
 	struct loop_op send_op;
 	struct loop_op file_op;
 	struct loop_op timer_op;
+	struct loop_op input_op; /* stream mode: conn_input_again's no-op */
 
 	uint8_t *input;
 	size_t input_len, input_cap;
@@ -211,6 +215,7 @@ struct conn_server {
 	bool sweep_armed;
 	bool destroyed;
 	bool splice_supported; /* IORING_OP_SPLICE: else every payload goes by pread + send */
+	bool stream;	       /* handlers.data: bytes, not frames (see conn.h) */
 	uint64_t refused_busy;
 
 	struct conn_pipe pipes[CONN_PIPES_IDLE_MAX]; /* empty, for the next payload */
@@ -221,26 +226,36 @@ static void conn_recv_done(struct loop_op *op, int res, uint32_t flags);
 static void conn_send_done(struct loop_op *op, int res, uint32_t flags);
 static void conn_file_done(struct loop_op *op, int res, uint32_t flags);
 static void conn_timer_done(struct loop_op *op, int res, uint32_t flags);
+static void conn_input_again_done(struct loop_op *op, int res, uint32_t flags);
 static int conn_output_kick(struct conn *conn);
 static void conn_maybe_finish(struct conn *conn);
 
 /* --- buffers. */
 
-static int conn_reserve(uint8_t **buf, size_t *cap, size_t need, size_t initial)
+/* Grows *buf to hold `need` bytes, doubling, never past `max` (>= need). */
+static int conn_reserve_max(uint8_t **buf, size_t *cap, size_t need, size_t initial, size_t max)
 {
 	size_t new_cap = *cap ? *cap : initial;
 	uint8_t *grown;
 
+	assert(need <= max);
 	if (need <= *cap)
 		return 0;
 	while (new_cap < need)
 		new_cap *= 2;
+	if (new_cap > max)
+		new_cap = max;
 	grown = realloc(*buf, new_cap);
 	if (!grown)
 		return -ENOMEM;
 	*buf = grown;
 	*cap = new_cap;
 	return 0;
+}
+
+static int conn_reserve(uint8_t **buf, size_t *cap, size_t need, size_t initial)
+{
+	return conn_reserve_max(buf, cap, need, initial, SIZE_MAX);
 }
 
 /* --- pipes for splicing. */
@@ -324,6 +339,7 @@ static struct conn *conn_get(struct conn_server *server, int fd)
 	loop_op_init(&conn->send_op, conn_send_done, conn);
 	loop_op_init(&conn->file_op, conn_file_done, conn);
 	loop_op_init(&conn->timer_op, conn_timer_done, conn);
+	loop_op_init(&conn->input_op, conn_input_again_done, conn);
 
 	conn->prev = NULL;
 	conn->next = server->open;
@@ -372,6 +388,11 @@ static bool conn_output_empty(const struct conn *conn)
 	return conn->output_start == conn->output_end && conn->files_count == 0;
 }
 
+bool conn_output_pending(const struct conn *conn)
+{
+	return !conn_output_empty(conn);
+}
+
 static struct conn_file *conn_file_head(struct conn *conn)
 {
 	assert(conn->files_count > 0);
@@ -412,7 +433,8 @@ static void conn_finish(struct conn *conn)
 
 static void conn_maybe_finish(struct conn *conn)
 {
-	if (!(conn->flags & CONN_CLOSING) || (conn->flags & (CONN_INFLIGHT | CONN_FINISHED)))
+	if (!(conn->flags & CONN_CLOSING) ||
+	    (conn->flags & (CONN_INFLIGHT | CONN_FINISHED | CONN_IN_DATA)))
 		return;
 	conn_finish(conn);
 }
@@ -464,7 +486,7 @@ static void conn_close_error(struct conn *conn, int error)
 	conn_close(conn);
 }
 
-static void conn_close_after_send(struct conn *conn)
+void conn_close_after_send(struct conn *conn)
 {
 	conn->flags |= CONN_READ_DONE | CONN_CLOSE_AFTER_SEND;
 	if (conn->flags & CONN_RECV_ARMED)
@@ -923,6 +945,34 @@ int conn_send_frame(struct conn *conn, uint8_t type, const ProtobufCMessage *msg
 	return 0;
 }
 
+int conn_send_bytes(struct conn *conn, const void *data, size_t len)
+{
+	int rc;
+
+	if (conn->flags & (CONN_CLOSING | CONN_CLOSE_AFTER_SEND))
+		return -EPIPE;
+	if (len == 0)
+		return 0;
+	rc = conn_output_reserve(conn, len);
+	if (rc < 0) {
+		log_warn("conn", "%s, closing server=%s peer=%s",
+			 rc == -ENOBUFS ? "peer does not read its replies" : "out of memory for output",
+			 conn->server->options.name, conn->peer_name);
+		conn_close(conn);
+		return rc;
+	}
+	memcpy(conn->output + conn->output_end, data, len);
+	conn->output_end += len;
+	rc = conn_output_kick(conn);
+	if (rc < 0) {
+		log_warn("conn", "cannot queue a send server=%s peer=%s error=\"%s\"",
+			 conn->server->options.name, conn->peer_name, strerror(-rc));
+		conn_close(conn);
+		return rc;
+	}
+	return 0;
+}
+
 /* Queues an Error frame; false if the output limit or memory refused it. */
 static bool conn_queue_error(struct conn *conn, uint64_t id, Ringfly__ErrorCode code,
 			     const char *text, size_t text_size)
@@ -1053,6 +1103,83 @@ static void conn_parse(struct conn *conn)
 	}
 }
 
+/* --- input: stream mode. */
+
+/* Offers the buffered input to handlers->data; keeps what it did not consume. */
+static void conn_offer_input(struct conn *conn)
+{
+	ssize_t used;
+
+	assert(conn->server->stream);
+	if (conn->input_len == 0 || (conn->flags & (CONN_CLOSING | CONN_CLOSE_AFTER_SEND)))
+		return;
+	conn->flags |= CONN_IN_DATA;
+	used = conn->server->handlers.data(conn, conn->input, conn->input_len);
+	conn->flags &= ~CONN_IN_DATA;
+	if (used < 0) {
+		conn_close_after_send(conn);
+	} else if (used > 0) {
+		assert((size_t)used <= conn->input_len);
+		memmove(conn->input, conn->input + used, conn->input_len - (size_t)used);
+		conn->input_len -= (size_t)used;
+	}
+	conn_maybe_finish(conn); /* a close from inside data waited for it to return */
+}
+
+static void conn_input_again_done(struct loop_op *op, int res, uint32_t flags)
+{
+	struct conn *conn = op->owner;
+
+	(void)res;
+	(void)flags;
+	conn->flags &= ~CONN_INPUT_QUEUED;
+	if (conn->flags & CONN_CLOSING) {
+		conn_maybe_finish(conn);
+		return;
+	}
+	conn_offer_input(conn);
+}
+
+void conn_input_again(struct conn *conn)
+{
+	assert(conn->server->stream);
+	if (conn->flags & (CONN_CLOSING | CONN_CLOSE_AFTER_SEND | CONN_FINISHED | CONN_INPUT_QUEUED))
+		return;
+	/* Inside data the input still holds what data is about to consume. */
+	if (conn->input_len == 0 && !(conn->flags & CONN_IN_DATA))
+		return;
+	loop_op_init(&conn->input_op, conn_input_again_done, conn);
+	if (loop_nop(conn->server->loop, &conn->input_op) < 0) {
+		log_warn("conn", "cannot queue a no-op server=%s peer=%s", conn->server->options.name,
+			 conn->peer_name);
+		conn_close(conn);
+		return;
+	}
+	conn->flags |= CONN_INPUT_QUEUED;
+}
+
+/* Appends received bytes to the input (stream mode: within max_message_bytes).
+ * 0, -EMSGSIZE or -ENOMEM. */
+static int conn_input_append(struct conn *conn, const uint8_t *data, size_t len)
+{
+	struct conn_server *server = conn->server;
+	size_t max = SIZE_MAX;
+	int rc;
+
+	if (server->stream) {
+		max = server->options.max_message_bytes;
+		if (len > max - conn->input_len)
+			return -EMSGSIZE;
+	}
+	rc = conn_reserve_max(&conn->input, &conn->input_cap, conn->input_len + len,
+			      CONN_INPUT_INITIAL, max);
+	if (rc < 0)
+		return rc;
+	memcpy(conn->input + conn->input_len, data, len);
+	conn->input_len += len;
+	return 0;
+}
+
 /* Keeps the descriptors a recvmsg brought (pass_fds). */
 static void conn_take_control(struct conn *conn)
 {
@@ -1153,24 +1280,32 @@ static void conn_recv_done(struct loop_op *op, int res, uint32_t flags)
 		int rc = 0;
 
 		assert(flags & LOOP_CQE_BUFFER);
-		if (!(conn->flags & (CONN_READ_DONE | CONN_CLOSING))) {
-			rc = conn_reserve(&conn->input, &conn->input_cap,
-					  conn->input_len + (size_t)res, CONN_INPUT_INITIAL);
-			if (rc == 0) {
-				memcpy(conn->input + conn->input_len, data, (size_t)res);
-				conn->input_len += (size_t)res;
-			}
-		}
+		if (!(conn->flags & (CONN_READ_DONE | CONN_CLOSING)))
+			rc = conn_input_append(conn, data, (size_t)res);
 		loop_buf_recycle(server->loop, server->buffer_group, buffer_id);
 		conn->last_active_ms = clock_monotonic_ms();
-		if (rc < 0)
+		if (rc == -EMSGSIZE) {
+			log_debug("conn", "input over its limit, closing server=%s peer=%s limit=%u",
+				  server->options.name, conn->peer_name,
+				  server->options.max_message_bytes);
+			conn_close(conn);
+		} else if (rc < 0 && server->stream) {
+			log_warn("conn", "out of memory for input, closing server=%s peer=%s",
+				 server->options.name, conn->peer_name);
+			conn_close(conn);
+		} else if (rc < 0) {
 			conn_send_error(conn, 0, RINGFLY__ERROR_CODE__ERROR_CODE_INTERNAL, "out of memory");
-		else if (!(conn->flags & (CONN_READ_DONE | CONN_CLOSING)))
-			conn_parse(conn);
+		} else if (!(conn->flags & (CONN_READ_DONE | CONN_CLOSING))) {
+			if (server->stream)
+				conn_offer_input(conn);
+			else
+				conn_parse(conn);
+		}
 	} else if (res == 0) {
 		/* EOF. Replies already queued still go out (a client may
 		 * shut down its write side and wait for the answer). */
-		if (conn->input_len && !(conn->flags & (CONN_CLOSING | CONN_CLOSE_AFTER_SEND)))
+		if (conn->input_len && !server->stream &&
+		    !(conn->flags & (CONN_CLOSING | CONN_CLOSE_AFTER_SEND)))
 			conn_send_error(conn, 0, RINGFLY__ERROR_CODE__ERROR_CODE_MALFORMED,
 					"truncated frame: connection closed after %zu of its bytes",
 					conn->input_len);
@@ -1265,13 +1400,20 @@ static int conn_name_peer(int fd, char *name, size_t size, struct ucred *cred)
 static void conn_refuse_busy(struct conn_server *server, int fd)
 {
 	uint8_t frame[256];
-	ssize_t n;
+	ssize_t n = 0;
 	char text[96];
+	const void *reply = frame;
 
-	snprintf(text, sizeof(text), "too many connections (limit %u); try again later",
-		 server->options.max_connections);
-	n = frame_pack_error(0, RINGFLY__ERROR_CODE__ERROR_CODE_BUSY, text, frame, sizeof(frame));
-	if (n > 0 && send(fd, frame, (size_t)n, MSG_DONTWAIT | MSG_NOSIGNAL) < 0)
+	if (server->options.busy_reply) {
+		reply = server->options.busy_reply;
+		n = (ssize_t)strlen(server->options.busy_reply);
+	} else if (!server->stream) {
+		snprintf(text, sizeof(text), "too many connections (limit %u); try again later",
+			 server->options.max_connections);
+		n = frame_pack_error(0, RINGFLY__ERROR_CODE__ERROR_CODE_BUSY, text, frame,
+				     sizeof(frame));
+	}
+	if (n > 0 && send(fd, reply, (size_t)n, MSG_DONTWAIT | MSG_NOSIGNAL) < 0)
 		log_debug("conn", "cannot tell a refused client why error=\"%s\"", strerror(errno));
 	if (server->refused_busy++ % 1000 == 0) {
 		struct ucred cred;
@@ -1323,6 +1465,8 @@ static void conn_accept_done(struct loop_op *op, int res, uint32_t flags)
 			close(res);
 		} else {
 			conn_identify_peer(conn);
+			if (server->handlers.opened)
+				server->handlers.opened(conn); /* may close it */
 			conn_arm_recv(conn);
 		}
 	} else if (res != -ECANCELED) {
@@ -1420,7 +1564,9 @@ int conn_server_create(struct conn_server **out, struct loop *loop,
 	struct conn_server *server;
 	int rc;
 
-	assert(handlers && handlers->frame);
+	assert(handlers && !handlers->frame != !handlers->data);
+	if (handlers->data && options->pass_fds)
+		return -EINVAL; /* recvmsg fills the input directly, past any limit of ours */
 	server = calloc(1, sizeof(*server));
 	if (!server)
 		return -ENOMEM;
@@ -1439,6 +1585,7 @@ int conn_server_create(struct conn_server **out, struct loop *loop,
 	if (!server->options.name)
 		server->options.name = "conn";
 	server->splice_supported = loop_features(loop)->splice;
+	server->stream = handlers->data != NULL;
 
 	rc = loop_buf_group_create(loop, CONN_RECV_BUFFERS, CONN_RECV_BUFFER_SIZE,
 				   &server->buffer_group);

@@ -6,6 +6,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #include "core/loop.h"
 #include "rpc/frame.h"
@@ -33,6 +34,11 @@
  * the kernel may still write into it. Every file payload still queued then
  * gets its done callback, from the loop, before handlers->closed.
  *
+ * Stream mode (handlers->data set instead of handlers->frame): no frames;
+ * the bytes received go to handlers->data as they come and the protocol on
+ * top (net/http) says how many it consumed. Output is the same queue, with
+ * raw bytes (conn_send_bytes) in place of frames.
+ *
  * Works the same on Unix and TCP sockets (TCP_NODELAY is set on the latter).
  */
 
@@ -43,19 +49,39 @@ struct conn_handlers {
 	/*
 	 * One whole frame (message borrowed for the call). Return 0 to go on,
 	 * or a negative errno to close the connection once queued replies are
-	 * sent.
+	 * sent. Set exactly one of frame and data.
 	 */
 	int (*frame)(struct conn *conn, uint8_t type, const uint8_t *message,
 		     size_t message_len);
+	/*
+	 * Stream mode (instead of frame): the connection's bytes as they come,
+	 * for a protocol of its own (HTTP). bytes[len] is everything received
+	 * and not yet consumed (borrowed for the call); return how many bytes
+	 * were consumed (0..len) — the rest stays buffered and is offered again
+	 * with the next bytes, or on conn_input_again — or a negative errno to
+	 * close the connection once queued output is sent. No frame parsing, no
+	 * Error frames: the input buffer never holds more than
+	 * max_message_bytes (a peer sending more while nothing is consumed is
+	 * closed), EOF closes after queued output is sent, running out of
+	 * memory closes, and the connection limit answers busy_reply. The
+	 * connection is never finished while data runs: conn_close from
+	 * inside it takes effect when it returns. Not with pass_fds.
+	 */
+	ssize_t (*data)(struct conn *conn, const uint8_t *bytes, size_t len);
+	/* Optional: a connection was accepted, before any of its bytes are
+	 * read (conn_set_user here; conn_close is allowed). */
+	void (*opened)(struct conn *conn);
 	/* Optional: the connection is gone (called once, before reuse, after
 	 * the done callback of every file payload queued on it). */
 	void (*closed)(struct conn *conn);
 };
 
 struct conn_server_options {
-	unsigned max_connections;   /* 0 = 4096; past it: Error BUSY, then close, and the log
-				     * line "NAME busy peer=ADDRESS: connection limit reached" */
-	uint32_t max_message_bytes; /* 0 = FRAME_MESSAGE_MAX_DEFAULT */
+	unsigned max_connections;   /* 0 = 4096; past it: Error BUSY (or busy_reply), then
+				     * close, and the log line "NAME busy peer=ADDRESS:
+				     * connection limit reached" */
+	uint32_t max_message_bytes; /* 0 = FRAME_MESSAGE_MAX_DEFAULT; stream mode: the most
+				     * input buffered */
 	unsigned idle_timeout_ms;   /* close after this long without a byte in or out; 0 = never */
 	unsigned send_timeout_ms;   /* a peer taking no bytes (frames or file payloads) this
 				     * long is reset; 0 = 10 s */
@@ -66,6 +92,10 @@ struct conn_server_options {
 	 * bytes, for conn_take_fd. Receives with one-shot recvmsg into the
 	 * connection's own buffer instead of the shared buffer ring. */
 	bool pass_fds;
+	/* Raw bytes sent to a client refused at the connection limit instead
+	 * of the Error BUSY frame (e.g. an HTTP 503), or NULL. Borrowed for the
+	 * server's life. In stream mode NULL sends nothing. */
+	const char *busy_reply;
 };
 
 /* Returns 0 and a new server in *out, or a negative errno. `context` is
@@ -160,6 +190,26 @@ typedef void (*conn_file_done_fn)(struct conn *conn, void *arg, int res);
  */
 int conn_send_file(struct conn *conn, int fd, uint64_t offset, uint32_t length,
 		   conn_file_done_fn done, void *arg);
+
+/* Queues raw bytes (copied) into the output, in order with frames and file
+ * payloads. 0, or -ENOBUFS (output limit reached) / -ENOMEM (the connection
+ * closes), -EPIPE (closing), or the error of a send the loop refused (the
+ * connection closes). */
+int conn_send_bytes(struct conn *conn, const void *data, size_t len);
+
+/* True while queued output (bytes or file payloads) is not wholly in the
+ * socket. */
+bool conn_output_pending(const struct conn *conn);
+
+/* Stream mode: offers the buffered input to handlers->data again, from the
+ * next loop turn (never from inside this call), e.g. when a protocol that
+ * stopped consuming (a response in progress) can take the next request. A
+ * no-op when nothing is buffered or the connection is closing. */
+void conn_input_again(struct conn *conn);
+
+/* Stops reading and closes once every queued byte and file payload is in
+ * the socket (at once if nothing is queued). */
+void conn_close_after_send(struct conn *conn);
 
 /* Closes now: queued output is dropped (queued file payloads get -EPIPE). */
 void conn_close(struct conn *conn);

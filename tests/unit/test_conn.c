@@ -1234,3 +1234,238 @@ Test(conn, server_destroy_fails_queued_payloads, .timeout = 30)
 	cr_assert_geq(sent.failed, 1);
 	cr_assert_eq(sent.failed, sent.failed_pipe);
 }
+
+/* --- stream mode (handlers->data): a line protocol on raw bytes.
+ *
+ * The server takes one whole line per call (a partial one stays buffered)
+ * and asks conn_input_again for the next:
+ *   "echo X"  X and a newline
+ *   "file"    "A", 3 MiB of the file from 12345, "B", 200000 bytes from
+ *             4 MiB - 300000, "C" (raw bytes around file payloads)
+ *   "quit"    "bye\n", then data returns an error: closed after the send
+ *   "hold"    consumes nothing, ever: the input piles up to its limit
+ */
+
+static struct {
+	unsigned calls, lines;
+	unsigned partial; /* calls offered no whole line */
+	size_t max_len;	  /* the most bytes data was offered at once */
+} stream;
+
+static void stream_send(struct conn *conn, const char *text)
+{
+	cr_assert_eq(conn_send_bytes(conn, text, strlen(text)), 0);
+}
+
+static ssize_t stream_data(struct conn *conn, const uint8_t *bytes, size_t len)
+{
+	const uint8_t *end = memchr(bytes, '\n', len);
+	size_t line_len;
+
+	stream.calls++;
+	if (len > stream.max_len)
+		stream.max_len = len;
+	if (!end) {
+		stream.partial++;
+		return 0; /* a partial line: offered again with more bytes */
+	}
+	line_len = (size_t)(end - bytes);
+	stream.lines++;
+	if (line_len == 4 && memcmp(bytes, "hold", 4) == 0)
+		return 0;
+	if (line_len == 4 && memcmp(bytes, "quit", 4) == 0) {
+		stream_send(conn, "bye\n");
+		return -ECONNABORTED;
+	}
+	if (line_len == 4 && memcmp(bytes, "file", 4) == 0) {
+		stream_send(conn, "A");
+		cr_assert_eq(server_send_file(conn, payload_fd, 12345, 3u << 20), 0);
+		stream_send(conn, "B");
+		cr_assert_eq(server_send_file(conn, payload_fd, PAYLOAD_FILE_SIZE - 300000, 200000),
+			     0);
+		stream_send(conn, "C");
+	} else if (line_len >= 5 && memcmp(bytes, "echo ", 5) == 0) {
+		cr_assert_eq(conn_send_bytes(conn, bytes + 5, line_len - 5), 0);
+		stream_send(conn, "\n");
+	}
+	/* One line per call: the next one from the next loop turn. */
+	if (line_len + 1 < len)
+		conn_input_again(conn);
+	return (ssize_t)(line_len + 1);
+}
+
+static int run_stream_server(enum transport via, struct conn_server_options *options,
+			     void (*client)(void))
+{
+	static const struct conn_handlers handlers = { .data = stream_data };
+
+	memset(&stream, 0, sizeof(stream));
+	payload_setup();
+	return run_server(via, &handlers, options, client, false);
+}
+
+static void client_write_text(int fd, const char *text)
+{
+	size_t len = strlen(text);
+
+	if (write(fd, text, len) != (ssize_t)len)
+		_exit(160);
+}
+
+static void client_expect_text(int fd, const char *text)
+{
+	char buf[256];
+	size_t len = strlen(text);
+
+	if (len >= sizeof(buf))
+		_exit(161);
+	client_read_full(fd, (uint8_t *)buf, len);
+	if (memcmp(buf, text, len) != 0) {
+		buf[len] = '\0';
+		fprintf(stderr, "expected \"%s\", read \"%s\"\n", text, buf);
+		_exit(162);
+	}
+}
+
+static void client_stream_lines(void)
+{
+	const char *line = "echo bytes\n";
+	int fd = client_connect();
+
+	/* The second line is offered (from conn_input_again) while partial,
+	 * kept, and taken once whole. */
+	client_write_text(fd, "echo 1\necho sp");
+	client_expect_text(fd, "1\n");
+	client_write_text(fd, "lit\n");
+	client_expect_text(fd, "split\n");
+	for (size_t i = 0; line[i]; i++)
+		if (write(fd, line + i, 1) != 1)
+			_exit(163);
+	client_expect_text(fd, "bytes\n");
+	/* Three in one write: one per call, in order (conn_input_again). */
+	client_write_text(fd, "echo 1\necho 2\necho 3\nquit\n");
+	client_expect_text(fd, "1\n2\n3\nbye\n");
+	client_expect_eof(fd);
+	close(fd);
+}
+
+Test(conn, stream_mode_consumes_partially_and_offers_the_rest_again, .timeout = 30)
+{
+	struct conn_server_options options = { .name = "test" };
+	int rc = run_stream_server(VIA_UNIX, &options, client_stream_lines);
+
+	cr_assert_eq(rc, 0, "the client exited with %d", rc);
+	cr_assert_eq(stream.lines, 7);
+	cr_assert_geq(stream.partial, 1, "a partial line was never offered");
+}
+
+static void client_stream_flood(void)
+{
+	static char junk[8192];
+	uint8_t c;
+	ssize_t n;
+	int fd = client_connect();
+
+	/* The server holds everything: past 1024 bytes it must close. */
+	memset(junk, 'x', sizeof(junk));
+	client_write_text(fd, "hold\n");
+	(void)!write(fd, junk, sizeof(junk)); /* may fail: the server is gone */
+	n = read(fd, &c, 1);
+	if (n != 0 && !(n < 0 && errno == ECONNRESET))
+		_exit(164);
+	close(fd);
+}
+
+Test(conn, stream_mode_input_never_exceeds_its_limit, .timeout = 30)
+{
+	struct conn_server_options options = { .name = "test", .max_message_bytes = 1024 };
+	int rc;
+
+	rc = run_stream_server(VIA_TCP, &options, client_stream_flood);
+	cr_assert_eq(rc, 0, "the client exited with %d", rc);
+	cr_assert_leq(stream.max_len, 1024);
+}
+
+static void client_stream_files(void)
+{
+	int fd = client_connect();
+
+	client_write_text(fd, "file\nfile\n");
+	for (int i = 0; i < 2; i++) {
+		client_expect_text(fd, "A");
+		client_expect_bytes(fd, payload_bytes + 12345, 3u << 20);
+		client_expect_text(fd, "B");
+		client_expect_bytes(fd, payload_bytes + PAYLOAD_FILE_SIZE - 300000, 200000);
+		client_expect_text(fd, "C");
+	}
+	client_write_text(fd, "quit\n");
+	client_expect_text(fd, "bye\n");
+	client_expect_eof(fd);
+	close(fd);
+}
+
+static void test_stream_files(enum transport via)
+{
+	struct conn_server_options options = { .name = "test" };
+	int rc = run_stream_server(via, &options, client_stream_files);
+
+	cr_assert_eq(rc, 0, "the client exited with %d", rc);
+	cr_assert_eq(sent.queued, 4);
+	cr_assert_eq(sent.ok, 4);
+	assert_all_done_once();
+}
+
+Test(conn, stream_bytes_and_files_arrive_in_order_over_unix, .timeout = 30)
+{
+	test_stream_files(VIA_UNIX);
+}
+
+Test(conn, stream_bytes_and_files_arrive_in_order_over_tcp, .timeout = 30)
+{
+	test_stream_files(VIA_TCP);
+}
+
+static void client_stream_eof(void)
+{
+	int fd = client_connect();
+
+	/* A whole line and a partial one, then EOF: the answer to the first
+	 * still comes, then the server closes without a word (no frame). */
+	client_write_text(fd, "echo a\npart");
+	shutdown(fd, SHUT_WR);
+	client_expect_text(fd, "a\n");
+	client_expect_eof(fd);
+	close(fd);
+}
+
+Test(conn, stream_mode_eof_closes_after_the_replies, .timeout = 30)
+{
+	struct conn_server_options options = { .name = "test" };
+	int rc = run_stream_server(VIA_TCP, &options, client_stream_eof);
+
+	cr_assert_eq(rc, 0, "the client exited with %d", rc);
+}
+
+static void client_stream_busy(void)
+{
+	int first = client_connect(), second;
+
+	/* The first is accepted and counted before the second connects. */
+	client_write_text(first, "echo here\n");
+	client_expect_text(first, "here\n");
+	second = client_connect();
+	client_expect_text(second, "BUSY\n");
+	client_expect_eof(second);
+	close(second);
+	close(first);
+}
+
+Test(conn, stream_mode_busy_reply_at_the_connection_limit, .timeout = 30)
+{
+	struct conn_server_options options = {
+		.name = "test", .max_connections = 1, .busy_reply = "BUSY\n",
+	};
+	int rc = run_stream_server(VIA_TCP, &options, client_stream_busy);
+
+	cr_assert_eq(rc, 0, "the client exited with %d", rc);
+}
