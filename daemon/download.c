@@ -213,6 +213,7 @@ struct dl_task {
 	unsigned watcher_count;
 	struct loop_op copy_op;		/* the next turn of output copying */
 	bool copy_armed;
+	unsigned in_callback;		/* inside a watcher's data(): the task stays */
 };
 
 struct download_watcher {
@@ -229,6 +230,7 @@ struct download_watcher {
 	unsigned inflight;		/* output writes in flight */
 	bool gone;			/* finished or cancelled: freed once inflight is 0 */
 	bool from_cache;		/* every piece was in the cache when it came */
+	uint64_t streamed;		/* ops.data: readable bytes reported so far */
 	bool has_digest;
 	uint8_t digest[32];
 	uint64_t deadline_ms;		/* 0 = none */
@@ -255,6 +257,7 @@ struct download_engine {
 };
 
 static void dl_pump(struct dl_task *task);
+static void dl_copy_done(struct loop_op *op, int res, uint32_t flags);
 static void dl_outputs_advance(struct dl_task *task);
 static void dl_task_maybe_end(struct dl_task *task);
 static int dl_head_start(struct dl_task *task);
@@ -266,11 +269,55 @@ static void dl_fail(struct dl_task *task, int error, enum download_error_kind ki
 
 /* --- ids and small helpers. */
 
+bool download_blob_digest(const char *url, uint8_t digest[32])
+{
+	static const char marker[] = "/blobs/sha256:";
+	const size_t marker_len = sizeof(marker) - 1;
+	const char *scheme_end = strstr(url, "://");
+	const char *path, *end, *hex;
+	char copy[65];
+
+	if (!scheme_end)
+		return false;
+	path = scheme_end + 3;
+	path += strcspn(path, "/?#");
+	end = path + strcspn(path, "?#");
+	/* "/v2/<name>/blobs/sha256:<64 lower-case hex>", nothing after. */
+	if (strncmp(path, "/v2/", 4) != 0 || end - path < (ptrdiff_t)(4 + 1 + marker_len + 64))
+		return false;
+	hex = end - 64;
+	if (memcmp(hex - marker_len, marker, marker_len) != 0)
+		return false;
+	for (int i = 0; i < 64; i++)
+		if (!((hex[i] >= '0' && hex[i] <= '9') || (hex[i] >= 'a' && hex[i] <= 'f')))
+			return false;
+	memcpy(copy, hex, 64);
+	copy[64] = '\0';
+	return hash_parse_sha256(copy, digest) == 0;
+}
+
+void download_blob_task_id(const uint8_t digest[32], uint8_t id[32])
+{
+	static const char prefix[] = "ringfly-blob-v1\nsha256:";
+	char buf[sizeof(prefix) + 64];
+
+	memcpy(buf, prefix, sizeof(prefix) - 1);
+	hash_hex(digest, buf + sizeof(prefix) - 1);
+	hash_sha256(buf, sizeof(prefix) - 1 + 64, id);
+}
+
 void download_task_id(const char *url, uint8_t id[32])
 {
 	static const char prefix[] = "ringfly-task-v1\n";
-	struct hash_sha256 *h = hash_sha256_new();
+	struct hash_sha256 *h;
 	size_t len = strcspn(url, "#");
+	uint8_t digest[32];
+
+	if (download_blob_digest(url, digest)) {
+		download_blob_task_id(digest, id);
+		return;
+	}
+	h = hash_sha256_new();
 
 	if (!h) { /* out of memory: a one-shot hash of a bounded copy */
 		char buf[META_URL_MAX + sizeof(prefix)];
@@ -1920,7 +1967,8 @@ static void dl_task_maybe_end(struct dl_task *task)
 {
 	struct download_engine *engine = task->engine;
 
-	if (!dl_final(task) || task->watcher_count || task->write_count || task->output_writes ||
+	if (task->in_callback || !dl_final(task) || task->watcher_count || task->write_count ||
+	    task->output_writes ||
 	    task->fetch_count || task->head_req || task->seq_req || task->copy_armed ||
 	    task->peer_inflight || task->sched_req)
 		return;
@@ -2049,6 +2097,16 @@ void download_watcher_cancel(struct download_watcher *watcher)
 
 	dl_watcher_unlink(watcher);
 	dl_task_unwatched(task);
+	if (task->in_callback) {
+		/* From a data() callback: the task ends on the next turn (or
+		 * the next tick, if the ring is full). */
+		if (!task->copy_armed) {
+			loop_op_init(&task->copy_op, dl_copy_done, task);
+			if (loop_nop(task->engine->loop, &task->copy_op) == 0)
+				task->copy_armed = true;
+		}
+		return;
+	}
 	dl_task_maybe_end(task);
 }
 
@@ -2103,8 +2161,6 @@ static int dl_copy_piece(struct download_watcher *watcher, uint32_t number)
 	return 0;
 }
 
-static void dl_copy_done(struct loop_op *op, int res, uint32_t flags);
-
 static bool dl_piece_readable(const struct dl_task *task, uint32_t number)
 {
 	return (task->ready && bit_get(task->ready, number)) ||
@@ -2138,6 +2194,36 @@ static int dl_output_catch_up(struct download_watcher *watcher, uint64_t *budget
 	return 0;
 }
 
+/* A watcher without output that streams (ops.data): reports the readable
+ * prefix of the content when it grew. False if data() cancelled it (it is
+ * freed then). */
+static bool dl_watcher_stream(struct download_watcher *watcher)
+{
+	struct dl_task *task = watcher->task;
+	uint64_t readable;
+
+	while (watcher->first_missing < task->piece_count &&
+	       dl_piece_readable(task, watcher->first_missing))
+		watcher->first_missing++;
+	readable = watcher->first_missing == task->piece_count
+			   ? task->length
+			   : (uint64_t)watcher->first_missing * task->piece_length;
+	if (readable <= watcher->streamed)
+		return true;
+	watcher->streamed = readable;
+	/* Held in flight over the call: a cancel inside parks it, and it is
+	 * freed here once the call returns. */
+	watcher->inflight++;
+	task->in_callback++;
+	watcher->ops.data(watcher->arg, readable);
+	task->in_callback--;
+	watcher->inflight--;
+	if (!watcher->gone)
+		return true;
+	dl_watcher_settle(watcher);
+	return false;
+}
+
 /* Moves every watcher's output forward (up to DOWNLOAD_COPY_TURN_BYTES of
  * copying this turn) and finishes the watchers that have everything. Never
  * frees the task: callers end with dl_task_maybe_end. */
@@ -2157,6 +2243,8 @@ static void dl_outputs_advance(struct dl_task *task)
 		if (watcher->out_fd >= 0) {
 			rc = dl_watcher_prepare(watcher) ? dl_output_catch_up(watcher, &budget)
 							 : -ENOMEM;
+		} else if (watcher->ops.data && !dl_watcher_stream(watcher)) {
+			continue; /* cancelled from its data() */
 		}
 		if (rc < 0) {
 			char message[600];
@@ -2400,8 +2488,9 @@ int download_start(struct download_engine *engine, const struct download_request
 		   struct download_watcher **out, char *err, size_t err_size)
 {
 	struct download_watcher *watcher;
+	struct download_request blob_request;
 	struct dl_task *task;
-	uint8_t id[32];
+	uint8_t id[32], blob_digest[32];
 	int rc;
 
 	if (strncmp(request->url, "http://", 7) != 0 && strncmp(request->url, "https://", 8) != 0) {
@@ -2427,6 +2516,19 @@ int download_start(struct download_engine *engine, const struct download_request
 			 (unsigned long long)request->piece_length);
 		rc = -EINVAL;
 		goto out_close;
+	}
+	if (download_blob_digest(request->url, blob_digest)) {
+		/* A registry blob: its bytes are what its name says. */
+		if (request->has_digest && memcmp(request->digest, blob_digest, 32) != 0) {
+			snprintf(err, err_size, "get %s: the digest asked for is not the blob's "
+				 "digest in the URL", request->url);
+			rc = -EINVAL;
+			goto out_close;
+		}
+		blob_request = *request;
+		blob_request.has_digest = true;
+		memcpy(blob_request.digest, blob_digest, 32);
+		request = &blob_request;
 	}
 	watcher = calloc(1, sizeof(*watcher));
 	if (!watcher) {
@@ -2520,6 +2622,20 @@ int download_engine_create(struct download_engine **out, struct loop *loop, stru
 		engine->options.parent_connections = DOWNLOAD_PARENT_CONNECTIONS_DEFAULT;
 	*out = engine;
 	return 0;
+}
+
+int download_watcher_content_fd(const struct download_watcher *watcher)
+{
+	const struct dl_task *task = watcher->task;
+
+	return task->st ? store_task_content_fd(task->st) : -1;
+}
+
+uint64_t download_watcher_length(const struct download_watcher *watcher)
+{
+	const struct dl_task *task = watcher->task;
+
+	return task->st ? store_task_info(task->st)->content_length : 0;
 }
 
 unsigned download_engine_active(const struct download_engine *engine)

@@ -98,6 +98,15 @@ struct download_watcher_ops {
 	 * the URL and the reason. The watcher is gone once this returns. */
 	void (*done)(void *arg, int error, enum download_error_kind kind, const char *message,
 		     const struct download_progress *progress);
+	/*
+	 * Optional, for a watcher without an output fd that streams the
+	 * content elsewhere (the registry mirror's HTTP response): bytes
+	 * [0, readable) can now be read from download_watcher_content_fd.
+	 * Runs each time that prefix grows, before done. The bytes are not
+	 * verified against the digest until done(0): hold some back until
+	 * then. May call download_watcher_cancel.
+	 */
+	void (*data)(void *arg, uint64_t readable);
 };
 
 struct download_engine;
@@ -129,8 +138,24 @@ int download_prefetch(struct download_engine *engine, const char *url, char *err
  * pieces stay for the next request). */
 void download_watcher_cancel(struct download_watcher *watcher);
 
-/* The task id of a URL: sha256("ringfly-task-v1\n" + url without its
- * fragment). */
+/* The task's content file (borrowed: dup it to keep it past the watcher), or
+ * -1 before the task has one. Bytes a data() callback announced are in it at
+ * their own offsets. */
+int download_watcher_content_fd(const struct download_watcher *watcher);
+/* The content's length once the task knows it (always by the first data()). */
+uint64_t download_watcher_length(const struct download_watcher *watcher);
+
+/*
+ * The task id of a URL: sha256("ringfly-task-v1\n" + url without its
+ * fragment), except for a registry blob: a URL whose path is
+ * /v2/<name>/blobs/sha256:<64 hex> is the blob with that digest wherever it
+ * comes from, task id sha256("ringfly-blob-v1\nsha256:<hex>"), and its
+ * content is verified against the digest.
+ */
 void download_task_id(const char *url, uint8_t id[32]);
+/* The digest of a registry blob URL (see download_task_id); false if the URL
+ * is not one. */
+bool download_blob_digest(const char *url, uint8_t digest[32]);
+void download_blob_task_id(const uint8_t digest[32], uint8_t id[32]);
 
 #endif
