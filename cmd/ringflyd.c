@@ -24,6 +24,9 @@ static const struct config_flag flag_keys[] = {
 	{ "advertise-ip", "advertise_ip", false },
 	{ "parent-requests", "download.parent_requests", false },
 	{ "parent-connections", "download.parent_connections", false },
+	{ "http", "http.listen", false },
+	{ "registry", "registry", false },
+	{ "registry-insecure", "mirror.insecure", true },
 	{ "verify-cache", "verify_cache", true },
 };
 
@@ -38,6 +41,7 @@ static void usage(FILE *out)
 		"                [--upload-max-connections N] [--upload-rate-limit BYTES]\n"
 		"                [--scheduler HOST:PORT[,HOST:PORT...]] [--location LABEL]\n"
 		"                [--advertise-ip IP] [--parent-requests N] [--parent-connections N]\n"
+		"                [--http HOST:PORT|off] [--registry [NS=]URL ...] [--registry-insecure]\n"
 		"                [--help] [--version]\n"
 		"Default socket: $RINGFLY_SOCKET, else /run/ringfly/ringflyd.sock.\n"
 		"Precedence: defaults < $RINGFLY_SOCKET < config file < flags.\n");

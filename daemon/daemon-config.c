@@ -1,6 +1,7 @@
 /* daemon-config: ringflyd's settings, their defaults, YAML keys and flags. */
 #include "daemon/daemon-config.h"
 
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 #include <stdio.h>
@@ -60,6 +61,15 @@ static const struct config_option daemon_options[] = {
 	NUMBER_OPTION("scheduler.timeout", CONFIG_DURATION, scheduler_timeout_ms, 100, 60000),
 	STRING_OPTION("location", location),
 	STRING_OPTION("advertise_ip", advertise_ip),
+	STRING_OPTION("http.listen", http_listen),
+	NUMBER_OPTION("http.max_connections", CONFIG_INT, http_max_connections, 1, 1000000),
+	NUMBER_OPTION("http.header_timeout", CONFIG_DURATION, http_header_timeout_ms, 100, 3600000),
+	NUMBER_OPTION("http.idle_timeout", CONFIG_DURATION, http_idle_timeout_ms, 100,
+		      7 * 24 * 3600000LL),
+	STRING_OPTION("mirror.registries", mirror_registries),
+	{ "mirror.insecure", CONFIG_BOOL, offsetof(struct daemon_config, mirror_insecure), 0, 0, 0,
+	  NULL },
+	STRING_OPTION("mirror.ca_file", mirror_ca_file),
 };
 
 #define DAEMON_OPTION_COUNT (sizeof(daemon_options) / sizeof(daemon_options[0]))
@@ -98,6 +108,9 @@ void daemon_config_defaults(struct daemon_config *config)
 	config->download_parent_connections = 4;
 	config->back_to_source = true;
 	config->scheduler_timeout_ms = 2000;
+	config->http_max_connections = 1024;
+	config->http_header_timeout_ms = 10 * 1000;
+	config->http_idle_timeout_ms = 60 * 1000;
 }
 
 int daemon_config_load(struct daemon_config *config, const char *path, char *err,
@@ -109,5 +122,16 @@ int daemon_config_load(struct daemon_config *config, const char *path, char *err
 int daemon_config_set(struct daemon_config *config, const char *key, const char *value,
 		      char *err, size_t err_size)
 {
+	if (strcmp(key, "registry") == 0) { /* --registry, repeatable: one more */
+		size_t len = strlen(config->registry_flags);
+
+		if (len + 1 + strlen(value) >= sizeof(config->registry_flags)) {
+			snprintf(err, err_size, "too many or too long registries");
+			return -E2BIG;
+		}
+		snprintf(config->registry_flags + len, sizeof(config->registry_flags) - len, "%s%s",
+			 len ? "," : "", value);
+		return 0;
+	}
 	return config_set(daemon_options, DAEMON_OPTION_COUNT, config, key, value, err, err_size);
 }

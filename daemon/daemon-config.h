@@ -46,7 +46,20 @@ struct daemon_config {
 	char location[128];			/* location: e.g. zone-a|rack-3 */
 	char advertise_ip[64];			/* advertise_ip: what peers connect to */
 	bool back_to_source;			/* download.back_to_source */
+	/* http.listen: HOST:PORT; "" = 127.0.0.1:65001 if free (best effort),
+	 * "off" = none. Set explicitly, a port that cannot be had stops the
+	 * daemon. */
+	char http_listen[256];
+	int64_t http_max_connections;		/* http.max_connections */
+	int64_t http_header_timeout_ms;		/* http.header_timeout */
+	int64_t http_idle_timeout_ms;		/* http.idle_timeout */
+	char mirror_registries[4096];		/* mirror.registries: URL or NS=URL, comma-separated */
+	char registry_flags[4096];		/* --registry URL (repeatable): replaces the above */
+	bool mirror_insecure;			/* mirror.insecure */
+	char mirror_ca_file[PATH_MAX];		/* mirror.ca_file */
 };
+
+#define DAEMON_HTTP_DEFAULT "127.0.0.1:65001"
 
 /* Built-in defaults; the socket default comes from $RINGFLY_SOCKET when set. */
 void daemon_config_defaults(struct daemon_config *config);

@@ -14,10 +14,12 @@
 #include "core/log.h"
 #include "core/loop.h"
 #include "daemon/download.h"
+#include "daemon/mirror.h"
 #include "daemon/schedclient.h"
 #include "daemon/service.h"
 #include "daemon/upload.h"
 #include "net/conn.h"
+#include "net/http.h"
 #include "net/tcp.h"
 #include "net/uds.h"
 #include "rpc/frame.h"
@@ -65,6 +67,16 @@ struct daemon {
 	struct loop_op drain_op;
 	struct loop_op peer_retry_op;
 	bool peer_retry_armed;
+
+	/* HTTP: the registry mirror and /healthz. */
+	struct http_server *http;
+	struct mirror *mirror;
+	char http_address[256];
+	bool http_best_effort;		/* the built-in default: a port in use is not fatal */
+	int http_fd;
+	int http_attempts;
+	struct loop_op http_retry_op;
+	bool http_retry_armed;
 };
 
 static const char *daemon_signal_name(int signo)
@@ -81,7 +93,8 @@ static const char *daemon_signal_name(int signo)
 
 static unsigned daemon_connection_count(const struct daemon *daemon)
 {
-	return conn_server_count(daemon->cli) + (daemon->peer ? conn_server_count(daemon->peer) : 0);
+	return conn_server_count(daemon->cli) + (daemon->peer ? conn_server_count(daemon->peer) : 0) +
+	       (daemon->http ? http_server_count(daemon->http) : 0);
 }
 
 static void daemon_answer_health(struct daemon *daemon, struct conn *conn, uint64_t id)
@@ -182,6 +195,8 @@ static void daemon_close_connections(struct daemon *daemon, bool all)
 	conn_server_close_idle(daemon->cli, all);
 	if (daemon->peer)
 		conn_server_close_idle(daemon->peer, all);
+	if (daemon->http)
+		http_server_close_idle(daemon->http, all);
 }
 
 static void daemon_drain_done(struct loop_op *op, int res, uint32_t flags);
@@ -200,7 +215,10 @@ static bool daemon_drained(const struct daemon *daemon)
 		return false;
 	if (daemon->peer && (conn_server_accepting(daemon->peer) || conn_server_count(daemon->peer)))
 		return false;
-	return !daemon->peer_retry_armed && download_engine_active(daemon->engine) == 0;
+	if (daemon->http && http_server_count(daemon->http))
+		return false;
+	return !daemon->peer_retry_armed && !daemon->http_retry_armed &&
+	       download_engine_active(daemon->engine) == 0 && mirror_active(daemon->mirror) == 0;
 }
 
 static void daemon_drain_done(struct loop_op *op, int res, uint32_t flags)
@@ -250,6 +268,14 @@ static void daemon_begin_shutdown(struct daemon *daemon, int signo)
 		conn_server_stop_accepting(daemon->peer);
 	if (daemon->peer_retry_armed)
 		loop_cancel_op(daemon->loop, &daemon->peer_retry_op);
+	if (daemon->http)
+		http_server_stop_accepting(daemon->http);
+	if (daemon->http_retry_armed)
+		loop_cancel_op(daemon->loop, &daemon->http_retry_op);
+	if (daemon->http_fd >= 0) {
+		close(daemon->http_fd);
+		daemon->http_fd = -1;
+	}
 	/* New clients now find no socket (or the next daemon's). */
 	uds_close(&daemon->uds);
 	if (daemon->peer_fd >= 0) {
@@ -391,6 +417,138 @@ static void daemon_peer_listen(struct daemon *daemon)
 	}
 }
 
+/* --- HTTP: the registry mirror and health, after the daemon answers on its socket. */
+
+static void daemon_http_request(struct http_exchange *ex, const struct http_request *request,
+				void *context)
+{
+	struct daemon *daemon = context;
+
+	if (strcmp(request->path, "/healthz") == 0) {
+		char body[160];
+
+		snprintf(body, sizeof(body), "ok pid=%d role=%s uptime_ms=%llu%s\n", (int)getpid(),
+			 daemon->config->role,
+			 (unsigned long long)(clock_monotonic_ms() - daemon->started_ms),
+			 daemon->draining ? " draining" : "");
+		http_reply(ex, daemon->draining ? 503 : 200, "text/plain", body);
+		return;
+	}
+	if (daemon->mirror && mirror_wants(request)) {
+		if (daemon->draining) {
+			http_reply(ex, 503, "text/plain", "ringflyd is shutting down\n");
+			return;
+		}
+		mirror_request(daemon->mirror, ex, request);
+		return;
+	}
+	http_reply(ex, 404, "text/plain", "ringflyd: no such path (the registry mirror is "
+		   "under /v2/, health at /healthz)\n");
+}
+
+static void daemon_http_aborted(struct http_exchange *ex, void *user)
+{
+	if (user) /* only the mirror keeps state on an exchange */
+		mirror_aborted(ex, user);
+}
+
+static void daemon_http_listen(struct daemon *daemon);
+
+static void daemon_http_retry_done(struct loop_op *op, int res, uint32_t flags)
+{
+	struct daemon *daemon = op->owner;
+
+	(void)flags;
+	daemon->http_retry_armed = false;
+	if (res == -ECANCELED || daemon->draining)
+		return;
+	daemon_http_listen(daemon);
+}
+
+static void daemon_http_listen(struct daemon *daemon)
+{
+	char err[256];
+	int fd;
+
+	fd = tcp_listen(daemon->http_address, 0, err, sizeof(err));
+	if (fd == -EADDRINUSE && ++daemon->http_attempts < DAEMON_PEER_RETRY_LIMIT) {
+		/* Our predecessor's port, freed in a moment (see the peer
+		 * listener); the built-in default gives up sooner. */
+		if (!daemon->http_best_effort || daemon->http_attempts < 10) {
+			loop_op_init(&daemon->http_retry_op, daemon_http_retry_done, daemon);
+			if (loop_timeout(daemon->loop, &daemon->http_retry_op,
+					 DAEMON_PEER_RETRY_MS) == 0) {
+				daemon->http_retry_armed = true;
+				return;
+			}
+		}
+	}
+	if (fd < 0 && daemon->http_best_effort) {
+		log_warn("daemon", "http listener off (the registry mirror and /healthz with it): "
+			 "%s; set http.listen (--http HOST:PORT) to choose another", err);
+		return;
+	}
+	if (fd < 0) {
+		log_error("daemon", "http listener unavailable, stopping: %s", err);
+		fprintf(stderr, "ringflyd: %s\n", err);
+		daemon->failed = true;
+		daemon_begin_shutdown(daemon, SIGTERM);
+		return;
+	}
+	daemon->http_fd = fd;
+	if (http_server_listen(daemon->http, fd) < 0) {
+		log_error("daemon", "cannot accept on the http listener address=%s",
+			  daemon->http_address);
+		return;
+	}
+	log_info("daemon", "listening http=%s port=%d mirror_registries=%s", daemon->http_address,
+		 tcp_local_port(fd),
+		 daemon->config->registry_flags[0] ? daemon->config->registry_flags
+		 : daemon->config->mirror_registries[0] ? daemon->config->mirror_registries : "none");
+}
+
+/* Creates the HTTP server and the mirror; the port is taken by daemon_http_listen. */
+static int daemon_http_setup(struct daemon *daemon)
+{
+	static const struct http_handlers handlers = {
+		.request = daemon_http_request,
+		.aborted = daemon_http_aborted,
+	};
+	const struct daemon_config *config = daemon->config;
+	struct http_server_options options = {
+		.max_connections = (unsigned)config->http_max_connections,
+		.header_timeout_ms = (unsigned)config->http_header_timeout_ms,
+		.idle_timeout_ms = (unsigned)config->http_idle_timeout_ms,
+		.name = "http",
+	};
+	struct mirror_options mirror_options = {
+		.registries = config->registry_flags[0] ? config->registry_flags
+							: config->mirror_registries,
+		.insecure = config->mirror_insecure,
+		.ca_file = config->mirror_ca_file,
+	};
+	char err[512];
+	int rc;
+
+	if (strcmp(config->http_listen, "off") == 0)
+		return 0;
+	daemon->http_best_effort = config->http_listen[0] == '\0';
+	snprintf(daemon->http_address, sizeof(daemon->http_address), "%s",
+		 daemon->http_best_effort ? DAEMON_HTTP_DEFAULT : config->http_listen);
+	rc = mirror_create(&daemon->mirror, daemon->loop, daemon->engine, &mirror_options, err,
+			   sizeof(err));
+	if (rc < 0) {
+		fprintf(stderr, "ringflyd: registry mirror: %s\n", err);
+		return rc;
+	}
+	rc = http_server_create(&daemon->http, daemon->loop, &handlers, &options, daemon);
+	if (rc < 0) {
+		fprintf(stderr, "ringflyd: http server: %s\n", strerror(-rc));
+		return rc;
+	}
+	return 0;
+}
+
 /* --- the cache: opened before the listener is registered (fast: a lock and
  * the LMDB environment), recovered on the first loop turn after it. */
 
@@ -486,7 +644,7 @@ int daemon_run(const struct daemon_config *config)
 		.owner_name = "ringflyd",
 		.allow_activation = true,
 	};
-	struct daemon daemon = { .config = config, .peer_fd = -1 };
+	struct daemon daemon = { .config = config, .peer_fd = -1, .http_fd = -1 };
 	struct conn_server_options options;
 	char err[512];
 	sigset_t signals;
@@ -608,6 +766,10 @@ int daemon_run(const struct daemon_config *config)
 		}
 		daemon_peer_listen(&daemon);
 	}
+	if (daemon_http_setup(&daemon) < 0)
+		goto out_servers;
+	if (daemon.http)
+		daemon_http_listen(&daemon);
 
 	rc = loop_run(daemon.loop);
 	if (rc == 0 && daemon.draining) {
@@ -619,12 +781,16 @@ int daemon_run(const struct daemon_config *config)
 out_servers:
 	if (daemon.peer_fd >= 0)
 		close(daemon.peer_fd);
+	if (daemon.http_fd >= 0)
+		close(daemon.http_fd);
 out_uds:
 	uds_close(&daemon.uds);
 	/* The ring goes first: no completion can arrive for what we free next. */
 	loop_destroy(daemon.loop);
 	conn_server_destroy(daemon.cli);
 	conn_server_destroy(daemon.peer);
+	http_server_destroy(daemon.http);
+	mirror_destroy(daemon.mirror);
 	if (daemon.upload_ready)
 		upload_fini(&daemon.upload);
 	download_engine_destroy(daemon.engine);
