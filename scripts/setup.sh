@@ -20,6 +20,8 @@ packages=(
 	socat systemd procps iproute2 python3
 	# origin servers and reference tools for tests and benchmarks
 	nginx-light curl iperf3 hyperfine fio aria2
+	# registry mirror tests and benchmarks: a registry, its clients, htpasswd -B
+	docker-registry skopeo containerd apache2-utils
 )
 
 missing=()
