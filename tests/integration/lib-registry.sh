@@ -12,8 +12,9 @@
 # Everything it starts is tracked (lib.sh's track) and SIGKILLed by the EXIT
 # trap; every readiness wait polls with a deadline; every file is under $T.
 #
-# registry_start [--htpasswd USER:PASS]
-#     docker-registry on 127.0.0.1, port picked by the kernel (addr :0, read back
+# registry_start [--htpasswd USER:PASS] [--tls]
+#     docker-registry on 127.0.0.1 (--tls: HTTPS with lib-http.sh's certificate
+#     for 127.0.0.1, its CA in HTTP_CA_FILE; source lib-http.sh first), port picked by the kernel (addr :0, read back
 #     from its log), filesystem storage in its own dir under $T, optional basic
 #     auth (bcrypt htpasswd file). Waits until GET /v2/ answers 200 or 401. Sets
 #     REGISTRY_PID REGISTRY_PORT REGISTRY_HOST (127.0.0.1:PORT) REGISTRY_URL
@@ -129,10 +130,11 @@ require_skopeo() { require_cmd skopeo; }
 
 # registry_start [--htpasswd USER:PASS]: see the top of the file.
 registry_start() {
-    local creds='' dir t0 code port auth=''
+    local creds='' dir t0 code port auth='' tls='' scheme=http
     while (($#)); do
         case $1 in
             --htpasswd) creds=$2; shift ;;
+            --tls) scheme=https ;;
             *) fail "registry_start: unknown option $1" ;;
         esac
         shift
@@ -150,6 +152,13 @@ registry_start() {
   htpasswd:
     realm: rfit-registry
     path: $dir/htpasswd"
+    fi
+    if [[ $scheme == https ]]; then
+        # lib-http.sh's CA: a certificate for IP 127.0.0.1 (HTTP_CA_FILE).
+        _make_ca
+        tls="  tls:
+    certificate: $_TLS_CERT
+    key: $_TLS_KEY"
     fi
     # Text logs at info: one logrus "response completed" line and one combined
     # access line (stdout) per request, both written once the response is done.
@@ -173,6 +182,7 @@ storage:
 http:
   addr: 127.0.0.1:0
   secret: rfit-$$-$_REG_COUNT-$RANDOM$RANDOM
+$tls
 $auth
 EOF
     REGISTRY_LOG="$dir/registry.log"
@@ -192,10 +202,10 @@ EOF
     port=
     while :; do
         if [[ -z $port ]]; then
-            port=$(sed -n 's/.*msg="listening on 127\.0\.0\.1:\([0-9][0-9]*\)".*/\1/p' "$REGISTRY_LOG" | head -n 1)
+            port=$(sed -n 's/.*msg="listening on 127\.0\.0\.1:\([0-9][0-9]*\)[",].*/\1/p' "$REGISTRY_LOG" | head -n 1)
         fi
         if [[ -n $port ]]; then
-            code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "http://127.0.0.1:$port/v2/?rfit-ready" 2>/dev/null 9>&-)
+            code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 --cacert "${HTTP_CA_FILE:-/dev/null}" "$scheme://127.0.0.1:$port/v2/?rfit-ready" 2>/dev/null 9>&-)
             [[ $code == 200 || $code == 401 ]] && break
         fi
         if ! alive "$REGISTRY_PID"; then
@@ -208,7 +218,7 @@ EOF
     done
     REGISTRY_PORT=$port
     REGISTRY_HOST="127.0.0.1:$port"
-    REGISTRY_URL="http://$REGISTRY_HOST"
+    REGISTRY_URL="$scheme://$REGISTRY_HOST"
     REGISTRY_DIR=$dir
     REGISTRY_CREDS=$creds
     log "docker-registry pid $REGISTRY_PID at $REGISTRY_URL${creds:+ (basic auth, user ${creds%%:*})}"

@@ -11,6 +11,8 @@
 #    right bytes, and the registry sent that blob's bytes once in all.
 # 4. Registry stopped: a blob fetched with credentials is not served (502),
 #    even to a client that sends them: nobody can vouch for it now.
+# 5. An HTTPS registry (with auth): a mirror given its CA (mirror.ca_file)
+#    pulls through; one without it answers 502 naming the certificate.
 # shellcheck source=tests/integration/lib.sh
 . "$(dirname "$0")/lib.sh"
 # shellcheck source=tests/integration/lib-http.sh
@@ -72,4 +74,18 @@ mirror_curl m1 "$T/down" -u "$USER_PASS" "/v2/private/app/blobs/$L0"
 assert_eq 502 "$CURL_CODE" "GET of a private blob, registry down"
 assert_contains "$T/down" "never served here without credentials" "body of the refusal"
 alive "${PEER_PID[m1]}" || fail "the mirror died: $(tail -n 20 "${PEER_LOG[m1]}")"
+
+# --- 5. an HTTPS registry (certificate for 127.0.0.1 from a CA made here).
+oci_image_make "$T/img2" v2 2 $((1 * MiB + 3))
+registry_start --htpasswd "$USER_PASS" --tls
+registry_push "$T/img2" v2 private/tls
+printf 'mirror:\n  ca_file: "%s"\n' "$HTTP_CA_FILE" >"$T/ca.yaml"
+start_mirror m2 --config "$T/ca.yaml" --registry "$REGISTRY_URL"
+skopeo_pull "${MIRROR_HOST[m2]}" private/tls v2 "$T/pull-tls" "$USER_PASS" ||
+    fail "skopeo pull through a mirror of an HTTPS registry exited $SKOPEO_RC: $(head -c 3000 "$SKOPEO_ERR")"
+assert_pulled_layers "$T/pull-tls"
+start_mirror m3 --registry "$REGISTRY_URL"
+mirror_curl m3 "$T/noca" -u "$USER_PASS" "/v2/"
+assert_eq 502 "$CURL_CODE" "GET /v2/ through a mirror that does not trust the registry's CA"
+assert_contains "$T/noca" "certificate" "body of the 502 (TLS verification)"
 p2p_pass
