@@ -519,6 +519,7 @@ static int daemon_http_setup(struct daemon *daemon)
 		.max_connections = (unsigned)config->http_max_connections,
 		.header_timeout_ms = (unsigned)config->http_header_timeout_ms,
 		.idle_timeout_ms = (unsigned)config->http_idle_timeout_ms,
+		.output_max_bytes = (4u << 20) + (64u << 10), /* a 4 MiB manifest and its head */
 		.name = "http",
 	};
 	struct mirror_options mirror_options = {

@@ -19,7 +19,8 @@
 
 #define MIRROR_FORWARD_TIMEOUT_DEFAULT_MS 60000u
 #define MIRROR_CHECK_TIMEOUT_MS 30000u
-#define MIRROR_FORWARD_MAX_DEFAULT (16u << 20)
+#define MIRROR_FORWARD_MAX_DEFAULT (4u << 20) /* distribution's own manifest limit */
+#define MIRROR_FORWARD_TOTAL_MAX (128u << 20) /* all forwarded bodies held at once */
 #define MIRROR_CHUNK_BYTES (4u << 20)	 /* one spliced payload */
 #define MIRROR_FILES_INFLIGHT 8u	 /* payloads queued per response */
 #define MIRROR_PUBLIC_MAX 4096u		 /* blobs known to need no credentials */
@@ -86,6 +87,7 @@ struct mirror {
 	unsigned upstream_count;
 	struct mirror_xfer *xfers;
 	unsigned xfer_count;
+	size_t forward_bytes;		/* body buffers of forwarded responses, all requests */
 	/* Digests the registry served without credentials: a ring. */
 	uint8_t (*public_digests)[32];
 	unsigned public_count, public_next;
@@ -372,6 +374,7 @@ static void mirror_xfer_maybe_free(struct mirror_xfer *x)
 	for (size_t i = 0; i < x->header_count; i++)
 		free(x->headers[i]);
 	mirror_reply_lines_free(x);
+	mirror->forward_bytes -= x->body_len;
 	free(x->body);
 	free(x);
 }
@@ -439,11 +442,14 @@ static int mirror_forward_headers(struct origin_request *req, const struct origi
 static int mirror_forward_data(struct origin_request *req, const void *buf, size_t len, void *arg)
 {
 	struct mirror_xfer *x = arg;
-	size_t max = x->mirror->options.forward_max_bytes;
+	struct mirror *mirror = x->mirror;
+	size_t max = mirror->options.forward_max_bytes;
 
 	(void)req;
 	if (x->body_len + len > max)
 		return -EFBIG;
+	if (mirror->forward_bytes + len > MIRROR_FORWARD_TOTAL_MAX)
+		return -ENOBUFS;
 	if (x->body_len + len > x->body_cap) {
 		size_t cap = x->body_cap ? x->body_cap : 16384;
 		char *body;
@@ -460,6 +466,7 @@ static int mirror_forward_data(struct origin_request *req, const void *buf, size
 	}
 	memcpy(x->body + x->body_len, buf, len);
 	x->body_len += len;
+	mirror->forward_bytes += len;
 	return 0;
 }
 
@@ -480,6 +487,9 @@ static void mirror_forward_done(struct origin_request *req, const struct origin_
 	if (result->error == -EFBIG) {
 		mirror_reply_error(ex, 502, "UNKNOWN", "%s: the registry's answer is larger than "
 				   "%zu bytes", x->url, x->mirror->options.forward_max_bytes);
+	} else if (result->error == -ENOBUFS) {
+		mirror_reply_error(ex, 503, "UNAVAILABLE", "too many forwarded answers held at once "
+				   "(%u MiB); try again", MIRROR_FORWARD_TOTAL_MAX >> 20);
 	} else if (result->error) {
 		log_warn("mirror", "forward failed url=%s client=%s reason=\"%s\"", x->url, x->peer,
 			 result->message ? result->message : strerror(-result->error));
@@ -518,6 +528,7 @@ static int mirror_forward_start(struct mirror_xfer *x, enum origin_method method
 	};
 
 	x->kind = MIRROR_FORWARD;
+	x->mirror->forward_bytes -= x->body_len;
 	x->body_len = 0;
 	mirror_reply_lines_free(x);
 	return origin_request_start(x->mirror->origin, &params, &callbacks, x, &x->req);

@@ -41,7 +41,8 @@ struct mirror_options {
 	bool insecure;			/* do not verify the registries' TLS certificates */
 	const char *ca_file;		/* PEM bundle, NULL/"" = the system's */
 	unsigned forward_timeout_ms;	/* a forwarded request; 0 = 60 s */
-	size_t forward_max_bytes;	/* a forwarded response's body; 0 = 16 MiB */
+	size_t forward_max_bytes;	/* a forwarded response's body; 0 = 4 MiB (the HTTP
+					 * server's output limit must take it and a head) */
 };
 
 struct mirror;

@@ -885,6 +885,7 @@ int http_server_create(struct http_server **out, struct loop *loop,
 		(uint32_t)(HTTP_PIPELINE_FACTOR * server->options.max_header_bytes);
 	conn_options.idle_timeout_ms = 0; /* ours: not while a response is in progress */
 	conn_options.send_timeout_ms = server->options.send_timeout_ms;
+	conn_options.output_max_bytes = server->options.output_max_bytes; /* 0: conn's 4 MiB */
 	conn_options.name = server->options.name;
 	conn_options.busy_reply = http_busy_reply;
 	rc = conn_server_create(&server->conns, loop, &conn_handlers, &conn_options, server);

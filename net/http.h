@@ -90,6 +90,7 @@ struct http_server_options {
 	unsigned header_timeout_ms;  /* 0 = 10 s */
 	unsigned idle_timeout_ms;    /* keep-alive; 0 = 60 s */
 	unsigned send_timeout_ms;    /* a client taking no bytes this long; 0 = 30 s */
+	size_t output_max_bytes;     /* body bytes queued (not files) per connection; 0 = 4 MiB */
 	const char *name;	     /* for logs; NULL = "http" */
 };
 
@@ -129,8 +130,8 @@ const struct http_request *http_exchange_request(const struct http_exchange *ex)
  *   -ENOBUFS from http_response_file: HTTP_FILES_MAX payloads queued, wait
  *            for a done;
  *   other    -EPIPE (the connection is closing), or the connection could
- *            not take more output (-ENOBUFS from start/body: its 4 MiB
- *            output limit; -ENOMEM): the response cannot go on. Call
+ *            not take more output (-ENOBUFS from start/body: its output
+ *            limit, options.output_max_bytes; -ENOMEM): the response cannot go on. Call
  *            http_response_abort; if the connection is closing and the
  *            caller does not, aborted runs once it is gone.
  *
@@ -155,7 +156,7 @@ int http_response_start(struct http_exchange *ex, int status, const char *const 
 			size_t header_count, int64_t content_length);
 
 /* Queues body bytes (copied). 0 or a negative errno (above). Bytes queued
- * and not yet sent count against an output limit of 4 MiB per connection
+ * and not yet sent count against options.output_max_bytes per connection
  * (past it the connection closes): send large bodies with
  * http_response_file. */
 int http_response_body(struct http_exchange *ex, const void *data, size_t len);

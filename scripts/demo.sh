@@ -22,6 +22,11 @@
 # fetches from the origin) and the others to the seed and to each other. A table shows
 # each peer's time and where its bytes came from, and the origin's bytes vs delivered.
 #
+# Issue 8: the registry mirror. docker-registry on loopback gets an image of three layers
+# (made here, pushed with skopeo); three more daemons with --http and --registry (and the
+# scheduler) are registry mirrors, and skopeo pulls the image through each of them: the
+# registry sends each layer about once, the daemons share the rest.
+#
 # To add a step: write a function step_<name> that starts with `step "title"` and append
 # its name to STEPS at the bottom. Helpers: start_daemon, wait_health, start_nginx, run, note.
 #
@@ -446,6 +451,7 @@ step_scheduled() {
 		sleep 0.01
 	done
 	note "ringfly-scheduler pid $SCHED_PID on 127.0.0.1:$sport"
+	SCHED_PORT=$sport
 	start_daemon seed_pid "$tmp/seed.log" --socket "$tmp/seed.sock" --data-dir "$tmp/seed.data" \
 		--listen-peer 127.0.0.1:0 --role seed --scheduler "127.0.0.1:$sport"
 	wait_health "$tmp/seed.sock" "$seed_pid" "$tmp/seed.log" >/dev/null
@@ -506,6 +512,108 @@ step_scheduled() {
 	PEER_PIDS+=("$seed_pid" "${pids[@]}")
 }
 
+# log_port LOG PID WHAT SED: the port a process logged (SED extracts it), waited for.
+log_port() {
+	local log=$1 pid=$2 what=$3 re=$4 deadline=$(($(date +%s) + HEALTH_DEADLINE_S)) port
+	until port=$(sed -n "$re" "$log" | head -n 1) && [[ -n $port ]]; do
+		kill -0 "$pid" 2>/dev/null || fail "$what (pid $pid) died: $(tail -n 5 "$log")"
+		(($(date +%s) <= deadline)) || fail "$what logged no port in $log"
+		sleep 0.01
+	done
+	printf '%s
+' "$port"
+}
+
+step_mirror() {
+	step "the registry mirror: skopeo pulls an image through three daemons"
+	local rdir=$tmp/registry rport reg n pids=() ports=() pulls=() t0 rc image=0 sent
+	local layers=3 layer_mib=$(((${DEMO_SIZE_MIB:-256} + 7) / 8)) kind d sz _
+	command -v docker-registry >/dev/null && command -v skopeo >/dev/null ||
+		fail "docker-registry and skopeo are needed (scripts/setup.sh installs them)"
+	mkdir -p "$rdir/storage"
+	cat >"$rdir/config.yml" <<-EOF
+		version: 0.1
+		log: { level: info, formatter: text, accesslog: { disabled: false } }
+		storage: { filesystem: { rootdirectory: $rdir/storage } }
+		http: { addr: "127.0.0.1:0", secret: demo-$$-$RANDOM }
+	EOF
+	show docker-registry serve "$rdir/config.yml" "&"
+	# docker-registry reads REGISTRY_* variables as config: none are passed on.
+	env -u REGISTRY_URL docker-registry serve "$rdir/config.yml" >"$rdir/registry.log" 2>&1 &
+	REGISTRY_PID=$!
+	daemon_pids+=("$REGISTRY_PID")
+	rport=$(log_port "$rdir/registry.log" "$REGISTRY_PID" docker-registry \
+		's/.*msg="listening on 127\.0\.0\.1:\([0-9][0-9]*\)".*/\1/p')
+	reg=127.0.0.1:$rport
+	until curl -fs -o /dev/null "http://$reg/v2/"; do
+		kill -0 "$REGISTRY_PID" 2>/dev/null || fail "docker-registry died: $(tail -n 5 "$rdir/registry.log")"
+		sleep 0.01
+	done
+	note "docker-registry pid $REGISTRY_PID on $reg"
+	show python3 tests/tools/oci-image-make.py "$tmp/image" v1 "$layers" $((layer_mib << 20)) ">\$T/image.list"
+	python3 tests/tools/oci-image-make.py "$tmp/image" v1 "$layers" $((layer_mib << 20)) >"$tmp/image.list" ||
+		fail "making the image failed"
+	while read -r kind d sz _; do
+		[[ $kind == manifest ]] || image=$((image + sz))
+		[[ $kind == manifest ]] || note "$kind $d ($sz bytes)"
+	done <"$tmp/image.list"
+	run skopeo copy --quiet --dest-tls-verify=false "oci:$tmp/image:v1" "docker://$reg/demo/app:v1" ||
+		fail "skopeo could not push the image"
+	for n in 1 2 3; do
+		start_daemon "pids[$n]" "$tmp/mirror-$n.log" --socket "$tmp/mirror-$n.sock" \
+			--data-dir "$tmp/mirror-$n.data" --listen-peer 127.0.0.1:0 \
+			--scheduler "127.0.0.1:$SCHED_PORT" --http 127.0.0.1:0 --registry "http://$reg"
+		wait_health "$tmp/mirror-$n.sock" "${pids[n]}" "$tmp/mirror-$n.log" >/dev/null
+		ports[n]=$(log_port "$tmp/mirror-$n.log" "${pids[n]}" ringflyd \
+			's/.*listening http=.* port=\([0-9]*\).*/\1/p')
+		note "mirror-$n: registry mirror on 127.0.0.1:${ports[n]}"
+	done
+	sent=$(awk '$1 == "127.0.0.1" && $6 == "\"GET" && $7 ~ /\/blobs\// && $9 ~ /^2/ { s += $10 } END { print s + 0 }' "$rdir/registry.log")
+	t0=$(date +%s%N)
+	run skopeo copy --quiet --src-tls-verify=false "docker://127.0.0.1:${ports[1]}/demo/app:v1" \
+		"dir:$tmp/out/pull-1" || fail "skopeo could not pull through mirror-1"
+	note "mirror-2 and mirror-3 at the same time:"
+	for n in 2 3; do
+		show skopeo copy --quiet --src-tls-verify=false "docker://127.0.0.1:${ports[n]}/demo/app:v1" \
+			"dir:$tmp/out/pull-$n" "&"
+		skopeo copy --quiet --src-tls-verify=false "docker://127.0.0.1:${ports[n]}/demo/app:v1" \
+			"dir:$tmp/out/pull-$n" 2>"$tmp/pull-$n.err" &
+		pulls[n]=$!
+	done
+	for n in 2 3; do
+		rc=0
+		wait "${pulls[n]}" || rc=$?
+		((rc == 0)) || fail "skopeo through mirror-$n exited with $rc: $(cat "$tmp/pull-$n.err")"
+	done
+	while read -r kind d sz _; do
+		[[ $kind == layer ]] || continue
+		for n in 1 2 3; do
+			[[ $(sha_of "$tmp/out/pull-$n/${d#sha256:}") == "${d#sha256:}" ]] ||
+				fail "mirror-$n: layer $d has another sha256"
+		done
+	done <"$tmp/image.list"
+	note "every layer pulled three times, each copy's sha256 is its digest (skopeo checked too)"
+	printf '\n   %s%-9s %-10s %12s %7s%s\n' "$bold" node layer bytes from "$plain"
+	for n in 1 2 3; do
+		sed -n 's/.*blob served digest=sha256:\([0-9a-f]\{10\}\)[0-9a-f]* bytes=\([0-9]*\) source=\([a-z]*\).*/\1 \2 \3/p' \
+			"$tmp/mirror-$n.log" | while read -r d sz src; do
+			printf '   %-9s %-10s %12s %7s\n' "mirror-$n" "$d" "$sz" "$src"
+		done
+	done
+	note "(a first requester is sent to the swarm's seed, which fetched each blob from the"
+	note " registry once: so even mirror-1's bytes came from a peer)"
+	sent=$(($(awk '$1 == "127.0.0.1" && $6 == "\"GET" && $7 ~ /\/blobs\// && $9 ~ /^2/ { s += $10 } END { print s + 0 }' "$rdir/registry.log") - sent))
+	awk -v o="$sent" -v i="$image" -v ns="$(($(date +%s%N) - t0))" 'BEGIN {
+		printf "\n   the registry sent %d blob bytes (%.2f x the image); %d delivered to 3 clients\n",
+			o, o / i, 3 * i
+		printf "   three pulls in %.2f s\n", ns / 1e9
+	}'
+	((sent <= image + image / 20)) || fail "the registry sent $sent bytes for a $image-byte image"
+	PEER_PIDS+=("${pids[@]}")
+	kill -TERM "$REGISTRY_PID"
+	wait "$REGISTRY_PID" 2>/dev/null || true
+}
+
 step_stop() {
 	step "SIGTERM: the daemons and the scheduler stop cleanly"
 	local pid rc
@@ -519,7 +627,7 @@ step_stop() {
 }
 
 STEPS=(step_build step_start step_kill9 step_restart step_sigterm
-	step_origin step_get step_cache step_swarm step_scheduled step_stop)
+	step_origin step_get step_cache step_swarm step_scheduled step_mirror step_stop)
 
 for s in "${STEPS[@]}"; do
 	"$s"
