@@ -399,7 +399,7 @@ step_swarm() {
 	done
 	note "sha256 of all three copies matches the source"
 	local origin_bytes=0 peer_bytes=0 delivered=0 n log deadline
-	origin_bytes=$(awk '{ if ($9 ~ /^2/) sum += $10 } END { print sum + 0 }' "$tmp/nginx/access.log")
+	origin_bytes=$(awk '{ if ($9 ~ /^2/) sum += $10 } END { printf "%.0f\n", sum }' "$tmp/nginx/access.log")
 	for log in "$tmp/peer-a.log" "$tmp/peer-b.log" "$tmp/peer-c.log"; do
 		# The get ends when the output is whole; the line follows once the cache is durable.
 		deadline=$(($(date +%s) + 10))
@@ -492,7 +492,7 @@ step_scheduled() {
 	note "what the scheduler answered:"
 	grep -h "parents task=" "$tmp/scheduler.log" | sed 's/^.*parents task=[0-9a-f]*/    parents for/' | head -n 6
 	local origin_bytes total=0
-	origin_bytes=$(awk '$7 == "/swarm.bin" && $9 ~ /^2/ { sum += $10 } END { print sum + 0 }' \
+	origin_bytes=$(awk '$7 == "/swarm.bin" && $9 ~ /^2/ { sum += $10 } END { printf "%.0f\n", sum }' \
 		"$tmp/nginx/access.log")
 	printf '\n   %s%-8s %9s %16s %16s%s\n' "$bold" node "time ms" "from origin" "from peers" "$plain"
 	for n in seed 1 2 3 4; do
@@ -568,7 +568,7 @@ step_mirror() {
 			's/.*listening http=.* port=\([0-9]*\).*/\1/p')
 		note "mirror-$n: registry mirror on 127.0.0.1:${ports[n]}"
 	done
-	sent=$(awk '$1 == "127.0.0.1" && $6 == "\"GET" && $7 ~ /\/blobs\// && $9 ~ /^2/ { s += $10 } END { print s + 0 }' "$rdir/registry.log")
+	sent=$(awk '$1 == "127.0.0.1" && $6 == "\"GET" && $7 ~ /\/blobs\// && $9 ~ /^2/ { s += $10 } END { printf "%.0f\n", s }' "$rdir/registry.log")
 	t0=$(date +%s%N)
 	run skopeo copy --quiet --src-tls-verify=false "docker://127.0.0.1:${ports[1]}/demo/app:v1" \
 		"dir:$tmp/out/pull-1" || fail "skopeo could not pull through mirror-1"
@@ -602,7 +602,7 @@ step_mirror() {
 	done
 	note "(a first requester is sent to the swarm's seed, which fetched each blob from the"
 	note " registry once: so even mirror-1's bytes came from a peer)"
-	sent=$(($(awk '$1 == "127.0.0.1" && $6 == "\"GET" && $7 ~ /\/blobs\// && $9 ~ /^2/ { s += $10 } END { print s + 0 }' "$rdir/registry.log") - sent))
+	sent=$(($(awk '$1 == "127.0.0.1" && $6 == "\"GET" && $7 ~ /\/blobs\// && $9 ~ /^2/ { s += $10 } END { printf "%.0f\n", s }' "$rdir/registry.log") - sent))
 	awk -v o="$sent" -v i="$image" -v ns="$(($(date +%s%N) - t0))" 'BEGIN {
 		printf "\n   the registry sent %d blob bytes (%.2f x the image); %d delivered to 3 clients\n",
 			o, o / i, 3 * i

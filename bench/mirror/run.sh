@@ -99,18 +99,26 @@ cpu_s() {
     echo "$total"
 }
 
+# measured_pull PREFIX HOSTPORT...: pull_all, and what the registry spent on it: sets
+# ROUND_MS, ROUND_EGRESS (bytes) and ROUND_REG_CPU (its CPU-seconds per GiB it sent).
+measured_pull() {
+    local b0 b1 c0 c1
+    b0=$(registry_bytes_total); c0=$(cpu_s "$REGISTRY_PID")
+    pull_all "$@"
+    b1=$(registry_bytes_total); c1=$(cpu_s "$REGISTRY_PID")
+    ROUND_EGRESS=$((b1 - b0))
+    ROUND_REG_CPU=$(awk -v a="$c0" -v b="$c1" -v e="$ROUND_EGRESS" \
+        'BEGIN { printf "%.3f", (e > 0 ? (b - a) / (e / 1073741824) : 0) }')
+}
+
 direct_ms='' mirror_ms='' direct_egress='' mirror_egress='' daemon_cpu='' reg_cpu_d='' reg_cpu_m=''
 gib_delivered=$(awk -v b="$IMAGE_BYTES" -v n="$N" 'BEGIN { printf "%.4f", b * n / 1073741824 }')
 for ((run = 1; run <= RUNS; run++)); do
     # --- direct.
     hps=()
     for ((i = 0; i < N; i++)); do hps+=("$REGISTRY_HOST"); done
-    b0=$(registry_bytes_total); c0=$(cpu_s "$REGISTRY_PID")
-    pull_all "direct$run" "${hps[@]}"
-    b1=$(registry_bytes_total); c1=$(cpu_s "$REGISTRY_PID")
-    d_ms=$ROUND_MS d_eg=$((b1 - b0))
-    d_rc=$(awk -v a="$c0" -v b="$c1" -v g="$(awk -v e="$d_eg" 'BEGIN { print e / 1073741824 }')" \
-        'BEGIN { printf "%.3f", (g > 0 ? (b - a) / g : 0) }')
+    measured_pull "direct$run" "${hps[@]}"
+    d_ms=$ROUND_MS d_eg=$ROUND_EGRESS d_rc=$ROUND_REG_CPU
 
     # --- mirror.
     start_scheduler 127.0.0.1:0
@@ -120,12 +128,8 @@ for ((run = 1; run <= RUNS; run++)); do
         hps+=("$M_HOST")
         dpids+=("$P_PID")
     done
-    b0=$(registry_bytes_total); c0=$(cpu_s "$REGISTRY_PID")
-    pull_all "mirror$run" "${hps[@]}"
-    b1=$(registry_bytes_total); c1=$(cpu_s "$REGISTRY_PID")
-    m_ms=$ROUND_MS m_eg=$((b1 - b0))
-    m_rc=$(awk -v a="$c0" -v b="$c1" -v g="$(awk -v e="$m_eg" 'BEGIN { print e / 1073741824 }')" \
-        'BEGIN { printf "%.3f", (g > 0 ? (b - a) / g : 0) }')
+    measured_pull "mirror$run" "${hps[@]}"
+    m_ms=$ROUND_MS m_eg=$ROUND_EGRESS m_rc=$ROUND_REG_CPU
     dc=$(cpu_s "${dpids[@]}")
     d_cpu=$(awk -v c="$dc" -v g="$gib_delivered" 'BEGIN { printf "%.3f", c / g }')
     for pid in "${dpids[@]}"; do kill_and_reap "$pid" KILL; done

@@ -195,7 +195,7 @@ fi
 
 # Bytes nginx logged as sent (10th field of the default log format) in lines after LINE.
 origin_bytes_after() {
-	awk -v from="$1" 'NR > from { b += $10 } END { printf "%d\n", b }' "$access_log"
+	awk -v from="$1" 'NR > from { b += $10 } END { printf "%.0f\n", b }' "$access_log"
 }
 
 # ---------------------------------------------------------------------------------------

@@ -66,7 +66,7 @@ assert_contains "$T/get2.err" "from origin" "summary line of the resumed get"
 log "resumed get: $(tail -n 1 "$T/get2.err")"
 
 nginx_wait_idle
-after=$(tail -n +$((lines_before + 1)) "$NGINX_ACCESS_LOG" | awk '$7 !~ /^\/\.rfit-ready/ { s += $10 } END { printf "%d\n", s }')
+after=$(tail -n +$((lines_before + 1)) "$NGINX_ACCESS_LOG" | awk '$7 !~ /^\/\.rfit-ready/ { s += $10 } END { printf "%.0f\n", s }')
 total=$(origin_bytes)
 log "nginx sent $after bytes after the restart (at most $((SIZE - resumed)) expected), $total in all"
 ((after <= SIZE - resumed)) || fail "the resumed get fetched $after bytes from the origin, more than the $((SIZE - resumed)) not recorded (bytes_done $resumed of $SIZE)"

@@ -227,7 +227,7 @@ origin_bytes() {
         $7 ~ /^\/\.rfit-ready/ { next }
         sub_ != "" && index($7, sub_) == 0 { next }
         { s += $10 }
-        END { printf "%d\n", s }' "${1:-$NGINX_ACCESS_LOG}"
+        END { printf "%.0f\n", s }' "${1:-$NGINX_ACCESS_LOG}"
 }
 
 # origin_requests [ACCESS_LOG] [PATH_SUBSTRING]: the number of logged requests
@@ -237,7 +237,7 @@ origin_requests() {
         $7 ~ /^\/\.rfit-ready/ { next }
         sub_ != "" && index($7, sub_) == 0 { next }
         { n++ }
-        END { printf "%d\n", n }' "${1:-$NGINX_ACCESS_LOG}"
+        END { printf "%.0f\n", n }' "${1:-$NGINX_ACCESS_LOG}"
 }
 
 # nginx_wait_idle [DEADLINE_S] [URL]: waits until the nginx at URL (default

@@ -56,5 +56,5 @@ registry_blob_bytes_ok() {
             u = $2; sub(/\?.*/, "", u); gsub(/%3[Aa]/, ":", u)
             if (substr(u, length(u) - length(d) + 1) == d) b += $4
         }
-        END { print b + 0 }'
+        END { printf "%.0f\n", b }'
 }

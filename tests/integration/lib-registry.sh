@@ -274,7 +274,7 @@ registry_blob_gets() {
             n = length(U) - length(suf)
             if (n > 4 && substr(U, 1, 4) == "/v2/" && substr(U, n + 1) == suf) c++
         }
-        END { printf "%d\n", c }' "${2:-$REGISTRY_LOG}" -v suf="/blobs/$(_digest "$1")"
+        END { printf "%.0f\n", c }' "${2:-$REGISTRY_LOG}" -v suf="/blobs/$(_digest "$1")"
 }
 
 # registry_blob_requests DIGEST [LOG]
@@ -284,7 +284,7 @@ registry_blob_requests() {
             n = length(U) - length(suf)
             if (n > 4 && substr(U, 1, 4) == "/v2/" && substr(U, n + 1) == suf) c++
         }
-        END { printf "%d\n", c }' "${2:-$REGISTRY_LOG}" -v suf="/blobs/$(_digest "$1")"
+        END { printf "%.0f\n", c }' "${2:-$REGISTRY_LOG}" -v suf="/blobs/$(_digest "$1")"
 }
 
 # registry_blob_bytes DIGEST [LOG]
@@ -294,13 +294,13 @@ registry_blob_bytes() {
             n = length(U) - length(suf)
             if (n > 4 && substr(U, 1, 4) == "/v2/" && substr(U, n + 1) == suf) c += B
         }
-        END { printf "%d\n", c }' "${2:-$REGISTRY_LOG}" -v suf="/blobs/$(_digest "$1")"
+        END { printf "%.0f\n", c }' "${2:-$REGISTRY_LOG}" -v suf="/blobs/$(_digest "$1")"
 }
 
 # registry_bytes_total [LOG]: HEAD responses count 0 (the registry logs the
 # size of the error body it wrote for a HEAD answered 401/404, never sent).
 registry_bytes_total() {
-    _registry_awk 'M != "HEAD" { c += B } END { printf "%d\n", c }' "${1:-$REGISTRY_LOG}"
+    _registry_awk 'M != "HEAD" { c += B } END { printf "%.0f\n", c }' "${1:-$REGISTRY_LOG}"
 }
 
 # registry_access [LOG]
@@ -454,7 +454,7 @@ lying_blob_gets() {
             n = length(u) - length(suf)
             if (n > 4 && substr(u, n + 1) == suf) c++
         }
-        END { printf "%d\n", c }' "${2:-$LYING_LOG}"
+        END { printf "%.0f\n", c }' "${2:-$LYING_LOG}"
 }
 
 # --------------------------------------------------------------- containerd
