@@ -519,7 +519,6 @@ static int daemon_http_setup(struct daemon *daemon)
 		.max_connections = (unsigned)config->http_max_connections,
 		.header_timeout_ms = (unsigned)config->http_header_timeout_ms,
 		.idle_timeout_ms = (unsigned)config->http_idle_timeout_ms,
-		.output_max_bytes = (4u << 20) + (64u << 10), /* a 4 MiB manifest and its head */
 		.name = "http",
 	};
 	struct mirror_options mirror_options = {
@@ -785,6 +784,7 @@ out_servers:
 	if (daemon.http_fd >= 0)
 		close(daemon.http_fd);
 out_uds:
+	mirror_detach(daemon.mirror);
 	uds_close(&daemon.uds);
 	/* The ring goes first: no completion can arrive for what we free next. */
 	loop_destroy(daemon.loop);

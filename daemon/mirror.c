@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include "core/clock.h"
@@ -19,8 +20,9 @@
 
 #define MIRROR_FORWARD_TIMEOUT_DEFAULT_MS 60000u
 #define MIRROR_CHECK_TIMEOUT_MS 30000u
-#define MIRROR_FORWARD_MAX_DEFAULT (4u << 20) /* distribution's own manifest limit */
-#define MIRROR_FORWARD_TOTAL_MAX (128u << 20) /* all forwarded bodies held at once */
+#define MIRROR_FORWARD_MAX_DEFAULT (16u << 20) /* one answer; the total below */
+#define MIRROR_FORWARD_TOTAL_MAX (128u << 20) /* forwarded bodies held at once, until sent */
+#define MIRROR_RETRY_MS 10u		      /* no payload slot on the connection: look again */
 #define MIRROR_CHUNK_BYTES (4u << 20)	 /* one spliced payload */
 #define MIRROR_FILES_INFLIGHT 8u	 /* payloads queued per response */
 #define MIRROR_PUBLIC_MAX 4096u		 /* blobs known to need no credentials */
@@ -58,8 +60,11 @@ struct mirror_xfer {
 	int64_t content_length;
 	char **reply_lines;
 	size_t reply_line_count;
-	char *body;
-	size_t body_len, body_cap;
+	int body_fd;			/* memfd: the answer's body, held (and counted) until sent */
+	size_t body_len;
+	unsigned busy;			/* inside one of our callbacks: not freed under it */
+	struct loop_op retry_op;	/* the client's connection had no payload slot free */
+	bool retry_armed;
 
 	/* Blob. */
 	uint8_t digest[32];
@@ -87,7 +92,8 @@ struct mirror {
 	unsigned upstream_count;
 	struct mirror_xfer *xfers;
 	unsigned xfer_count;
-	size_t forward_bytes;		/* body buffers of forwarded responses, all requests */
+	size_t forward_bytes;		/* forwarded bodies held until sent, all requests */
+	bool detached;			/* the loop is gone: callbacks only drop references */
 	/* Digests the registry served without credentials: a ring. */
 	uint8_t (*public_digests)[32];
 	unsigned public_count, public_next;
@@ -172,27 +178,45 @@ static int mirror_upstreams_parse(struct mirror *mirror, const char *list, char 
 	return 0;
 }
 
-/* containerd's ?ns=HOST: the entry for that registry, else the first. */
+/* host[:port] equal to `ns`, a default port (:443 for https, :80 for http)
+ * on either side not counting. */
+static bool mirror_host_is(const struct mirror_upstream *up, const char *ns, size_t ns_len)
+{
+	const char *deflt = strncmp(up->base, "https:", 6) == 0 ? ":443" : ":80";
+	size_t host_len = strlen(up->host), d = strlen(deflt);
+
+	if (host_len > d && strcmp(up->host + host_len - d, deflt) == 0)
+		host_len -= d;
+	if (ns_len > d && strncmp(ns + ns_len - d, deflt, d) == 0)
+		ns_len -= d;
+	return host_len == ns_len && strncmp(up->host, ns, ns_len) == 0;
+}
+
+/* containerd's ?ns=HOST: the entry for that registry; no ns: the first. An
+ * ns that names no entry gets none: answering a tag from another registry
+ * would hand the client someone else's image. */
 static const struct mirror_upstream *mirror_upstream_for(const struct mirror *mirror,
 							 const char *ns, size_t ns_len)
 {
 	if (mirror->upstream_count == 0)
 		return NULL;
-	for (unsigned i = 0; ns_len && i < mirror->upstream_count; i++) {
+	if (!ns)
+		return &mirror->upstreams[0];
+	for (unsigned i = 0; i < mirror->upstream_count; i++) {
 		const struct mirror_upstream *up = &mirror->upstreams[i];
 
-		if ((strlen(up->ns) == ns_len && strncmp(up->ns, ns, ns_len) == 0) ||
-		    (!up->ns[0] && strlen(up->host) == ns_len && strncmp(up->host, ns, ns_len) == 0) ||
-		    (!up->ns[0] && ns_len == 9 && strncmp(ns, "docker.io", 9) == 0 &&
-		     strcmp(up->host, "registry-1.docker.io") == 0))
+		if (up->ns[0] ? strlen(up->ns) == ns_len && strncmp(up->ns, ns, ns_len) == 0
+			      : mirror_host_is(up, ns, ns_len) ||
+					(ns_len == 9 && strncmp(ns, "docker.io", 9) == 0 &&
+					 strcmp(up->host, "registry-1.docker.io") == 0))
 			return up;
 	}
-	return &mirror->upstreams[0];
+	return NULL;
 }
 
 /* Percent-decodes src[0..len) into out (containerd sends ns=HOST%3APORT);
- * returns the decoded length (0 if it does not fit). */
-static size_t mirror_unescape(const char *src, size_t len, char *out, size_t size)
+ * returns the decoded length, or -1 if it does not fit. */
+static ssize_t mirror_unescape(const char *src, size_t len, char *out, size_t size)
 {
 	size_t n = 0;
 
@@ -207,37 +231,65 @@ static size_t mirror_unescape(const char *src, size_t len, char *out, size_t siz
 			i += 2;
 		}
 		if (n + 1 >= size)
-			return 0;
+			return -1;
 		out[n++] = c;
 	}
 	out[n] = '\0';
-	return n;
+	return (ssize_t)n;
+}
+
+/* No "." or ".." segment, plain or percent-encoded: the path stays under
+ * the upstream's /v2/ (libcurl would resolve them). */
+static bool mirror_path_ok(const char *path)
+{
+	for (const char *seg = path; *seg;) {
+		size_t len;
+		char dec[8];
+		ssize_t n;
+
+		while (*seg == '/')
+			seg++;
+		len = strcspn(seg, "/");
+		if (len && len <= 6) { /* "%2e%2e" at the longest */
+			n = mirror_unescape(seg, len, dec, sizeof(dec));
+			if (n < 0 || strcmp(dec, ".") == 0 || strcmp(dec, "..") == 0)
+				return false;
+		}
+		seg += len;
+	}
+	return true;
 }
 
 /*
- * The registry's URL for a request: the upstream's base + path + the query
- * without ns=. Returns the upstream, or NULL if none is configured; -E2BIG
- * through *rc when the URL would be too long.
+ * The registry's URL for a request in url: the upstream's base + path + the
+ * query without ns= (with keep_query). 0, -ENOENT (no upstream: none
+ * configured, or ns= names none; *ns_out says which), -E2BIG (longer than
+ * the URL buffer).
  */
-static const struct mirror_upstream *mirror_target(const struct mirror *mirror,
-						   const struct http_request *request, bool keep_query,
-						   char *url, size_t url_size, int *rc)
+static int mirror_target(const struct mirror *mirror, const struct http_request *request,
+			 bool keep_query, char *url, size_t url_size, char *ns_out, size_t ns_size)
 {
 	const struct mirror_upstream *up;
 	const char *ns = NULL, *q = request->query;
 	size_t ns_len = 0, n;
-	char query[MIRROR_URL_MAX], ns_buf[256];
+	char query[MIRROR_URL_MAX];
 	size_t query_len = 0;
 
-	*rc = 0;
 	query[0] = '\0';
+	ns_out[0] = '\0';
 	while (*q) {
 		size_t len = strcspn(q, "&");
 
 		if (len > 3 && strncmp(q, "ns=", 3) == 0) {
-			ns_len = mirror_unescape(q + 3, len - 3, ns_buf, sizeof(ns_buf));
-			ns = ns_buf;
-		} else if (len && keep_query && query_len + len + 2 < sizeof(query)) {
+			ssize_t dl = mirror_unescape(q + 3, len - 3, ns_out, ns_size);
+
+			if (dl < 0)
+				return -E2BIG;
+			ns = ns_out;
+			ns_len = (size_t)dl;
+		} else if (len && keep_query) {
+			if (query_len + len + 2 >= sizeof(query))
+				return -E2BIG;
 			query_len += (size_t)snprintf(query + query_len, sizeof(query) - query_len,
 						      "%s%.*s", query_len ? "&" : "", (int)len, q);
 		}
@@ -247,12 +299,10 @@ static const struct mirror_upstream *mirror_target(const struct mirror *mirror,
 	}
 	up = mirror_upstream_for(mirror, ns, ns_len);
 	if (!up)
-		return NULL;
+		return -ENOENT;
 	n = (size_t)snprintf(url, url_size, "%s%s%s%s", up->base, request->path,
 			     query_len ? "?" : "", query);
-	if (n >= url_size)
-		*rc = -E2BIG;
-	return up;
+	return n >= url_size ? -E2BIG : 0;
 }
 
 /* --- the public set: blobs the registry gave out without credentials. */
@@ -334,6 +384,7 @@ static struct mirror_xfer *mirror_xfer_new(struct mirror *mirror, struct http_ex
 	x->kind = kind;
 	x->ex = ex;
 	x->fd = -1;
+	x->body_fd = -1;
 	x->head = request->method == HTTP_METHOD_HEAD;
 	x->started_ms = clock_monotonic_ms();
 	snprintf(x->peer, sizeof(x->peer), "%s", request->peer ? request->peer : "?");
@@ -360,7 +411,8 @@ static void mirror_xfer_maybe_free(struct mirror_xfer *x)
 {
 	struct mirror *mirror = x->mirror;
 
-	if (x->ex || x->req || x->watcher || x->files)
+	if (x->busy || mirror->detached || x->ex || x->req || x->watcher || x->files ||
+	    x->retry_armed)
 		return;
 	if (x->prev)
 		x->prev->next = x->next;
@@ -375,8 +427,23 @@ static void mirror_xfer_maybe_free(struct mirror_xfer *x)
 		free(x->headers[i]);
 	mirror_reply_lines_free(x);
 	mirror->forward_bytes -= x->body_len;
-	free(x->body);
+	if (x->body_fd >= 0)
+		close(x->body_fd);
 	free(x);
+}
+
+/* Our callbacks hold the transfer: whatever they call (an abort that
+ * finishes the connection and runs other payloads' dones, a cancel) cannot
+ * free it under them; the last release does. */
+static void mirror_hold(struct mirror_xfer *x)
+{
+	x->busy++;
+}
+
+static void mirror_release(struct mirror_xfer *x)
+{
+	x->busy--;
+	mirror_xfer_maybe_free(x);
 }
 
 /* The client's request headers that go on to the registry. */
@@ -444,30 +511,41 @@ static int mirror_forward_data(struct origin_request *req, const void *buf, size
 	struct mirror_xfer *x = arg;
 	struct mirror *mirror = x->mirror;
 	size_t max = mirror->options.forward_max_bytes;
+	const char *p = buf;
 
 	(void)req;
 	if (x->body_len + len > max)
 		return -EFBIG;
 	if (mirror->forward_bytes + len > MIRROR_FORWARD_TOTAL_MAX)
 		return -ENOBUFS;
-	if (x->body_len + len > x->body_cap) {
-		size_t cap = x->body_cap ? x->body_cap : 16384;
-		char *body;
-
-		while (cap < x->body_len + len)
-			cap *= 2;
-		if (cap > max)
-			cap = max;
-		body = realloc(x->body, cap);
-		if (!body)
-			return -ENOMEM;
-		x->body = body;
-		x->body_cap = cap;
+	if (x->body_fd < 0) {
+		x->body_fd = memfd_create("ringfly-forward", MFD_CLOEXEC);
+		if (x->body_fd < 0)
+			return -errno;
 	}
-	memcpy(x->body + x->body_len, buf, len);
+	for (size_t left = len; left;) {
+		ssize_t n = write(x->body_fd, p, left);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return n < 0 ? -errno : -EIO;
+		p += n;
+		left -= (size_t)n;
+	}
 	x->body_len += len;
 	mirror->forward_bytes += len;
 	return 0;
+}
+
+static void mirror_forward_file_done(struct http_exchange *ex, void *arg, int res)
+{
+	struct mirror_xfer *x = arg;
+
+	(void)ex;
+	(void)res; /* a connection that went: nothing else to do */
+	x->files--;
+	mirror_xfer_maybe_free(x);
 }
 
 static void mirror_forward_done(struct origin_request *req, const struct origin_result *result,
@@ -476,6 +554,7 @@ static void mirror_forward_done(struct origin_request *req, const struct origin_
 	struct mirror_xfer *x = arg;
 	struct http_exchange *ex = x->ex;
 	int64_t length;
+	int rc;
 
 	(void)req;
 	x->req = NULL;
@@ -483,6 +562,7 @@ static void mirror_forward_done(struct origin_request *req, const struct origin_
 		mirror_xfer_maybe_free(x);
 		return;
 	}
+	mirror_hold(x);
 	x->ex = NULL;
 	if (result->error == -EFBIG) {
 		mirror_reply_error(ex, 502, "UNKNOWN", "%s: the registry's answer is larger than "
@@ -496,19 +576,27 @@ static void mirror_forward_done(struct origin_request *req, const struct origin_
 		mirror_reply_error(ex, 502, "UNKNOWN", "registry unreachable: %s",
 				   result->message ? result->message : strerror(-result->error));
 	} else {
+		/* The body goes out of its memfd: held, and counted against the
+		 * total, until it is in the socket. */
 		length = x->head ? x->content_length : (int64_t)x->body_len;
 		if (x->head && length < 0)
 			length = 0;
-		if (http_response_start(ex, (int)x->status, (const char *const *)x->reply_lines,
-					x->reply_line_count, length) < 0 ||
-		    (!x->head && x->body_len && http_response_body(ex, x->body, x->body_len) < 0))
+		rc = http_response_start(ex, (int)x->status, (const char *const *)x->reply_lines,
+					 x->reply_line_count, length);
+		if (rc == 0 && !x->head && x->body_len) {
+			rc = http_response_file(ex, x->body_fd, 0, (uint32_t)x->body_len,
+						mirror_forward_file_done, x);
+			if (rc == 0)
+				x->files++;
+		}
+		if (rc < 0)
 			http_response_abort(ex);
 		else
 			http_response_end(ex);
 		log_debug("mirror", "forwarded url=%s status=%ld bytes=%zu client=%s", x->url,
 			  x->status, x->body_len, x->peer);
 	}
-	mirror_xfer_maybe_free(x);
+	mirror_release(x);
 }
 
 static int mirror_forward_start(struct mirror_xfer *x, enum origin_method method)
@@ -528,8 +616,6 @@ static int mirror_forward_start(struct mirror_xfer *x, enum origin_method method
 	};
 
 	x->kind = MIRROR_FORWARD;
-	x->mirror->forward_bytes -= x->body_len;
-	x->body_len = 0;
 	mirror_reply_lines_free(x);
 	return origin_request_start(x->mirror->origin, &params, &callbacks, x, &x->req);
 }
@@ -551,27 +637,52 @@ static size_t mirror_authorization(const struct mirror_xfer *x, const char *auth
 	return 0;
 }
 
+/* The client is given up on: its connection closes (a short body if the head
+ * went out) and the download, if still ours, is cancelled. No aborted()
+ * follows our own abort. */
+static void mirror_blob_give_up(struct mirror_xfer *x)
+{
+	struct http_exchange *ex = x->ex;
+
+	x->ex = NULL;
+	if (ex)
+		http_response_abort(ex);
+	if (x->watcher) {
+		struct download_watcher *watcher = x->watcher;
+
+		x->watcher = NULL;
+		download_watcher_cancel(watcher);
+	}
+}
+
 static void mirror_blob_file_done(struct http_exchange *ex, void *arg, int res)
 {
 	struct mirror_xfer *x = arg;
 
 	(void)ex;
 	x->files--;
-	if (res < 0 && x->ex) {
-		struct http_exchange *mine = x->ex;
-
-		x->ex = NULL;
-		http_response_abort(mine);
-		if (x->watcher) {
-			struct download_watcher *watcher = x->watcher;
-
-			x->watcher = NULL;
-			download_watcher_cancel(watcher);
-		}
-	}
+	if (x->mirror->detached)
+		return;
+	mirror_hold(x);
+	if (res < 0 && x->ex)
+		mirror_blob_give_up(x);
 	if (x->ex)
 		mirror_blob_pump(x);
-	mirror_xfer_maybe_free(x);
+	mirror_release(x);
+}
+
+static void mirror_blob_retry_done(struct loop_op *op, int res, uint32_t flags)
+{
+	struct mirror_xfer *x = op->owner;
+
+	(void)res;
+	(void)flags;
+	x->retry_armed = false;
+	if (x->mirror->detached)
+		return;
+	mirror_hold(x);
+	mirror_blob_pump(x);
+	mirror_release(x);
 }
 
 /* Parses "bytes=A-B", "bytes=A-", "bytes=-N" against the length: 1 and the
@@ -709,6 +820,14 @@ static void mirror_blob_pump(struct mirror_xfer *x)
 		uint32_t chunk = left < MIRROR_CHUNK_BYTES ? (uint32_t)left : MIRROR_CHUNK_BYTES;
 
 		rc = http_response_file(x->ex, x->fd, x->sent, chunk, mirror_blob_file_done, x);
+		if (rc == -ENOBUFS && x->files == 0 && !x->retry_armed) {
+			/* Earlier responses on this connection hold every
+			 * payload slot; none of their dones comes to us. */
+			loop_op_init(&x->retry_op, mirror_blob_retry_done, x);
+			if (loop_timeout(x->mirror->loop, &x->retry_op, MIRROR_RETRY_MS) < 0)
+				goto abort;
+			x->retry_armed = true;
+		}
 		if (rc == -ENOBUFS)
 			break;
 		if (rc < 0)
@@ -730,52 +849,35 @@ static void mirror_blob_pump(struct mirror_xfer *x)
 	return;
 
 abort:
-	{
-		struct http_exchange *ex = x->ex;
-
-		/* No aborted() follows our own abort: the watcher goes here. */
-		x->ex = NULL;
-		http_response_abort(ex);
-		if (x->watcher) {
-			struct download_watcher *watcher = x->watcher;
-
-			x->watcher = NULL;
-			download_watcher_cancel(watcher);
-		}
-	}
+	mirror_blob_give_up(x);
 }
 
 static void mirror_blob_data(void *arg, uint64_t readable)
 {
 	struct mirror_xfer *x = arg;
 
+	mirror_hold(x);
 	if (x->fd < 0 && x->watcher) {
 		int fd = download_watcher_content_fd(x->watcher);
 
 		x->fd = fd >= 0 ? fcntl(fd, F_DUPFD_CLOEXEC, 0) : -1;
 		if (x->fd < 0) {
-			struct download_watcher *watcher = x->watcher;
-
 			log_warn("mirror", "cannot hold the blob's content file digest=%s error=\"%s\"",
 				 x->digest_text, strerror(errno));
-			x->watcher = NULL;
-			download_watcher_cancel(watcher);
-			if (x->ex) {
+			if (x->ex && !x->head_sent) {
 				struct http_exchange *ex = x->ex;
 
 				x->ex = NULL;
-				if (x->head_sent)
-					http_response_abort(ex);
-				else
-					mirror_reply_error(ex, 500, "UNKNOWN", "out of file descriptors");
+				mirror_reply_error(ex, 503, "UNAVAILABLE", "out of file descriptors");
 			}
-			mirror_xfer_maybe_free(x);
+			mirror_blob_give_up(x);
+			mirror_release(x);
 			return;
 		}
 	}
 	x->readable = readable;
 	mirror_blob_pump(x);
-	mirror_xfer_maybe_free(x); /* the pump may have given up on the client */
+	mirror_release(x); /* the pump may have given up on the client */
 }
 
 static void mirror_blob_progress(void *arg, const struct download_progress *progress)
@@ -790,6 +892,7 @@ static void mirror_blob_done(void *arg, int error, enum download_error_kind kind
 {
 	struct mirror_xfer *x = arg;
 
+	mirror_hold(x);
 	x->watcher = NULL;
 	x->source = progress->source;
 	if (error) {
@@ -812,7 +915,7 @@ static void mirror_blob_done(void *arg, int error, enum download_error_kind kind
 		x->readable = x->length;
 		mirror_blob_pump(x);
 	}
-	mirror_xfer_maybe_free(x);
+	mirror_release(x);
 }
 
 static void mirror_blob_start(struct mirror_xfer *x)
@@ -850,6 +953,8 @@ static void mirror_blob_start(struct mirror_xfer *x)
 	}
 }
 
+static void mirror_check_decide(struct mirror_xfer *x, const struct origin_result *result);
+
 static int mirror_check_headers(struct origin_request *req, const struct origin_response *response,
 				void *arg)
 {
@@ -865,7 +970,6 @@ static void mirror_check_done(struct origin_request *req, const struct origin_re
 			      void *arg)
 {
 	struct mirror_xfer *x = arg;
-	struct mirror *mirror = x->mirror;
 
 	(void)req;
 	x->req = NULL;
@@ -873,6 +977,15 @@ static void mirror_check_done(struct origin_request *req, const struct origin_re
 		mirror_xfer_maybe_free(x);
 		return;
 	}
+	mirror_hold(x);
+	mirror_check_decide(x, result);
+	mirror_release(x);
+}
+
+static void mirror_check_decide(struct mirror_xfer *x, const struct origin_result *result)
+{
+	struct mirror *mirror = x->mirror;
+
 	if (result->error) {
 		if (mirror_public_has(mirror, x->digest)) {
 			log_warn("mirror", "registry unreachable, serving the blob from the swarm "
@@ -896,20 +1009,32 @@ static void mirror_check_done(struct origin_request *req, const struct origin_re
 		mirror_xfer_maybe_free(x);
 		return;
 	}
-	if (x->status >= 200 && x->status < 400) {
-		if (!x->has_authorization)
+	/* 2xx: the registry gives this client the blob. 307/308: it sends the
+	 * client to its storage (S3 and the like), method kept: the same. A
+	 * 301/302/303 may well be a login page: not a yes. */
+	if ((x->status >= 200 && x->status < 300) || x->status == 307 || x->status == 308) {
+		if (!x->has_authorization && x->status < 300)
 			mirror_public_add(mirror, x->digest);
 		mirror_blob_start(x);
 		return;
 	}
 	/* 401 with its challenge, 403, 404...: the client hears it from the
-	 * registry itself. */
-	if (mirror_forward_start(x, ORIGIN_GET) < 0) {
-		struct http_exchange *ex = x->ex;
+	 * registry itself, its GET forwarded as it came (query included). */
+	{
+		char ns[256];
+		int rc = mirror_target(mirror, http_exchange_request(x->ex), true, x->url,
+				       sizeof(x->url), ns, sizeof(ns));
 
-		x->ex = NULL;
-		mirror_reply_error(ex, 502, "UNKNOWN", "cannot forward to the registry");
-		mirror_xfer_maybe_free(x);
+		if (rc == 0)
+			rc = mirror_forward_start(x, ORIGIN_GET);
+		if (rc < 0) {
+			struct http_exchange *ex = x->ex;
+
+			x->req = NULL;
+			x->ex = NULL;
+			mirror_reply_error(ex, 502, "UNKNOWN", "cannot forward to the registry: %s",
+					   strerror(-rc));
+		}
 	}
 }
 
@@ -956,6 +1081,7 @@ void mirror_request(struct mirror *mirror, struct http_exchange *ex,
 	struct mirror_xfer *x;
 	uint8_t digest[32];
 	bool blob = mirror_blob_path(request->path, digest);
+	char ns[256];
 	int rc;
 
 	if (request->method == HTTP_METHOD_OTHER) {
@@ -974,19 +1100,35 @@ void mirror_request(struct mirror *mirror, struct http_exchange *ex,
 				   "(ringflyd --registry URL, or mirror.registries)");
 		return;
 	}
+	if (!mirror_path_ok(request->path)) {
+		mirror_reply_error(ex, 400, "NAME_INVALID", "a path with . or .. segments");
+		return;
+	}
 	x = mirror_xfer_new(mirror, ex, request, blob ? MIRROR_BLOB : MIRROR_FORWARD);
 	if (!x) {
 		mirror_reply_error(ex, 503, "UNAVAILABLE", "out of memory");
 		return;
 	}
 	/* A blob task's URL carries no query: the same blob, the same task. */
-	mirror_target(mirror, request, !blob || x->head, x->url, sizeof(x->url), &rc);
-	if (rc == 0)
+	rc = mirror_target(mirror, request, !blob || x->head, x->url, sizeof(x->url), ns,
+			   sizeof(ns));
+	if (rc == 0) {
 		rc = mirror_copy_headers(x, request);
+		if (rc == -E2BIG)
+			rc = -EMSGSIZE; /* headers, not the target */
+	}
 	if (rc < 0) {
 		x->ex = NULL;
-		mirror_reply_error(ex, rc == -E2BIG ? 414 : 503, "UNKNOWN", "%s",
-				   rc == -E2BIG ? "request too large to forward" : "out of memory");
+		if (rc == -ENOENT)
+			mirror_reply_error(ex, 404, "NAME_UNKNOWN", "no upstream registry for ns=%s "
+					   "(mirror.registries names none)", ns);
+		else if (rc == -E2BIG)
+			mirror_reply_error(ex, 414, "UNKNOWN", "request target too long to forward");
+		else if (rc == -EMSGSIZE)
+			mirror_reply_error(ex, 431, "UNKNOWN", "more than %u headers to forward",
+					   MIRROR_HEADERS_MAX);
+		else
+			mirror_reply_error(ex, 503, "UNAVAILABLE", "out of memory");
 		mirror_xfer_maybe_free(x);
 		return;
 	}
@@ -1015,6 +1157,8 @@ void mirror_aborted(struct http_exchange *ex, void *user)
 	if (!x)
 		return;
 	x->ex = NULL;
+	if (x->mirror->detached)
+		return; /* the loop is gone: the engine and origin are not touched */
 	if (x->req) {
 		origin_request_cancel(x->req);
 		x->req = NULL;
@@ -1028,6 +1172,12 @@ void mirror_aborted(struct http_exchange *ex, void *user)
 	log_debug("mirror", "client left url=%s client=%s sent=%" PRIu64, x->url, x->peer,
 		  x->sent);
 	mirror_xfer_maybe_free(x);
+}
+
+void mirror_detach(struct mirror *mirror)
+{
+	if (mirror)
+		mirror->detached = true;
 }
 
 unsigned mirror_active(const struct mirror *mirror)
@@ -1081,8 +1231,8 @@ void mirror_destroy(struct mirror *mirror)
 {
 	if (!mirror)
 		return;
-	/* The loop is gone: no callback runs any more. Watchers belong to the
-	 * engine (freed with it); payloads were dropped with the connections. */
+	/* Detached, the HTTP server destroyed: no callback runs any more.
+	 * Watchers belong to the engine (freed with it). */
 	origin_destroy(mirror->origin);
 	while (mirror->xfers) {
 		struct mirror_xfer *x = mirror->xfers;
@@ -1093,7 +1243,8 @@ void mirror_destroy(struct mirror *mirror)
 		for (size_t i = 0; i < x->header_count; i++)
 			free(x->headers[i]);
 		mirror_reply_lines_free(x);
-		free(x->body);
+		if (x->body_fd >= 0)
+			close(x->body_fd);
 		free(x);
 	}
 	free(mirror->public_digests);

@@ -98,6 +98,7 @@
 #define CONN_TIMER_ARMED (1u << 8) /* timer_op in flight */
 #define CONN_INPUT_QUEUED (1u << 9) /* input_op (conn_input_again) in flight */
 #define CONN_IN_DATA (1u << 10)	    /* inside handlers->data: finishing waits */
+#define CONN_IN_DONE (1u << 11)	    /* inside a payload's done: finishing and kicks wait */
 
 /* The operations in flight that closing waits for. */
 #define CONN_INFLIGHT                                                                     \
@@ -434,7 +435,7 @@ static void conn_finish(struct conn *conn)
 static void conn_maybe_finish(struct conn *conn)
 {
 	if (!(conn->flags & CONN_CLOSING) ||
-	    (conn->flags & (CONN_INFLIGHT | CONN_FINISHED | CONN_IN_DATA)))
+	    (conn->flags & (CONN_INFLIGHT | CONN_FINISHED | CONN_IN_DATA | CONN_IN_DONE)))
 		return;
 	conn_finish(conn);
 }
@@ -771,7 +772,11 @@ static void conn_file_sent(struct conn *conn)
 	if (conn->pipe.read_fd >= 0)
 		conn_pipe_put(conn->server, &conn->pipe);
 	file = conn_file_pop(conn);
+	/* The done may queue more or close: nothing starts and nothing is
+	 * finished under it; conn_file_done moves the output on after it. */
+	conn->flags |= CONN_IN_DONE;
 	file.done(conn, file.arg, 0);
+	conn->flags &= ~CONN_IN_DONE;
 }
 
 static void conn_file_done(struct loop_op *op, int res, uint32_t flags)
@@ -850,7 +855,7 @@ static int conn_output_kick(struct conn *conn)
 	size_t end = conn->output_end;
 	int rc;
 
-	if (conn->flags & (CONN_SENDING | CONN_FILE_BUSY | CONN_CLOSING))
+	if (conn->flags & (CONN_SENDING | CONN_FILE_BUSY | CONN_CLOSING | CONN_IN_DONE))
 		return 0;
 	if (conn->files_count) {
 		end = conn_file_head(conn)->mark;

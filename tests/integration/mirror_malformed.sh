@@ -5,7 +5,9 @@
 # that does not exist:
 # 1. 20 KiB of headers -> 431 and close; a bad request line -> 400 and close;
 #    HTTP/2.0 -> 400; a request with a body -> 413 and close; DELETE of a
-#    manifest -> 405 (pull-only); an unknown path -> 404.
+#    manifest -> 405 (pull-only); an unknown path -> 404; a path with a "..",
+#    plain or percent-encoded -> 400 (never forwarded); ?ns= naming no
+#    configured registry -> 404 (containerd then asks the registry itself).
 # 2. Slowloris: half a request head, then nothing -> 408 and close within
 #    header_timeout (+ slack), not before.
 # 3. Two pipelined GET /healthz in one write -> two 200s, in order, on one
@@ -86,6 +88,13 @@ s = conn(); s.sendall(b"DELETE /v2/x/manifests/v1 HTTP/1.1\r\nHost: x\r\nConnect
 d, c = read_all(s); expect(d, c, 405, "DELETE")
 s = conn(); s.sendall(b"GET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
 d, c = read_all(s); expect(d, c, 404, "unknown path")
+s = conn(); s.sendall(b"GET /v2/x/../../admin HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+d, c = read_all(s); expect(d, c, 400, "a .. segment")
+s = conn(); s.sendall(b"GET /v2/x/%2E%2e/y/manifests/v1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+d, c = read_all(s); expect(d, c, 400, "an encoded .. segment")
+s = conn(); s.sendall(b"GET /v2/x/manifests/v1?ns=other.example HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+d, c = read_all(s); expect(d, c, 404, "ns= naming no upstream")
+if b"no upstream registry for ns=other.example" not in d: sys.exit("404 for ns= does not say why: %r" % d[-300:])
 '
 cat "$T/malformed.out"
 must_health "${PEER_SOCK[m1]}" 5 "${PEER_PID[m1]}"
