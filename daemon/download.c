@@ -52,6 +52,12 @@
 #define DOWNLOAD_PARENT_REQUESTS_DEFAULT 8u
 #define DOWNLOAD_PIECE_TIMEOUT_DEFAULT_MS 30000u
 /* A parent that sent this many pieces with a wrong crc is dropped. */
+/* Requests in flight per connection once a task has several parents (a
+ * swarm): a child that asked one parent for a deep pipeline of pieces would
+ * have that parent (the seed, first to have anything) send it a large part
+ * of the file before its siblings could; one piece per connection leaves
+ * the rest to whoever has it next. One parent alone keeps parent_requests. */
+#define DL_SWARM_REQUESTS 1u
 #define DL_PARENT_STRIKES 3u
 /* A parent without the task yet (it may be about to start it: a chain
  * started all at once) is asked again after 50, 100, 200, 400, 800 ms ... */
@@ -186,6 +192,7 @@ struct dl_task {
 	 * give (none left, none has it, or none delivers for piece_timeout). */
 	struct dl_parent *parents;
 	unsigned parents_live;
+	unsigned parent_addresses;	/* distinct parents ever opened */
 	uint16_t *avail;		/* live parents that have each piece */
 	unsigned peer_inflight;		/* pieces asked of parents, not done */
 	uint64_t peer_bytes;
@@ -194,6 +201,7 @@ struct dl_task {
 	bool stuck_changed;		/* a parent or piece changed: look again */
 	bool no_origin;			/* back to source disabled */
 	struct sched_request *sched_req;	/* asking a scheduler for parents */
+	bool sched_reask;		/* that ask is a later one: new parents only */
 	uint64_t announce_ms;		/* the last announcement to the scheduler */
 
 	/* The task's rate limit: a piece starts only while tokens are left
@@ -1387,7 +1395,8 @@ static bool dl_parent_pick(struct dl_task *task, struct dl_parent *dp, uint32_t 
 
 static void dl_parents_pump(struct dl_task *task)
 {
-	unsigned depth = task->engine->options.parent_requests;
+	unsigned depth = task->parent_addresses > 1 ? DL_SWARM_REQUESTS
+						    : task->engine->options.parent_requests;
 
 	for (struct dl_parent *dp = task->parents; dp && task->state == DL_FETCHING; dp = dp->next) {
 		while (dp->parent && dp->has && dp->inflight < depth) {
@@ -1500,12 +1509,25 @@ static int dl_parents_open(struct dl_task *task, const char *const *addresses, s
 	const char *fresh[DOWNLOAD_PARENTS_MAX];
 	size_t n = 0;
 
-	/* Parents the task already has (the scheduler names them again) stay. */
-	for (size_t i = 0; i < count && n < DOWNLOAD_PARENTS_MAX; i++)
-		if (!dl_parent_known(task, addresses[i]))
+	/* Parents the task already has (the scheduler names them again) stay;
+	 * one given up on (it had no such task then) is asked again: the
+	 * scheduler names it because it has pieces now. */
+	for (size_t i = 0; i < count && n < DOWNLOAD_PARENTS_MAX; i++) {
+		if (!dl_parent_known(task, addresses[i])) {
 			fresh[n++] = addresses[i];
+			continue;
+		}
+		for (struct dl_parent *dp = task->parents; dp; dp = dp->next) {
+			if (strcmp(dp->address, addresses[i]) != 0 || dp->parent ||
+			    dp->retry_at_ms || dp->strikes)
+				continue;
+			dp->retries = 0;
+			dl_parent_connect(dp);
+		}
+	}
 	if (n == 0)
 		return 0;
+	task->parent_addresses += (unsigned)n;
 	if (n * connections > DOWNLOAD_PARENTS_MAX)
 		connections = (unsigned)(DOWNLOAD_PARENTS_MAX / n ? DOWNLOAD_PARENTS_MAX / n : 1);
 	for (size_t k = 0; k < n * connections; k++) {
@@ -1573,9 +1595,26 @@ static void dl_sched_parents(void *arg, int error, const struct sched_parents *p
 	struct dl_task *task = arg;
 	const char *addresses[SCHED_PARENTS_MAX];
 
+	bool reask = task->sched_reask;
+
 	task->sched_req = NULL;
+	task->sched_reask = false;
 	if (dl_final(task)) {
 		dl_task_maybe_end(task);
+		return;
+	}
+	if (reask) {
+		/* Peers that joined since: parents too. No answer, or "go to
+		 * the origin", changes nothing for a task under way. */
+		for (size_t i = 0; !error && i < parents->count; i++)
+			addresses[i] = parents->addresses[i];
+		if (!error && parents->count &&
+		    dl_parents_open(task, addresses, parents->count) < 0)
+			dl_fail(task, -ENOMEM, DOWNLOAD_ERROR_INTERNAL, "out of memory");
+		if (dl_final(task))
+			dl_task_maybe_end(task);
+		else
+			dl_pump(task);
 		return;
 	}
 	if (error) {
@@ -1613,6 +1652,31 @@ static int dl_sched_ask(struct dl_task *task)
 	return sched_ask(task->engine->options.sched, &a, dl_sched_parents, task, &task->sched_req);
 }
 
+/* Every announcement of a task under way asks again: peers that started
+ * after our first ask (a swarm starting at once) become parents too. */
+static void dl_sched_reask(struct dl_task *task)
+{
+	struct sched_announce a;
+	const char *in_use[SCHED_PARENTS_MAX * 2];
+
+	if (task->sched_req) {
+		dl_sched_announce(task);
+		return;
+	}
+	dl_sched_fill(task, &a, in_use, sizeof(in_use) / sizeof(in_use[0]));
+	task->announce_ms = clock_monotonic_ms();
+	if (!a.want_parents) {
+		sched_announce(task->engine->options.sched, &a);
+		return;
+	}
+	task->sched_reask = true;
+	if (sched_ask(task->engine->options.sched, &a, dl_sched_parents, task,
+		      &task->sched_req) < 0) {
+		task->sched_reask = false;
+		task->sched_req = NULL;
+	}
+}
+
 static void dl_parents_free(struct dl_task *task)
 {
 	while (task->parents) {
@@ -1637,7 +1701,7 @@ static void dl_parents_tick(struct dl_task *task, uint64_t now_ms)
 
 	if (task->engine->options.sched && task->st && !dl_final(task) &&
 	    now_ms - task->announce_ms >= DL_ANNOUNCE_MS)
-		dl_sched_announce(task);
+		dl_sched_reask(task);
 	if (!task->parents || dl_final(task))
 		return;
 	for (struct dl_parent *dp = task->parents; dp; dp = dp->next) {

@@ -13,6 +13,20 @@
 #define UPLOAD_NUMBERS_PER_FRAME 65536u
 /* SyncPieces streams open on one connection (a child needs one per task). */
 #define UPLOAD_SYNCS_PER_CONN 16u
+/*
+ * Spreading (seeds): a piece a seed has just recorded, while children follow
+ * the task, is told at once to one of their streams (in turn) and to the
+ * others this much later. Told to all at once, every idle child asks for it at once
+ * (a seed's newest piece is the rarest thing in the swarm), and the parent
+ * sends it N times; told to one, the others get it from that one (or from
+ * here, once the delay is over). A complete task is told whole, at once.
+ * Peers tell everyone at once: they are where the others should get it.
+ */
+#define UPLOAD_SPREAD_MS 3000u
+/* Once the piece has gone out to a child, the others hear of it this much
+ * later: time for that child to record and announce it. */
+#define UPLOAD_SPREAD_AFTER_SENT_MS 1000u
+#define UPLOAD_SPREAD_TICK_MS 50u
 
 struct upload_get {
 	uint64_t id;
@@ -42,15 +56,21 @@ struct upload_sync {
 	struct upload_conn *uc;
 	uint64_t id;
 	uint8_t task_id[32];
+	/* Pieces held back (spreading), oldest first, and when each is due. */
+	uint32_t *held;
+	uint64_t *held_due_ms;
+	size_t held_count, held_cap;
 };
 
 /* One payload on its way: holds the task open until it is sent. */
 struct upload_send {
 	struct upload_conn *uc;
 	struct store_task *task;
+	uint32_t number;
 };
 
 static void upload_pump(struct upload_conn *uc);
+static void upload_spread_sent(struct upload *upload, const uint8_t task_id[32], uint32_t number);
 
 static void upload_conn_maybe_free(struct upload_conn *uc)
 {
@@ -154,6 +174,8 @@ static void upload_sent(struct conn *conn, void *arg, int res)
 	if (res < 0)
 		log_debug("upload", "payload not sent peer=%s error=\"%s\"",
 			  uc->closed ? "-" : conn_peer_name(uc->conn), strerror(-res));
+	else
+		upload_spread_sent(uc->upload, store_task_info(send->task)->id, send->number);
 	store_task_release(send->task);
 	free(send);
 	uc->sending--;
@@ -226,6 +248,7 @@ static void upload_answer(struct upload_conn *uc, const struct upload_get *get)
 	}
 	send->uc = uc;
 	send->task = task;
+	send->number = get->number;
 	rc = conn_send_file(uc->conn, fd, offset, length, upload_sent, send);
 	if (rc < 0) {
 		/* A header without its bytes: the stream cannot go on. */
@@ -346,6 +369,8 @@ static void upload_sync_remove(struct upload *upload, struct upload_sync *sync)
 		if (*p == sync) {
 			*p = sync->next;
 			sync->uc->syncs--;
+			free(sync->held);
+			free(sync->held_due_ms);
 			free(sync);
 			return;
 		}
@@ -456,6 +481,124 @@ static void upload_sync_pieces(struct upload *upload, struct conn *conn,
 	store_task_release(task);
 }
 
+/* Sends the held pieces due by now_ms (all with `all`); the rest stay. */
+static void upload_sync_flush(struct upload_sync *sync, const struct meta_task *info,
+			      uint64_t now_ms, bool all)
+{
+	uint32_t due[256];
+	size_t n = 0, kept = 0;
+
+	for (size_t i = 0; i < sync->held_count; i++) {
+		if ((all || sync->held_due_ms[i] <= now_ms) && n < sizeof(due) / sizeof(due[0])) {
+			due[n++] = sync->held[i];
+			continue;
+		}
+		sync->held[kept] = sync->held[i];
+		sync->held_due_ms[kept++] = sync->held_due_ms[i];
+	}
+	sync->held_count = kept;
+	if (n)
+		upload_send_availability(sync->uc->conn, sync->id, info, due, n, false, false,
+					 NULL);
+	if (all && kept)
+		upload_sync_flush(sync, info, now_ms, true);
+}
+
+/* A held piece went out to a child: the other streams hear of it soon. */
+static void upload_spread_sent(struct upload *upload, const uint8_t task_id[32], uint32_t number)
+{
+	uint64_t due_ms = clock_monotonic_ms() + UPLOAD_SPREAD_AFTER_SENT_MS;
+
+	for (struct upload_sync *sync = upload->syncs; sync; sync = sync->next) {
+		if (!sync->held_count || memcmp(sync->task_id, task_id, 32) != 0)
+			continue;
+		for (size_t i = 0; i < sync->held_count; i++)
+			if (sync->held[i] == number && sync->held_due_ms[i] > due_ms)
+				sync->held_due_ms[i] = due_ms;
+	}
+}
+
+static void upload_spread_arm(struct upload *upload);
+
+static void upload_spread_done(struct loop_op *op, int res, uint32_t flags)
+{
+	struct upload *upload = op->owner;
+	uint64_t now_ms = clock_monotonic_ms();
+
+	(void)res;
+	(void)flags;
+	upload->spread_armed = false;
+	if (upload->closing)
+		return;
+	for (struct upload_sync *sync = upload->syncs; sync; sync = sync->next) {
+		struct store_task *task;
+
+		if (!sync->held_count || store_task_find(upload->store, sync->task_id, &task) < 0)
+			continue;
+		upload_sync_flush(sync, store_task_info(task), now_ms, false);
+		store_task_release(task);
+	}
+	upload_spread_arm(upload);
+}
+
+static void upload_spread_arm(struct upload *upload)
+{
+	bool held = false;
+
+	for (struct upload_sync *sync = upload->syncs; sync && !held; sync = sync->next)
+		held = sync->held_count > 0;
+	if (!held || upload->spread_armed || upload->closing)
+		return;
+	loop_op_init(&upload->spread_op, upload_spread_done, upload);
+	if (loop_timeout(upload->loop, &upload->spread_op, UPLOAD_SPREAD_TICK_MS) == 0)
+		upload->spread_armed = true;
+}
+
+/* Holds `number` back from `sync` until the spreading delay is over; false
+ * (tell it now) if there is no memory for it. */
+static bool upload_sync_hold(struct upload_sync *sync, uint32_t number, uint64_t due_ms)
+{
+	if (sync->held_count == sync->held_cap) {
+		size_t cap = sync->held_cap ? sync->held_cap * 2 : 16;
+		uint32_t *held = realloc(sync->held, cap * sizeof(*held));
+		uint64_t *due;
+
+		if (!held)
+			return false;
+		sync->held = held;
+		due = realloc(sync->held_due_ms, cap * sizeof(*due));
+		if (!due)
+			return false;
+		sync->held_due_ms = due;
+		sync->held_cap = cap;
+	}
+	sync->held[sync->held_count] = number;
+	sync->held_due_ms[sync->held_count++] = due_ms;
+	return true;
+}
+
+/* A new piece: told now to the next stream in turn, later to the others. */
+static void upload_spread_piece(struct upload *upload, const struct meta_task *info,
+				uint32_t number)
+{
+	struct upload_sync *sync;
+	unsigned streams = 0, chosen, i = 0;
+	uint64_t due_ms = clock_monotonic_ms() + UPLOAD_SPREAD_MS;
+
+	for (sync = upload->syncs; sync; sync = sync->next)
+		streams += memcmp(sync->task_id, info->id, 32) == 0;
+	chosen = streams ? upload->spread_turn++ % streams : 0;
+	for (sync = upload->syncs; sync; sync = sync->next) {
+		if (memcmp(sync->task_id, info->id, 32) != 0)
+			continue;
+		if (!upload->options.seed || i++ == chosen ||
+		    !upload_sync_hold(sync, number, due_ms))
+			upload_send_availability(sync->uc->conn, sync->id, info, &number, 1, false,
+						 false, NULL);
+	}
+	upload_spread_arm(upload);
+}
+
 static void upload_observe(void *arg, struct store_task *task, enum store_event event,
 			   uint32_t number)
 {
@@ -463,16 +606,20 @@ static void upload_observe(void *arg, struct store_task *task, enum store_event 
 	const struct meta_task *info = store_task_info(task);
 	struct upload_sync *sync, *next;
 
+	if (event == STORE_EVENT_PIECE) {
+		upload_spread_piece(upload, info, number);
+		return;
+	}
 	for (sync = upload->syncs; sync; sync = next) {
 		next = sync->next;
 		if (memcmp(sync->task_id, info->id, 32) != 0)
 			continue;
 		switch (event) {
 		case STORE_EVENT_PIECE:
-			upload_send_availability(sync->uc->conn, sync->id, info, &number, 1, false,
-						 false, NULL);
 			break;
 		case STORE_EVENT_COMPLETE:
+			/* Every piece is told before the end. */
+			upload_sync_flush(sync, info, 0, true);
 			upload_send_availability(sync->uc->conn, sync->id, info, NULL, 0, true,
 						 false, NULL);
 			upload_sync_remove(upload, sync);

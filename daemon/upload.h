@@ -32,6 +32,9 @@ struct upload {
 	uint64_t tokens_ms;		/* when tokens were last refilled */
 	struct loop_op timer_op;
 	bool timer_armed;
+	struct loop_op spread_op;	/* held piece announcements (spreading) */
+	bool spread_armed;
+	unsigned spread_turn;		/* which stream hears of the next piece first */
 	bool closing;
 	uint64_t pieces_served, bytes_served;
 };

@@ -13,6 +13,7 @@
 #        DATA_PARENT (/dev/shm)  where the daemons' data dirs go (fresh each run,
 #                          removed after it); tmpfs: the peers' disks are not what is
 #                          measured, and 17 daemons on one virtual disk would be
+#        PEER_ARGS, SEED_ARGS  extra ringflyd flags for the peers / the seed
 #        KEEP_TMP=1        keeps the temp dir (logs, nginx access log)
 #
 # Namespaces on one bridge (tests/integration/lib-netns.sh), 198.18.4.0/24:
@@ -238,8 +239,9 @@ run_swarm() {
 	url="$NGINX_URL/big?$q"
 	id=$(task_id_of "$url")
 	start_scheduler --netns sched "$sched_at" --log-level debug >/dev/null
+	# shellcheck disable=SC2086 # SEED_ARGS: extra ringflyd flags for the seed
 	start_node seed seed --role seed --listen-peer "${NS_IP[seed]}:$peer_port" \
-		--scheduler "$sched_at" --advertise-ip "${NS_IP[seed]}"
+		--scheduler "$sched_at" --advertise-ip "${NS_IP[seed]}" ${SEED_ARGS:-}
 	for ((i = 1; i <= n; i++)); do
 		# shellcheck disable=SC2086 # PEER_ARGS: extra ringflyd flags, split on spaces
 		start_node "p$i" "p$i" --listen-peer "${NS_IP[p$i]}:$peer_port" \
