@@ -729,6 +729,7 @@ int daemon_run(const struct daemon_config *config)
 		struct upload_options upload_options = {
 			.max_requests = (unsigned)config->upload_max_requests,
 			.rate_limit = (uint64_t)config->upload_rate_limit,
+			.spread = config->upload_spread,
 			.seed = strcmp(config->role, "seed") == 0,
 			.engine = daemon.engine,
 		};

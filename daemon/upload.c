@@ -591,7 +591,7 @@ static void upload_spread_piece(struct upload *upload, const struct meta_task *i
 	for (sync = upload->syncs; sync; sync = sync->next) {
 		if (memcmp(sync->task_id, info->id, 32) != 0)
 			continue;
-		if (!upload->options.seed || i++ == chosen ||
+		if (!upload->options.seed || !upload->options.spread || i++ == chosen ||
 		    !upload_sync_hold(sync, number, due_ms))
 			upload_send_availability(sync->uc->conn, sync->id, info, &number, 1, false,
 						 false, NULL);

@@ -16,6 +16,9 @@ struct upload_options {
 	/* A seed: SyncPieces of a task it lacks, with its URL, starts fetching
 	 * it from the origin through engine (borrowed). */
 	bool seed;
+	/* A seed tells a piece it has just recorded to one child first (see
+	 * "Spreading" in upload.c); off: to every child at once. */
+	bool spread;
 	struct download_engine *engine;
 };
 
