@@ -59,6 +59,7 @@
  * the rest to whoever has it next. One parent alone keeps parent_requests. */
 #define DL_SWARM_REQUESTS 1u
 #define DL_PARENT_STRIKES 3u
+#define DL_FAILED_REPORT_MAX 8u	/* failed parents told per announcement */
 /* A parent without the task yet (it may be about to start it: a chain
  * started all at once) is asked again after 50, 100, 200, 400, 800 ms ... */
 #define DL_PARENT_RETRIES 5u
@@ -202,6 +203,10 @@ struct dl_task {
 	bool no_origin;			/* back to source disabled */
 	struct sched_request *sched_req;	/* asking a scheduler for parents */
 	bool sched_reask;		/* that ask is a later one: new parents only */
+	/* Parents that failed us since the last announcement (told to the
+	 * scheduler with it, which ranks them last for a while). */
+	char failed[DL_FAILED_REPORT_MAX][160];
+	unsigned failed_count;
 	uint64_t announce_ms;		/* the last announcement to the scheduler */
 
 	/* The task's rate limit: a piece starts only while tokens are left
@@ -1056,11 +1061,25 @@ static void dl_parents_close(struct dl_task *task, const char *reason)
 		dl_parent_drop(dp, reason);
 }
 
+/* Remembers a parent that failed us, for the next announcement. */
+static void dl_parent_failed(struct dl_parent *dp)
+{
+	struct dl_task *task = dp->task;
+
+	for (unsigned i = 0; i < task->failed_count; i++)
+		if (strcmp(task->failed[i], dp->address) == 0)
+			return;
+	if (task->failed_count < DL_FAILED_REPORT_MAX)
+		snprintf(task->failed[task->failed_count++], sizeof(task->failed[0]), "%s",
+			 dp->address);
+}
+
 static void dl_parent_penalise(struct dl_parent *dp, uint32_t number, const char *reason)
 {
 	struct dl_task *task = dp->task;
 
 	dp->strikes++;
+	dl_parent_failed(dp);
 	log_warn("download", "parent penalised task=%s parent=%s strikes=%u reason=\"piece %u: %s\"",
 		 task->hex, dp->address, dp->strikes, number, reason);
 	/* Never asked for that piece again. */
@@ -1318,6 +1337,8 @@ static void dl_parent_gone(struct parent *parent, void *arg, int error, const ch
 	else
 		log_warn("download", "parent penalised task=%s parent=%s strikes=%u reason=\"%s\"",
 			 task->hex, dp->address, ++dp->strikes, reason);
+	if (dp->strikes)
+		dl_parent_failed(dp);
 	dl_parent_drop(dp, reason);
 	if (dl_final(task)) {
 		dl_task_maybe_end(task);
@@ -1577,15 +1598,28 @@ static void dl_sched_fill(const struct dl_task *task, struct sched_announce *a,
 	a->parents_in_use = in_use;
 }
 
+/* The parents that failed us since the last announcement go with this one. */
+static void dl_sched_fill_failed(struct dl_task *task, struct sched_announce *a,
+				 const char *failed[DL_FAILED_REPORT_MAX])
+{
+	for (unsigned i = 0; i < task->failed_count; i++)
+		failed[i] = task->failed[i];
+	a->failed_parents = failed;
+	a->failed_parents_count = task->failed_count;
+}
+
 static void dl_sched_announce(struct dl_task *task)
 {
 	struct sched_announce a;
 	const char *in_use[SCHED_PARENTS_MAX * 2];
+	const char *failed[DL_FAILED_REPORT_MAX];
 
 	if (!task->engine->options.sched)
 		return;
 	dl_sched_fill(task, &a, in_use, sizeof(in_use) / sizeof(in_use[0]));
+	dl_sched_fill_failed(task, &a, failed);
 	sched_announce(task->engine->options.sched, &a);
+	task->failed_count = 0;
 	task->announce_ms = clock_monotonic_ms();
 }
 
@@ -1658,15 +1692,18 @@ static void dl_sched_reask(struct dl_task *task)
 {
 	struct sched_announce a;
 	const char *in_use[SCHED_PARENTS_MAX * 2];
+	const char *failed[DL_FAILED_REPORT_MAX];
 
-	if (task->sched_req) {
+	if (task->sched_req || task->st == NULL) {
 		dl_sched_announce(task);
 		return;
 	}
 	dl_sched_fill(task, &a, in_use, sizeof(in_use) / sizeof(in_use[0]));
+	dl_sched_fill_failed(task, &a, failed);
 	task->announce_ms = clock_monotonic_ms();
 	if (!a.want_parents) {
 		sched_announce(task->engine->options.sched, &a);
+		task->failed_count = 0;
 		return;
 	}
 	task->sched_reask = true;
@@ -1674,7 +1711,9 @@ static void dl_sched_reask(struct dl_task *task)
 		      &task->sched_req) < 0) {
 		task->sched_reask = false;
 		task->sched_req = NULL;
+		return;
 	}
+	task->failed_count = 0;
 }
 
 static void dl_parents_free(struct dl_task *task)
@@ -1724,6 +1763,7 @@ static void dl_parents_tick(struct dl_task *task, uint64_t now_ms)
 		dp->strikes++;
 		log_warn("download", "parent penalised task=%s parent=%s strikes=%u reason=\"%s\"",
 			 task->hex, dp->address, dp->strikes, reason);
+		dl_parent_failed(dp);
 		dl_parent_drop(dp, reason);
 	}
 	if (!task->origin_allowed && now_ms - task->peer_progress_ms >= timeout) {

@@ -167,6 +167,8 @@ static uint8_t *sched_pack_announce(struct sched_client *client,
 	m.want_parents = a->want_parents;
 	m.parents_in_use = (char **)a->parents_in_use;
 	m.n_parents_in_use = a->parents_in_use_count;
+	m.failed_parents = (char **)a->failed_parents;
+	m.n_failed_parents = a->failed_parents_count;
 	*len = frame_packed_size(&m.base);
 	frame = malloc(*len);
 	if (!frame)

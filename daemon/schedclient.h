@@ -45,6 +45,8 @@ struct sched_announce {
 	bool want_parents;
 	const char *const *parents_in_use;	/* peer ids */
 	size_t parents_in_use_count;
+	const char *const *failed_parents;	/* "ip:port" that failed us since the last one */
+	size_t failed_parents_count;
 };
 
 struct sched_parents {

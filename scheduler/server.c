@@ -193,6 +193,8 @@ static void sched_take_announce(struct sched_server *server, struct conn *conn,
 	announce.pieces_done = request->pieces_done;
 	announce.parents_in_use = (const char *const *)request->parents_in_use;
 	announce.parents_in_use_count = request->n_parents_in_use;
+	announce.failed_parents = (const char *const *)request->failed_parents;
+	announce.failed_parents_count = request->n_failed_parents;
 	announce.registration = conn; /* kept by a seed host until sched_closed */
 
 	rc = sched_announce(server->state, &announce, clock_monotonic_ms(), &answer);
@@ -208,6 +210,17 @@ static void sched_take_announce(struct sched_server *server, struct conn *conn,
 		return;
 	}
 	hash_hex(request->task_id.data, hex);
+	for (size_t i = 0; i < request->n_failed_parents && i < SCHED_FAILED_MAX; i++) {
+		const char *failed = request->failed_parents[i];
+		size_t len = strnlen(failed, SCHED_ADDRESS_MAX + 1);
+		bool printable = len <= SCHED_ADDRESS_MAX;
+
+		for (size_t k = 0; printable && k < len; k++)
+			printable = failed[k] > ' ' && failed[k] < 127;
+		if (printable) /* what we log is an address, not whatever a peer sent */
+			log_info("scheduler", "parent failed task=%s parent=%s reported_by=%s", hex,
+				 failed, address);
+	}
 	log_debug("scheduler",
 		  "announce task=%s peer=%s address=%s seed=%d pieces=%u/%u complete=%d", hex,
 		  request->peer_id, address, announce.seed, request->pieces_done,

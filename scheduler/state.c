@@ -203,6 +203,7 @@ struct sched_peer {
 	bool seed, complete;
 	uint32_t upload_slots, uploads;
 	uint32_t pieces_done, piece_count;
+	uint64_t failed_ms;	/* a child said it failed: when (0 = never) */
 	unsigned parents_in_use_count;
 	uint64_t parents_in_use[SCHED_PARENTS_IN_USE_MAX]; /* id hashes */
 	char id[SCHED_PEER_ID_MAX + 1];
@@ -215,6 +216,7 @@ struct sched_seed {
 	uint64_t id_hash;
 	uint64_t last_seen_ms;
 	void *registration; /* the caller's handle of its last announcement, or NULL */
+	uint64_t failed_ms;	/* a child said it failed: when (0 = never) */
 	uint32_t upload_slots, uploads;
 	char id[SCHED_PEER_ID_MAX + 1];
 	char address[SCHED_ADDRESS_MAX + 1];
@@ -228,6 +230,7 @@ struct sched_candidate {
 	struct sched_peer *peer; /* NULL: a seed host that does not hold the task */
 	uint32_t pieces_done;
 	bool complete, seed;
+	bool failed;		/* failed a child within SCHED_FAILURE_MS */
 	unsigned location_match;
 	int64_t free_slots;
 };
@@ -350,12 +353,14 @@ static void sched_seed_update(struct sched_state *state, const struct sched_peer
 
 	if (!seed && state->seed_count < SCHED_SEEDS_MAX) {
 		seed = &state->seeds[state->seed_count++];
+		seed->failed_ms = 0;
 	} else if (!seed) {
 		/* Full: the least recently seen goes. */
 		seed = &state->seeds[0];
 		for (unsigned i = 1; i < state->seed_count; i++)
 			if (state->seeds[i].last_seen_ms < seed->last_seen_ms)
 				seed = &state->seeds[i];
+		seed->failed_ms = 0;
 	}
 	seed->id_hash = peer->id_hash;
 	seed->last_seen_ms = peer->last_seen_ms;
@@ -393,6 +398,8 @@ static int sched_candidate_compare(const void *left, const void *right)
 {
 	const struct sched_candidate *a = left, *b = right;
 
+	if (a->failed != b->failed)
+		return a->failed ? 1 : -1;
 	if (a->complete != b->complete)
 		return a->complete ? -1 : 1;
 	if (!a->complete && a->pieces_done != b->pieces_done)
@@ -455,6 +462,11 @@ static void sched_answer_add(struct sched_answer *answer, const struct sched_can
 	parent->pieces_done = candidate->pieces_done;
 }
 
+static bool sched_recently_failed(const struct sched_state *state, uint64_t failed_ms)
+{
+	return failed_ms && state->now_ms - failed_ms < SCHED_FAILURE_MS;
+}
+
 static size_t sched_gather(struct sched_state *state, const struct sched_peer *child)
 {
 	struct sched_task *task = child->task;
@@ -477,6 +489,7 @@ static size_t sched_gather(struct sched_state *state, const struct sched_peer *c
 		candidate->pieces_done = peer->pieces_done;
 		candidate->complete = peer->complete;
 		candidate->seed = peer->seed;
+		candidate->failed = sched_recently_failed(state, peer->failed_ms);
 		candidate->location_match = sched_location_match(child->location, peer->location);
 		candidate->free_slots = (int64_t)peer->upload_slots - (int64_t)peer->uploads;
 	}
@@ -497,6 +510,7 @@ static size_t sched_gather(struct sched_state *state, const struct sched_peer *c
 		candidate->pieces_done = 0;
 		candidate->complete = false;
 		candidate->seed = true;
+		candidate->failed = sched_recently_failed(state, seed->failed_ms);
 		candidate->location_match = sched_location_match(child->location, seed->location);
 		candidate->free_slots = (int64_t)seed->upload_slots - (int64_t)seed->uploads;
 	}
@@ -685,6 +699,28 @@ static void sched_peer_update(struct sched_peer *peer, const struct sched_announ
 	}
 }
 
+/* The parents a child says failed it: in this task, and as seed hosts. */
+static void sched_note_failures(struct sched_state *state, struct sched_task *task,
+				const struct sched_announce *announce, uint64_t now_ms)
+{
+	for (size_t i = 0; i < announce->failed_parents_count && i < SCHED_FAILED_MAX; i++) {
+		const char *address = announce->failed_parents ? announce->failed_parents[i] : NULL;
+
+		if (!address || !address[0])
+			continue;
+		for (struct sched_node *node = task->peers.next; node != &task->peers;
+		     node = node->next) {
+			struct sched_peer *peer = container_of(node, struct sched_peer, in_task);
+
+			if (strcmp(peer->address, address) == 0)
+				peer->failed_ms = now_ms;
+		}
+		for (unsigned k = 0; k < state->seed_count; k++)
+			if (strcmp(state->seeds[k].address, address) == 0)
+				state->seeds[k].failed_ms = now_ms;
+	}
+}
+
 static void sched_task_update(struct sched_task *task, const struct sched_announce *announce)
 {
 	if (!task->url && announce->url && announce->url[0])
@@ -761,6 +797,7 @@ int sched_announce(struct sched_state *state, const struct sched_announce *annou
 	}
 	sched_peer_update(peer, announce, now_ms);
 	sched_task_update(task, announce);
+	sched_note_failures(state, task, announce, now_ms);
 
 	/* Over a bound: the least recently seen goes (never the entry just
 	 * announced: it is at the tail, behind at least one other). */

@@ -57,6 +57,8 @@
 #define SCHED_LOCATION_MAX	 128
 #define SCHED_URL_MAX		 8192
 #define SCHED_PARENTS_IN_USE_MAX 16  /* more are ignored */
+#define SCHED_FAILED_MAX	 16  /* failed parents per announcement; more are ignored */
+#define SCHED_FAILURE_MS	 30000 /* a parent that failed a child ranks last this long */
 #define SCHED_PARENTS_MAX	 8   /* parents in one answer */
 #define SCHED_SEEDS_MAX		 256 /* seed hosts remembered */
 #define SCHED_WALK_MAX		 256 /* peers one cycle check may visit */
@@ -100,6 +102,11 @@ struct sched_announce {
 	uint32_t piece_count, pieces_done;
 	const char *const *parents_in_use; /* peer ids; the first SCHED_PARENTS_IN_USE_MAX count */
 	size_t parents_in_use_count;
+	/* Addresses of parents that failed this peer since its last
+	 * announcement (a bad piece, no answer, gone mid-piece): they rank
+	 * after every parent that did not fail anyone for SCHED_FAILURE_MS. */
+	const char *const *failed_parents;
+	size_t failed_parents_count;
 	/* The caller's handle of where it came from (NULL: none). Kept, not
 	 * dereferenced, by a seed host until sched_forget_registration. */
 	void *registration;

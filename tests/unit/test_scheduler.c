@@ -83,6 +83,7 @@ struct peer {
 	bool seed, complete, quiet;
 	uint32_t pieces, slots, uploads;
 	const char *parents[4];
+	const char *failed[4];	/* addresses of parents that failed it */
 	void *registration;
 };
 
@@ -117,6 +118,9 @@ static int announce_at(unsigned task_n, uint64_t now_ms, struct peer peer)
 	while (parent_count < 4 && peer.parents[parent_count])
 		parent_count++;
 	announce.parents_in_use_count = parent_count;
+	announce.failed_parents = peer.failed;
+	while (announce.failed_parents_count < 4 && peer.failed[announce.failed_parents_count])
+		announce.failed_parents_count++;
 	return sched_announce(state, &announce, now_ms, &last);
 }
 
@@ -165,6 +169,29 @@ Test(sched, ranking_order_complete_pieces_location_slots)
 	cr_assert_not(last.parents[3].complete);
 	cr_assert_eq(last.parents[3].pieces_done, 7);
 	cr_assert_not(last.parents[3].seed);
+}
+
+Test(sched, a_parent_that_failed_a_child_ranks_last_for_a_while)
+{
+	ANNOUNCE(1, 0, .id = "good", .complete = true, .address = "10.0.0.9:1");
+	ANNOUNCE(1, 0, .id = "bad", .complete = true, .address = "10.0.0.9:2", .slots = 50);
+	ANNOUNCE(1, 0, .id = "half", .pieces = 5, .quiet = true);
+	ANNOUNCE(1, 0, .id = "child");
+	cr_assert_str_eq(ids(&last), "bad,good,half", "free slots first while nobody failed");
+
+	/* The child says "bad" failed it: last for everyone, not gone. */
+	ANNOUNCE(1, 1000, .id = "child", .failed = { "10.0.0.9:2" });
+	cr_assert_str_eq(ids(&last), "good,half,bad");
+	ANNOUNCE(1, 2000, .id = "other");
+	cr_assert_str_eq(ids(&last), "good,half,child,bad");
+	/* Forgiven after SCHED_FAILURE_MS (the others announce meanwhile). */
+	ANNOUNCE(1, SCHED_FAILURE_MS, .id = "good", .complete = true, .address = "10.0.0.9:1");
+	ANNOUNCE(1, SCHED_FAILURE_MS, .id = "bad", .complete = true, .address = "10.0.0.9:2",
+		 .slots = 50);
+	ANNOUNCE(1, SCHED_FAILURE_MS, .id = "half", .pieces = 5, .quiet = true);
+	ANNOUNCE(1, SCHED_FAILURE_MS, .id = "child", .quiet = true);
+	ANNOUNCE(1, 1000 + SCHED_FAILURE_MS, .id = "other");
+	cr_assert_str_eq(ids(&last), "bad,good,half,child");
 }
 
 Test(sched, location_is_compared_by_leading_parts)
