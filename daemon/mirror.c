@@ -432,6 +432,16 @@ static void mirror_xfer_maybe_free(struct mirror_xfer *x)
 	free(x);
 }
 
+/* The client's exchange, now ours to answer: the transfer no longer refers
+ * to it. */
+static struct http_exchange *mirror_take(struct mirror_xfer *x)
+{
+	struct http_exchange *ex = x->ex;
+
+	x->ex = NULL;
+	return ex;
+}
+
 /* Our callbacks hold the transfer: whatever they call (an abort that
  * finishes the connection and runs other payloads' dones, a cancel) cannot
  * free it under them; the last release does. */
@@ -642,9 +652,8 @@ static size_t mirror_authorization(const struct mirror_xfer *x, const char *auth
  * follows our own abort. */
 static void mirror_blob_give_up(struct mirror_xfer *x)
 {
-	struct http_exchange *ex = x->ex;
+	struct http_exchange *ex = mirror_take(x);
 
-	x->ex = NULL;
 	if (ex)
 		http_response_abort(ex);
 	if (x->watcher) {
@@ -785,11 +794,10 @@ static void mirror_blob_pump(struct mirror_xfer *x)
 			if (rc < 0) {
 				char line[64];
 				const char *lines[] = { line };
-				struct http_exchange *ex = x->ex;
+				struct http_exchange *ex = mirror_take(x);
 
 				snprintf(line, sizeof(line), "Content-Range: bytes */%" PRIu64,
 					 x->length);
-				x->ex = NULL;
 				x->head_sent = true;
 				if (http_response_start(ex, 416, lines, 1, 0) == 0)
 					http_response_end(ex);
@@ -807,9 +815,8 @@ static void mirror_blob_pump(struct mirror_xfer *x)
 		if (mirror_blob_head(x) < 0)
 			goto abort;
 		if (x->head) {
-			struct http_exchange *ex = x->ex;
+			struct http_exchange *ex = mirror_take(x);
 
-			x->ex = NULL;
 			http_response_end(ex);
 			return;
 		}
@@ -836,9 +843,8 @@ static void mirror_blob_pump(struct mirror_xfer *x)
 		x->sent += chunk;
 	}
 	if (x->verified && x->sent == x->end) {
-		struct http_exchange *ex = x->ex;
+		struct http_exchange *ex = mirror_take(x);
 
-		x->ex = NULL;
 		http_response_end(ex);
 		log_info("mirror", "blob served digest=%s bytes=%" PRIu64 " source=%s ms=%llu "
 			 "client=%s", x->digest_text, x->end - x->start,
@@ -865,9 +871,8 @@ static void mirror_blob_data(void *arg, uint64_t readable)
 			log_warn("mirror", "cannot hold the blob's content file digest=%s error=\"%s\"",
 				 x->digest_text, strerror(errno));
 			if (x->ex && !x->head_sent) {
-				struct http_exchange *ex = x->ex;
+				struct http_exchange *ex = mirror_take(x);
 
-				x->ex = NULL;
 				mirror_reply_error(ex, 503, "UNAVAILABLE", "out of file descriptors");
 			}
 			mirror_blob_give_up(x);
@@ -899,9 +904,8 @@ static void mirror_blob_done(void *arg, int error, enum download_error_kind kind
 		log_warn("mirror", "blob failed digest=%s client=%s reason=\"%s\"", x->digest_text,
 			 x->peer, message ? message : strerror(-error));
 		if (x->ex) {
-			struct http_exchange *ex = x->ex;
+			struct http_exchange *ex = mirror_take(x);
 
-			x->ex = NULL;
 			if (x->head_sent)
 				http_response_abort(ex); /* a short body: never the wrong bytes */
 			else if (kind == DOWNLOAD_ERROR_INTEGRITY)
@@ -942,10 +946,9 @@ static void mirror_blob_start(struct mirror_xfer *x)
 	x->kind = MIRROR_BLOB;
 	rc = download_start(x->mirror->engine, &request, &ops, x, &x->watcher, err, sizeof(err));
 	if (rc < 0) {
-		struct http_exchange *ex = x->ex;
+		struct http_exchange *ex = mirror_take(x);
 
 		x->watcher = NULL;
-		x->ex = NULL;
 		log_warn("mirror", "blob failed digest=%s client=%s reason=\"%s\"", x->digest_text,
 			 x->peer, err);
 		mirror_reply_error(ex, rc == -EAGAIN ? 503 : 502, "UNKNOWN", "%s", err);
@@ -995,9 +998,8 @@ static void mirror_check_decide(struct mirror_xfer *x, const struct origin_resul
 			return;
 		}
 		{
-			struct http_exchange *ex = x->ex;
+			struct http_exchange *ex = mirror_take(x);
 
-			x->ex = NULL;
 			log_warn("mirror", "blob check failed digest=%s client=%s reason=\"%s\"",
 				 x->digest_text, x->peer,
 				 result->message ? result->message : strerror(-result->error));
@@ -1028,10 +1030,9 @@ static void mirror_check_decide(struct mirror_xfer *x, const struct origin_resul
 		if (rc == 0)
 			rc = mirror_forward_start(x, ORIGIN_GET);
 		if (rc < 0) {
-			struct http_exchange *ex = x->ex;
+			struct http_exchange *ex = mirror_take(x);
 
 			x->req = NULL;
-			x->ex = NULL;
 			mirror_reply_error(ex, 502, "UNKNOWN", "cannot forward to the registry: %s",
 					   strerror(-rc));
 		}

@@ -76,26 +76,21 @@ def expect(data, closed, code, what):
 
 # --- 1. malformed requests.
 raw malformed "$PY_LIB"'
-s = conn(); s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + b"X-Big: " + b"a" * 20480 + b"\r\n\r\n")
-d, c = read_all(s); expect(d, c, 431, "20 KiB of headers")
-s = conn(); s.sendall(b"GARBAGE\x01 / HTTP/1.1\r\n\r\n")
-d, c = read_all(s); expect(d, c, 400, "bad request line")
-s = conn(); s.sendall(b"GET /healthz HTTP/2.0\r\nHost: x\r\n\r\n")
-d, c = read_all(s); expect(d, c, 400, "HTTP/2.0")
-s = conn(); s.sendall(b"POST /v2/x/blobs/uploads/ HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello")
-d, c = read_all(s); expect(d, c, 413, "a request body")
-s = conn(); s.sendall(b"DELETE /v2/x/manifests/v1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-d, c = read_all(s); expect(d, c, 405, "DELETE")
-s = conn(); s.sendall(b"GET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-d, c = read_all(s); expect(d, c, 404, "unknown path")
-s = conn(); s.sendall(b"GET /v2/x/../../admin HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-d, c = read_all(s); expect(d, c, 400, "a .. segment")
-s = conn(); s.sendall(b"GET /v2/x/%2E%2e/y/manifests/v1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-d, c = read_all(s); expect(d, c, 400, "an encoded .. segment")
-s = conn(); s.sendall(b"GET /v2/x/manifests/v1?ns=other.example HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-d, c = read_all(s); expect(d, c, 404, "ns= naming no upstream")
-if b"no upstream registry for ns=other.example" not in d: sys.exit("404 for ns= does not say why: %r" % d[-300:])
-'
+def ask(raw, code, what):
+    s = conn(); s.sendall(raw)
+    d, c = read_all(s); expect(d, c, code, what)
+    return d
+CLOSE = b"Host: x\r\nConnection: close\r\n\r\n"
+ask(b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + b"X-Big: " + b"a" * 20480 + b"\r\n\r\n", 431, "20 KiB of headers")
+ask(b"GARBAGE\x01 / HTTP/1.1\r\n\r\n", 400, "bad request line")
+ask(b"GET /healthz HTTP/2.0\r\nHost: x\r\n\r\n", 400, "HTTP/2.0")
+ask(b"POST /v2/x/blobs/uploads/ HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello", 413, "a request body")
+ask(b"DELETE /v2/x/manifests/v1 HTTP/1.1\r\n" + CLOSE, 405, "DELETE")
+ask(b"GET /nope HTTP/1.1\r\n" + CLOSE, 404, "unknown path")
+ask(b"GET /v2/x/../../admin HTTP/1.1\r\n" + CLOSE, 400, "a .. segment")
+ask(b"GET /v2/x/%2E%2e/y/manifests/v1 HTTP/1.1\r\n" + CLOSE, 400, "an encoded .. segment")
+d = ask(b"GET /v2/x/manifests/v1?ns=other.example HTTP/1.1\r\n" + CLOSE, 404, "ns= naming no upstream")
+if b"no upstream registry for ns=other.example" not in d: sys.exit("404 for ns= does not say why: %r" % d[-300:])'
 cat "$T/malformed.out"
 must_health "${PEER_SOCK[m1]}" 5 "${PEER_PID[m1]}"
 
