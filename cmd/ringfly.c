@@ -71,7 +71,7 @@ static void usage(FILE *out)
 		"            download URL through ringflyd into FILE (- for stdout)\n"
 		"  import FILE             add a local file to the cache; prints its task id\n"
 		"  export TASK -O FILE     copy a complete task out of the cache\n"
-		"  stat URL|TASK           show a task's state\n"
+		"  stat URL|TASK           show a task's state (with schedulers: which peers hold it)\n"
 		"  preheat URL [--digest sha256:HEX]\n"
 		"                          have the scheduler's seed peers fetch URL now\n"
 		"Default socket: $RINGFLY_SOCKET, else /run/ringfly/ringflyd.sock.\n");
@@ -701,6 +701,30 @@ static int cli_get(struct cli_call *call, int argc, char **argv)
 
 /* --- import, export, stat. */
 
+/* Where the task is, when the daemon asked its scheduler (stat). */
+static void cli_print_swarm(const Ringfly__TaskInfo *info)
+{
+	if (info->swarm_error[0]) {
+		printf("scheduler: none answered (%s)\n", info->swarm_error);
+		return;
+	}
+	if (!info->scheduler[0])
+		return;
+	printf("scheduler: %s\n"
+	       "swarm: %u peers know it, %zu hold pieces\n",
+	       info->scheduler, info->swarm_peers, info->n_swarm);
+	for (size_t i = 0; i < info->n_swarm; i++) {
+		const Ringfly__Parent *p = info->swarm[i];
+
+		if (p->complete)
+			printf("  %s %s complete\n", p->address[0] ? p->address : p->peer_id,
+			       p->seed ? "seed" : "peer");
+		else
+			printf("  %s %s %u/%u pieces\n", p->address[0] ? p->address : p->peer_id,
+			       p->seed ? "seed" : "peer", p->pieces_done, info->piece_count);
+	}
+}
+
 static int cli_print_info(struct cli_call *call, const char *what, uint8_t type,
 			  ProtobufCMessage *reply, bool id_only)
 {
@@ -732,6 +756,7 @@ static int cli_print_info(struct cli_call *call, const char *what, uint8_t type,
 		       (unsigned long long)info->content_length,
 		       (unsigned long long)info->piece_length, info->pieces_done, info->piece_count,
 		       (unsigned long long)info->bytes_done, info->digest[0] ? info->digest : "none");
+		cli_print_swarm(info);
 	}
 	protobuf_c_message_free_unpacked(reply, NULL);
 	return rc;

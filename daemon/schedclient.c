@@ -53,7 +53,8 @@ struct sched_request {
 	bool sent;			/* the frame went to order[tried] */
 	uint64_t deadline_ms;
 	sched_parents_fn fn;		/* an ask, or */
-	sched_preheat_fn preheat_fn;	/* a preheat */
+	sched_preheat_fn preheat_fn;	/* a preheat, or */
+	sched_stat_fn stat_fn;		/* a TaskPeers */
 	void *arg;
 	uint8_t *frame;
 	size_t frame_len;
@@ -233,7 +234,8 @@ static void sched_memo_replay(struct sched_conn *conn)
 
 		/* An ask waiting for this connection sends its own copy. */
 		for (struct sched_request *req = client->requests; req; req = req->next)
-			pending = pending || (!req->sent && req->tried < client->conn_count &&
+			pending = pending || (req->fn && !req->sent &&
+					      req->tried < client->conn_count &&
 					      req->order[req->tried] == conn->index &&
 					      memcmp(req->task_id, client->memos[i].task_id, 32) == 0);
 		if (pending)
@@ -276,6 +278,8 @@ static void sched_request_report(struct sched_request *req, int error, const cha
 {
 	if (req->preheat_fn)
 		req->preheat_fn(req->arg, error, NULL, reason);
+	else if (req->stat_fn)
+		req->stat_fn(req->arg, error, NULL, NULL, reason);
 	else
 		req->fn(req->arg, error, NULL, reason);
 }
@@ -482,13 +486,25 @@ static void sched_on_frame(struct sched_conn *conn, uint8_t type, const uint8_t 
 		protobuf_c_message_free_unpacked(msg, NULL);
 		return;
 	}
+	if (type == FRAME_TYPE_TASK_PEERS_RESPONSE) {
+		Ringfly__TaskPeersResponse *answer = (Ringfly__TaskPeersResponse *)msg;
+
+		req = sched_request_by_id(client, answer->id);
+		if (req && req->stat_fn) {
+			sched_request_unlink(req);
+			req->stat_fn(req->arg, 0, answer, conn->address, NULL);
+			free(req);
+		}
+		protobuf_c_message_free_unpacked(msg, NULL);
+		return;
+	}
 	if (type != FRAME_TYPE_PARENTS_RESPONSE) {
 		protobuf_c_message_free_unpacked(msg, NULL);
 		return;
 	}
 	r = (Ringfly__ParentsResponse *)msg;
 	req = sched_request_by_id(client, r->id);
-	if (!req || req->preheat_fn) { /* the answer to an announcement */
+	if (!req || !req->fn) { /* the answer to an announcement */
 		protobuf_c_message_free_unpacked(msg, NULL);
 		return;
 	}
@@ -768,6 +784,38 @@ int sched_preheat(struct sched_client *client, const uint8_t task_id[32], const 
 	req->frame_len = frame_packed_size(&m.base);
 	req->frame = malloc(req->frame_len);
 	n = req->frame ? frame_pack(FRAME_TYPE_PREHEAT, &m.base, req->frame, req->frame_len) : -1;
+	if (n < 0) {
+		free(req->frame);
+		free(req);
+		return -ENOMEM;
+	}
+	req->frame_len = (size_t)n;
+	*out = req;
+	sched_request_start(client, req, task_id);
+	return 0;
+}
+
+int sched_task_peers(struct sched_client *client, const uint8_t task_id[32], sched_stat_fn fn,
+		     void *arg, struct sched_request **out)
+{
+	Ringfly__TaskPeers m = RINGFLY__TASK_PEERS__INIT;
+	struct sched_request *req = calloc(1, sizeof(*req));
+	ssize_t n;
+
+	if (!req)
+		return -ENOMEM;
+	req->client = client;
+	req->id = client->next_id++;
+	memcpy(req->task_id, task_id, 32);
+	req->stat_fn = fn;
+	req->arg = arg;
+	m.id = req->id;
+	m.task_id.data = (uint8_t *)task_id;
+	m.task_id.len = 32;
+	req->frame_len = frame_packed_size(&m.base);
+	req->frame = malloc(req->frame_len);
+	n = req->frame ? frame_pack(FRAME_TYPE_TASK_PEERS, &m.base, req->frame, req->frame_len)
+		       : -1;
 	if (n < 0) {
 		free(req->frame);
 		free(req);

@@ -7,6 +7,7 @@
 #include <stdint.h>
 
 #include "core/loop.h"
+#include "rpc/ringfly.pb-c.h"
 
 /*
  * Each task has its scheduler: the configured addresses ordered by
@@ -65,6 +66,11 @@ typedef void (*sched_preheat_fn)(void *arg, int error, const char *seeds, const 
 typedef void (*sched_parents_fn)(void *arg, int error, const struct sched_parents *parents,
 				 const char *reason);
 
+/* error 0: the scheduler's answer (borrowed for the call) and its address;
+ * else no scheduler answered (reason). */
+typedef void (*sched_stat_fn)(void *arg, int error, const Ringfly__TaskPeersResponse *answer,
+			      const char *scheduler, const char *reason);
+
 struct sched_client;
 struct sched_request;
 
@@ -84,6 +90,11 @@ void sched_cancel(struct sched_request *request);
 /* Asks the task's scheduler to have seeds fetch url; fn as for sched_ask. */
 int sched_preheat(struct sched_client *client, const uint8_t task_id[32], const char *url,
 		  const char *digest, sched_preheat_fn fn, void *arg, struct sched_request **out);
+
+/* Asks the task's scheduler which peers hold it (`ringfly stat`); fn as for
+ * sched_ask. */
+int sched_task_peers(struct sched_client *client, const uint8_t task_id[32], sched_stat_fn fn,
+		     void *arg, struct sched_request **out);
 
 /* Announces without waiting for the answer. Remembered for re-announcing. */
 void sched_announce(struct sched_client *client, const struct sched_announce *announce);

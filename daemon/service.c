@@ -17,9 +17,11 @@ struct service_get {
 	struct service *service;
 	struct conn *conn;
 	struct download_watcher *watcher;	/* a get, or */
-	struct sched_request *preheat;		/* a preheat */
+	struct sched_request *sched;		/* a preheat or a stat's TaskPeers */
 	uint64_t request_id;
+	uint8_t task_id[32];
 	char task_hex[65];
+	char *name;				/* a stat's: the URL or id asked for */
 	struct service_get *next;
 };
 
@@ -83,6 +85,12 @@ static void service_get_unlink(struct service_get *get)
 	}
 }
 
+static void service_get_free(struct service_get *get)
+{
+	free(get->name);
+	free(get);
+}
+
 static void service_get_done(void *arg, int error, enum download_error_kind kind,
 			     const char *message, const struct download_progress *progress)
 {
@@ -94,7 +102,7 @@ static void service_get_done(void *arg, int error, enum download_error_kind kind
 	else
 		conn_send_error(get->conn, get->request_id, service_error_code(kind), "%s",
 				message);
-	free(get);
+	service_get_free(get);
 }
 
 static void service_download(struct service *service, struct conn *conn,
@@ -166,7 +174,7 @@ static void service_download(struct service *service, struct conn *conn,
 	get->request_id = request->id;
 	rc = download_start(service->engine, &params, &ops, get, &get->watcher, err, sizeof(err));
 	if (rc < 0) {
-		free(get);
+		service_get_free(get);
 		conn_send_error(conn, request->id,
 				rc == -EINVAL || rc == -E2BIG ? RINGFLY__ERROR_CODE__ERROR_CODE_INVALID
 				: rc == -EAGAIN ? RINGFLY__ERROR_CODE__ERROR_CODE_BUSY
@@ -187,62 +195,160 @@ void service_conn_closed(struct service *service, struct conn *conn)
 		conn_set_user(conn, get->next);
 		if (get->watcher)
 			download_watcher_cancel(get->watcher);
-		if (get->preheat)
-			sched_cancel(get->preheat);
-		free(get);
+		if (get->sched)
+			sched_cancel(get->sched);
+		service_get_free(get);
 	}
 }
 
 /* --- stat, import, export. */
 
-static void service_send_info(struct conn *conn, uint64_t request_id, const struct meta_task *info)
-{
-	Ringfly__TaskInfo message = RINGFLY__TASK_INFO__INIT;
-	char hex[65], digest[7 + 65] = "";
+/* Where a task is in the swarm, for a stat's TaskInfo: its scheduler's
+ * answer, or why there is none. */
+struct service_swarm {
+	const Ringfly__TaskPeersResponse *answer; /* NULL: not asked, or error */
+	const char *scheduler;
+	const char *error;
+};
 
+static void service_fill_info(Ringfly__TaskInfo *message, const struct meta_task *info,
+			      char hex[65], char digest[7 + 65])
+{
 	hash_hex(info->id, hex);
+	digest[0] = '\0';
 	if (info->has_digest) {
 		memcpy(digest, "sha256:", 7);
 		hash_hex(info->digest, digest + 7);
 	}
+	message->task_id = hex;
+	message->url = (char *)info->url;
+	message->state = info->state == META_TASK_COMPLETE ? "complete"
+			 : info->state == META_TASK_FAILED ? "failed" : "pending";
+	message->content_length = info->content_length;
+	message->piece_length = info->piece_length;
+	message->piece_count = info->piece_count;
+	message->pieces_done = info->pieces_done;
+	message->bytes_done = info->bytes_done;
+	message->digest = digest;
+}
+
+/* info NULL: this daemon does not hold the task, the swarm's answer says
+ * what it is ("absent"). */
+static void service_send_info(struct conn *conn, uint64_t request_id, const uint8_t id[32],
+			      const struct meta_task *info, const struct service_swarm *swarm)
+{
+	Ringfly__TaskInfo message = RINGFLY__TASK_INFO__INIT;
+	char hex[65], digest[7 + 65] = "";
+
 	message.id = request_id;
-	message.task_id = hex;
-	message.url = (char *)info->url;
-	message.state = info->state == META_TASK_COMPLETE ? "complete"
-			: info->state == META_TASK_FAILED ? "failed" : "pending";
-	message.content_length = info->content_length;
-	message.piece_length = info->piece_length;
-	message.piece_count = info->piece_count;
-	message.pieces_done = info->pieces_done;
-	message.bytes_done = info->bytes_done;
-	message.digest = digest;
+	if (info) {
+		service_fill_info(&message, info, hex, digest);
+	} else {
+		hash_hex(id, hex);
+		message.task_id = hex;
+		message.state = "absent";
+		message.digest = digest;
+		if (swarm && swarm->answer) {
+			message.url = swarm->answer->url;
+			message.content_length = swarm->answer->content_length;
+			message.piece_count = swarm->answer->piece_count;
+		}
+	}
+	if (swarm) {
+		message.scheduler = (char *)(swarm->scheduler ? swarm->scheduler : "");
+		message.swarm_error = (char *)(swarm->error ? swarm->error : "");
+		if (swarm->answer) {
+			message.n_swarm = swarm->answer->n_peers;
+			message.swarm = swarm->answer->peers;
+			message.swarm_peers = swarm->answer->peer_count;
+		}
+	}
 	conn_send_frame(conn, FRAME_TYPE_TASK_INFO, &message.base);
 }
 
-/* A task named by its 64-hex id, or by its URL. */
+/* The id of a task named by its 64-hex id, or by its URL. */
+static void service_task_id(const char *name, uint8_t id[32])
+{
+	if (strlen(name) != 64 || hash_parse_sha256(name, id) < 0)
+		download_task_id(name, id);
+}
+
 static int service_find_task(struct service *service, const char *name, struct store_task **out)
 {
 	uint8_t id[32];
 
-	if (strlen(name) != 64 || hash_parse_sha256(name, id) < 0)
-		download_task_id(name, id);
+	service_task_id(name, id);
 	return store_task_find(service->store, id, out);
 }
 
+/* A stat's answer: what this daemon holds (if anything) and the swarm. */
+static void service_stat_reply(struct service *service, struct conn *conn, uint64_t request_id,
+			       const char *name, const uint8_t id[32],
+			       const struct service_swarm *swarm)
+{
+	struct store_task *task;
+	int rc = store_task_find(service->store, id, &task);
+
+	if (rc == 0) {
+		service_send_info(conn, request_id, id, store_task_info(task), swarm);
+		store_task_release(task);
+	} else if (rc == -ENOENT && swarm && swarm->answer && swarm->answer->peer_count) {
+		service_send_info(conn, request_id, id, NULL, swarm);
+	} else if (rc == -ENOENT && swarm && swarm->error) {
+		conn_send_error(conn, request_id, RINGFLY__ERROR_CODE__ERROR_CODE_NOT_FOUND,
+				"stat %s: no such task here, and no scheduler answered (%s)", name,
+				swarm->error);
+	} else if (rc == -ENOENT && swarm) {
+		conn_send_error(conn, request_id, RINGFLY__ERROR_CODE__ERROR_CODE_NOT_FOUND,
+				"stat %s: no such task here nor at scheduler %s", name,
+				swarm->scheduler);
+	} else {
+		conn_send_error(conn, request_id, RINGFLY__ERROR_CODE__ERROR_CODE_NOT_FOUND,
+				"stat %s: %s", name, rc == -ENOENT ? "no such task" : strerror(-rc));
+	}
+}
+
+static void service_stat_done(void *arg, int error, const Ringfly__TaskPeersResponse *answer,
+			      const char *scheduler, const char *reason)
+{
+	struct service_get *get = arg;
+	struct service_swarm swarm = { answer, scheduler, error ? reason : NULL };
+
+	service_get_unlink(get);
+	service_stat_reply(get->service, get->conn, get->request_id, get->name, get->task_id,
+			   &swarm);
+	service_get_free(get);
+}
+
+/* With schedulers, the task's scheduler is asked which peers hold it. */
 static void service_stat(struct service *service, struct conn *conn,
 			 const Ringfly__StatTask *request)
 {
 	const char *name = request->task_id[0] ? request->task_id : request->url;
-	struct store_task *task;
-	int rc = service_find_task(service, name, &task);
+	struct service_get *get;
+	uint8_t id[32];
 
-	if (rc < 0) {
-		conn_send_error(conn, request->id, RINGFLY__ERROR_CODE__ERROR_CODE_NOT_FOUND,
-				"stat %s: %s", name, rc == -ENOENT ? "no such task" : strerror(-rc));
+	service_task_id(name, id);
+	get = service->sched ? calloc(1, sizeof(*get)) : NULL;
+	if (get)
+		get->name = strdup(name);
+	if (!get || !get->name ||
+	    sched_task_peers(service->sched, id, service_stat_done, get, &get->sched) < 0) {
+		struct service_swarm none = { NULL, "", "out of memory" };
+
+		if (get)
+			service_get_free(get);
+		service_stat_reply(service, conn, request->id, name, id,
+				   service->sched ? &none : NULL);
 		return;
 	}
-	service_send_info(conn, request->id, store_task_info(task));
-	store_task_release(task);
+	get->service = service;
+	get->conn = conn;
+	get->request_id = request->id;
+	memcpy(get->task_id, id, 32);
+	hash_hex(id, get->task_hex);
+	get->next = conn_user(conn);
+	conn_set_user(conn, get);
 }
 
 static void service_import(struct service *service, struct conn *conn,
@@ -270,7 +376,7 @@ static void service_import(struct service *service, struct conn *conn,
 				"import %s: %s", request->name, err[0] ? err : strerror(-rc));
 		return;
 	}
-	service_send_info(conn, request->id, store_task_info(task));
+	service_send_info(conn, request->id, id, store_task_info(task), NULL);
 	store_task_release(task);
 }
 
@@ -305,7 +411,8 @@ static void service_export(struct service *service, struct conn *conn,
 				: RINGFLY__ERROR_CODE__ERROR_CODE_INTERNAL,
 				"export %s: %s", request->task_id, err);
 	else
-		service_send_info(conn, request->id, store_task_info(task));
+		service_send_info(conn, request->id, store_task_info(task)->id,
+				  store_task_info(task), NULL);
 	store_task_release(task);
 }
 
@@ -323,7 +430,7 @@ static void service_preheat_done(void *arg, int error, const char *seeds, const 
 				error == -ENOENT ? RINGFLY__ERROR_CODE__ERROR_CODE_NOT_FOUND
 						 : RINGFLY__ERROR_CODE__ERROR_CODE_ORIGIN_UNREACHABLE,
 				"%s", reason);
-		free(get);
+		service_get_free(get);
 		return;
 	}
 	snprintf(copy, sizeof(copy), "%s", seeds);
@@ -335,7 +442,7 @@ static void service_preheat_done(void *arg, int error, const char *seeds, const 
 	response.n_seeds = n;
 	response.task_id = (char *)get->task_hex;
 	conn_send_frame(get->conn, FRAME_TYPE_PREHEAT_RESPONSE, &response.base);
-	free(get);
+	service_get_free(get);
 }
 
 static void service_preheat(struct service *service, struct conn *conn,
@@ -369,9 +476,9 @@ static void service_preheat(struct service *service, struct conn *conn,
 	get->conn = conn;
 	get->request_id = request->id;
 	rc = sched_preheat(service->sched, id, request->url, request->digest,
-			   service_preheat_done, get, &get->preheat);
+			   service_preheat_done, get, &get->sched);
 	if (rc < 0) {
-		free(get);
+		service_get_free(get);
 		conn_send_error(conn, request->id, RINGFLY__ERROR_CODE__ERROR_CODE_INTERNAL,
 				"preheat %s: %s", request->url, strerror(-rc));
 		return;

@@ -23,7 +23,8 @@ static const struct frame_type_info frame_types[FRAME_TYPE_COUNT_] = {
 	[FRAME_TYPE_DOWNLOAD_PROGRESS] = { "DownloadProgress",
 					   &ringfly__download_progress__descriptor, 4u << 10 },
 	[FRAME_TYPE_STAT_TASK] = { "StatTask", &ringfly__stat_task__descriptor, 16u << 10 },
-	[FRAME_TYPE_TASK_INFO] = { "TaskInfo", &ringfly__task_info__descriptor, 16u << 10 },
+	/* The url (8 KiB at most) and up to 32 swarm peers of ~200 bytes. */
+	[FRAME_TYPE_TASK_INFO] = { "TaskInfo", &ringfly__task_info__descriptor, 64u << 10 },
 	[FRAME_TYPE_IMPORT_FILE] = { "ImportFile", &ringfly__import_file__descriptor, 8u << 10 },
 	[FRAME_TYPE_EXPORT_TASK] = { "ExportTask", &ringfly__export_task__descriptor, 4u << 10 },
 	[FRAME_TYPE_SYNC_PIECES] = { "SyncPieces", &ringfly__sync_pieces__descriptor, 1u << 10 },
@@ -40,6 +41,9 @@ static const struct frame_type_info frame_types[FRAME_TYPE_COUNT_] = {
 	[FRAME_TYPE_PREHEAT] = { "Preheat", &ringfly__preheat__descriptor, 16u << 10 },
 	[FRAME_TYPE_PREHEAT_RESPONSE] = { "PreheatResponse",
 					  &ringfly__preheat_response__descriptor, 16u << 10 },
+	[FRAME_TYPE_TASK_PEERS] = { "TaskPeers", &ringfly__task_peers__descriptor, 1u << 10 },
+	[FRAME_TYPE_TASK_PEERS_RESPONSE] = { "TaskPeersResponse",
+					     &ringfly__task_peers_response__descriptor, 64u << 10 },
 };
 
 static const struct frame_type_info *frame_type_info(uint8_t type)

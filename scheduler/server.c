@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -44,6 +45,7 @@
 #define SCHED_MESSAGE_MAX	 (64u << 10) /* AnnouncePeer's own limit (rpc/frame.c) */
 #define SCHED_PARENTS_TEXT_MAX	 (SCHED_PARENTS_MAX * (SCHED_ADDRESS_MAX + 1) + 1)
 #define SCHED_PREHEAT_SEEDS	 2u /* seeds asked to fetch one task */
+#define SCHED_STAT_PEERS	 32u /* peers of a task listed for `ringfly stat` */
 #define SCHED_PREHEAT_TRIES	 8u /* seeds tried when some connections are closing */
 #define SCHED_PREHEAT_TEXT_MAX	 (SCHED_PREHEAT_SEEDS * (SCHED_ADDRESS_MAX + 1) + 1)
 
@@ -336,6 +338,51 @@ static void sched_take_preheat(struct sched_server *server, struct conn *conn,
 	conn_send_frame(conn, FRAME_TYPE_PREHEAT_RESPONSE, &response.base);
 }
 
+/* `ringfly stat` through a daemon: the peers holding a task. */
+static void sched_take_task_peers(struct sched_server *server, struct conn *conn,
+				  const Ringfly__TaskPeers *request)
+{
+	Ringfly__TaskPeersResponse response = RINGFLY__TASK_PEERS_RESPONSE__INIT;
+	struct sched_parent holders[SCHED_STAT_PEERS];
+	Ringfly__Parent parents[SCHED_STAT_PEERS], *list[SCHED_STAT_PEERS];
+	struct sched_task_view *view;
+	unsigned count;
+
+	if (request->task_id.len != SCHED_TASK_ID_SIZE) {
+		conn_reply_error(conn, request->id, RINGFLY__ERROR_CODE__ERROR_CODE_INVALID,
+				 "TaskPeers: task_id must be 32 bytes, got %zu",
+				 request->task_id.len);
+		return;
+	}
+	view = malloc(sizeof(*view)); /* 8 KiB of url: not on the loop's stack */
+	if (!view) {
+		conn_reply_error(conn, request->id, RINGFLY__ERROR_CODE__ERROR_CODE_INTERNAL,
+				 "TaskPeers: out of memory");
+		return;
+	}
+	count = sched_task_peers(server->state, request->task_id.data, holders, SCHED_STAT_PEERS,
+				 view);
+	for (unsigned i = 0; i < count; i++) {
+		ringfly__parent__init(&parents[i]);
+		parents[i].peer_id = holders[i].peer_id;
+		parents[i].address = holders[i].address;
+		parents[i].seed = holders[i].seed;
+		parents[i].complete = holders[i].complete;
+		parents[i].pieces_done = holders[i].pieces_done;
+		list[i] = &parents[i];
+	}
+	response.id = request->id;
+	response.task_id = request->task_id;
+	response.url = view->url;
+	response.content_length = view->content_length;
+	response.piece_count = view->piece_count;
+	response.n_peers = count;
+	response.peers = list;
+	response.peer_count = view->peer_count;
+	conn_send_frame(conn, FRAME_TYPE_TASK_PEERS_RESPONSE, &response.base);
+	free(view);
+}
+
 static void sched_answer_health(struct sched_server *server, struct conn *conn, uint64_t id)
 {
 	Ringfly__HealthResponse response = RINGFLY__HEALTH_RESPONSE__INIT;
@@ -370,6 +417,9 @@ static int sched_frame(struct conn *conn, uint8_t type, const uint8_t *message, 
 		break;
 	case FRAME_TYPE_PREHEAT:
 		sched_take_preheat(server, conn, (Ringfly__Preheat *)msg);
+		break;
+	case FRAME_TYPE_TASK_PEERS:
+		sched_take_task_peers(server, conn, (Ringfly__TaskPeers *)msg);
 		break;
 	case FRAME_TYPE_HEALTH_REQUEST:
 		sched_answer_health(server, conn, ((Ringfly__HealthRequest *)msg)->id);

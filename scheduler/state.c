@@ -1024,6 +1024,58 @@ void sched_state_destroy(struct sched_state *state)
 	free(state);
 }
 
+static int sched_holder_compare(const struct sched_parent *a, const struct sched_parent *b)
+{
+	if (a->complete != b->complete)
+		return a->complete ? -1 : 1;
+	if (a->pieces_done != b->pieces_done)
+		return a->pieces_done > b->pieces_done ? -1 : 1;
+	if (a->seed != b->seed)
+		return a->seed ? -1 : 1;
+	return strcmp(a->peer_id, b->peer_id);
+}
+
+unsigned sched_task_peers(const struct sched_state *state,
+			  const uint8_t task_id[SCHED_TASK_ID_SIZE], struct sched_parent *out,
+			  unsigned max, struct sched_task_view *view)
+{
+	const struct sched_task *task = sched_task_find(state, task_id);
+	unsigned count = 0;
+
+	memset(view, 0, sizeof(*view));
+	if (!task)
+		return 0;
+	snprintf(view->url, sizeof(view->url), "%s", task->url ? task->url : "");
+	view->content_length = task->content_length;
+	view->piece_count = task->piece_count;
+	view->peer_count = task->peer_count;
+	/* Insertion into out, kept sorted; past max the worst falls off. */
+	for (const struct sched_node *n = task->peers.next; n != &task->peers; n = n->next) {
+		const struct sched_peer *peer = container_of(n, struct sched_peer, in_task);
+		struct sched_parent holder;
+		unsigned at;
+
+		if (!peer->complete && peer->pieces_done == 0)
+			continue;
+		memset(&holder, 0, sizeof(holder));
+		snprintf(holder.peer_id, sizeof(holder.peer_id), "%s", peer->id);
+		snprintf(holder.address, sizeof(holder.address), "%s", peer->address);
+		holder.seed = peer->seed;
+		holder.complete = peer->complete;
+		holder.pieces_done = peer->pieces_done;
+		at = count;
+		while (at > 0 && sched_holder_compare(&holder, &out[at - 1]) < 0)
+			at--;
+		if (at >= max)
+			continue;
+		if (count < max)
+			count++;
+		memmove(&out[at + 1], &out[at], (count - 1 - at) * sizeof(*out));
+		out[at] = holder;
+	}
+	return count;
+}
+
 unsigned sched_task_count(const struct sched_state *state)
 {
 	return (unsigned)state->tasks.count;

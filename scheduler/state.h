@@ -172,6 +172,25 @@ unsigned sched_pick_seeds(const struct sched_state *state,
  * call before the handle becomes invalid. Returns how many held it. */
 unsigned sched_forget_registration(struct sched_state *state, const void *registration);
 
+/* What sched_task_peers tells of a task (`ringfly stat`). */
+struct sched_task_view {
+	char url[SCHED_URL_MAX + 1];	/* "" until an announcement names it */
+	uint64_t content_length;
+	uint32_t piece_count;
+	unsigned peer_count;		/* all its peers; out may list fewer */
+};
+
+/*
+ * Fills out[max] with the peers of task_id that hold some of it (complete,
+ * or pieces_done > 0): complete first, then more pieces_done, then seeds,
+ * then peer id bytewise. Returns how many it filled; *view describes the
+ * task (peer_count 0 and url "" when it is unknown). The state is not
+ * changed.
+ */
+unsigned sched_task_peers(const struct sched_state *state,
+			  const uint8_t task_id[SCHED_TASK_ID_SIZE], struct sched_parent *out,
+			  unsigned max, struct sched_task_view *view);
+
 /* Tasks known, peer entries over all tasks, seed hosts known. */
 unsigned sched_task_count(const struct sched_state *state);
 unsigned sched_peer_count(const struct sched_state *state);

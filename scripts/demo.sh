@@ -20,7 +20,8 @@
 # (`--role seed`) and four peers start on loopback, all with `--scheduler`; the four get
 # the file at once with no --parent: the scheduler sends the first to the seed (which
 # fetches from the origin) and the others to the seed and to each other. A table shows
-# each peer's time and where its bytes came from, and the origin's bytes vs delivered.
+# each peer's time and where its bytes came from, and the origin's bytes vs delivered;
+# `ringfly stat` shows the peers that hold the file, as the scheduler knows them.
 #
 # Issue 8: the registry mirror. docker-registry on loopback gets an image of three layers
 # (made here, pushed with skopeo); three more daemons with --http and --registry (and the
@@ -431,7 +432,7 @@ step_swarm() {
 step_scheduled() {
 	step "the swarm: a scheduler, a seed and four peers; all four want a new file at once"
 	local size=$((${DEMO_SIZE_MIB:-256} << 20)) sport seed_pid p n pids=() gets=() t0 rc
-	local url2 sha2 log
+	local url2 sha2 log stat
 	show head -c "$size" /dev/urandom ">$tmp/www/swarm.bin"
 	head -c "$size" /dev/urandom >"$tmp/www/swarm.bin"
 	chmod 644 "$tmp/www/swarm.bin"
@@ -509,6 +510,12 @@ step_scheduled() {
 	}'
 	((origin_bytes <= size + size / 20)) ||
 		fail "the origin sent $origin_bytes bytes for a $size-byte file"
+	note "where the file is now: node-1's cache, and the peers its scheduler knows"
+	show "$RINGFLY" --socket "$tmp/node-1.sock" stat "$url2"
+	stat=$("$RINGFLY" --socket "$tmp/node-1.sock" stat "$url2") ||
+		fail "ringfly stat on node-1 exited with $?"
+	sed 's/^/    /' <<<"$stat"
+	grep -q '^swarm: ' <<<"$stat" || fail "ringfly stat on node-1 shows no swarm"
 	PEER_PIDS+=("$seed_pid" "${pids[@]}")
 }
 

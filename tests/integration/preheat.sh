@@ -8,7 +8,10 @@
 # two peers get the URL: both complete from peers, origin_bytes=0, and the
 # origin sent the file exactly once. Then the seed and a go away and b is
 # killed and restarted: it announces its cache, and a new peer c gets the file
-# from it.
+# from it. `ringfly stat` says where the task is all along: nowhere (exit 1,
+# naming the scheduler), absent here but complete on the seed, complete here
+# and on b; without a scheduler as before; with the scheduler gone, the local
+# state and "none answered".
 # shellcheck source=tests/integration/lib.sh
 . "$(dirname "$0")/lib.sh"
 # shellcheck source=tests/integration/lib-http.sh
@@ -37,12 +40,19 @@ start_peer lonely
 peer_rf lonely preheat "$url"
 assert_eq 1 "$RF_RC" "exit code of preheat without a scheduler"
 assert_contains "$T/rf.err" "has no scheduler" "stderr of preheat without a scheduler"
+peer_rf lonely stat "$url"
+assert_eq 1 "$RF_RC" "exit code of stat of an unknown task without a scheduler"
+assert_contains "$T/rf.err" "stat $url: no such task" "stderr of stat without a scheduler"
 
 # A scheduler, no seed yet.
 start_peer a --scheduler "$SADDR"
 peer_rf a preheat "$url"
 assert_eq 1 "$RF_RC" "exit code of preheat with no seed"
 assert_contains "$T/rf.err" "ringfly: preheat $url: no seed peer known" "stderr of preheat with no seed"
+peer_rf a stat "$url"
+assert_eq 1 "$RF_RC" "exit code of stat of a task nobody has"
+assert_contains "$T/rf.err" "stat $url: no such task here nor at scheduler $SADDR" \
+    "stderr of stat of a task nobody has"
 peer_rf a preheat "$url" --digest md5:x
 assert_eq 2 "$RF_RC" "exit code of preheat with a bad --digest"
 
@@ -64,6 +74,21 @@ assert_contains "$T/rf.out" "preheating $id on $SEED" "stdout of preheat"
 wait_log "${PEER_LOG[seed]}" "download done task=$id .*source=origin" 30 "${PEER_PID[seed]}"
 log "the seed holds it: $LOG_LINE"
 log_has "$T/sched.log" "preheat task=$id" || fail "no 'preheat task=$id' in the scheduler's log"
+
+# stat on a: not here, complete on the seed (once its last announcement is in).
+for _ in $(seq 1 100); do
+    peer_rf a stat "$url"
+    [[ $RF_RC == 0 ]] && grep -qxF "  $SEED seed complete" "$T/rf.out" && break
+    nap 0.1
+done
+assert_eq 0 "$RF_RC" "exit code of stat of the preheated task on a ($(cat "$T/rf.err"))"
+assert_eq absent "$(stat_field state)" "state of the preheated task on a"
+assert_eq "$id" "$(stat_field task)" "task of the preheated task's stat"
+assert_eq "$url" "$(stat_field url)" "url of the preheated task's stat"
+assert_eq "$SIZE" "$(stat_field length)" "length of the preheated task's stat"
+assert_eq "$SADDR" "$(stat_field scheduler)" "scheduler of the preheated task's stat"
+assert_eq "1 peers know it, 1 hold pieces" "$(stat_field swarm)" "swarm of the preheated task's stat"
+grep -qxF "  $SEED seed complete" "$T/rf.out" || fail "stat does not show the seed holding it: $(cat "$T/rf.out")"
 
 # The origin goes away; two peers get it from the seed (and each other).
 nginx_wait_idle
@@ -90,6 +115,35 @@ assert_source gc peers
 assert_done c "$id" peer "$SIZE" 0 "$SIZE"
 grep -F "parents from scheduler task=$id" "${PEER_LOG[c]}" | grep -qF "parents=" ||
     fail "c's parents did not come from the scheduler"
+
+# stat on c: complete here; b and c complete in the swarm (the killed seed and
+# a linger until the scheduler's peer TTL).
+for _ in $(seq 1 100); do
+    peer_rf c stat "$id"
+    [[ $RF_RC == 0 ]] && grep -qxF "  $(paddr c) peer complete" "$T/rf.out" && break
+    nap 0.1
+done
+assert_eq 0 "$RF_RC" "exit code of stat on c"
+assert_eq complete "$(stat_field state)" "state of the task on c"
+assert_eq "$url" "$(stat_field url)" "url of stat TASK on c"
+for p in b c; do
+    grep -qxF "  $(paddr "$p") peer complete" "$T/rf.out" ||
+        fail "stat on c does not show $p holding it: $(cat "$T/rf.out")"
+done
+peer_rf lonely stat "$url"
+assert_eq 1 "$RF_RC" "exit code of stat of a task lonely does not hold"
+grep -q '^scheduler:' "$T/rf.out" && fail "stat without a scheduler printed a scheduler line"
+
+# The scheduler goes: stat still shows the local state, and why there is no swarm.
+kill_and_reap "$SCHED"
+peer_rf c stat "$url"
+assert_eq 0 "$RF_RC" "exit code of stat on c with the scheduler gone"
+assert_eq complete "$(stat_field state)" "state on c with the scheduler gone"
+assert_contains "$T/rf.out" "scheduler: none answered (" "stat on c with the scheduler gone"
+peer_rf c stat "$NGINX_URL/nothing"
+assert_eq 1 "$RF_RC" "exit code of stat of an unknown task with the scheduler gone"
+assert_contains "$T/rf.err" "no such task here, and no scheduler answered (" \
+    "stderr of stat of an unknown task with the scheduler gone"
 for p in lonely b c; do
     must_health "${PEER_SOCK[$p]}" 5 "${PEER_PID[$p]}"
 done

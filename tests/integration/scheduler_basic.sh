@@ -7,7 +7,8 @@
 #  3. a seed, a complete peer, a new peer of one task: the new one gets the
 #     complete peer then the seed (ids, addresses, id and task echoed), the
 #     announce (debug) and parents (info) lines are logged; a task nobody
-#     holds now gets the seed (it fetches from the origin);
+#     holds now gets the seed (it fetches from the origin); TaskPeers lists
+#     who holds a task (complete first), none for an unknown one;
 #  4. PeerLeave of the complete peer: it is gone from the next answer;
 #  5. a wrong AnnouncePeer gets INVALID and a Hello gets UNEXPECTED, the
 #     connection kept; random bytes and a huge length get an Error, then
@@ -61,6 +62,7 @@ cat >"$T/schedwire.py" <<'PY'
 #   health id=                                       then reads one frame
 #   hello id=                                        then reads one frame
 #   preheat id= task=HEX url= [digest=]              then reads one frame
+#   taskpeers id= task=HEX                           then reads one frame
 #   drain id=      health, then reads frames up to and including its answer
 #   waitfile path=                                   waits until path exists
 #   send hex=HEX | random n=N | shut | read | eof (reads until close)
@@ -132,6 +134,14 @@ class Conn:
             print("preheated id=%d task=%s seeds=%s"
                   % (first(f, 1), text(f, 3),
                      ",".join(s.decode("utf-8", "replace") for s in f.get(2, []))), flush=True)
+        elif ftype == 21:
+            peers = [decode(p) for p in f.get(6, [])]
+            print("taskpeers id=%d task=%s url=%s length=%d pieces=%d count=%d peers=%s"
+                  % (first(f, 1), first(f, 2, b"").hex(), text(f, 3), first(f, 4), first(f, 5),
+                     first(f, 7),
+                     ",".join("%s/%s/seed=%d/complete=%d/done=%d"
+                              % (text(p, 1), text(p, 2), first(p, 3), first(p, 5), first(p, 4))
+                              for p in peers)), flush=True)
         elif ftype == 2:
             print("error id=%d code=%d message=%s" % (first(f, 1), first(f, 2), text(f, 3)),
                   flush=True)
@@ -170,6 +180,8 @@ def main():
         elif verb == "preheat":
             c.s.sendall(frame(18, fv(1, int(a["id"])) + fb(2, a["url"]) +
                               fb(3, bytes.fromhex(a["task"])) + fb(4, a.get("digest", ""))))
+        elif verb == "taskpeers":
+            c.s.sendall(frame(20, fv(1, int(a["id"])) + fb(2, bytes.fromhex(a["task"]))))
         elif verb == "drain":
             c.s.sendall(frame(3, fv(1, int(a["id"]))))
             while True:
@@ -251,6 +263,12 @@ assert_eq "parents id=12 task=$T1 back_to_source=0 addresses=127.0.0.1:7002,127.
 assert_contains "$LOG1" "announce task=$T1 peer=seed-1 address=127.0.0.1:7001 seed=1 pieces=0/4 complete=0"
 assert_contains "$LOG1" "announce task=$T1 peer=done-1 address=127.0.0.1:7002 seed=0 pieces=4/4 complete=1"
 assert_contains "$LOG1" "parents task=$T1 peer=new-1 parents=127.0.0.1:7002,127.0.0.1:7001 back_to_source=0"
+# Who holds T1 (`ringfly stat`): done-1 complete; the seed and new-1 have no
+# pieces yet. An unknown task: no peers; a short task id: INVALID.
+wire taskpeers "$P1" "taskpeers id=14 task=$T1" "taskpeers id=15 task=$T3" "taskpeers id=16 task=0102"
+assert_eq "taskpeers id=14 task=$T1 url=http://origin/x length=0 pieces=4 count=3 peers=done-1/127.0.0.1:7002/seed=0/complete=1/done=4" "${W[0]}" "TaskPeersResponse"
+assert_eq "taskpeers id=15 task=$T3 url= length=0 pieces=0 count=0 peers=" "${W[1]}" "TaskPeersResponse, unknown task"
+assert_eq "error id=16 code=13 message=TaskPeers: task_id must be 32 bytes, got 2" "${W[2]}" "TaskPeers, short task id"
 # A task nobody holds now: the seed is known, it fetches it.
 wire seeded "$P1" "announce id=13 task=$T2 peer=new-1 port=7003 want=1"
 assert_eq "parents id=13 task=$T2 back_to_source=0 addresses=127.0.0.1:7001 peers=seed-1 seeds=1 reason=" "${W[0]}" "answer for a task only the seed can fetch"
@@ -310,8 +328,8 @@ start_seed() {
     SEED_PID=$!
     track "$SEED_PID" "seed $name"
     now_ms; t0=$NOW_MS
-    until grep -q '^parents id=70 ' "$T/$name.wire"; do
-        alive "$SEED_PID" || grep -q '^parents id=70 ' "$T/$name.wire" ||
+    until grep -qs '^parents id=70 ' "$T/$name.wire"; do
+        alive "$SEED_PID" || grep -qs '^parents id=70 ' "$T/$name.wire" ||
             fail "seed $name exited: $(cat "$T/$name.wire" "$T/$name.wire.err")"
         now_ms; ((NOW_MS - t0 < 5000)) || fail "seed $name: no answer to its registration"
         nap

@@ -171,6 +171,56 @@ Test(sched, ranking_order_complete_pieces_location_slots)
 	cr_assert_not(last.parents[3].seed);
 }
 
+/* --- task peers (`ringfly stat`). */
+
+static const char *holder_text(const struct sched_parent *holders, unsigned count)
+{
+	static char text[64 * 32];
+	size_t used = 0;
+
+	text[0] = '\0';
+	for (unsigned i = 0; i < count; i++)
+		used += (size_t)snprintf(text + used, sizeof(text) - used, "%s%s%s%s:%u",
+					 i ? "," : "", holders[i].peer_id,
+					 holders[i].seed ? "(seed)" : "",
+					 holders[i].complete ? "(c)" : "", holders[i].pieces_done);
+	return text;
+}
+
+Test(sched, task_peers_lists_holders_most_first)
+{
+	struct sched_parent holders[4];
+	struct sched_task_view view;
+
+	cr_assert_eq(sched_task_peers(state, task(1), holders, 4, &view), 0);
+	cr_assert_eq(view.peer_count, 0);
+	cr_assert_str_eq(view.url, "");
+
+	ANNOUNCE(1, 0, .id = "p3", .pieces = 3);
+	ANNOUNCE(1, 0, .id = "p0", .pieces = 0);
+	ANNOUNCE(1, 0, .id = "seed", .seed = true, .complete = true);
+	ANNOUNCE(1, 0, .id = "b", .complete = true);
+	ANNOUNCE(1, 0, .id = "a", .complete = true);
+	ANNOUNCE(1, 0, .id = "p7", .pieces = 7);
+	ANNOUNCE(2, 0, .id = "other", .complete = true);
+
+	/* Complete first (seeds, then by id), then by pieces; p0 holds nothing. */
+	cr_assert_eq(sched_task_peers(state, task(1), holders, 4, &view), 4);
+	cr_assert_str_eq(holder_text(holders, 4), "seed(seed)(c):10,a(c):10,b(c):10,p7:7");
+	cr_assert_eq(view.peer_count, 6);
+	cr_assert_eq(view.piece_count, 10);
+	cr_assert_str_eq(view.url, "http://origin/file");
+	cr_assert_str_eq(holders[1].address, "10.0.0.1:1001");
+	/* Fewer places: the best ones. */
+	cr_assert_eq(sched_task_peers(state, task(1), holders, 2, &view), 2);
+	cr_assert_str_eq(holder_text(holders, 2), "seed(seed)(c):10,a(c):10");
+	/* Gone peers are not listed. */
+	cr_assert_eq(sched_leave(state, task(1), "seed"), 1);
+	cr_assert_eq(sched_task_peers(state, task(1), holders, 4, &view), 4);
+	cr_assert_str_eq(holder_text(holders, 4), "a(c):10,b(c):10,p7:7,p3:3");
+	cr_assert_eq(view.peer_count, 5);
+}
+
 Test(sched, a_parent_that_failed_a_child_ranks_last_for_a_while)
 {
 	ANNOUNCE(1, 0, .id = "good", .complete = true, .address = "10.0.0.9:1");
