@@ -134,6 +134,7 @@ struct dl_parent {
 	unsigned inflight;
 	unsigned strikes;		/* pieces that failed their crc */
 	bool synced;			/* its availability stream ended */
+	bool seed;			/* the scheduler said it is a seed peer */
 	unsigned retries;		/* reconnections after "no such task" */
 	uint64_t retry_at_ms;		/* dropped, to be reopened then (0: not) */
 	uint64_t bytes;
@@ -195,6 +196,7 @@ struct dl_task {
 	unsigned parents_live;
 	unsigned parent_addresses;	/* distinct parents ever opened */
 	uint16_t *avail;		/* live parents that have each piece */
+	uint16_t *avail_peers;		/* of them, parents that are not seeds */
 	unsigned peer_inflight;		/* pieces asked of parents, not done */
 	uint64_t peer_bytes;
 	uint64_t peer_progress_ms;	/* the last sign of life from parents */
@@ -1023,6 +1025,16 @@ static void dl_origin_allow(struct dl_task *task, const char *why);
 static bool dl_parents_hope(const struct dl_task *task);
 static void dl_retry_arm(struct download_engine *engine);
 
+/* dp announced piece n (delta 1), or no longer counts for it (-1). */
+static void dl_avail_change(struct dl_parent *dp, uint32_t n, int delta)
+{
+	struct dl_task *task = dp->task;
+
+	task->avail[n] = (uint16_t)(task->avail[n] + delta);
+	if (!dp->seed)
+		task->avail_peers[n] = (uint16_t)(task->avail_peers[n] + delta);
+}
+
 /* Forgets a parent: no callback comes from it any more; what was asked of it
  * can be asked elsewhere. */
 static void dl_parent_drop(struct dl_parent *dp, const char *reason)
@@ -1035,7 +1047,7 @@ static void dl_parent_drop(struct dl_parent *dp, const char *reason)
 		 task->hex, dp->address, (unsigned long long)dp->bytes, reason);
 	for (uint32_t n = 0; dp->has && n < task->piece_count; n++) {
 		if (bit_get(dp->has, n) && task->avail && task->avail[n])
-			task->avail[n]--;
+			dl_avail_change(dp, n, -1);
 		/* A piece being written is still reported (its bytes may be
 		 * recorded, and no second write of it may start meanwhile);
 		 * the rest can be asked elsewhere now. */
@@ -1085,7 +1097,7 @@ static void dl_parent_penalise(struct dl_parent *dp, uint32_t number, const char
 	/* Never asked for that piece again. */
 	if (dp->has && bit_get(dp->has, number)) {
 		bit_set(dp->has, number, false);
-		task->avail[number]--;
+		dl_avail_change(dp, number, -1);
 	}
 	if (dp->strikes >= DL_PARENT_STRIKES)
 		dl_parent_drop(dp, "too many bad pieces");
@@ -1139,6 +1151,14 @@ static int dl_parent_shape(struct parent *parent, void *arg, uint64_t content_le
 			 (unsigned long long)task->length, (unsigned long long)task->piece_length);
 		return -ESTALE;
 	}
+	/* A task that started without parents (back to source) and is given
+	 * some later (a re-ask answered) counts their pieces from now on. */
+	if (!task->avail)
+		task->avail = calloc(task->piece_count + 1u, sizeof(*task->avail));
+	if (!task->avail_peers)
+		task->avail_peers = calloc(task->piece_count + 1u, sizeof(*task->avail_peers));
+	if (!task->avail || !task->avail_peers)
+		return -ENOMEM;
 	bytes = task->piece_count / 8u + 1u;
 	if (!dp->has)
 		dp->has = calloc(bytes, 1);
@@ -1161,7 +1181,7 @@ static void dl_parent_have(struct parent *parent, void *arg, const uint32_t *num
 		if (bit_get(dp->has, numbers[i]))
 			continue;
 		bit_set(dp->has, numbers[i], true);
-		task->avail[numbers[i]]++;
+		dl_avail_change(dp, numbers[i], 1);
 	}
 	task->peer_progress_ms = clock_monotonic_ms();
 	dl_pump(task);
@@ -1294,7 +1314,7 @@ static void dl_parent_piece_done(struct parent *parent, void *arg, uint32_t numb
 		/* It no longer has it (or never had): not asked again. */
 		if (dp->has && bit_get(dp->has, number)) {
 			bit_set(dp->has, number, false);
-			task->avail[number]--;
+			dl_avail_change(dp, number, -1);
 		}
 		task->scan = 0;
 		break;
@@ -1390,7 +1410,10 @@ static uint64_t dl_random(struct download_engine *engine)
 }
 
 /* Rarest first among the pieces `dp` has that nobody is fetching, with a
- * random start as the tie-break. */
+ * random start as the tie-break. A seed is asked only for pieces no other
+ * parent has: its uplink is what brings new pieces into the swarm, and a
+ * piece a sibling holds would cost it a second copy (the P4 swarm: the seed
+ * sent the file 1.8 times and was the bottleneck). */
 static bool dl_parent_pick(struct dl_task *task, struct dl_parent *dp, uint32_t *out)
 {
 	uint32_t start = task->piece_count ? (uint32_t)(dl_random(task->engine) % task->piece_count)
@@ -1401,7 +1424,7 @@ static bool dl_parent_pick(struct dl_task *task, struct dl_parent *dp, uint32_t 
 		uint32_t n = (start + i) % task->piece_count;
 
 		if (!bit_get(dp->has, n) || bit_get(task->busy, n) || bit_get(task->ready, n) ||
-		    store_task_has_piece(task->st, n))
+		    (dp->seed && task->avail_peers[n]) || store_task_has_piece(task->st, n))
 			continue;
 		if (task->avail[n] < best_avail) {
 			best = n;
@@ -1429,6 +1452,8 @@ static void dl_parents_pump(struct dl_task *task)
 				return;
 			if (parent_request(dp->parent, task->st, n) < 0)
 				break; /* it failed: gone() has dropped it or will */
+			log_debug("download", "request piece=%u parent=%s seed=%d avail=%u peers=%u", n,
+				  dp->address, dp->seed, task->avail[n], task->avail_peers[n]);
 			bit_set(task->busy, n, true);
 			bit_set(dp->asked, n, true);
 			dp->inflight++;
@@ -1524,10 +1549,12 @@ static bool dl_parent_known(const struct dl_task *task, const char *address)
 	return false;
 }
 
-static int dl_parents_open(struct dl_task *task, const char *const *addresses, size_t count)
+static int dl_parents_open(struct dl_task *task, const char *const *addresses,
+			   const bool *seeds, size_t count)
 {
 	unsigned connections = task->engine->options.parent_connections;
 	const char *fresh[DOWNLOAD_PARENTS_MAX];
+	bool fresh_seed[DOWNLOAD_PARENTS_MAX];
 	size_t n = 0;
 
 	/* Parents the task already has (the scheduler names them again) stay;
@@ -1535,6 +1562,7 @@ static int dl_parents_open(struct dl_task *task, const char *const *addresses, s
 	 * scheduler names it because it has pieces now. */
 	for (size_t i = 0; i < count && n < DOWNLOAD_PARENTS_MAX; i++) {
 		if (!dl_parent_known(task, addresses[i])) {
+			fresh_seed[n] = seeds && seeds[i];
 			fresh[n++] = addresses[i];
 			continue;
 		}
@@ -1552,12 +1580,19 @@ static int dl_parents_open(struct dl_task *task, const char *const *addresses, s
 	if (n * connections > DOWNLOAD_PARENTS_MAX)
 		connections = (unsigned)(DOWNLOAD_PARENTS_MAX / n ? DOWNLOAD_PARENTS_MAX / n : 1);
 	for (size_t k = 0; k < n * connections; k++) {
-		struct dl_parent *dp = calloc(1, sizeof(*dp));
+		struct dl_parent *dp;
 
+		/* One connection to a seed: every child of a swarm asks it,
+		 * and its uplink shared by fewer transfers brings each new
+		 * piece sooner to the sibling that passes it on. */
+		if (fresh_seed[k % n] && k >= n)
+			continue;
+		dp = calloc(1, sizeof(*dp));
 		if (!dp)
 			return -ENOMEM;
 		dp->task = task;
 		snprintf(dp->address, sizeof(dp->address), "%s", fresh[k % n]);
+		dp->seed = fresh_seed[k % n];
 		dp->next = task->parents;
 		task->parents = dp;
 		dl_parent_connect(dp);
@@ -1643,7 +1678,7 @@ static void dl_sched_parents(void *arg, int error, const struct sched_parents *p
 		for (size_t i = 0; !error && i < parents->count; i++)
 			addresses[i] = parents->addresses[i];
 		if (!error && parents->count &&
-		    dl_parents_open(task, addresses, parents->count) < 0)
+		    dl_parents_open(task, addresses, parents->seed, parents->count) < 0)
 			dl_fail(task, -ENOMEM, DOWNLOAD_ERROR_INTERNAL, "out of memory");
 		if (dl_final(task))
 			dl_task_maybe_end(task);
@@ -1664,7 +1699,7 @@ static void dl_sched_parents(void *arg, int error, const struct sched_parents *p
 		 parents->reason);
 	for (size_t i = 0; i < parents->count; i++)
 		addresses[i] = parents->addresses[i];
-	if (parents->count && dl_parents_open(task, addresses, parents->count) < 0)
+	if (parents->count && dl_parents_open(task, addresses, parents->seed, parents->count) < 0)
 		dl_fail(task, -ENOMEM, DOWNLOAD_ERROR_INTERNAL, "out of memory");
 	if (!parents->count || parents->back_to_source)
 		dl_origin_allow(task, parents->reason[0] ? parents->reason
@@ -1729,7 +1764,9 @@ static void dl_parents_free(struct dl_task *task)
 		free(dp);
 	}
 	free(task->avail);
+	free(task->avail_peers);
 	task->avail = NULL;
+	task->avail_peers = NULL;
 }
 
 /* Checks parents' deadlines: a request unanswered for piece_timeout drops
@@ -1905,9 +1942,12 @@ static int dl_fetch_setup(struct dl_task *task)
 	bytes = task->piece_count / 8u + 1u;
 	task->busy = calloc(bytes, 1);
 	task->ready = calloc(bytes, 1);
-	if (task->parents)
+	if (task->parents) {
 		task->avail = calloc(task->piece_count + 1u, sizeof(*task->avail));
-	if (!task->busy || !task->ready || (task->parents && !task->avail))
+		task->avail_peers = calloc(task->piece_count + 1u, sizeof(*task->avail_peers));
+	}
+	if (!task->busy || !task->ready ||
+	    (task->parents && (!task->avail || !task->avail_peers)))
 		return -ENOMEM;
 	task->ready_count = info->pieces_done;
 	task->ready_bytes = info->bytes_done;
@@ -2534,7 +2574,7 @@ static int dl_task_new(struct download_engine *engine, const struct download_req
 			goto out_free;
 		}
 		if (request->parent_count) {
-			rc = dl_parents_open(task, request->parents, request->parent_count);
+			rc = dl_parents_open(task, request->parents, NULL, request->parent_count);
 			if (rc < 0) {
 				snprintf(err, err_size, "get %s: out of memory", request->url);
 				goto out_free;

@@ -516,6 +516,7 @@ static void sched_on_frame(struct sched_conn *conn, uint8_t type, const uint8_t 
 		/* A peer without a peer listener announces port 0: no parent. */
 		if (address_len < 3 || strcmp(address + address_len - 2, ":0") == 0)
 			continue;
+		parents.seed[parents.count] = r->parents[i]->seed;
 		snprintf(parents.addresses[parents.count++], sizeof(parents.addresses[0]), "%s",
 			 r->parents[i]->address);
 	}

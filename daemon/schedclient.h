@@ -53,6 +53,7 @@ struct sched_announce {
 struct sched_parents {
 	size_t count;
 	char addresses[SCHED_PARENTS_MAX][160];
+	bool seed[SCHED_PARENTS_MAX];		/* that parent is a seed peer */
 	bool back_to_source;
 	char reason[256];
 	char scheduler[160];			/* who answered */

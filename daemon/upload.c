@@ -19,8 +19,12 @@
  * others this much later. Told to all at once, every idle child asks for it at once
  * (a seed's newest piece is the rarest thing in the swarm), and the parent
  * sends it N times; told to one, the others get it from that one (or from
- * here, once the delay is over). A complete task is told whole, at once.
- * Peers tell everyone at once: they are where the others should get it.
+ * here, once the delay is over). A task that completes keeps its held
+ * pieces held (the end of the stream, "done", waits for them): telling every
+ * child at once had all of them ask the seed for the last pieces together
+ * (P4: pieces sent 5 to 8 times). A stream that starts on a complete task
+ * is told it whole. Peers tell everyone at once: they are where the others
+ * should get it.
  */
 #define UPLOAD_SPREAD_MS 3000u
 /* Once the piece has gone out to a child, the others hear of it this much
@@ -60,6 +64,7 @@ struct upload_sync {
 	uint32_t *held;
 	uint64_t *held_due_ms;
 	size_t held_count, held_cap;
+	bool complete;		/* the task is: "done" goes once nothing is held */
 };
 
 /* One payload on its way: holds the task open until it is sent. */
@@ -530,12 +535,24 @@ static void upload_spread_done(struct loop_op *op, int res, uint32_t flags)
 	upload->spread_armed = false;
 	if (upload->closing)
 		return;
-	for (struct upload_sync *sync = upload->syncs; sync; sync = sync->next) {
+	for (struct upload_sync *sync = upload->syncs, *next; sync; sync = next) {
+		const struct meta_task *info;
 		struct store_task *task;
 
-		if (!sync->held_count || store_task_find(upload->store, sync->task_id, &task) < 0)
+		next = sync->next;
+		if (!sync->held_count)
 			continue;
-		upload_sync_flush(sync, store_task_info(task), now_ms, false);
+		if (store_task_find(upload->store, sync->task_id, &task) < 0) {
+			sync->held_count = 0; /* gone: nothing left to tell */
+			continue;
+		}
+		info = store_task_info(task);
+		upload_sync_flush(sync, info, now_ms, false);
+		if (sync->complete && !sync->held_count) {
+			upload_send_availability(sync->uc->conn, sync->id, info, NULL, 0, true,
+						 false, NULL);
+			upload_sync_remove(upload, sync);
+		}
 		store_task_release(task);
 	}
 	upload_spread_arm(upload);
@@ -618,6 +635,10 @@ static void upload_observe(void *arg, struct store_task *task, enum store_event 
 		case STORE_EVENT_PIECE:
 			break;
 		case STORE_EVENT_COMPLETE:
+			if (sync->held_count) {
+				sync->complete = true; /* upload_spread_done ends it */
+				break;
+			}
 			/* Every piece is told before the end. */
 			upload_sync_flush(sync, info, 0, true);
 			upload_send_availability(sync->uc->conn, sync->id, info, NULL, 0, true,
