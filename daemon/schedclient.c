@@ -763,28 +763,30 @@ static void sched_request_start(struct sched_client *client, struct sched_reques
 	sched_tick_arm(client);
 }
 
-int sched_preheat(struct sched_client *client, const uint8_t task_id[32], const char *url,
-		  const char *digest, sched_preheat_fn fn, void *arg, struct sched_request **out)
+static struct sched_request *sched_request_new(struct sched_client *client,
+					       const uint8_t task_id[32], void *arg)
 {
-	Ringfly__Preheat m = RINGFLY__PREHEAT__INIT;
 	struct sched_request *req = calloc(1, sizeof(*req));
-	ssize_t n;
 
 	if (!req)
-		return -ENOMEM;
+		return NULL;
 	req->client = client;
 	req->id = client->next_id++;
 	memcpy(req->task_id, task_id, 32);
-	req->preheat_fn = fn;
 	req->arg = arg;
-	m.id = req->id;
-	m.url = (char *)url;
-	m.task_id.data = (uint8_t *)task_id;
-	m.task_id.len = 32;
-	m.digest = (char *)(digest ? digest : "");
-	req->frame_len = frame_packed_size(&m.base);
+	return req;
+}
+
+/* Packs m (whose id is req->id) as the request's frame and queues it; on
+ * failure req is freed. */
+static int sched_request_queue(struct sched_request *req, uint8_t type, const ProtobufCMessage *m,
+			       struct sched_request **out)
+{
+	ssize_t n;
+
+	req->frame_len = frame_packed_size(m);
 	req->frame = malloc(req->frame_len);
-	n = req->frame ? frame_pack(FRAME_TYPE_PREHEAT, &m.base, req->frame, req->frame_len) : -1;
+	n = req->frame ? frame_pack(type, m, req->frame, req->frame_len) : -1;
 	if (n < 0) {
 		free(req->frame);
 		free(req);
@@ -792,54 +794,50 @@ int sched_preheat(struct sched_client *client, const uint8_t task_id[32], const 
 	}
 	req->frame_len = (size_t)n;
 	*out = req;
-	sched_request_start(client, req, task_id);
+	sched_request_start(req->client, req, req->task_id);
 	return 0;
+}
+
+int sched_preheat(struct sched_client *client, const uint8_t task_id[32], const char *url,
+		  const char *digest, sched_preheat_fn fn, void *arg, struct sched_request **out)
+{
+	Ringfly__Preheat m = RINGFLY__PREHEAT__INIT;
+	struct sched_request *req = sched_request_new(client, task_id, arg);
+
+	if (!req)
+		return -ENOMEM;
+	req->preheat_fn = fn;
+	m.id = req->id;
+	m.url = (char *)url;
+	m.task_id.data = (uint8_t *)task_id;
+	m.task_id.len = 32;
+	m.digest = (char *)(digest ? digest : "");
+	return sched_request_queue(req, FRAME_TYPE_PREHEAT, &m.base, out);
 }
 
 int sched_task_peers(struct sched_client *client, const uint8_t task_id[32], sched_stat_fn fn,
 		     void *arg, struct sched_request **out)
 {
 	Ringfly__TaskPeers m = RINGFLY__TASK_PEERS__INIT;
-	struct sched_request *req = calloc(1, sizeof(*req));
-	ssize_t n;
+	struct sched_request *req = sched_request_new(client, task_id, arg);
 
 	if (!req)
 		return -ENOMEM;
-	req->client = client;
-	req->id = client->next_id++;
-	memcpy(req->task_id, task_id, 32);
 	req->stat_fn = fn;
-	req->arg = arg;
 	m.id = req->id;
 	m.task_id.data = (uint8_t *)task_id;
 	m.task_id.len = 32;
-	req->frame_len = frame_packed_size(&m.base);
-	req->frame = malloc(req->frame_len);
-	n = req->frame ? frame_pack(FRAME_TYPE_TASK_PEERS, &m.base, req->frame, req->frame_len)
-		       : -1;
-	if (n < 0) {
-		free(req->frame);
-		free(req);
-		return -ENOMEM;
-	}
-	req->frame_len = (size_t)n;
-	*out = req;
-	sched_request_start(client, req, task_id);
-	return 0;
+	return sched_request_queue(req, FRAME_TYPE_TASK_PEERS, &m.base, out);
 }
 
 int sched_ask(struct sched_client *client, const struct sched_announce *announce,
 	      sched_parents_fn fn, void *arg, struct sched_request **out)
 {
-	struct sched_request *req = calloc(1, sizeof(*req));
+	struct sched_request *req = sched_request_new(client, announce->task_id, arg);
 
 	if (!req)
 		return -ENOMEM;
-	req->client = client;
-	req->id = client->next_id++;
-	memcpy(req->task_id, announce->task_id, 32);
 	req->fn = fn;
-	req->arg = arg;
 	req->frame = sched_pack_announce(client, announce, req->id, &req->frame_len);
 	if (!req->frame) {
 		free(req);
