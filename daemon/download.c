@@ -58,6 +58,12 @@
  * of the file before its siblings could; one piece per connection leaves
  * the rest to whoever has it next. One parent alone keeps parent_requests. */
 #define DL_SWARM_REQUESTS 1u
+/* Pieces of one connection whose bytes are in, still being checked, synced
+ * and recorded (piece_done not yet come). They free their request's place on
+ * the wire (parent_receiving) but stay bounded: the store records in batches
+ * of up to storage.sync_batch (16), so two batches fit without stopping the
+ * wire; with a disk slower than the network the wire waits for it here. */
+#define DL_SETTLING_MAX 32u
 #define DL_PARENT_STRIKES 3u
 #define DL_FAILED_REPORT_MAX 8u	/* failed parents told per announcement */
 /* A parent without the task yet (it may be about to start it: a chain
@@ -1344,6 +1350,18 @@ static void dl_parent_piece_done(struct parent *parent, void *arg, uint32_t numb
 	dl_pump(task);
 }
 
+/* A piece's bytes are off the socket: the connection may take the next
+ * request while this one is checked and made durable. */
+static void dl_parent_received(struct parent *parent, void *arg, uint32_t number)
+{
+	struct dl_parent *dp = arg;
+
+	(void)parent;
+	(void)number;
+	if (!dl_final(dp->task))
+		dl_pump(dp->task);
+}
+
 static void dl_parent_gone(struct parent *parent, void *arg, int error, const char *reason)
 {
 	struct dl_parent *dp = arg;
@@ -1372,6 +1390,7 @@ static const struct parent_callbacks dl_parent_callbacks = {
 	.have = dl_parent_have,
 	.sync_end = dl_parent_sync_end,
 	.piece_done = dl_parent_piece_done,
+	.received = dl_parent_received,
 	.gone = dl_parent_gone,
 };
 
@@ -1442,8 +1461,12 @@ static void dl_parents_pump(struct dl_task *task)
 	unsigned depth = task->parent_addresses > 1 ? DL_SWARM_REQUESTS
 						    : task->engine->options.parent_requests;
 
+	/* `depth` requests on the wire per connection; behind them up to
+	 * DL_SETTLING_MAX received pieces waiting for their check and
+	 * fdatasync (dl_parent_received), so a sync never idles the wire. */
 	for (struct dl_parent *dp = task->parents; dp && task->state == DL_FETCHING; dp = dp->next) {
-		while (dp->parent && dp->has && dp->inflight < depth) {
+		while (dp->parent && dp->has && dp->inflight < depth + DL_SETTLING_MAX &&
+		       parent_receiving(dp->parent) < depth) {
 			uint32_t n;
 
 			if (!dl_parent_pick(task, dp, &n))

@@ -188,12 +188,20 @@ static void parent_piece_received(struct store_task *st, uint32_t number, int re
 	struct parent *parent = w->parent;
 
 	(void)st;
-	(void)number;
 	(void)res;
 	w->received = true;
 	if (parent->stage == PARENT_PAYLOAD) {
 		parent->stage = PARENT_HEADER;
 		parent_read_next(parent);
+	}
+	/* The next request can go out now, not once this piece is durable:
+	 * an fdatasync takes milliseconds, during which a window counted to
+	 * piece_done would leave the connection idle. */
+	if (parent->cb.received && !parent->closed && parent->stage != PARENT_DEAD) {
+		parent->calling++;
+		parent->cb.received(parent, parent->arg, number);
+		parent->calling--;
+		parent_maybe_free(parent);
 	}
 }
 
@@ -631,6 +639,13 @@ int parent_open(struct parent **out, struct loop *loop, const char *address,
 unsigned parent_outstanding(const struct parent *parent)
 {
 	return parent->count;
+}
+
+unsigned parent_receiving(const struct parent *parent)
+{
+	bool reading = parent->stage == PARENT_PAYLOAD || parent->stage == PARENT_DISCARD;
+
+	return parent->count + (reading ? 1u : 0u);
 }
 
 uint64_t parent_oldest_ms(const struct parent *parent)

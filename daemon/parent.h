@@ -40,6 +40,10 @@ struct parent_callbacks {
 	 */
 	void (*piece_done)(struct parent *parent, void *arg, uint32_t number, uint32_t length,
 			   int res, const char *reason);
+	/* Optional: every byte of piece `number` is off the socket; its
+	 * check, fdatasync and record follow (then piece_done). The
+	 * connection can carry another request's bytes from now on. */
+	void (*received)(struct parent *parent, void *arg, uint32_t number);
 	/* The connection is gone (after a piece_done for every request still
 	 * outstanding): the parent is unusable from now on. */
 	void (*gone)(struct parent *parent, void *arg, int error, const char *reason);
@@ -58,6 +62,10 @@ int parent_request(struct parent *parent, struct store_task *st, uint32_t number
 
 /* Requests sent and not yet answered. */
 unsigned parent_outstanding(const struct parent *parent);
+/* Requests whose bytes are not all off the socket yet: those not answered
+ * and the piece being read. Pieces being checked and made durable are not
+ * counted (parent_piece_pending). */
+unsigned parent_receiving(const struct parent *parent);
 /* When the oldest outstanding request was sent (monotonic ms), 0 if none. */
 uint64_t parent_oldest_ms(const struct parent *parent);
 /* The piece of the oldest outstanding request, UINT32_MAX if none. */

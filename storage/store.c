@@ -17,6 +17,15 @@
  *                sync_batch_pieces pieces or sync_delay_ms, whichever first);
  *   4. recorded: one LMDB transaction adds the piece rows (durable at commit).
  *
+ * Syncs run back to back while pieces keep coming, so the disk writes as the
+ * bytes arrive and little is left to sync at the end; each one covers what
+ * was checked while the one before ran, often two or three pieces. Recording
+ * is batched apart from syncing: a commit is an fdatasync of its own, done on
+ * the loop, so the pieces of several syncs go into one transaction (up to
+ * sync_batch_pieces, at most sync_delay_ms after their sync, and at once
+ * when no sync follows). Waiting longer to be recorded only makes the
+ * metadata lag further behind the data, which a crash already allows.
+ *
  * A crash anywhere leaves the metadata behind the data, never ahead of it:
  * bytes without a row are simply fetched again. Recovery (store_recover)
  * re-checks the rows of incomplete tasks (those written just before a crash)
@@ -113,6 +122,9 @@ struct store_task {
 	unsigned waiting_count;
 	struct piece_write *syncing;	/* covered by the fdatasync in flight */
 	unsigned syncing_count;
+	struct piece_write *durable;	/* synced, recorded with the next sync's */
+	unsigned durable_count;
+	uint64_t durable_since_ms;	/* when the oldest of them became durable */
 	struct meta_piece *rows;	/* one transaction's rows, reused */
 	size_t rows_cap;
 	bool sync_in_flight;
@@ -318,23 +330,14 @@ static void piece_release(struct piece_write *w, bool report, int res)
 
 /* --- durability: batched fdatasync, then one metadata transaction. */
 
-static void task_sync_done(struct loop_op *op, int res, uint32_t flags)
+/* Records `list` (durable pieces) in one transaction, all or none, unless
+ * rc already says why not; returns the result for their piece_finish. */
+static int task_record(struct store_task *task, struct piece_write *list, int rc)
 {
-	struct store_task *task = op->owner;
-	struct piece_write *list = task->syncing, *w;
+	struct piece_write *w;
 	size_t n = 0;
-	int rc = res;
+	int res = rc;
 
-	(void)flags;
-	task->sync_in_flight = false;
-	task->syncing = NULL;
-	task->syncing_count = 0;
-	if (rc < 0)
-		task_fail(task, rc, "syncing");
-	else if (task->failed)
-		rc = -EIO; /* a failed earlier sync may have lost these pages */
-
-	/* Every piece this fdatasync covered, in one transaction: all or none. */
 	for (w = list; rc == 0 && w; w = w->next) {
 		if (n == task->rows_cap) {
 			size_t cap = task->rows_cap ? task->rows_cap * 2 : 32;
@@ -355,7 +358,7 @@ static void task_sync_done(struct loop_op *op, int res, uint32_t flags)
 		rc = meta_pieces_record(task->store->meta, task->info.id, task->rows, n);
 	if (rc < 0 && res == 0)
 		task_fail(task, rc, "recording pieces of");
-	if (rc == 0) {
+	if (rc == 0 && n) {
 		for (w = list; w; w = w->next) {
 			bit_set(task->recorded, w->number, true);
 			task->crcs[w->number] = w->crc;
@@ -364,8 +367,49 @@ static void task_sync_done(struct loop_op *op, int res, uint32_t flags)
 		for (w = list; w; w = w->next)
 			notify(task, STORE_EVENT_PIECE, w->number);
 	}
-	/* Pieces that finished waiting meanwhile go into the next sync now. */
-	if (task->waiting_count && !task->sync_timer_armed)
+	return rc;
+}
+
+static void task_sync_done(struct loop_op *op, int res, uint32_t flags)
+{
+	struct store_task *task = op->owner;
+	struct store *store = task->store;
+	struct piece_write *list = task->syncing, *w;
+	uint64_t now_ms = clock_monotonic_ms();
+	bool again;
+	int rc = res;
+
+	(void)flags;
+	task->sync_in_flight = false;
+	if (list) {
+		for (w = list; w->next; w = w->next)
+			;
+		w->next = task->durable;
+		task->durable = list;
+		if (!task->durable_count)
+			task->durable_since_ms = now_ms;
+		task->durable_count += task->syncing_count;
+	}
+	task->syncing = NULL;
+	task->syncing_count = 0;
+	if (rc < 0)
+		task_fail(task, rc, "syncing");
+	else if (task->failed)
+		rc = -EIO; /* a failed earlier sync may have lost these pages */
+
+	/* Pieces that finished waiting meanwhile go into the next sync now;
+	 * the durable ones are recorded with its pieces when it ends, unless
+	 * they are a batch already or have waited long enough. */
+	again = task->waiting_count && !task->sync_timer_armed;
+	list = NULL;
+	if (rc < 0 || !again || task->durable_count >= store->options.sync_batch_pieces ||
+	    now_ms - task->durable_since_ms >= store->options.sync_delay_ms) {
+		list = task->durable;
+		task->durable = NULL;
+		task->durable_count = 0;
+		rc = task_record(task, list, rc);
+	}
+	if (again)
 		task_sync_start(task);
 	while (list) {
 		w = list;
@@ -428,6 +472,12 @@ static void piece_checked(struct piece_write *w)
 		w->source = NULL;
 		written(task, w->number, 0, w->arg);
 	}
+	/* Nothing reads into the chunk or splices through the pipe any more:
+	 * both go back to the pools now, not once the piece is recorded (a
+	 * piece may wait for its sync and record for a while). */
+	pool_put_pipe(store, w->pipe_fds, w->in_pipe == 0);
+	pool_put_chunk(store, w->chunk);
+	w->chunk = NULL;
 	w->stage = PIECE_WAIT_SYNC;
 	w->next = task->waiting;
 	task->waiting = w;
@@ -435,7 +485,7 @@ static void piece_checked(struct piece_write *w)
 	/* Sync now when the batch is full, or when no other piece of the task
 	 * is still moving: nothing could join the batch by waiting. */
 	if (task->waiting_count >= store->options.sync_batch_pieces ||
-	    task->writes == task->waiting_count + task->syncing_count) {
+	    task->writes == task->waiting_count + task->syncing_count + task->durable_count) {
 		task_sync_start(task);
 	} else if (!task->sync_timer_armed && !task->sync_in_flight) {
 		loop_op_init(&task->sync_timer_op, task_sync_timer_done, task);

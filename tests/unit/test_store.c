@@ -1185,6 +1185,48 @@ Test(store_sync, piece_waits_for_the_timer_while_another_is_moving)
 	free(content);
 }
 
+/* Pieces checked while a sync runs go into the next one at once, and the
+ * pieces of back-to-back syncs may be recorded together: none of them waits
+ * for the delay timer, none is reported before it is recorded, and the last
+ * sync (nothing follows it) records whatever is left. */
+Test(store_sync, back_to_back_syncs_record_everything_without_the_timer)
+{
+	const uint64_t length = 24 * PL;
+	const unsigned delay = 1500;
+	struct store_options options = base_options();
+	struct piece_result results[24];
+	uint8_t id[META_ID_SIZE];
+	uint8_t *content = make_content(length, 34);
+	struct store_task *task;
+	uint64_t start;
+
+	options.sync_batch_pieces = 8;
+	options.sync_delay_ms = delay;
+	open_store(&options);
+	make_id(id, "sync-back-to-back");
+	task = open_task(id, length, PL, NULL);
+	memset(results, 0, sizeof(results));
+
+	start = clock_monotonic_ms();
+	begin_batch();
+	submit_pieces(task, content, 0, 3, results);
+	run_for(1);
+	submit_pieces(task, content, 3, 21, results);
+	wait_done(24);
+	for (uint32_t k = 0; k < 24; k++) {
+		cr_assert_eq(results[k].calls, 1, "piece %u", k);
+		cr_assert_eq(results[k].res, 0, "piece %u: %d", k, results[k].res);
+		cr_assert(results[k].recorded_at_done, "piece %u", k);
+		cr_assert_lt(results[k].done_ms - start, delay / 2, "piece %u waited %llu ms", k,
+			     (unsigned long long)(results[k].done_ms - start));
+	}
+	cr_assert_eq(store_task_info(task)->pieces_done, 24);
+	finish_ok(task);
+	expect_content(id, content, length);
+	store_task_release(task);
+	free(content);
+}
+
 /* A reference dropped while the pieces wait for their sync: the writes hold the task. */
 Test(store_sync, release_while_pieces_wait_for_sync)
 {
