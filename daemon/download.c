@@ -1055,9 +1055,12 @@ static void dl_parent_drop(struct dl_parent *dp, const char *reason)
 		if (bit_get(dp->has, n) && task->avail && task->avail[n])
 			dl_avail_change(dp, n, -1);
 		/* A piece being written is still reported (its bytes may be
-		 * recorded, and no second write of it may start meanwhile);
-		 * the rest can be asked elsewhere now. */
-		if (dp->asked && bit_get(dp->asked, n) && !parent_piece_pending(dp->parent, n)) {
+		 * recorded, and no second write of it may start meanwhile),
+		 * also one an earlier connection of this dp is still writing
+		 * (dropped and reconnected while its pieces settled); the rest
+		 * can be asked elsewhere now. */
+		if (dp->asked && bit_get(dp->asked, n) && !parent_piece_pending(dp->parent, n) &&
+		    !(task->st && store_task_piece_writing(task->st, n))) {
 			bit_set(dp->asked, n, false);
 			bit_set(task->busy, n, false);
 			dp->inflight--;

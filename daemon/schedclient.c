@@ -52,6 +52,8 @@ struct sched_request {
 	unsigned tried;			/* index into order of the scheduler asked now */
 	bool sent;			/* the frame went to order[tried] */
 	uint64_t deadline_ms;
+	uint64_t give_up_ms;		/* over every scheduler (0: none) */
+	unsigned give_up_after_ms;
 	sched_parents_fn fn;		/* an ask, or */
 	sched_preheat_fn preheat_fn;	/* a preheat, or */
 	sched_stat_fn stat_fn;		/* a TaskPeers */
@@ -690,6 +692,13 @@ static void sched_tick_done(struct loop_op *op, int res, uint32_t flags)
 	client->tick_armed = false;
 	for (struct sched_request *req = client->requests, *next; req; req = next) {
 		next = req->next;
+		if (req->give_up_ms && now >= req->give_up_ms) {
+			snprintf(req->reason, sizeof(req->reason), "no scheduler answered in %u ms",
+				 req->give_up_after_ms);
+			sched_request_fail(req);
+			next = client->requests; /* the list changed: start over */
+			continue;
+		}
 		if (now >= req->deadline_ms) {
 			char why[64];
 			struct sched_conn *conn = &client->conns[req->order[req->tried]];
@@ -815,8 +824,8 @@ int sched_preheat(struct sched_client *client, const uint8_t task_id[32], const 
 	return sched_request_queue(req, FRAME_TYPE_PREHEAT, &m.base, out);
 }
 
-int sched_task_peers(struct sched_client *client, const uint8_t task_id[32], sched_stat_fn fn,
-		     void *arg, struct sched_request **out)
+int sched_task_peers(struct sched_client *client, const uint8_t task_id[32],
+		     unsigned timeout_ms, sched_stat_fn fn, void *arg, struct sched_request **out)
 {
 	Ringfly__TaskPeers m = RINGFLY__TASK_PEERS__INIT;
 	struct sched_request *req = sched_request_new(client, task_id, arg);
@@ -824,6 +833,8 @@ int sched_task_peers(struct sched_client *client, const uint8_t task_id[32], sch
 	if (!req)
 		return -ENOMEM;
 	req->stat_fn = fn;
+	req->give_up_after_ms = timeout_ms;
+	req->give_up_ms = timeout_ms ? clock_monotonic_ms() + timeout_ms : 0;
 	m.id = req->id;
 	m.task_id.data = (uint8_t *)task_id;
 	m.task_id.len = 32;

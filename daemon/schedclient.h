@@ -93,9 +93,11 @@ int sched_preheat(struct sched_client *client, const uint8_t task_id[32], const 
 		  const char *digest, sched_preheat_fn fn, void *arg, struct sched_request **out);
 
 /* Asks the task's scheduler which peers hold it (`ringfly stat`); fn as for
- * sched_ask. */
-int sched_task_peers(struct sched_client *client, const uint8_t task_id[32], sched_stat_fn fn,
-		     void *arg, struct sched_request **out);
+ * sched_ask, and with an error once timeout_ms (0: none) have passed without
+ * an answer from any scheduler. fn may run from inside this call when the
+ * loop cannot take the failure report: set up what it uses first. */
+int sched_task_peers(struct sched_client *client, const uint8_t task_id[32],
+		     unsigned timeout_ms, sched_stat_fn fn, void *arg, struct sched_request **out);
 
 /* Announces without waiting for the answer. Remembered for re-announcing. */
 void sched_announce(struct sched_client *client, const struct sched_announce *announce);

@@ -12,6 +12,12 @@
 #include "core/hash.h"
 #include "core/log.h"
 
+/* How long a stat waits for the task's scheduler before it answers with the
+ * local state alone: well inside the CLI's default 2 s deadline. */
+#define SERVICE_STAT_SCHED_MS 1000u
+#define SERVICE_SWARM_MAX 32u	  /* peers listed (the scheduler sends at most that) */
+#define SERVICE_URL_MAX 8192u	  /* a url taken from a scheduler's answer */
+
 /* One get in progress on a connection (the connection's list: conn_user). */
 struct service_get {
 	struct service *service;
@@ -83,6 +89,12 @@ static void service_get_unlink(struct service_get *get)
 			return;
 		}
 	}
+}
+
+static void service_get_link(struct service_get *get)
+{
+	get->next = conn_user(get->conn);
+	conn_set_user(get->conn, get);
 }
 
 static void service_get_free(struct service_get *get)
@@ -182,8 +194,7 @@ static void service_download(struct service *service, struct conn *conn,
 				: RINGFLY__ERROR_CODE__ERROR_CODE_INTERNAL, "%s", err);
 		return;
 	}
-	get->next = conn_user(conn);
-	conn_set_user(conn, get);
+	service_get_link(get);
 }
 
 void service_conn_closed(struct service *service, struct conn *conn)
@@ -248,7 +259,8 @@ static void service_send_info(struct conn *conn, uint64_t request_id, const uint
 		message.task_id = hex;
 		message.state = "absent";
 		message.digest = digest;
-		if (swarm && swarm->answer) {
+		/* As announced; a scheduler's longer one is not ours to pass on. */
+		if (swarm && swarm->answer && strlen(swarm->answer->url) <= SERVICE_URL_MAX) {
 			message.url = swarm->answer->url;
 			message.content_length = swarm->answer->content_length;
 			message.piece_count = swarm->answer->piece_count;
@@ -258,12 +270,19 @@ static void service_send_info(struct conn *conn, uint64_t request_id, const uint
 		message.scheduler = (char *)(swarm->scheduler ? swarm->scheduler : "");
 		message.swarm_error = (char *)(swarm->error ? swarm->error : "");
 		if (swarm->answer) {
-			message.n_swarm = swarm->answer->n_peers;
+			message.n_swarm = swarm->answer->n_peers < SERVICE_SWARM_MAX
+						  ? swarm->answer->n_peers : SERVICE_SWARM_MAX;
 			message.swarm = swarm->answer->peers;
 			message.swarm_peers = swarm->answer->peer_count;
 		}
 	}
-	conn_send_frame(conn, FRAME_TYPE_TASK_INFO, &message.base);
+	if (conn_send_frame(conn, FRAME_TYPE_TASK_INFO, &message.base) == -EMSGSIZE && swarm) {
+		/* Too large for a TaskInfo (a scheduler's peers with long ids):
+		 * the local state alone, and why. */
+		message.n_swarm = 0;
+		message.swarm_error = "the scheduler's answer does not fit in a TaskInfo";
+		conn_send_frame(conn, FRAME_TYPE_TASK_INFO, &message.base);
+	}
 }
 
 /* The id of a task named by its 64-hex id, or by its URL. */
@@ -332,23 +351,25 @@ static void service_stat(struct service *service, struct conn *conn,
 	get = service->sched ? calloc(1, sizeof(*get)) : NULL;
 	if (get)
 		get->name = strdup(name);
-	if (!get || !get->name ||
-	    sched_task_peers(service->sched, id, service_stat_done, get, &get->sched) < 0) {
-		struct service_swarm none = { NULL, "", "out of memory" };
-
-		if (get)
-			service_get_free(get);
-		service_stat_reply(service, conn, request->id, name, id,
-				   service->sched ? &none : NULL);
-		return;
+	if (get && get->name) {
+		/* Ready for the answer before asking: a failure may be
+		 * reported from inside sched_task_peers. */
+		get->service = service;
+		get->conn = conn;
+		get->request_id = request->id;
+		memcpy(get->task_id, id, 32);
+		hash_hex(id, get->task_hex);
+		service_get_link(get);
+		if (sched_task_peers(service->sched, id, SERVICE_STAT_SCHED_MS, service_stat_done,
+				     get, &get->sched) == 0)
+			return;
+		service_get_unlink(get);
 	}
-	get->service = service;
-	get->conn = conn;
-	get->request_id = request->id;
-	memcpy(get->task_id, id, 32);
-	hash_hex(id, get->task_hex);
-	get->next = conn_user(conn);
-	conn_set_user(conn, get);
+	if (get)
+		service_get_free(get);
+	service_stat_reply(service, conn, request->id, name, id,
+			   service->sched ? &(struct service_swarm){ NULL, "", "out of memory" }
+					  : NULL);
 }
 
 static void service_import(struct service *service, struct conn *conn,
@@ -475,17 +496,17 @@ static void service_preheat(struct service *service, struct conn *conn,
 	get->service = service;
 	get->conn = conn;
 	get->request_id = request->id;
+	log_info("download", "preheat task=%s url=%s", get->task_hex, request->url);
+	/* Linked before asking: a failure may be reported from inside. */
+	service_get_link(get);
 	rc = sched_preheat(service->sched, id, request->url, request->digest,
 			   service_preheat_done, get, &get->sched);
 	if (rc < 0) {
+		service_get_unlink(get);
 		service_get_free(get);
 		conn_send_error(conn, request->id, RINGFLY__ERROR_CODE__ERROR_CODE_INTERNAL,
 				"preheat %s: %s", request->url, strerror(-rc));
-		return;
 	}
-	log_info("download", "preheat task=%s url=%s", get->task_hex, request->url);
-	get->next = conn_user(conn);
-	conn_set_user(conn, get);
 }
 
 bool service_frame(struct service *service, struct conn *conn, uint8_t type,

@@ -65,6 +65,7 @@ struct upload_sync {
 	uint64_t *held_due_ms;
 	size_t held_count, held_cap;
 	bool complete;		/* the task is: "done" goes once nothing is held */
+	struct store_task *task;	/* held open meanwhile (complete only) */
 };
 
 /* One payload on its way: holds the task open until it is sent. */
@@ -374,6 +375,8 @@ static void upload_sync_remove(struct upload *upload, struct upload_sync *sync)
 		if (*p == sync) {
 			*p = sync->next;
 			sync->uc->syncs--;
+			if (sync->task)
+				store_task_release(sync->task);
 			free(sync->held);
 			free(sync->held_due_ms);
 			free(sync);
@@ -542,8 +545,12 @@ static void upload_spread_done(struct loop_op *op, int res, uint32_t flags)
 		next = sync->next;
 		if (!sync->held_count)
 			continue;
-		if (store_task_find(upload->store, sync->task_id, &task) < 0) {
-			sync->held_count = 0; /* gone: nothing left to tell */
+		if (sync->task) {
+			task = sync->task; /* a complete task, held open */
+		} else if (store_task_find(upload->store, sync->task_id, &task) < 0) {
+			/* Gone while it was downloading: its stream gets the
+			 * IDLE or FAILED event; nothing left to tell here. */
+			sync->held_count = 0;
 			continue;
 		}
 		info = store_task_info(task);
@@ -551,9 +558,10 @@ static void upload_spread_done(struct loop_op *op, int res, uint32_t flags)
 		if (sync->complete && !sync->held_count) {
 			upload_send_availability(sync->uc->conn, sync->id, info, NULL, 0, true,
 						 false, NULL);
-			upload_sync_remove(upload, sync);
+			upload_sync_remove(upload, sync); /* releases sync->task */
+		} else if (!sync->task) {
+			store_task_release(task);
 		}
-		store_task_release(task);
 	}
 	upload_spread_arm(upload);
 }
@@ -635,8 +643,12 @@ static void upload_observe(void *arg, struct store_task *task, enum store_event 
 		case STORE_EVENT_PIECE:
 			break;
 		case STORE_EVENT_COMPLETE:
-			if (sync->held_count) {
-				sync->complete = true; /* upload_spread_done ends it */
+			/* upload_spread_done ends it, with the task held open
+			 * until then (neither GC nor a delete can take it from
+			 * under the stream; the task is open: a reference). */
+			if (sync->held_count &&
+			    store_task_find(upload->store, info->id, &sync->task) == 0) {
+				sync->complete = true;
 				break;
 			}
 			/* Every piece is told before the end. */

@@ -986,6 +986,11 @@ bool store_task_has_piece(const struct store_task *task, uint32_t number)
 	return number < task->info.piece_count && bit_get(task->recorded, number);
 }
 
+bool store_task_piece_writing(const struct store_task *task, uint32_t number)
+{
+	return number < task->info.piece_count && bit_get(task->writing, number);
+}
+
 bool store_task_is_complete(const struct store_task *task)
 {
 	return task->info.state == META_TASK_COMPLETE;

@@ -119,6 +119,8 @@ void store_task_discard(struct store_task *task);
 /* The task's record (borrowed; valid while the reference is held). */
 const struct meta_task *store_task_info(const struct store_task *task);
 bool store_task_has_piece(const struct store_task *task, uint32_t number);
+/* A write of the piece is under way (started, not yet finished either way). */
+bool store_task_piece_writing(const struct store_task *task, uint32_t number);
 bool store_task_is_complete(const struct store_task *task);
 /* The reason the task failed ("" if it has not). */
 const char *store_task_error(const struct store_task *task);

@@ -11,7 +11,7 @@
 # from it. `ringfly stat` says where the task is all along: nowhere (exit 1,
 # naming the scheduler), absent here but complete on the seed, complete here
 # and on b; without a scheduler as before; with the scheduler gone, the local
-# state and "none answered".
+# state and "none answered"; with a scheduler that never answers, within 1 s.
 # shellcheck source=tests/integration/lib.sh
 . "$(dirname "$0")/lib.sh"
 # shellcheck source=tests/integration/lib-http.sh
@@ -20,6 +20,7 @@
 . "$(dirname "$0")/lib-p2p.sh"
 
 : "${RINGFLY_SCHEDULER:?set RINGFLY_SCHEDULER to the ringfly-scheduler binary}"
+require_cmd python3
 OUT="$T/out"
 mkdir -p "$OUT"
 SIZE=$((24 << 20))
@@ -144,7 +145,36 @@ peer_rf c stat "$NGINX_URL/nothing"
 assert_eq 1 "$RF_RC" "exit code of stat of an unknown task with the scheduler gone"
 assert_contains "$T/rf.err" "no such task here, and no scheduler answered (" \
     "stderr of stat of an unknown task with the scheduler gone"
-for p in lonely b c; do
+
+# A scheduler that takes the connection and never answers (a hung host): stat
+# of a task this node holds still answers within the CLI's default 2 s, with
+# the local state and why the swarm is missing.
+python3 -c 'import socket, sys, time
+s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(64)
+print(s.getsockname()[1], flush=True); time.sleep(120)' >"$T/mute.port" 2>"$T/mute.err" 9>&- &
+MUTE=$!
+track "$MUTE" "mute scheduler"
+for _ in $(seq 1 100); do
+    [[ -s $T/mute.port ]] && break
+    nap 0.05
+done
+[[ -s $T/mute.port ]] || fail "the mute scheduler did not report its port: $(cat "$T/mute.err")"
+start_peer mute --scheduler "127.0.0.1:$(cat "$T/mute.port")"
+make_file "$T/local.bin" $((1 << 20))
+peer_rf mute import "$T/local.bin"
+assert_eq 0 "$RF_RC" "exit code of import on mute ($(cat "$T/rf.err"))"
+local_id=$(cat "$T/rf.out")
+now_ms; t0=$NOW_MS
+RF_DEADLINE=10 peer_rf mute stat "$local_id"
+now_ms
+assert_eq 0 "$RF_RC" "exit code of stat with a mute scheduler ($(cat "$T/rf.err"))"
+assert_eq complete "$(stat_field state)" "state of the imported task with a mute scheduler"
+assert_contains "$T/rf.out" "scheduler: none answered (no scheduler answered in 1000 ms)" \
+    "stat with a mute scheduler"
+((NOW_MS - t0 < 2000)) || fail "stat with a mute scheduler took $((NOW_MS - t0)) ms, the CLI's default deadline is 2000"
+kill_and_reap "$MUTE"
+
+for p in lonely b c mute; do
     must_health "${PEER_SOCK[$p]}" 5 "${PEER_PID[$p]}"
 done
 pass
