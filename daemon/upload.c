@@ -30,6 +30,11 @@
 /* Once the piece has gone out to a child, the others hear of it this much
  * later: time for that child to record and announce it. */
 #define UPLOAD_SPREAD_AFTER_SENT_MS 1000u
+/* ... and once the seed's own download is complete (its uplink carries
+ * nothing new any more), this much later: P4 N=8 median 3.74 s against 4.70 s
+ * with 1 s (12 runs each, alternated). Only for pieces already sent: telling
+ * the unsent ones early brings back the end-of-download storm. */
+#define UPLOAD_SPREAD_DONE_MS 300u
 #define UPLOAD_SPREAD_TICK_MS 50u
 
 struct upload_get {
@@ -515,9 +520,12 @@ static void upload_sync_flush(struct upload_sync *sync, const struct meta_task *
 /* A held piece went out to a child: the other streams hear of it soon. */
 static void upload_spread_sent(struct upload *upload, const uint8_t task_id[32], uint32_t number)
 {
-	uint64_t due_ms = clock_monotonic_ms() + UPLOAD_SPREAD_AFTER_SENT_MS;
+	uint64_t now_ms = clock_monotonic_ms();
 
 	for (struct upload_sync *sync = upload->syncs; sync; sync = sync->next) {
+		uint64_t due_ms = now_ms + (sync->complete ? UPLOAD_SPREAD_DONE_MS
+							   : UPLOAD_SPREAD_AFTER_SENT_MS);
+
 		if (!sync->held_count || memcmp(sync->task_id, task_id, 32) != 0)
 			continue;
 		for (size_t i = 0; i < sync->held_count; i++)
