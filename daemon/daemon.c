@@ -318,6 +318,16 @@ static void daemon_on_preheat(void *arg, const char *url)
 		log_warn("daemon", "preheat failed url=%s reason=\"%s\"", url, err);
 }
 
+/* A scheduler named a task's roots (this is a seed). */
+static void daemon_on_roots(void *arg, const uint8_t task_id[32], const char *const *peer_ids,
+			    size_t count)
+{
+	struct daemon *daemon = arg;
+
+	if (daemon->upload_ready)
+		upload_set_roots(&daemon->upload, task_id, peer_ids, count);
+}
+
 /* The address other peers reach this daemon at: advertise_ip, else the
  * peer listener's host unless it is a wildcard, else 127.0.0.1. */
 static void daemon_advertise_ip(const struct daemon_config *config, char *ip, size_t size)
@@ -713,6 +723,8 @@ int daemon_run(const struct daemon_config *config)
 			.parent_connections = (unsigned)config->download_parent_connections,
 			.sched = daemon.sched,
 			.no_back_to_source = !config->back_to_source,
+			.roots = daemon_on_roots,
+			.roots_arg = &daemon,
 		};
 
 		rc = download_engine_create(&daemon.engine, daemon.loop, daemon.store,

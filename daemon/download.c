@@ -72,6 +72,11 @@
 /* ... and a seed that is fetching it for us up to 3.2 s later (6.35 s in all). */
 #define DL_PARENT_RETRIES_SEED 7u
 #define DL_ANNOUNCE_MS 1000u
+/* In a task's first seconds, every 250 ms: a swarm that starts at once
+ * learns of the peers that joined a moment after its first ask (and a seed
+ * of whom to spread to) while there is still most of the file to share. */
+#define DL_ANNOUNCE_EARLY_MS 250u
+#define DL_ANNOUNCE_EARLY_FOR_MS 2000u
 #define DL_PARENT_RETRY_MS 50u
 /* Outputs a piece is written into straight from its buffer; more watchers
  * of one task get it copied from the cache file afterwards. */
@@ -1542,12 +1547,14 @@ static void dl_origin_allow(struct dl_task *task, const char *why)
 static void dl_parent_connect(struct dl_parent *dp)
 {
 	struct dl_task *task = dp->task;
-	char err[256];
+	char err[256], self_id[160] = "";
 
 	dp->retry_at_ms = 0;
 	dp->synced = false;
+	if (task->engine->options.sched)
+		sched_client_peer_id(task->engine->options.sched, self_id, sizeof(self_id));
 	if (parent_open(&dp->parent, task->engine->loop, dp->address, task->id, task->url,
-			&dl_parent_callbacks, dp, err, sizeof(err)) < 0) {
+			self_id, &dl_parent_callbacks, dp, err, sizeof(err)) < 0) {
 		dp->parent = NULL;
 		log_warn("download", "parent unusable task=%s parent=%s reason=\"%s\"", task->hex,
 			 dp->address, err);
@@ -1698,6 +1705,14 @@ static void dl_sched_parents(void *arg, int error, const struct sched_parents *p
 		dl_task_maybe_end(task);
 		return;
 	}
+	if (!error && task->engine->options.roots) {
+		const char *roots[SCHED_PARENTS_MAX];
+
+		for (size_t i = 0; i < parents->root_count; i++)
+			roots[i] = parents->roots[i];
+		task->engine->options.roots(task->engine->options.roots_arg, task->id, roots,
+					    parents->root_count);
+	}
 	if (reask) {
 		/* Peers that joined since: parents too. No answer, or "go to
 		 * the origin", changes nothing for a task under way. */
@@ -1802,7 +1817,8 @@ static void dl_parents_tick(struct dl_task *task, uint64_t now_ms)
 	unsigned timeout = task->engine->options.piece_timeout_ms;
 
 	if (task->engine->options.sched && task->st && !dl_final(task) &&
-	    now_ms - task->announce_ms >= DL_ANNOUNCE_MS)
+	    now_ms - task->announce_ms >= (now_ms - task->started_ms < DL_ANNOUNCE_EARLY_FOR_MS
+					   ? DL_ANNOUNCE_EARLY_MS : DL_ANNOUNCE_MS))
 		dl_sched_reask(task);
 	if (!task->parents || dl_final(task))
 		return;

@@ -56,6 +56,11 @@ struct download_options {
 	unsigned parent_connections; /* connections to each parent, each its own
 				      * pipeline (socket and disk overlap); 0 = 4 */
 	struct sched_client *sched;  /* parents from schedulers (borrowed); NULL = none */
+	/* A scheduler's answer named the task's roots (to a seed; peer ids,
+	 * borrowed for the call; count 0: none). Optional. */
+	void (*roots)(void *arg, const uint8_t task_id[32], const char *const *peer_ids,
+		      size_t count);
+	void *roots_arg;
 	bool no_back_to_source;	     /* never the origin (download.back_to_source: false) */
 };
 

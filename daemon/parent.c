@@ -56,6 +56,7 @@ struct parent {
 	char address[160];
 	uint8_t task_id[32];
 	char *url;			/* sent with SyncPieces: a seed fetches it */
+	char self_id[160];		/* sent with SyncPieces: our peer id, or "" */
 	struct parent_callbacks cb;
 	void *arg;
 
@@ -555,6 +556,7 @@ static void parent_connected(struct loop_op *op, int res, uint32_t flags)
 	sync.task_id.data = parent->task_id;
 	sync.task_id.len = sizeof(parent->task_id);
 	sync.url = parent->url;
+	sync.peer_id = parent->self_id;
 	rc = parent_send(parent, FRAME_TYPE_SYNC_PIECES, &sync.base);
 	if (rc < 0) {
 		parent_fail(parent, rc, "cannot send SyncPieces: %s", strerror(-rc));
@@ -565,7 +567,7 @@ static void parent_connected(struct loop_op *op, int res, uint32_t flags)
 }
 
 int parent_open(struct parent **out, struct loop *loop, const char *address,
-		const uint8_t task_id[32], const char *url,
+		const uint8_t task_id[32], const char *url, const char *self_id,
 		const struct parent_callbacks *callbacks, void *arg, char *err, size_t err_size)
 {
 	struct addrinfo hints = { .ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICSERV };
@@ -598,6 +600,7 @@ int parent_open(struct parent **out, struct loop *loop, const char *address,
 	parent->loop = loop;
 	snprintf(parent->address, sizeof(parent->address), "%s", address);
 	memcpy(parent->task_id, task_id, sizeof(parent->task_id));
+	snprintf(parent->self_id, sizeof(parent->self_id), "%s", self_id ? self_id : "");
 	parent->cb = *callbacks;
 	parent->arg = arg;
 	parent->url = strdup(url ? url : "");

@@ -49,10 +49,12 @@ struct parent_callbacks {
 	void (*gone)(struct parent *parent, void *arg, int error, const char *reason);
 };
 
-/* Connects to `address` ("host:port") and subscribes to task_id. 0, or a
- * negative errno with the reason in err (bad address). */
+/* Connects to `address` ("host:port") and subscribes to task_id, saying
+ * who we are (self_id: our peer id, "ip:port"; NULL or "" = not a peer: a
+ * seed parent tells new pieces first to the children its scheduler names).
+ * 0, or a negative errno with the reason in err (bad address). */
 int parent_open(struct parent **out, struct loop *loop, const char *address,
-		const uint8_t task_id[32], const char *url,
+		const uint8_t task_id[32], const char *url, const char *self_id,
 		const struct parent_callbacks *callbacks, void *arg, char *err, size_t err_size);
 
 /* Asks for piece `number`, to be written into st (the task of the shape;

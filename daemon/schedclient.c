@@ -149,8 +149,7 @@ static uint8_t *sched_pack_announce(struct sched_client *client,
 	uint8_t *frame;
 	ssize_t n;
 
-	/* Other peers know us by the address they fetch from. */
-	snprintf(peer_id, sizeof(peer_id), "%s:%u", client->ip, client->port);
+	sched_client_peer_id(client, peer_id, sizeof(peer_id));
 	host.ip = client->ip;
 	host.peer_port = client->port;
 	host.seed = client->seed;
@@ -522,6 +521,10 @@ static void sched_on_frame(struct sched_conn *conn, uint8_t type, const uint8_t 
 		snprintf(parents.addresses[parents.count++], sizeof(parents.addresses[0]), "%s",
 			 r->parents[i]->address);
 	}
+	for (size_t i = 0; i < r->n_roots && parents.root_count < SCHED_PARENTS_MAX; i++)
+		if (r->roots[i] && r->roots[i][0])
+			snprintf(parents.roots[parents.root_count++], sizeof(parents.roots[0]),
+				 "%s", r->roots[i]);
 	parents.back_to_source = r->back_to_source;
 	snprintf(parents.reason, sizeof(parents.reason), "%s", r->reason ? r->reason : "");
 	snprintf(parents.scheduler, sizeof(parents.scheduler), "%s", conn->address);
@@ -927,7 +930,7 @@ void sched_leave_all(struct sched_client *client)
 	char peer_id[200];
 	ssize_t len;
 
-	snprintf(peer_id, sizeof(peer_id), "%s:%u", client->ip, client->port);
+	sched_client_peer_id(client, peer_id, sizeof(peer_id));
 	leave.peer_id = peer_id;
 	len = frame_pack(FRAME_TYPE_PEER_LEAVE, &leave.base, frame, sizeof(frame));
 	for (unsigned i = 0; len > 0 && i < client->conn_count; i++)
@@ -938,6 +941,12 @@ void sched_leave_all(struct sched_client *client)
 void sched_client_set_port(struct sched_client *client, unsigned port)
 {
 	client->port = port;
+}
+
+void sched_client_peer_id(const struct sched_client *client, char *buf, size_t size)
+{
+	/* Other peers know us by the address they fetch from. */
+	snprintf(buf, size, "%s:%u", client->ip, client->port);
 }
 
 int sched_client_create(struct sched_client **out, struct loop *loop,

@@ -57,6 +57,9 @@ struct sched_parents {
 	bool back_to_source;
 	char reason[256];
 	char scheduler[160];			/* who answered */
+	/* To a seed: the task's roots (peer ids; scheduler/state.h). */
+	size_t root_count;
+	char roots[SCHED_PARENTS_MAX][160];
 };
 
 /* error 0: seeds ("a,b") are fetching it; else the reason (no scheduler
@@ -81,6 +84,9 @@ int sched_client_create(struct sched_client **out, struct loop *loop,
 void sched_client_destroy(struct sched_client *client);
 /* The daemon's peer port, once its listener is bound (0 until then). */
 void sched_client_set_port(struct sched_client *client, unsigned port);
+/* Our peer id, "ip:port" (what other peers fetch from and the scheduler
+ * knows us by; port 0 while there is no peer port), in buf. */
+void sched_client_peer_id(const struct sched_client *client, char *buf, size_t size);
 
 /* Announces and asks for parents; fn runs once, from the loop (never from
  * inside this call), unless the request is cancelled first. */

@@ -53,6 +53,12 @@ void upload_set_rate_limit(struct upload *upload, uint64_t bytes_per_s);
 /* Handles a peer request; false if `type` is not one (the caller answers). */
 bool upload_frame(struct upload *upload, struct conn *conn, uint8_t type,
 		  const ProtobufCMessage *msg);
+/* The scheduler named the roots of task_id (peer ids; scheduler/state.h): a
+ * seed tells them of its held pieces sooner ("Spreading" in upload.c).
+ * Streams opened later wait for the next list (a seed asks every 250 ms to
+ * 1 s). */
+void upload_set_roots(struct upload *upload, const uint8_t task_id[32],
+		      const char *const *peer_ids, size_t count);
 /* The connection is gone: its streams and queued requests go with it. */
 void upload_conn_closed(struct upload *upload, struct conn *conn);
 

@@ -135,8 +135,10 @@ static void sched_send_parents(struct conn *conn, const Ringfly__AnnouncePeer *r
 	Ringfly__ParentsResponse response = RINGFLY__PARENTS_RESPONSE__INIT;
 	Ringfly__Parent parents[SCHED_PARENTS_MAX];
 	Ringfly__Parent *pointers[SCHED_PARENTS_MAX];
+	char *roots[SCHED_ROOTS_MAX];
 
 	assert(answer->parent_count <= SCHED_PARENTS_MAX);
+	assert(answer->root_count <= SCHED_ROOTS_MAX);
 	for (unsigned i = 0; i < answer->parent_count; i++) {
 		ringfly__parent__init(&parents[i]);
 		parents[i].peer_id = (char *)answer->parents[i].peer_id;
@@ -152,6 +154,10 @@ static void sched_send_parents(struct conn *conn, const Ringfly__AnnouncePeer *r
 	response.parents = pointers;
 	response.back_to_source = answer->back_to_source;
 	response.reason = (char *)answer->reason;
+	for (unsigned i = 0; i < answer->root_count; i++)
+		roots[i] = (char *)answer->roots[i];
+	response.n_roots = answer->root_count;
+	response.roots = roots;
 	conn_send_frame(conn, FRAME_TYPE_PARENTS_RESPONSE, &response.base);
 }
 
@@ -234,6 +240,17 @@ static void sched_take_announce(struct sched_server *server, struct conn *conn,
 						 "%s%s", i ? "," : "", answer.parents[i].address);
 		log_info("scheduler", "parents task=%s peer=%s parents=%s back_to_source=%d", hex,
 			 request->peer_id, parents_text, answer.back_to_source);
+	}
+	if (answer.root_count) {
+		char roots_text[SCHED_ROOTS_MAX * (SCHED_PEER_ID_MAX + 1) + 1];
+
+		roots_text[0] = '\0';
+		used = 0;
+		for (unsigned i = 0; i < answer.root_count; i++)
+			used += (size_t)snprintf(roots_text + used, sizeof(roots_text) - used,
+						 "%s%s", i ? "," : "", answer.roots[i]);
+		log_debug("scheduler", "roots task=%s seed=%s roots=%s", hex, request->peer_id,
+			  roots_text);
 	}
 	sched_send_parents(conn, request, &answer);
 }

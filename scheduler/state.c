@@ -199,7 +199,9 @@ struct sched_peer {
 	struct sched_task *task;
 	uint64_t id_hash;
 	uint64_t last_seen_ms;
-	uint64_t walk_stamp; /* the cycle check that last visited it */
+	uint64_t walk_stamp; /* the cycle check (or children count) that last visited it */
+	unsigned children;   /* peers naming it as a parent, as of walk_stamp (sched_roots) */
+	unsigned sources;    /* of its parents_in_use, peers that are not seeds (sched_roots) */
 	bool seed, complete;
 	uint32_t upload_slots, uploads;
 	uint32_t pieces_done, piece_count;
@@ -626,6 +628,70 @@ static void sched_rank(struct sched_state *state, struct sched_peer *child, bool
 				 "peer port";
 }
 
+/* Whether a goes before b among a seed's roots (state.h). */
+static bool sched_root_before(const struct sched_peer *a, const struct sched_peer *b)
+{
+	if (a->sources != b->sources)
+		return a->sources < b->sources;
+	if (a->children != b->children)
+		return a->children > b->children;
+	if (a->pieces_done != b->pieces_done)
+		return a->pieces_done > b->pieces_done;
+	return strcmp(a->id, b->id) < 0;
+}
+
+/* Fills answer->roots for the seed `seed` (state.h). O(peers of the task x
+ * SCHED_PARENTS_IN_USE_MAX): a seed asks a few times a second at most. */
+static void sched_roots(struct sched_state *state, const struct sched_peer *seed,
+			struct sched_answer *answer)
+{
+	struct sched_task *task = seed->task;
+	struct sched_peer *best[SCHED_ROOTS_MAX];
+	uint64_t stamp = ++state->walk_stamp;
+	unsigned count = 0;
+
+	for (struct sched_node *node = task->peers.next; node != &task->peers; node = node->next) {
+		struct sched_peer *peer = container_of(node, struct sched_peer, in_task);
+
+		if (peer->walk_stamp != stamp) {
+			peer->walk_stamp = stamp;
+			peer->children = 0;
+		}
+		peer->sources = 0;
+		for (unsigned i = 0; i < peer->parents_in_use_count; i++) {
+			struct sched_peer *parent =
+				sched_peer_find(state, task, peer->parents_in_use[i], NULL);
+
+			if (!parent || parent == peer)
+				continue;
+			if (parent->walk_stamp != stamp) {
+				parent->walk_stamp = stamp;
+				parent->children = 0;
+			}
+			parent->children++;
+			peer->sources += !parent->seed;
+		}
+	}
+	for (struct sched_node *node = task->peers.next; node != &task->peers; node = node->next) {
+		struct sched_peer *peer = container_of(node, struct sched_peer, in_task);
+		unsigned at;
+
+		if (!peer->children || peer->seed || !peer->address[0])
+			continue;
+		if (count == SCHED_ROOTS_MAX && !sched_root_before(peer, best[count - 1]))
+			continue;
+		at = count < SCHED_ROOTS_MAX ? count++ : count - 1;
+		while (at > 0 && sched_root_before(peer, best[at - 1])) {
+			best[at] = best[at - 1];
+			at--;
+		}
+		best[at] = peer;
+	}
+	for (unsigned i = 0; i < count && best[i]->sources == best[0]->sources; i++)
+		snprintf(answer->roots[answer->root_count++], sizeof(answer->roots[0]), "%s",
+			 best[i]->id);
+}
+
 /* --- announcements. */
 
 static bool sched_peer_id_valid(const char *id)
@@ -825,6 +891,8 @@ int sched_announce(struct sched_state *state, const struct sched_announce *annou
 			sched_seed_remove(state, seed);
 	}
 	sched_rank(state, peer, announce->want_parents, answer);
+	if (peer->seed)
+		sched_roots(state, peer, answer);
 	return 0;
 }
 

@@ -36,6 +36,15 @@
  * back_to_source is set exactly when that list is empty. A complete C, or one
  * that does not want parents, gets an empty list without back_to_source.
  *
+ * Roots, for a seed C of task T (whatever it asked): the non-seed peers of T
+ * with a peer port that other peers name in their parents_in_use (they have
+ * children) and that name the fewest non-seed parents themselves (sources):
+ * every peer with the least sources, ordered by more children, more
+ * pieces_done, peer id; at most SCHED_ROOTS_MAX. No cycles means that the
+ * peer which asked first is a parent of the others and has (nearly) no
+ * sibling to fetch from: the seed is all it has, and the seed tells it of
+ * its pieces sooner than the others (upload.c).
+ *
  * Preheat: each seed host keeps the registration (an opaque handle, in the
  * server the connection) of its latest seed announcement, until that
  * registration is forgotten (the connection closed) or the seed host goes
@@ -63,6 +72,7 @@
 #define SCHED_SEEDS_MAX		 256 /* seed hosts remembered */
 #define SCHED_WALK_MAX		 256 /* peers one cycle check may visit */
 #define SCHED_WEIGHT_SIZE	 32  /* a rendezvous weight: a sha256 digest */
+#define SCHED_ROOTS_MAX		 8   /* roots told to a seed */
 
 struct sched_state;
 
@@ -123,6 +133,10 @@ struct sched_parent {
 struct sched_answer {
 	struct sched_parent parents[SCHED_PARENTS_MAX]; /* best first */
 	unsigned parent_count;
+	/* To a seed: the peer ids of the task's roots (see above); empty for
+	 * others. */
+	char roots[SCHED_ROOTS_MAX][SCHED_PEER_ID_MAX + 1];
+	unsigned root_count;
 	bool back_to_source;
 	const char *reason; /* static text: why back to source, or what was wrong; "" if none */
 };

@@ -643,6 +643,53 @@ Test(sched, many_excluded_best_candidates)
 	cr_assert_str_eq(ids(&last), "p12,p13,p14,p15,p16,p17,p18,p19");
 }
 
+/* The answer's roots as "id,id,...". */
+static const char *root_ids(const struct sched_answer *answer)
+{
+	static char text[SCHED_ROOTS_MAX * (SCHED_PEER_ID_MAX + 1) + 1];
+	size_t used = 0;
+
+	text[0] = '\0';
+	for (unsigned i = 0; i < answer->root_count; i++)
+		used += (size_t)snprintf(text + used, sizeof(text) - used, "%s%s", i ? "," : "",
+					 answer->roots[i]);
+	return text;
+}
+
+Test(sched, a_seed_is_told_the_roots_of_the_parent_graph)
+{
+	/* Sources (non-seed parents) / children: a 0/4 (b, c, d, e), f 0/2
+	 * (d, g), b 1/3, c 3/2, d 3/1, e 4/0, g 1/0 ("gone" is unknown, g
+	 * itself does not count); other-seed is a seed, no-port has no peer
+	 * port: never roots. */
+	ANNOUNCE(1, 0, .id = "a", .pieces = 1, .quiet = true);
+	ANNOUNCE(1, 0, .id = "b", .pieces = 1, .parents = { "a", "other-seed" }, .quiet = true);
+	ANNOUNCE(1, 0, .id = "c", .pieces = 1, .parents = { "a", "b", "no-port" }, .quiet = true);
+	ANNOUNCE(1, 0, .id = "d", .pieces = 1, .parents = { "a", "b", "c", "f" }, .quiet = true);
+	ANNOUNCE(1, 0, .id = "e", .pieces = 1, .parents = { "a", "b", "c", "d" }, .quiet = true);
+	ANNOUNCE(1, 0, .id = "f", .pieces = 3, .quiet = true);
+	ANNOUNCE(1, 0, .id = "g", .pieces = 1, .parents = { "f", "g", "gone" }, .quiet = true);
+	ANNOUNCE(1, 0, .id = "other-seed", .seed = true, .pieces = 5, .quiet = true);
+	ANNOUNCE(1, 0, .id = "no-port", .address = "", .pieces = 5, .quiet = true);
+	ANNOUNCE(1, 0, .id = "seed", .seed = true, .pieces = 0);
+	/* The fewest sources (0), more children first. */
+	cr_assert_str_eq(root_ids(&last), "a,f");
+	/* A peer that just came (no parents, nobody fetches from it) is not a
+	 * root; asked or not (a complete seed announcing), the same answer. */
+	ANNOUNCE(1, 0, .id = "h", .pieces = 0);
+	cr_assert_eq(last.root_count, 0, "not for a peer that is not a seed");
+	ANNOUNCE(1, 0, .id = "seed", .seed = true, .complete = true);
+	cr_assert_str_eq(root_ids(&last), "a,f");
+	/* a takes a parent: f is the only one left with none. */
+	ANNOUNCE(1, 0, .id = "a", .pieces = 1, .parents = { "g" }, .quiet = true);
+	ANNOUNCE(1, 0, .id = "seed", .seed = true, .pieces = 0);
+	cr_assert_str_eq(root_ids(&last), "f");
+	/* Nobody fetches from anyone: no roots. */
+	ANNOUNCE(2, 0, .id = "a", .pieces = 1, .quiet = true);
+	ANNOUNCE(2, 0, .id = "seed", .seed = true, .pieces = 0);
+	cr_assert_eq(last.root_count, 0);
+}
+
 Test(sched, a_seed_far_down_the_ranking_is_still_included)
 {
 	char id[16];
