@@ -72,11 +72,6 @@
 /* ... and a seed that is fetching it for us up to 3.2 s later (6.35 s in all). */
 #define DL_PARENT_RETRIES_SEED 7u
 #define DL_ANNOUNCE_MS 1000u
-/* In a task's first seconds, every 250 ms: a swarm that starts at once
- * learns of the peers that joined a moment after its first ask (and a seed
- * of whom to spread to) while there is still most of the file to share. */
-#define DL_ANNOUNCE_EARLY_MS 250u
-#define DL_ANNOUNCE_EARLY_FOR_MS 2000u
 #define DL_PARENT_RETRY_MS 50u
 /* Outputs a piece is written into straight from its buffer; more watchers
  * of one task get it copied from the cache file afterwards. */
@@ -1817,8 +1812,7 @@ static void dl_parents_tick(struct dl_task *task, uint64_t now_ms)
 	unsigned timeout = task->engine->options.piece_timeout_ms;
 
 	if (task->engine->options.sched && task->st && !dl_final(task) &&
-	    now_ms - task->announce_ms >= (now_ms - task->started_ms < DL_ANNOUNCE_EARLY_FOR_MS
-					   ? DL_ANNOUNCE_EARLY_MS : DL_ANNOUNCE_MS))
+	    now_ms - task->announce_ms >= DL_ANNOUNCE_MS)
 		dl_sched_reask(task);
 	if (!task->parents || dl_final(task))
 		return;

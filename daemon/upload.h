@@ -55,8 +55,7 @@ bool upload_frame(struct upload *upload, struct conn *conn, uint8_t type,
 		  const ProtobufCMessage *msg);
 /* The scheduler named the roots of task_id (peer ids; scheduler/state.h): a
  * seed tells them of its held pieces sooner ("Spreading" in upload.c).
- * Streams opened later wait for the next list (a seed asks every 250 ms to
- * 1 s). */
+ * Streams opened later wait for the next list (a seed asks every second). */
 void upload_set_roots(struct upload *upload, const uint8_t task_id[32],
 		      const char *const *peer_ids, size_t count);
 /* The connection is gone: its streams and queued requests go with it. */
