@@ -27,7 +27,8 @@ static const struct frame_type_info frame_types[FRAME_TYPE_COUNT_] = {
 	[FRAME_TYPE_TASK_INFO] = { "TaskInfo", &ringfly__task_info__descriptor, 64u << 10 },
 	[FRAME_TYPE_IMPORT_FILE] = { "ImportFile", &ringfly__import_file__descriptor, 8u << 10 },
 	[FRAME_TYPE_EXPORT_TASK] = { "ExportTask", &ringfly__export_task__descriptor, 4u << 10 },
-	[FRAME_TYPE_SYNC_PIECES] = { "SyncPieces", &ringfly__sync_pieces__descriptor, 1u << 10 },
+	/* The task's url (4 KiB at most, META_URL_MAX) and the child's peer id. */
+	[FRAME_TYPE_SYNC_PIECES] = { "SyncPieces", &ringfly__sync_pieces__descriptor, 8u << 10 },
 	/* Up to 2^17 piece numbers of 5 bytes each in the first frame. */
 	[FRAME_TYPE_PIECE_AVAILABILITY] = { "PieceAvailability",
 					    &ringfly__piece_availability__descriptor, 1u << 20 },

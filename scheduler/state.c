@@ -202,6 +202,7 @@ struct sched_peer {
 	uint64_t walk_stamp; /* the cycle check (or children count) that last visited it */
 	unsigned children;   /* peers naming it as a parent, as of walk_stamp (sched_roots) */
 	unsigned sources;    /* of its parents_in_use, peers that are not seeds (sched_roots) */
+	bool seed_fed;	     /* the seed asking sched_roots is among its parents_in_use */
 	bool seed, complete;
 	uint32_t upload_slots, uploads;
 	uint32_t pieces_done, piece_count;
@@ -641,7 +642,8 @@ static bool sched_root_before(const struct sched_peer *a, const struct sched_pee
 }
 
 /* Fills answer->roots for the seed `seed` (state.h). O(peers of the task x
- * SCHED_PARENTS_IN_USE_MAX): a seed asks a few times a second at most. */
+ * SCHED_PARENTS_IN_USE_MAX): a seed asks once a second per task it is
+ * fetching (its other announcements are not asked this). */
 static void sched_roots(struct sched_state *state, const struct sched_peer *seed,
 			struct sched_answer *answer)
 {
@@ -658,6 +660,7 @@ static void sched_roots(struct sched_state *state, const struct sched_peer *seed
 			peer->children = 0;
 		}
 		peer->sources = 0;
+		peer->seed_fed = false;
 		for (unsigned i = 0; i < peer->parents_in_use_count; i++) {
 			struct sched_peer *parent =
 				sched_peer_find(state, task, peer->parents_in_use[i], NULL);
@@ -670,13 +673,15 @@ static void sched_roots(struct sched_state *state, const struct sched_peer *seed
 			}
 			parent->children++;
 			peer->sources += !parent->seed;
+			peer->seed_fed |= parent == seed;
 		}
 	}
 	for (struct sched_node *node = task->peers.next; node != &task->peers; node = node->next) {
 		struct sched_peer *peer = container_of(node, struct sched_peer, in_task);
 		unsigned at;
 
-		if (!peer->children || peer->seed || !peer->address[0])
+		if (!peer->children || !peer->seed_fed || peer->seed || peer->complete ||
+		    !peer->address[0])
 			continue;
 		if (count == SCHED_ROOTS_MAX && !sched_root_before(peer, best[count - 1]))
 			continue;
@@ -891,7 +896,7 @@ int sched_announce(struct sched_state *state, const struct sched_announce *annou
 			sched_seed_remove(state, seed);
 	}
 	sched_rank(state, peer, announce->want_parents, answer);
-	if (peer->seed)
+	if (peer->seed && !peer->complete && announce->want_parents)
 		sched_roots(state, peer, answer);
 	return 0;
 }

@@ -36,10 +36,11 @@
  * back_to_source is set exactly when that list is empty. A complete C, or one
  * that does not want parents, gets an empty list without back_to_source.
  *
- * Roots, for a seed C of task T (whatever it asked): the non-seed peers of T
- * with a peer port that other peers name in their parents_in_use (they have
- * children) and that name the fewest non-seed parents themselves (sources):
- * every peer with the least sources, ordered by more children, more
+ * Roots, for a seed C of task T that is fetching it and asks for parents:
+ * the incomplete non-seed peers of T with a peer port that fetch from C
+ * (name it in their parents_in_use), that other peers fetch from (they have
+ * children), and that name the fewest non-seed parents themselves (sources):
+ * every such peer with the least sources, ordered by more children, more
  * pieces_done, peer id; at most SCHED_ROOTS_MAX. No cycles means that the
  * peer which asked first is a parent of the others and has (nearly) no
  * sibling to fetch from: the seed is all it has, and the seed tells it of

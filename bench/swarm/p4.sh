@@ -14,6 +14,12 @@
 #                          removed after it); tmpfs: the peers' disks are not what is
 #                          measured, and 17 daemons on one virtual disk would be
 #        PEER_ARGS, SEED_ARGS  extra ringflyd flags for the peers / the seed
+#        PREWARM_MIB (0)   before every timed run (untimed), write this many MiB to a
+#                          file in DATA_PARENT and remove it: the new page cache of the
+#                          run comes from memory touched a moment ago ("warm"), not
+#                          from memory this VM gave back to its host ("cold", the
+#                          default; bench/README.md "Memory"). A swarm of N writes
+#                          (N + 1) x the file: e.g. 9216 for N=8 and 1 GiB
 #        KEEP_TMP=1        keeps the temp dir (logs, nginx access log)
 #
 # Namespaces on one bridge (tests/integration/lib-netns.sh), 198.18.4.0/24:
@@ -67,6 +73,8 @@ for n in $peer_counts; do
 	((n > npeers_max)) && npeers_max=$n
 done
 size=$((size_mib << 20))
+prewarm_mib=${PREWARM_MIB:-0}
+[[ $prewarm_mib =~ ^[0-9]+$ ]] || fail "PREWARM_MIB=$prewarm_mib: expected a whole number of MiB"
 target_time=1.3
 target_egress=1.05
 peer_port=65002
@@ -86,8 +94,10 @@ p4_exit() {
 trap p4_exit EXIT
 # One swarm run holds the file N + 1 times (the seed's and the peers' caches).
 need=$(((npeers_max + 1) * size + (256 << 20)))
+# (the prewarm file is removed before the run writes anything)
+((need < (prewarm_mib << 20) + (256 << 20))) && need=$(((prewarm_mib << 20) + (256 << 20)))
 (($(avail "$data_parent") >= need)) ||
-	fail "$data_parent has $(($(avail "$data_parent") >> 20)) MiB free, a swarm of $npeers_max needs $((need >> 20)) MiB: set DATA_PARENT, SIZE_MIB or PEERS"
+	fail "$data_parent has $(($(avail "$data_parent") >> 20)) MiB free, a swarm of $npeers_max needs $((need >> 20)) MiB: set DATA_PARENT, SIZE_MIB, PEERS or PREWARM_MIB"
 
 netns_add origin 1
 netns_add sched 2
@@ -111,7 +121,8 @@ netns_exec origin curl -sf -o /dev/null "$NGINX_URL/big?p4=warm" 9>&- || fail "w
 gib=$(awk -v s="$size" 'BEGIN { printf "%.6f", s / 1073741824 }')
 ncpu=$(nproc)
 echo "bench/swarm/p4: $size_mib MiB file, RUNS=$runs, N = $peer_counts; origin egress and peer" \
-	"links $rate (tc tbf), seed link ${seed_rate}; data dirs on $data_parent ($(stat -f -c %T "$data_parent")); $ncpu CPUs"
+	"links $rate (tc tbf), seed link ${seed_rate}; data dirs on $data_parent ($(stat -f -c %T "$data_parent")); $ncpu CPUs;" \
+	"$( ((prewarm_mib > 0)) && echo "warm: $prewarm_mib MiB prewarm before every run" || echo "cold: no prewarm")"
 echo "wire time of the file at 1 Gbit/s: $(awk -v s="$size" 'BEGIN { printf "%.2f", s * 8 / 1e9 }') s"
 
 # elapsed T0: seconds since T0 (an EPOCHREALTIME), "%.3f".
@@ -189,6 +200,7 @@ row() { printf '%4s  %-14s %8s %8s %10s  %s\n' "$@"; }
 # run_curl ROUND: curl -o /dev/null from p1, alone.
 run_curl() {
 	local r=$1 q="p4=curl-r$1" t0 s tf="$T/curl.time" rc=0 e cpu
+	prewarm "$data_parent" "$prewarm_mib"
 	t0=$EPOCHREALTIME
 	{ time netns_exec p1 curl -sf -o /dev/null -w '%{size_download}\n' "$NGINX_URL/big?$q" \
 		>"$T/curl.out" 2>"$T/curl.err" 9>&-; } 2>"$tf" || rc=$?
@@ -209,6 +221,7 @@ run_single() {
 	local r=$1 q="p4=single-r$1" c0 c1 t0 s rc=0 e cpu done_ms
 	start_node ref p1
 	must_health "${PEER_SOCK[ref]}" 10 "${PEER_PID[ref]}"
+	prewarm "$data_parent" "$prewarm_mib"
 	cpu_sum "${PEER_PID[ref]}"
 	c0=$CPU_SUM
 	t0=$EPOCHREALTIME
@@ -254,6 +267,7 @@ run_swarm() {
 		node_ready "p$i"
 		daemons+=("${PEER_PID[p$i]}")
 	done
+	prewarm "$data_parent" "$prewarm_mib"
 	cpu_sum "${daemons[@]}"
 	c0=$CPU_SUM
 	t0=$EPOCHREALTIME

@@ -660,34 +660,66 @@ Test(sched, a_seed_is_told_the_roots_of_the_parent_graph)
 {
 	/* Sources (non-seed parents) / children: a 0/4 (b, c, d, e), f 0/2
 	 * (d, g), b 1/3, c 3/2, d 3/1, e 4/0, g 1/0 ("gone" is unknown, g
-	 * itself does not count); other-seed is a seed, no-port has no peer
-	 * port: never roots. */
-	ANNOUNCE(1, 0, .id = "a", .pieces = 1, .quiet = true);
-	ANNOUNCE(1, 0, .id = "b", .pieces = 1, .parents = { "a", "other-seed" }, .quiet = true);
-	ANNOUNCE(1, 0, .id = "c", .pieces = 1, .parents = { "a", "b", "no-port" }, .quiet = true);
+	 * itself does not count). Everyone but e fetches from the seed. x has
+	 * no sources and a child but does not fetch from this seed (its own
+	 * seed is other-seed); done is complete; other-seed is a seed; no-port
+	 * has no peer port: never roots. */
+	ANNOUNCE(1, 0, .id = "a", .pieces = 1, .parents = { "seed" }, .quiet = true);
+	ANNOUNCE(1, 0, .id = "b", .pieces = 1, .parents = { "a", "other-seed", "seed" },
+		 .quiet = true);
+	ANNOUNCE(1, 0, .id = "c", .pieces = 1, .parents = { "a", "b", "no-port", "seed" },
+		 .quiet = true);
 	ANNOUNCE(1, 0, .id = "d", .pieces = 1, .parents = { "a", "b", "c", "f" }, .quiet = true);
 	ANNOUNCE(1, 0, .id = "e", .pieces = 1, .parents = { "a", "b", "c", "d" }, .quiet = true);
-	ANNOUNCE(1, 0, .id = "f", .pieces = 3, .quiet = true);
-	ANNOUNCE(1, 0, .id = "g", .pieces = 1, .parents = { "f", "g", "gone" }, .quiet = true);
-	ANNOUNCE(1, 0, .id = "other-seed", .seed = true, .pieces = 5, .quiet = true);
-	ANNOUNCE(1, 0, .id = "no-port", .address = "", .pieces = 5, .quiet = true);
+	ANNOUNCE(1, 0, .id = "f", .pieces = 3, .parents = { "seed" }, .quiet = true);
+	ANNOUNCE(1, 0, .id = "g", .pieces = 1, .parents = { "f", "g", "gone", "seed" },
+		 .quiet = true);
+	ANNOUNCE(1, 0, .id = "x", .pieces = 9, .parents = { "other-seed" }, .quiet = true);
+	ANNOUNCE(1, 0, .id = "y", .pieces = 1, .parents = { "x", "done" }, .quiet = true);
+	ANNOUNCE(1, 0, .id = "done", .complete = true, .parents = { "seed" });
+	ANNOUNCE(1, 0, .id = "other-seed", .seed = true, .pieces = 5, .parents = { "seed" },
+		 .quiet = true);
+	ANNOUNCE(1, 0, .id = "no-port", .address = "", .pieces = 5, .parents = { "seed" },
+		 .quiet = true);
+	ANNOUNCE(1, 0, .id = "z", .pieces = 1, .parents = { "other-seed", "no-port" }, .quiet = true);
 	ANNOUNCE(1, 0, .id = "seed", .seed = true, .pieces = 0);
 	/* The fewest sources (0), more children first. */
 	cr_assert_str_eq(root_ids(&last), "a,f");
-	/* A peer that just came (no parents, nobody fetches from it) is not a
-	 * root; asked or not (a complete seed announcing), the same answer. */
-	ANNOUNCE(1, 0, .id = "h", .pieces = 0);
-	cr_assert_eq(last.root_count, 0, "not for a peer that is not a seed");
+	/* Not for a peer that is not a seed, nor for a seed's announcement
+	 * that does not ask (its task complete, or a refresh). */
+	ANNOUNCE(1, 0, .id = "h", .pieces = 0, .parents = { "seed" });
+	cr_assert_eq(last.root_count, 0);
+	ANNOUNCE(1, 0, .id = "seed", .seed = true, .pieces = 0, .quiet = true);
+	cr_assert_eq(last.root_count, 0);
 	ANNOUNCE(1, 0, .id = "seed", .seed = true, .complete = true);
-	cr_assert_str_eq(root_ids(&last), "a,f");
+	cr_assert_eq(last.root_count, 0);
 	/* a takes a parent: f is the only one left with none. */
-	ANNOUNCE(1, 0, .id = "a", .pieces = 1, .parents = { "g" }, .quiet = true);
+	ANNOUNCE(1, 0, .id = "a", .pieces = 1, .parents = { "g", "seed" }, .quiet = true);
 	ANNOUNCE(1, 0, .id = "seed", .seed = true, .pieces = 0);
 	cr_assert_str_eq(root_ids(&last), "f");
 	/* Nobody fetches from anyone: no roots. */
-	ANNOUNCE(2, 0, .id = "a", .pieces = 1, .quiet = true);
+	ANNOUNCE(2, 0, .id = "a", .pieces = 1, .parents = { "seed" }, .quiet = true);
 	ANNOUNCE(2, 0, .id = "seed", .seed = true, .pieces = 0);
 	cr_assert_eq(last.root_count, 0);
+}
+
+/* More roots than SCHED_ROOTS_MAX: the first ones by children, then id. */
+Test(sched, a_seed_is_told_at_most_the_first_roots)
+{
+	char id[16], child[16];
+
+	/* r00..r11 fetch from the seed only; r(i) has i % 4 + 1 children. */
+	for (unsigned i = 0; i < 12; i++) {
+		snprintf(id, sizeof(id), "r%02u", i);
+		ANNOUNCE(1, 0, .id = id, .pieces = 1, .parents = { "seed" }, .quiet = true);
+		for (unsigned k = 0; k <= i % 4; k++) {
+			snprintf(child, sizeof(child), "c%02u-%u", i, k);
+			ANNOUNCE(1, 0, .id = child, .pieces = 1, .parents = { id }, .quiet = true);
+		}
+	}
+	ANNOUNCE(1, 0, .id = "seed", .seed = true, .pieces = 0);
+	cr_assert_eq(last.root_count, SCHED_ROOTS_MAX);
+	cr_assert_str_eq(root_ids(&last), "r03,r07,r11,r02,r06,r10,r01,r05");
 }
 
 Test(sched, a_seed_far_down_the_ranking_is_still_included)
