@@ -50,8 +50,8 @@ struct parent_callbacks {
 };
 
 /* Connects to `address` ("host:port") and subscribes to task_id, saying
- * who we are (self_id: our peer id, "ip:port"; NULL or "" = not a peer: a
- * seed parent tells new pieces first to the children its scheduler names).
+ * who we are (self_id: our peer id, "ip:port"; NULL or "" = not a peer): a
+ * seed parent tells the roots its scheduler names of its pieces sooner.
  * 0, or a negative errno with the reason in err (bad address). */
 int parent_open(struct parent **out, struct loop *loop, const char *address,
 		const uint8_t task_id[32], const char *url, const char *self_id,
