@@ -111,6 +111,11 @@ static struct store_options base_options(void)
 		.sync_delay_ms = 5,
 		.gc_ttl_ms = -1,
 		.gc_interval_ms = -1,
+		/* No watermark on the filesystem the tests run on (a full
+		 * /tmp must not evict what a TTL test keeps); the
+		 * watermark tests set a quota and their own marks. */
+		.gc_high_percent = 100,
+		.gc_low_percent = 99,
 	};
 	return o;
 }
