@@ -7,7 +7,9 @@
 #   sched  .2      ringfly-scheduler --listen 198.18.7.2:65003 (--log-level debug)
 #   seed   .3      ringflyd --role seed --listen-peer 198.18.7.3:65002
 #                  --scheduler 198.18.7.2:65003 --advertise-ip 198.18.7.3
-#   p1..p8 .11-18  ringflyd, the same without --role seed; links shaped to
+#                  (--log-level debug: a line per piece it sends); its link
+#                  is not shaped
+#   p1..p8 .11-18  ringflyd, the same without --role seed (at info); links shaped to
 #                  1 Gbit/s both ways
 #   p9     .19     the same, started only for step 3
 # Each daemon has its own Unix socket under $T; the `ringfly` CLIs run in the
