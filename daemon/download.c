@@ -58,6 +58,12 @@
  * of the file before its siblings could; one piece per connection leaves
  * the rest to whoever has it next. One parent alone keeps parent_requests. */
 #define DL_SWARM_REQUESTS 1u
+/* ... and at most this many pieces on the wire for the task in all: a peer
+ * of a large swarm has up to 15 parents x 4 connections; sixty 4 MiB
+ * transfers sharing its 1 Gbit/s downlink take 2 s each, and a piece is
+ * passed on only once it is whole. Fewer at once, each arrives (and can be
+ * passed on) sooner. */
+#define DL_SWARM_WIRE_MAX 8u
 /* Pieces of one connection whose bytes are in, still being checked, synced
  * and recorded (piece_done not yet come). They free their request's place on
  * the wire (parent_receiving) but stay bounded: the store records in batches
@@ -204,6 +210,7 @@ struct dl_task {
 	uint16_t *avail;		/* live parents that have each piece */
 	uint16_t *avail_peers;		/* of them, parents that are not seeds */
 	unsigned peer_inflight;		/* pieces asked of parents, not done */
+	unsigned pump_turn;		/* which parent dl_parents_pump serves first */
 	uint64_t peer_bytes;
 	uint64_t peer_progress_ms;	/* the last sign of life from parents */
 	bool origin_allowed;		/* the origin fetches too */
@@ -1461,15 +1468,29 @@ static bool dl_parent_pick(struct dl_task *task, struct dl_parent *dp, uint32_t 
 
 static void dl_parents_pump(struct dl_task *task)
 {
-	unsigned depth = task->parent_addresses > 1 ? DL_SWARM_REQUESTS
-						    : task->engine->options.parent_requests;
+	bool swarm = task->parent_addresses > 1;
+	unsigned depth = swarm ? DL_SWARM_REQUESTS : task->engine->options.parent_requests;
+	unsigned wire = 0, count = 0, start;
+	struct dl_parent *dps[DOWNLOAD_PARENTS_MAX];
 
+	for (struct dl_parent *dp = task->parents; dp && count < DOWNLOAD_PARENTS_MAX; dp = dp->next) {
+		dps[count++] = dp;
+		if (dp->parent)
+			wire += parent_receiving(dp->parent);
+	}
+	if (!count)
+		return;
+	/* A different parent first each time: with the wire full, the first
+	 * ones would otherwise take every slot that frees. */
+	start = task->pump_turn++ % count;
 	/* `depth` requests on the wire per connection; behind them up to
 	 * DL_SETTLING_MAX received pieces waiting for their check and
 	 * fdatasync (dl_parent_received), so a sync never idles the wire. */
-	for (struct dl_parent *dp = task->parents; dp && task->state == DL_FETCHING; dp = dp->next) {
+	for (unsigned k = 0; k < count && task->state == DL_FETCHING; k++) {
+		struct dl_parent *dp = dps[(start + k) % count];
+
 		while (dp->parent && dp->has && dp->inflight < depth + DL_SETTLING_MAX &&
-		       parent_receiving(dp->parent) < depth) {
+		       parent_receiving(dp->parent) < depth && (!swarm || wire < DL_SWARM_WIRE_MAX)) {
 			uint32_t n;
 
 			if (!dl_parent_pick(task, dp, &n))
@@ -1484,6 +1505,7 @@ static void dl_parents_pump(struct dl_task *task)
 			bit_set(dp->asked, n, true);
 			dp->inflight++;
 			task->peer_inflight++;
+			wire++;
 		}
 	}
 }
