@@ -1466,48 +1466,63 @@ static bool dl_parent_pick(struct dl_task *task, struct dl_parent *dp, uint32_t 
 	return best != UINT32_MAX;
 }
 
+/* Fills the wire of `dp` (one connection); false once the task's wire is full. */
+static bool dl_parent_fill(struct dl_task *task, struct dl_parent *dp, unsigned depth,
+			   unsigned wire_max, unsigned *wire)
+{
+	/* `depth` requests on the wire per connection; behind them up to
+	 * DL_SETTLING_MAX received pieces waiting for their check and
+	 * fdatasync (dl_parent_received), so a sync never idles the wire. */
+	while (dp->parent && dp->has && dp->inflight < depth + DL_SETTLING_MAX &&
+	       parent_receiving(dp->parent) < depth) {
+		uint32_t n;
+
+		if (*wire >= wire_max)
+			return false;
+		if (!dl_parent_pick(task, dp, &n))
+			break;
+		if (!dl_rate_take(task, piece_size(task->length, task->piece_length, n)))
+			return false;
+		if (parent_request(dp->parent, task->st, n) < 0)
+			break; /* it failed: gone() has dropped it or will */
+		log_debug("download", "request piece=%u parent=%s seed=%d avail=%u peers=%u", n,
+			  dp->address, dp->seed, task->avail[n], task->avail_peers[n]);
+		bit_set(task->busy, n, true);
+		bit_set(dp->asked, n, true);
+		dp->inflight++;
+		task->peer_inflight++;
+		(*wire)++;
+	}
+	return true;
+}
+
 static void dl_parents_pump(struct dl_task *task)
 {
 	bool swarm = task->parent_addresses > 1;
 	unsigned depth = swarm ? DL_SWARM_REQUESTS : task->engine->options.parent_requests;
-	unsigned wire = 0, count = 0, start;
-	struct dl_parent *dps[DOWNLOAD_PARENTS_MAX];
+	unsigned wire_max = swarm ? DL_SWARM_WIRE_MAX : UINT_MAX;
+	unsigned wire = 0, count = 0, start, i = 0;
+	struct dl_parent *dp, *first;
 
-	for (struct dl_parent *dp = task->parents; dp && count < DOWNLOAD_PARENTS_MAX; dp = dp->next) {
-		dps[count++] = dp;
+	for (dp = task->parents; dp; dp = dp->next) {
+		count++;
 		if (dp->parent)
 			wire += parent_receiving(dp->parent);
 	}
 	if (!count)
 		return;
-	/* A different parent first each time: with the wire full, the first
-	 * ones would otherwise take every slot that frees. */
+	/* A different connection first each time, then round the list: with
+	 * the wire full, the first ones would otherwise take every slot that
+	 * frees. */
 	start = task->pump_turn++ % count;
-	/* `depth` requests on the wire per connection; behind them up to
-	 * DL_SETTLING_MAX received pieces waiting for their check and
-	 * fdatasync (dl_parent_received), so a sync never idles the wire. */
-	for (unsigned k = 0; k < count && task->state == DL_FETCHING; k++) {
-		struct dl_parent *dp = dps[(start + k) % count];
-
-		while (dp->parent && dp->has && dp->inflight < depth + DL_SETTLING_MAX &&
-		       parent_receiving(dp->parent) < depth && (!swarm || wire < DL_SWARM_WIRE_MAX)) {
-			uint32_t n;
-
-			if (!dl_parent_pick(task, dp, &n))
-				break;
-			if (!dl_rate_take(task, piece_size(task->length, task->piece_length, n)))
-				return;
-			if (parent_request(dp->parent, task->st, n) < 0)
-				break; /* it failed: gone() has dropped it or will */
-			log_debug("download", "request piece=%u parent=%s seed=%d avail=%u peers=%u", n,
-				  dp->address, dp->seed, task->avail[n], task->avail_peers[n]);
-			bit_set(task->busy, n, true);
-			bit_set(dp->asked, n, true);
-			dp->inflight++;
-			task->peer_inflight++;
-			wire++;
-		}
-	}
+	for (first = task->parents; i < start; i++)
+		first = first->next;
+	for (dp = first; dp && task->state == DL_FETCHING; dp = dp->next)
+		if (!dl_parent_fill(task, dp, depth, wire_max, &wire))
+			return;
+	for (dp = task->parents; dp != first && task->state == DL_FETCHING; dp = dp->next)
+		if (!dl_parent_fill(task, dp, depth, wire_max, &wire))
+			return;
 }
 
 /* True when the parents cannot finish the task on their own: none left, or
