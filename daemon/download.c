@@ -58,12 +58,6 @@
  * of the file before its siblings could; one piece per connection leaves
  * the rest to whoever has it next. One parent alone keeps parent_requests. */
 #define DL_SWARM_REQUESTS 1u
-/* ... and at most this many pieces on the wire for the task in all: a peer
- * of a large swarm has up to 15 parents x 4 connections; sixty 4 MiB
- * transfers sharing its 1 Gbit/s downlink take 2 s each, and a piece is
- * passed on only once it is whole. Fewer at once, each arrives (and can be
- * passed on) sooner. */
-#define DL_SWARM_WIRE_MAX 8u
 /* Pieces of one connection whose bytes are in, still being checked, synced
  * and recorded (piece_done not yet come). They free their request's place on
  * the wire (parent_receiving) but stay bounded: the store records in batches
@@ -210,7 +204,6 @@ struct dl_task {
 	uint16_t *avail;		/* live parents that have each piece */
 	uint16_t *avail_peers;		/* of them, parents that are not seeds */
 	unsigned peer_inflight;		/* pieces asked of parents, not done */
-	unsigned pump_turn;		/* which parent dl_parents_pump serves first */
 	uint64_t peer_bytes;
 	uint64_t peer_progress_ms;	/* the last sign of life from parents */
 	bool origin_allowed;		/* the origin fetches too */
@@ -1466,63 +1459,33 @@ static bool dl_parent_pick(struct dl_task *task, struct dl_parent *dp, uint32_t 
 	return best != UINT32_MAX;
 }
 
-/* Fills the wire of `dp` (one connection); false once the task's wire is full. */
-static bool dl_parent_fill(struct dl_task *task, struct dl_parent *dp, unsigned depth,
-			   unsigned wire_max, unsigned *wire)
+static void dl_parents_pump(struct dl_task *task)
 {
+	unsigned depth = task->parent_addresses > 1 ? DL_SWARM_REQUESTS
+						    : task->engine->options.parent_requests;
+
 	/* `depth` requests on the wire per connection; behind them up to
 	 * DL_SETTLING_MAX received pieces waiting for their check and
 	 * fdatasync (dl_parent_received), so a sync never idles the wire. */
-	while (dp->parent && dp->has && dp->inflight < depth + DL_SETTLING_MAX &&
-	       parent_receiving(dp->parent) < depth) {
-		uint32_t n;
+	for (struct dl_parent *dp = task->parents; dp && task->state == DL_FETCHING; dp = dp->next) {
+		while (dp->parent && dp->has && dp->inflight < depth + DL_SETTLING_MAX &&
+		       parent_receiving(dp->parent) < depth) {
+			uint32_t n;
 
-		if (*wire >= wire_max)
-			return false;
-		if (!dl_parent_pick(task, dp, &n))
-			break;
-		if (!dl_rate_take(task, piece_size(task->length, task->piece_length, n)))
-			return false;
-		if (parent_request(dp->parent, task->st, n) < 0)
-			break; /* it failed: gone() has dropped it or will */
-		log_debug("download", "request piece=%u parent=%s seed=%d avail=%u peers=%u", n,
-			  dp->address, dp->seed, task->avail[n], task->avail_peers[n]);
-		bit_set(task->busy, n, true);
-		bit_set(dp->asked, n, true);
-		dp->inflight++;
-		task->peer_inflight++;
-		(*wire)++;
+			if (!dl_parent_pick(task, dp, &n))
+				break;
+			if (!dl_rate_take(task, piece_size(task->length, task->piece_length, n)))
+				return;
+			if (parent_request(dp->parent, task->st, n) < 0)
+				break; /* it failed: gone() has dropped it or will */
+			log_debug("download", "request piece=%u parent=%s seed=%d avail=%u peers=%u", n,
+				  dp->address, dp->seed, task->avail[n], task->avail_peers[n]);
+			bit_set(task->busy, n, true);
+			bit_set(dp->asked, n, true);
+			dp->inflight++;
+			task->peer_inflight++;
+		}
 	}
-	return true;
-}
-
-static void dl_parents_pump(struct dl_task *task)
-{
-	bool swarm = task->parent_addresses > 1;
-	unsigned depth = swarm ? DL_SWARM_REQUESTS : task->engine->options.parent_requests;
-	unsigned wire_max = swarm ? DL_SWARM_WIRE_MAX : UINT_MAX;
-	unsigned wire = 0, count = 0, start, i = 0;
-	struct dl_parent *dp, *first;
-
-	for (dp = task->parents; dp; dp = dp->next) {
-		count++;
-		if (dp->parent)
-			wire += parent_receiving(dp->parent);
-	}
-	if (!count)
-		return;
-	/* A different connection first each time, then round the list: with
-	 * the wire full, the first ones would otherwise take every slot that
-	 * frees. */
-	start = task->pump_turn++ % count;
-	for (first = task->parents; i < start; i++)
-		first = first->next;
-	for (dp = first; dp && task->state == DL_FETCHING; dp = dp->next)
-		if (!dl_parent_fill(task, dp, depth, wire_max, &wire))
-			return;
-	for (dp = task->parents; dp != first && task->state == DL_FETCHING; dp = dp->next)
-		if (!dl_parent_fill(task, dp, depth, wire_max, &wire))
-			return;
 }
 
 /* True when the parents cannot finish the task on their own: none left, or
