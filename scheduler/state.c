@@ -199,10 +199,11 @@ struct sched_peer {
 	struct sched_task *task;
 	uint64_t id_hash;
 	uint64_t last_seen_ms;
-	uint64_t walk_stamp; /* the cycle check (or children count) that last visited it */
-	unsigned children;   /* peers naming it as a parent, as of walk_stamp (sched_roots) */
-	unsigned sources;    /* of its parents_in_use, peers that are not seeds (sched_roots) */
-	bool seed_fed;	     /* the seed asking sched_roots is among its parents_in_use */
+	uint64_t walk_stamp; /* the cycle check that last visited it */
+	/* Scratch of sched_roots: peers naming it as a parent, the non-seed
+	 * peers among its own parents, whether the asking seed is one. */
+	unsigned children, sources;
+	bool seed_fed;
 	bool seed, complete;
 	uint32_t upload_slots, uploads;
 	uint32_t pieces_done, piece_count;
@@ -649,34 +650,30 @@ static void sched_roots(struct sched_state *state, const struct sched_peer *seed
 {
 	struct sched_task *task = seed->task;
 	struct sched_peer *best[SCHED_ROOTS_MAX];
-	uint64_t stamp = ++state->walk_stamp;
+	struct sched_node *node;
 	unsigned count = 0;
 
-	for (struct sched_node *node = task->peers.next; node != &task->peers; node = node->next) {
+	for (node = task->peers.next; node != &task->peers; node = node->next) {
 		struct sched_peer *peer = container_of(node, struct sched_peer, in_task);
 
-		if (peer->walk_stamp != stamp) {
-			peer->walk_stamp = stamp;
-			peer->children = 0;
-		}
-		peer->sources = 0;
+		peer->children = peer->sources = 0;
 		peer->seed_fed = false;
+	}
+	for (node = task->peers.next; node != &task->peers; node = node->next) {
+		struct sched_peer *peer = container_of(node, struct sched_peer, in_task);
+
 		for (unsigned i = 0; i < peer->parents_in_use_count; i++) {
 			struct sched_peer *parent =
 				sched_peer_find(state, task, peer->parents_in_use[i], NULL);
 
 			if (!parent || parent == peer)
 				continue;
-			if (parent->walk_stamp != stamp) {
-				parent->walk_stamp = stamp;
-				parent->children = 0;
-			}
 			parent->children++;
 			peer->sources += !parent->seed;
 			peer->seed_fed |= parent == seed;
 		}
 	}
-	for (struct sched_node *node = task->peers.next; node != &task->peers; node = node->next) {
+	for (node = task->peers.next; node != &task->peers; node = node->next) {
 		struct sched_peer *peer = container_of(node, struct sched_peer, in_task);
 		unsigned at;
 
