@@ -145,7 +145,7 @@ for name in "${names[@]}"; do
 		name_w=${#name}
 	fi
 done
-declare -A all_gbps all_cpu warm_gbps warm_cpu
+declare -A all_gbps all_cpu warm_gbps warm_cpu all_rx
 run_no=0
 
 fail() {
@@ -155,7 +155,7 @@ fail() {
 }
 
 run_contender() {
-	local name=$1 out=$out_dir/$1.out arg line result state gbps cpu secs rx_fd
+	local name=$1 out=$out_dir/$1.out arg line result state gbps cpu secs rx_fd rx note
 	local -a cmd=()
 	shift
 	for arg in "$@"; do
@@ -191,6 +191,14 @@ run_contender() {
 	if [[ $result =~ seconds=([0-9.]+) ]]; then
 		secs=${BASH_REMATCH[1]}
 	fi
+	# received_s= (ringfly's store): when the last byte was off the socket, before the
+	# last piece's read-back, fdatasync and record. Its GB/s goes in the notes column.
+	note=
+	if [[ $result =~ received_s=([0-9.]+) ]]; then
+		rx=$(awk -v b="$bytes" -v s="${BASH_REMATCH[1]}" 'BEGIN { printf "%.3f", b / s / 1e9 }')
+		all_rx[$name]+=" $rx"
+		note="  off the socket at $rx GB/s"
+	fi
 	[[ -f $out ]] || fail "$name: no output file"
 	(($(stat -c %s "$out") == bytes)) || fail "$name: output is $(stat -c %s "$out") bytes, not $bytes"
 	# Content check once per contender that received the source (first round; untimed).
@@ -204,8 +212,8 @@ run_contender() {
 	if ((run_no == 1)); then
 		state=cold
 	fi
-	printf "%4d %6d  %-${name_w}s %-5s %8s %10s %9s\n" "$run_no" "$round" "$name" "$state" \
-		"$gbps" "$cpu" "$secs"
+	printf "%4d %6d  %-${name_w}s %-5s %8s %10s %9s%s\n" "$run_no" "$round" "$name" "$state" \
+		"$gbps" "$cpu" "$secs" "$note"
 	all_gbps[$name]+=" $gbps"
 	all_cpu[$name]+=" $cpu"
 	if [[ $state == warm ]]; then

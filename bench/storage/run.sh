@@ -4,7 +4,8 @@
 # Usage: bench/storage/run.sh [BUILD_DIR]   (default: build/release under the repo root)
 # Env:   everything bench/ref/run.sh takes (RUNS=5, SIZE_MIB=1024, OUT_PARENT, SRC_PARENT,
 #        CONTENDERS), and
-#        PIECE_MIB (64)         ringfly's piece length
+#        PIECE_MIB              ringfly's piece length (default: the store's choice for
+#                               SIZE_MIB, as the daemon's: 4 MiB for 1 GiB)
 #        STORE_SYNC_EXTRA       extra ringfly contenders with other sync settings, as
 #                               space-separated BATCH/DELAY_MS pairs, e.g. "1/1 64/20"
 #                               (each adds ringfly-splice-bB-dD and ringfly-recv-bB-dD)
@@ -36,12 +37,14 @@ if [[ ! -x $store_recv ]]; then
 	echo "run.sh: $store_recv missing; build first (see the header of this script)" >&2
 	exit 1
 fi
-piece_bytes=$((${PIECE_MIB:-64} * 1024 * 1024))
+piece_bytes=$((${PIECE_MIB:-0} * 1024 * 1024))
 
 BENCH_TITLE=bench/storage # read by bench/ref/run.sh
 
 bench_header() {
-	echo "  ringfly: ringfly-bench-store-recv (storage/store.h), $((piece_bytes >> 20)) MiB pieces"
+	local pieces="$((piece_bytes >> 20)) MiB pieces"
+	((piece_bytes > 0)) || pieces="pieces of the store's length for $size_mib MiB (the daemon's)"
+	echo "  ringfly: ringfly-bench-store-recv (storage/store.h), $pieces"
 	echo "           one at a time, each fdatasync'd + recorded before the next"
 }
 
@@ -103,6 +106,11 @@ bench_summary() {
 	echo "note: run 1 is cold (first-touch memory, PLATFORM.md); the warm-only columns leave it"
 	echo "out. ringfly's runs end durable (fdatasync per piece, metadata recorded); ref and fio"
 	echo "end in the page cache."
+	if [[ -n ${all_rx[ringfly-splice]:-} && -n ${all_gbps[ref-splice]:-} ]]; then
+		echo "ringfly-splice took the bytes off the socket at $(median "${all_rx[ringfly-splice]}")" \
+			"GB/s (median, all runs) = $(ratio "${all_rx[ringfly-splice]}" "${all_gbps[ref-splice]}")" \
+			"ref-splice; the rest of its time is the last piece's read-back, sync and record."
+	fi
 	if [[ -n ${all_gbps[ringfly-splice]:-} && -n ${all_gbps[ref-splice]:-} ]]; then
 		g=$(ratio "${all_gbps[ringfly-splice]}" "${all_gbps[ref-splice]}")
 		c=$(ratio "${all_cpu[ringfly-splice]}" "${all_cpu[ref-splice]}")

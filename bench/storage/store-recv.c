@@ -11,7 +11,8 @@
  * removes whatever DIR holds, opens a fresh store there (the given socket path,
  * gc_interval_ms -1, sync_batch_pieces / sync_delay_ms from the flags, 0 = the store's
  * defaults: 16 pieces / 20 ms) and opens one task of N bytes with a random id and
- * piece length L (default 64 MiB; fallocated by the store). Then it prints
+ * piece length L (default or 0: the store's choice for N bytes, as the daemon's:
+ * 4 MiB for 1 GiB; fallocated by the store). Then it prints
  * "ready HOST:PORT", accepts one connection and receives the pieces in order with
  * store_piece_from_stream: piece n + 1 starts reading the socket as soon as piece n's
  * bytes are off it (its `received` callback), while piece n is still being written,
@@ -25,7 +26,10 @@
  * returns and stop in the last piece's done callback. Prints one line:
  *
  *   mode= bytes= seconds= gb_per_s= user_s= sys_s= cpu_s_per_gib= piece_length= pieces=
- *   inflight= sync_batch= sync_delay_ms=
+ *   inflight= sync_batch= sync_delay_ms= received_s=
+ *
+ * received_s: accept to the last byte off the socket (what the sender sees; the rest
+ * of `seconds` is the last piece's read-back, crc, fdatasync and record).
  *
  * (sync_batch and sync_delay_ms as in effect: 0 on the command line is the store's
  * default, printed as 16 and 20.)
@@ -157,6 +161,7 @@ struct bench {
 	int sock;
 	uint32_t next, count, recorded;
 	int failed;
+	double t_received;	/* the last byte is off the socket */
 	double t_end;
 	struct rusage ru_end;
 };
@@ -188,6 +193,8 @@ static void piece_received(struct store_task *task, uint32_t number, int res, vo
 	(void)res;
 	if (b->next < b->count)
 		piece_start(b);
+	else
+		b->t_received = bench_now_s();
 }
 
 static void piece_done(struct store_task *task, uint32_t number, int res, void *arg)
@@ -224,7 +231,7 @@ int main(int argc, char **argv)
 		{ NULL, 0, NULL, 0 },
 	};
 	const char *listen_spec = NULL, *dir = NULL, *mode_name = NULL, *out_path = NULL;
-	long long want = 0, piece_length = 64ll << 20, inflight = 1;
+	long long want = 0, piece_length = 0, inflight = 1;
 	long long sync_batch = 0, sync_delay_ms = 0;
 	int mode = -1, c, lfd, rc;
 	struct store_options so = { 0 };
@@ -256,7 +263,7 @@ int main(int argc, char **argv)
 				usage();
 			break;
 		case 'p':
-			piece_length = parse_num(optarg, 1);
+			piece_length = parse_num(optarg, 0);
 			break;
 		case 'k':
 			inflight = parse_num(optarg, 1);
@@ -309,6 +316,7 @@ int main(int argc, char **argv)
 	if (rc < 0)
 		die_rc("store_task_open", rc, err);
 	b.count = store_task_info(b.task)->piece_count;
+	piece_length = (long long)store_task_info(b.task)->piece_length; /* as in effect */
 	store_content_path(store, tp.id, content, sizeof(content));
 
 	lfd = listen_on(listen_spec, ready, sizeof(ready));
@@ -341,10 +349,11 @@ int main(int argc, char **argv)
 	sys_s = bench_tv_s(b.ru_end.ru_stime) - bench_tv_s(ru0.ru_stime);
 	printf("mode=%s bytes=%lld seconds=%.6f gb_per_s=%.3f user_s=%.3f sys_s=%.3f"
 	       " cpu_s_per_gib=%.3f piece_length=%lld pieces=%u inflight=%lld sync_batch=%lld"
-	       " sync_delay_ms=%lld\n",
+	       " sync_delay_ms=%lld received_s=%.6f\n",
 	       mode_name, want, secs, want / secs / 1e9, user_s, sys_s,
 	       (user_s + sys_s) / ((double)want / (1 << 30)), piece_length, b.count, inflight,
-	       sync_batch ? sync_batch : 16, sync_delay_ms ? sync_delay_ms : 20);
+	       sync_batch ? sync_batch : 16, sync_delay_ms ? sync_delay_ms : 20,
+	       b.t_received - t0);
 	fflush(stdout);
 
 	/* Untimed: hand the content to the harness, then delete the task data. */
