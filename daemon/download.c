@@ -662,6 +662,7 @@ static void dl_output_write_done(struct loop_op *op, int res, uint32_t flags)
 	struct download_watcher *watcher = ow->watcher;
 	struct dl_task *task = piece->task;
 	uint32_t number = piece->number;
+	bool was_gone = watcher->gone;
 
 	(void)flags;
 	if (res > 0 && !watcher->gone) {
@@ -690,7 +691,11 @@ static void dl_output_write_done(struct loop_op *op, int res, uint32_t flags)
 								      : DOWNLOAD_ERROR_INTERNAL, message);
 		}
 	}
-	dl_watcher_settle(watcher);
+	/* Only a watcher that was gone already may be freed here: one that
+	 * dl_watcher_finish just unlinked with no write left in flight is
+	 * freed by it, and must not be touched again. */
+	if (was_gone)
+		dl_watcher_settle(watcher);
 	dl_piece_settle(piece);
 	if (!dl_final(task) || task->state == DL_COMPLETE)
 		dl_outputs_advance(task);
@@ -935,6 +940,7 @@ static int dl_seq_data(struct origin_request *req, const void *buf, size_t len, 
 		uint32_t n = (uint32_t)(at / task->piece_length);
 
 		if (!(task->seq_piece && task->seq_piece->number == n) &&
+		    at == piece_offset(task->piece_length, n) &&
 		    !store_task_has_piece(task->st, n) && !bit_get(task->busy, n))
 			need++;
 		at = piece_offset(task->piece_length, n + 1);
@@ -949,7 +955,10 @@ static int dl_seq_data(struct origin_request *req, const void *buf, size_t len, 
 		uint32_t size = piece_size(task->length, task->piece_length, n);
 		size_t chunk = size - in_piece < len ? (size_t)(size - in_piece) : len;
 
-		if (!task->seq_piece && !store_task_has_piece(task->st, n) &&
+		/* A piece is taken from its first byte only: one a parent
+		 * was fetching (busy) when the stream reached it, and
+		 * dropped midway, is left to the others. */
+		if (!task->seq_piece && in_piece == 0 && !store_task_has_piece(task->st, n) &&
 		    !bit_get(task->busy, n)) {
 			task->seq_piece = dl_piece_new(task, n);
 			if (!task->seq_piece)

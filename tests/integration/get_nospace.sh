@@ -7,6 +7,9 @@
 #      no task claiming data is left and the data dir's free space is back;
 #   b) output full: the cache takes the 12 MiB file, -O points into an 8 MiB
 #      tmpfs; the output tmpfs is as empty as before;
+#   b2) output full with a file of one piece: its one output write fails, the
+#      last in flight (the daemon once freed the request and then used it): the
+#      daemon stays up;
 #   c) then a 1 MiB file fits in both and arrives intact.
 # shellcheck source=tests/integration/lib.sh
 . "$(dirname "$0")/lib.sh"
@@ -40,6 +43,7 @@ free_bytes() { stat -f -c '%a %S' "$1" | { read -r blocks size; echo $((blocks *
 make_file "$WWW/huge" $((48 << 20))
 make_file "$WWW/mid" $((12 << 20))
 make_file "$WWW/small" $((1 << 20))
+make_file "$WWW/one" $((9 << 20))
 start_nginx
 start_ringflyd
 
@@ -62,6 +66,13 @@ left=$(find "$OUTFS" -mindepth 1 -print)
 [[ -z $left ]] || fail "files left in the full output directory: $left"
 assert_eq "$out_before" "$(free_bytes "$OUTFS")" "free bytes of the output tmpfs after the failed get"
 log "b) output full: $(cat "$T/mid.err")"
+
+# b2) One piece, larger than the output filesystem: one output write, and it fails.
+expect_get_fail one "$NGINX_URL/one" "$OUTFS/one" 7 "space left on device" --piece-length $((16 << 20))
+must_health "$SOCK" 5 "$DAEMON_PID"
+left=$(find "$OUTFS" -mindepth 1 -print)
+[[ -z $left ]] || fail "files left in the full output directory: $left"
+log "b2) output full, one piece: $(cat "$T/one.err")"
 
 # c) A file that fits.
 expect_get_ok small "$NGINX_URL/small" "$OUTFS/small" "$WWW/small" --piece-length 1048576
