@@ -90,6 +90,7 @@ struct parent {
 };
 
 static void parent_read_next(struct parent *parent);
+static void parent_piece_done(struct store_task *st, uint32_t number, int res, void *arg);
 
 static void parent_maybe_free(struct parent *parent)
 {
@@ -124,6 +125,15 @@ static void parent_fail(struct parent *parent, int error, const char *fmt, ...)
 	if (parent->op_armed)
 		loop_cancel_op(parent->loop, &parent->op);
 	parent->calling++;
+	/* A piece whose bytes were being read past, with no receive left to
+	 * end it (the receive itself failed): it is over now. (With one
+	 * armed, the cancelled receive's completion reports it.) */
+	if (parent->discard_write && !parent->op_armed) {
+		struct parent_write *w = parent->discard_write;
+
+		parent->discard_write = NULL;
+		parent_piece_done(NULL, w->number, -ECONNRESET, w);
+	}
 	while (parent->count && !parent->closed) {
 		struct parent_slot slot = parent->queue[parent->head];
 
