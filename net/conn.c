@@ -99,6 +99,7 @@
 #define CONN_INPUT_QUEUED (1u << 9) /* input_op (conn_input_again) in flight */
 #define CONN_IN_DATA (1u << 10)	    /* inside handlers->data: finishing waits */
 #define CONN_IN_DONE (1u << 11)	    /* inside a payload's done: finishing and kicks wait */
+#define CONN_IN_FRAME (1u << 12)    /* inside handlers->frame (conn_parse): finishing waits */
 
 /* The operations in flight that closing waits for. */
 #define CONN_INFLIGHT                                                                     \
@@ -435,7 +436,8 @@ static void conn_finish(struct conn *conn)
 static void conn_maybe_finish(struct conn *conn)
 {
 	if (!(conn->flags & CONN_CLOSING) ||
-	    (conn->flags & (CONN_INFLIGHT | CONN_FINISHED | CONN_IN_DATA | CONN_IN_DONE)))
+	    (conn->flags & (CONN_INFLIGHT | CONN_FINISHED | CONN_IN_DATA | CONN_IN_DONE |
+			    CONN_IN_FRAME)))
 		return;
 	conn_finish(conn);
 }
@@ -1070,6 +1072,7 @@ static void conn_parse(struct conn *conn)
 	struct conn_server *server = conn->server;
 	uint32_t limit = server->options.max_message_bytes;
 	size_t consumed = 0;
+	int rc;
 
 	while (!(conn->flags & (CONN_CLOSING | CONN_CLOSE_AFTER_SEND))) {
 		const uint8_t *message;
@@ -1099,13 +1102,19 @@ static void conn_parse(struct conn *conn)
 			break;
 		}
 		consumed += frame_size;
-		if (server->handlers.frame(conn, type, message, message_len) < 0)
+		/* A handler that closes the connection must not have it
+		 * finished (its input freed) under this loop: it waits. */
+		conn->flags |= CONN_IN_FRAME;
+		rc = server->handlers.frame(conn, type, message, message_len);
+		conn->flags &= ~CONN_IN_FRAME;
+		if (rc < 0)
 			conn_close_after_send(conn);
 	}
 	if (consumed) {
 		memmove(conn->input, conn->input + consumed, conn->input_len - consumed);
 		conn->input_len -= consumed;
 	}
+	conn_maybe_finish(conn); /* a close from inside a handler waited for the loop */
 }
 
 /* --- input: stream mode. */

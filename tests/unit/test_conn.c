@@ -596,6 +596,65 @@ Test(conn, recvmsg_path_pipelines_and_reassembles)
 	cr_assert_eq(run_with_client(&options, client_oversized), 0);
 }
 
+/* A handler that closes its connection (as the daemon does on an Error frame
+ * from the CLI) with more frames behind in the same read, after a frame that
+ * grew the input past what a connection keeps: the close waits for the parse
+ * loop to end (it once freed the input under it). */
+static int closing_frame(struct conn *conn, uint8_t type, const uint8_t *message, size_t len)
+{
+	if (type == FRAME_TYPE_HEALTH_REQUEST) {
+		Ringfly__HealthRequest *request =
+			(Ringfly__HealthRequest *)frame_unpack(type, message, len, NULL);
+		bool close_now = request && request->id == 7;
+
+		if (request)
+			protobuf_c_message_free_unpacked(&request->base, NULL);
+		if (close_now) {
+			conn_close(conn);
+			return 0;
+		}
+	}
+	return server_frame(conn, type, message, len);
+}
+
+static void client_big_frame_then_close(void)
+{
+	static uint8_t buf[160 << 10];
+	static char url[100000];
+	Ringfly__DownloadTask task = RINGFLY__DOWNLOAD_TASK__INIT;
+	int sock = client_connect();
+	size_t len;
+	ssize_t n;
+	char c;
+
+	memset(url, 'u', sizeof(url) - 1);
+	task.url = url; /* the handler ignores it; the input grows past 64 KiB */
+	n = frame_pack(FRAME_TYPE_DOWNLOAD_TASK, &task.base, buf, sizeof(buf));
+	if (n <= 0)
+		_exit(70);
+	len = (size_t)n;
+	len += pack_request(buf + len, sizeof(buf) - len, 7); /* closes */
+	len += pack_request(buf + len, sizeof(buf) - len, 8); /* behind it: never answered */
+	if (write(sock, buf, len) != (ssize_t)len)
+		_exit(71);
+	if (read(sock, &c, 1) != 0)
+		_exit(72); /* closed, with no answer */
+	close(sock);
+}
+
+Test(conn, handler_closing_mid_input_after_a_large_frame)
+{
+	static const struct conn_handlers handlers = { .frame = closing_frame };
+	struct conn_server_options options = { .name = "test", .pass_fds = true };
+
+	for (int i = 0; i < 3; i++)
+		cr_assert_eq(run_server(VIA_UNIX, &handlers, &options, client_big_frame_then_close,
+					false), 0);
+	options.pass_fds = false;
+	cr_assert_eq(run_server(VIA_UNIX, &handlers, &options, client_big_frame_then_close, false),
+		     0);
+}
+
 /* --- file payloads between frames (conn_send_file) and conn_reply_error.
  *
  * The server answers HealthRequest{id} by scenario, id:
