@@ -234,7 +234,7 @@ struct dl_task {
 	unsigned watcher_count;
 	struct loop_op copy_op;		/* the next turn of output copying */
 	bool copy_armed;
-	unsigned in_callback;		/* inside a watcher's data(): the task stays */
+	unsigned in_callback;		/* inside a watcher's data() or the tick: the task stays */
 };
 
 struct download_watcher {
@@ -2510,6 +2510,9 @@ static void dl_tick_done(struct loop_op *op, int res, uint32_t flags)
 			task->rate_ms = now_ms;
 		}
 		dl_progress_fill(task, &progress);
+		/* Whatever ends the task below (a timeout, the last parent
+		 * gone, the last piece in), it is freed only at the end. */
+		task->in_callback++;
 		for (struct download_watcher *w = task->watchers, *next; w; w = next) {
 			next = w->next;
 			if (w->deadline_ms && now_ms >= w->deadline_ms) {
@@ -2534,6 +2537,7 @@ static void dl_tick_done(struct loop_op *op, int res, uint32_t flags)
 		dl_parents_tick(task, now_ms);
 		if (task->rate_limit && task->state == DL_FETCHING)
 			dl_pump(task); /* the bucket refilled */
+		task->in_callback--;
 		dl_task_maybe_end(task);
 	}
 	dl_tick_arm(engine);
