@@ -12,6 +12,7 @@
 #include <sys/sendfile.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/sysmacros.h>
 #include <unistd.h>
 
@@ -356,6 +357,23 @@ struct cli_output {
 	bool discard;		/* -O /dev/null: nothing to fill at all */
 };
 
+/* The output's filesystem ran out of space (the partial file is gone): which
+ * one, what the file needs and what is free there. */
+static void cli_output_space_note(const struct cli_output *out, uint64_t total_bytes)
+{
+	struct statvfs vfs;
+
+	if (statvfs(out->dir, &vfs) < 0)
+		return;
+	if (total_bytes)
+		fprintf(stderr, "ringfly: output %s: the file needs %llu bytes, %s has %llu free\n",
+			out->final_path, (unsigned long long)total_bytes, out->dir,
+			(unsigned long long)vfs.f_bavail * vfs.f_frsize);
+	else
+		fprintf(stderr, "ringfly: output %s: %s has %llu bytes free\n", out->final_path,
+			out->dir, (unsigned long long)vfs.f_bavail * vfs.f_frsize);
+}
+
 /*
  * A regular file (new or not) gets a temp file beside it, renamed over it at
  * the end. Anything else that exists is never replaced: /dev/null (with
@@ -588,6 +606,8 @@ static int cli_get(struct cli_call *call, int argc, char **argv)
 	struct sigaction action = { .sa_handler = cli_on_signal };
 	char err[256];
 	int rc, exit_code = CLI_EXIT_FAILED;
+	uint64_t total_bytes = 0;	/* as the last progress said */
+	bool space_note = false;
 
 	if (cli_get_parse(&get, argc, argv) < 0)
 		return CLI_EXIT_USAGE;
@@ -668,6 +688,10 @@ static int cli_get(struct cli_call *call, int argc, char **argv)
 			progress_clear(&progress);
 			fprintf(stderr, "ringfly: %s\n", error->message);
 			exit_code = cli_exit_for(error->code);
+			/* The daemon writes into a descriptor: only we can name the
+			 * output's filesystem and what it has left. */
+			space_note = error->code == RINGFLY__ERROR_CODE__ERROR_CODE_NO_SPACE &&
+				     out.final_path && strstr(error->message, "writing the output");
 			protobuf_c_message_free_unpacked(reply, NULL);
 			break;
 		}
@@ -681,6 +705,7 @@ static int cli_get(struct cli_call *call, int argc, char **argv)
 		Ringfly__DownloadProgress *p = (Ringfly__DownloadProgress *)reply;
 
 		if (!p->done) {
+			total_bytes = p->total_bytes;
 			progress_update(&progress, p->bytes_done, p->total_bytes,
 					p->rate_bytes_per_s, p->source);
 			protobuf_c_message_free_unpacked(reply, NULL);
@@ -696,6 +721,8 @@ static int cli_get(struct cli_call *call, int argc, char **argv)
 	}
 	if (exit_code != CLI_EXIT_OK)
 		cli_output_discard(&out);
+	if (space_note)
+		cli_output_space_note(&out, total_bytes);
 	return exit_code;
 }
 

@@ -65,6 +65,7 @@ expect_get_fail mid "$url" "$OUTFS/mid" 7 "space left on device" --piece-length 
 left=$(find "$OUTFS" -mindepth 1 -print)
 [[ -z $left ]] || fail "files left in the full output directory: $left"
 assert_eq "$out_before" "$(free_bytes "$OUTFS")" "free bytes of the output tmpfs after the failed get"
+assert_contains "$T/mid.err" "ringfly: output $OUTFS/mid: " "the CLI's note naming the full output"
 log "b) output full: $(cat "$T/mid.err")"
 
 # b2) One piece, larger than the output filesystem: one output write, and it fails.
@@ -72,6 +73,8 @@ expect_get_fail one "$NGINX_URL/one" "$OUTFS/one" 7 "space left on device" --pie
 must_health "$SOCK" 5 "$DAEMON_PID"
 left=$(find "$OUTFS" -mindepth 1 -print)
 [[ -z $left ]] || fail "files left in the full output directory: $left"
+assert_contains "$T/one.err" "ringfly: output $OUTFS/one: " "the CLI's note naming the full output"
+assert_contains "$T/one.err" " $OUTFS has " "the CLI's note naming the output's filesystem"
 log "b2) output full, one piece: $(cat "$T/one.err")"
 
 # c) A file that fits.
