@@ -11,6 +11,12 @@
 #   f) one GC pass with watermarks 60 % / 40 % of the filesystem evicts task 0
 #      only (evicting task 2 instead would not reach the low mark).
 #   g) now task 3 fits and fills completely.
+#   h) GC empties the disk; task 3 again, and once it is open another writer
+#      takes the space it was checked against (--ballast; on tmpfs the store
+#      checks the free space instead of preallocating): the write that meets
+#      the full disk fails the task with "no space left on device", the data
+#      dir and "while writing"; the pieces recorded before it are intact, no
+#      stray file (rf-storefill check, the task expected failed).
 # rf-storefill check runs after every step: recorded pieces and complete tasks
 # byte for byte, nothing for recovery to repair, no stray file, each task in
 # the expected state.
@@ -110,5 +116,19 @@ fill 3 0
 assert_contains "$T/last.out" "fill: ok tasks=1 finished=1" "fill of task 3 after gc"
 check a,a,c,c
 log "g) task 3 (40 MiB) complete; $(free_bytes) bytes free"
+
+# h) full while writing
+assert_exit 0 "$RF_STOREFILL" gc --data-dir "$DATA" --high 1 --low 1 --ttl-ms -1
+assert_contains "$T/last.out" "gc: evicted=2" "gc output (everything)"
+check a,a,a,a
+assert_exit 1 "$RF_STOREFILL" fill "${GEOMETRY[@]}" --only 3 --ballast "$MNT/ballast" --ballast-leave 10M
+assert_contains "$T/last.err" "no space left on device" "stderr of the fill that met a full disk"
+assert_contains "$T/last.err" "data dir $DATA:" "stderr of the fill that met a full disk"
+assert_contains "$T/last.err" "while writing task" "stderr of the fill that met a full disk"
+enospc_line=$(grep -F "no space left on device" "$T/last.err" | head -n 1)
+check a,a,a,f
+assert_contains "$T/last.out" "task 3 " "check output"
+rm -f "$MNT/ballast"
+log "h) full while writing: $enospc_line; $(grep -F 'after-recovery: task 3' "$T/last.out")"
 
 pass

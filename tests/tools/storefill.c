@@ -5,6 +5,7 @@
  *   rf-storefill fill  --data-dir D --tasks N --size BYTES[,BYTES...] --piece-length L
  *                      [--mode splice|recv] [--seed S] [--inflight K] [--only I]
  *                      [--sync-batch B] [--sync-delay-ms MS] [--no-recover]
+ *                      [--ballast PATH [--ballast-leave BYTES]]
  *   rf-storefill check --data-dir D --tasks N --size BYTES[,BYTES...] --piece-length L
  *                      [--seed S] [--verify-all] [--expect c,i,a,-...] [--allow-repair]
  *   rf-storefill gc    --data-dir D [--quota BYTES] [--high PCT] [--low PCT] [--ttl-ms MS]
@@ -23,6 +24,9 @@
  * is complete; 3 if store_task_open reports a full disk (its message verbatim
  * on stderr); 1 on any other error, naming what failed. --no-recover skips
  * the recovery: the requests a daemon serves before its recovery has run.
+ * --ballast PATH: once a task is open, PATH is written until its filesystem
+ * is full but for about --ballast-leave bytes (another writer taking the
+ * space the task was checked against).
  *
  * check is the oracle after a crash: it reads every task's state BEFORE
  * recovery (the metadata must never lead the data: every recorded piece's
@@ -32,7 +36,8 @@
  * --allow-repair lifts this), then checks the same again, and that no file
  * under D/content is anything but a known task's content file. --verify-all:
  * every task must exist and be complete. --expect: the state of each task
- * after recovery (c complete, i incomplete, a absent, - any). Exits 0, or 1
+ * after recovery (c complete, i incomplete, a absent, f failed: allowed and its
+ * recorded pieces checked, - any but failed). Exits 0, or 1
  * with the first discrepancy.
  *
  * gc opens the store with the given GC settings, recovers, runs one store_gc
@@ -46,6 +51,7 @@
 #include <dirent.h>
 #include <endian.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <inttypes.h>
 #include <limits.h>
@@ -59,6 +65,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include "core/clock.h"
@@ -95,6 +102,8 @@ struct args {
 	bool verify_all;
 	bool allow_repair;
 	bool no_recover;
+	const char *ballast; /* fill: filled up to ENOSPC once a task is open */
+	uint64_t ballast_leave; /* ... but for this many bytes */
 	char expect[TASKS_MAX]; /* 'c', 'i', 'a', '-' per task; 0 = none given */
 	uint64_t quota;
 	unsigned high, low;
@@ -346,6 +355,8 @@ static int piece_start(struct fill *f, uint32_t number)
 }
 
 /* Opens task f->next_task; a task already complete is counted and let go. */
+static int fill_ballast(const char *path, uint64_t leave);
+
 static int fill_open_task(struct fill *f)
 {
 	const struct args *a = f->args;
@@ -389,6 +400,12 @@ static int fill_open_task(struct fill *f)
 	}
 	f->task_index = index;
 	f->next_piece = 0;
+	if (f->args->ballast && fill_ballast(f->args->ballast, f->args->ballast_leave) < 0) {
+		fill_fail(f, EXIT_FAILED, "ballast %s: %s", f->args->ballast, strerror(errno));
+		store_task_release(f->task);
+		f->task = NULL;
+		return -EIO;
+	}
 	if (store_task_info(f->task)->state == META_TASK_FAILED) {
 		char hex[HASH_SHA256_HEX_SIZE];
 
@@ -404,6 +421,41 @@ static int fill_open_task(struct fill *f)
 		store_task_release(f->task);
 		f->task = NULL;
 	}
+	return 0;
+}
+
+/* --ballast: another writer takes what the task was checked against (on a
+ * tmpfs the store only checks the free space). Fills PATH's filesystem but
+ * for about `leave` bytes. */
+static int fill_ballast(const char *path, uint64_t leave)
+{
+	static const uint8_t zeros[1 << 20];
+	int fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+	struct statvfs vfs;
+
+	if (fd < 0)
+		return -1;
+	for (;;) {
+		ssize_t n;
+
+		if (leave && fstatvfs(fd, &vfs) == 0 &&
+		    (uint64_t)vfs.f_bavail * vfs.f_frsize <= leave + sizeof(zeros))
+			break;
+		n = write(fd, zeros, sizeof(zeros));
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0 && errno != ENOSPC) {
+			int saved = errno;
+
+			close(fd);
+			errno = saved;
+			return -1;
+		}
+		if (n < (ssize_t)sizeof(zeros))
+			break; /* full */
+	}
+	close(fd);
 	return 0;
 }
 
@@ -596,6 +648,7 @@ enum task_state_seen {
 	SEEN_ABSENT = 'a',
 	SEEN_INCOMPLETE = 'i',
 	SEEN_COMPLETE = 'c',
+	SEEN_FAILED = 'f',
 };
 
 struct check {
@@ -749,7 +802,7 @@ static int check_task(struct check *c, const char *pass, unsigned index)
 			   " count=%u, expected %" PRIu64 "/%" PRIu64 "/%u",
 			   pass, index, hex, info->content_length, info->piece_length,
 			   info->piece_count, size, a->piece_length, count);
-	else if (info->state == META_TASK_FAILED)
+	else if (info->state == META_TASK_FAILED && a->expect[index] != 'f')
 		check_fail(c, "%s: task %u (%s) is failed: %s", pass, index, hex,
 			   store_task_error(task));
 	else if (stat(path, &st) < 0)
@@ -757,8 +810,13 @@ static int check_task(struct check *c, const char *pass, unsigned index)
 	else if ((uint64_t)st.st_size != size)
 		check_fail(c, "%s: task %u (%s): %s is %lld bytes, expected %" PRIu64, pass, index,
 			   hex, path, (long long)st.st_size, size);
-	else
-		check_task_content(c, pass, index, hex, task);
+	else if (check_task_content(c, pass, index, hex, task) == 0 &&
+		 info->state == META_TASK_FAILED) {
+		/* Expected (--expect f): its pieces checked; recovery does not
+		 * count it among the incomplete. */
+		c->seen[index] = SEEN_FAILED;
+		c->incomplete--;
+	}
 	store_task_release(task);
 	return c->error[0] ? -1 : 0;
 }
@@ -877,7 +935,7 @@ static int check_run(struct check *c)
 		if (a->expect[i] && a->expect[i] != '-' && a->expect[i] != c->seen[i])
 			return check_fail(c,
 					  "--expect: task %u is %c (c complete, i incomplete, "
-					  "a absent), expected %c",
+					  "a absent, f failed), expected %c",
 					  i, c->seen[i], a->expect[i]);
 	}
 	printf("check: ok tasks=%u complete=%u incomplete=%u absent=%u pieces_recorded=%" PRIu64
@@ -972,6 +1030,7 @@ static void usage(FILE *out)
 		"                          [--mode splice|recv] [--seed S] [--inflight K] "
 		"[--only I]\n"
 		"                          [--sync-batch B] [--sync-delay-ms MS] [--no-recover]\n"
+		"                          [--ballast PATH [--ballast-leave BYTES]]\n"
 		"       rf-storefill check --data-dir D --tasks N --size BYTES[,BYTES...] "
 		"--piece-length L\n"
 		"                          [--seed S] [--verify-all] [--expect c,i,a,-...] "
@@ -1035,7 +1094,7 @@ static int parse_expect(struct args *a, const char *text)
 	for (const char *p = text; *p; p++) {
 		if (*p == ',')
 			continue;
-		if (!strchr("cia-", *p) || n == TASKS_MAX)
+		if (!strchr("ciaf-", *p) || n == TASKS_MAX)
 			return -EINVAL;
 		a->expect[n++] = *p;
 	}
@@ -1063,6 +1122,8 @@ static int parse_args(int argc, char **argv, struct args *a, const char *cmd)
 		OPT_LOW,
 		OPT_TTL,
 		OPT_NO_RECOVER,
+		OPT_BALLAST,
+		OPT_BALLAST_LEAVE,
 	};
 	static const struct option options[] = {
 		{ "data-dir", required_argument, NULL, OPT_DATA_DIR },
@@ -1083,6 +1144,8 @@ static int parse_args(int argc, char **argv, struct args *a, const char *cmd)
 		{ "low", required_argument, NULL, OPT_LOW },
 		{ "ttl-ms", required_argument, NULL, OPT_TTL },
 		{ "no-recover", no_argument, NULL, OPT_NO_RECOVER },
+		{ "ballast", required_argument, NULL, OPT_BALLAST },
+		{ "ballast-leave", required_argument, NULL, OPT_BALLAST_LEAVE },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -1150,6 +1213,12 @@ static int parse_args(int argc, char **argv, struct args *a, const char *cmd)
 			break;
 		case OPT_NO_RECOVER:
 			a->no_recover = true;
+			break;
+		case OPT_BALLAST:
+			a->ballast = optarg;
+			break;
+		case OPT_BALLAST_LEAVE:
+			bad = parse_u64(optarg, &a->ballast_leave, true);
 			break;
 		case OPT_QUOTA:
 			bad = parse_u64(optarg, &a->quota, true);
