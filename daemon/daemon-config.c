@@ -11,6 +11,7 @@
 static const char *const daemon_roles[] = { "peer", "seed", NULL };
 static const char *const daemon_log_levels[] = { "debug", "info", "warn", "error", NULL };
 static const char *const daemon_socket_paths[] = { "splice", "recv", NULL };
+static const char *const daemon_preallocate[] = { "auto", "always", "never", NULL };
 
 #define STRING_OPTION(name, field) \
 	{ name, CONFIG_STRING, offsetof(struct daemon_config, field), \
@@ -35,6 +36,7 @@ static const struct config_option daemon_options[] = {
 	NUMBER_OPTION("limits.idle_timeout", CONFIG_DURATION, idle_timeout_ms, 0,
 		      7 * 24 * 3600000LL),
 	CHOICE_OPTION("storage.socket_path", storage_socket_path, daemon_socket_paths),
+	CHOICE_OPTION("storage.preallocate", storage_preallocate, daemon_preallocate),
 	{ "storage.verify_on_read", CONFIG_BOOL, offsetof(struct daemon_config, storage_verify_on_read),
 	  0, 0, 0, NULL },
 	NUMBER_OPTION("storage.sync_batch", CONFIG_INT, storage_sync_batch, 1, 4096),
@@ -96,6 +98,7 @@ void daemon_config_defaults(struct daemon_config *config)
 	config->max_message_bytes = 1 << 20;
 	config->idle_timeout_ms = 5 * 60 * 1000;
 	snprintf(config->storage_socket_path, sizeof(config->storage_socket_path), "splice");
+	snprintf(config->storage_preallocate, sizeof(config->storage_preallocate), "auto");
 	config->storage_sync_batch = 16;
 	config->storage_sync_delay_ms = 20;
 	config->gc_ttl_ms = 6 * 3600 * 1000LL;

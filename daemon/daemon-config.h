@@ -24,6 +24,7 @@ struct daemon_config {
 	int64_t max_message_bytes;		/* limits.max_message_bytes */
 	int64_t idle_timeout_ms;		/* limits.idle_timeout */
 	char storage_socket_path[16];		/* storage.socket_path: splice | recv */
+	char storage_preallocate[16];		/* storage.preallocate: auto | always | never */
 	bool storage_verify_on_read;		/* storage.verify_on_read */
 	int64_t storage_sync_batch;		/* storage.sync_batch (pieces) */
 	int64_t storage_sync_delay_ms;		/* storage.sync_delay */

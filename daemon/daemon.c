@@ -568,6 +568,11 @@ static struct store_options daemon_store_options(const struct daemon_config *con
 		.data_dir = config->data_dir,
 		.socket_path = strcmp(config->storage_socket_path, "recv") == 0 ? STORE_SOCKET_RECV
 										 : STORE_SOCKET_SPLICE,
+		.preallocate = strcmp(config->storage_preallocate, "always") == 0
+				       ? STORE_PREALLOCATE_ALWAYS
+			       : strcmp(config->storage_preallocate, "never") == 0
+				       ? STORE_PREALLOCATE_NEVER
+				       : STORE_PREALLOCATE_AUTO,
 		.verify_on_read = config->storage_verify_on_read,
 		.sync_batch_pieces = (unsigned)config->storage_sync_batch,
 		.sync_delay_ms = (unsigned)config->storage_sync_delay_ms,

@@ -36,14 +36,16 @@
  *
  * The content file is created and fallocated before the task's metadata is
  * written: a full disk is reported before any byte is fetched, and a crash in
- * between leaves an orphan file, not a task without storage. On tmpfs the
- * content file is only sized (sparse) after a check of the free space:
+ * between leaves an orphan file, not a task without storage. On tmpfs (with
+ * options.preallocate auto, the default; never: everywhere) the content
+ * file is only sized (sparse) after a check of the free space:
  * fallocate there allocates and zeroes the task's whole length in memory at
  * once, in the loop, before a byte can arrive (0.2-2.5 s per GiB on the
  * project's VM, nine daemons of a swarm at the same moment), and the writes
  * that follow allocate the same pages anyway, a piece at a time. The early
  * "no space" signal stays; a reservation against concurrent tasks does not
- * (a write that meets a full tmpfs fails the task as on any full disk).
+ * (a write that meets a full tmpfs fails the task as on any full disk;
+ * options.preallocate always keeps the reservation, and the cost).
  */
 
 #include "storage/store.h"
@@ -147,7 +149,7 @@ struct store {
 	struct store_options options;
 	char data_dir[PATH_MAX];
 	char content_dir[PATH_MAX];
-	bool tmpfs;			/* the data dir: no fallocate (top of file) */
+	bool sparse;			/* no fallocate: options.preallocate (top of file) */
 	struct meta *meta;
 	struct store_task *open_tasks;
 
@@ -903,7 +905,7 @@ int store_task_open(struct store *store, const struct store_task_params *params,
 	}
 	if (params->content_length == 0)
 		rc = 0;
-	else if (store->tmpfs)
+	else if (store->sparse)
 		rc = store_size_sparse(store, fd, params->content_length);
 	else
 		rc = fallocate(fd, 0, 0, (off_t)params->content_length) < 0 ? -errno : 0;
@@ -1787,7 +1789,10 @@ int store_open(struct store **out, struct loop *loop, const struct store_options
 	{
 		struct statfs fs;
 
-		store->tmpfs = statfs(store->data_dir, &fs) == 0 && fs.f_type == TMPFS_MAGIC;
+		bool tmpfs = statfs(store->data_dir, &fs) == 0 && fs.f_type == TMPFS_MAGIC;
+
+		store->sparse = options->preallocate == STORE_PREALLOCATE_NEVER ||
+				(options->preallocate == STORE_PREALLOCATE_AUTO && tmpfs);
 	}
 	rc = meta_open(&store->meta, meta_dir, options->meta_map_size, err, err_size);
 	if (rc < 0) {

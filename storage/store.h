@@ -21,6 +21,13 @@
  * bytes are on disk and match their crc. See storage/store.c.
  */
 
+/* How a task's content file gets its length (store.c explains). */
+enum store_preallocate {
+	STORE_PREALLOCATE_AUTO = 0,	/* fallocate, except on tmpfs: a free-space check */
+	STORE_PREALLOCATE_ALWAYS = 1,	/* fallocate: the space is reserved at open */
+	STORE_PREALLOCATE_NEVER = 2,	/* a free-space check and a sparse file */
+};
+
 enum store_socket_path {
 	STORE_SOCKET_SPLICE = 0, /* socket -> pipe -> file, bytes never in user space */
 	STORE_SOCKET_RECV = 1,	 /* recv into a pooled buffer, crc there, write */
@@ -30,6 +37,7 @@ struct store_options {
 	const char *data_dir;		/* borrowed for store_open only */
 	uint64_t meta_map_size;		/* 0 = 1 GiB */
 	enum store_socket_path socket_path;
+	enum store_preallocate preallocate;
 	bool verify_on_read;		/* check a piece's crc before serving it */
 	unsigned sync_batch_pieces;	/* fdatasync once this many pieces wait; 0 = 16 */
 	unsigned sync_delay_ms;		/* ... or once the oldest waited this long; 0 = 20 */

@@ -36,6 +36,8 @@ config_case wrong_type_mode $'socket_mode: rw-rw----\n' \
     "@CFG@:1:" "socket_mode"
 config_case bad_role $'\n# comment\nrole: leech\n' \
     "@CFG@:3:" "role"
+config_case bad_preallocate $'storage:\n  preallocate: sometimes\n' \
+    "@CFG@:2:" "preallocate" "auto, always, never" "sometimes"
 
 # Missing config file: exit 2 naming the path.
 run_fg missing_config 5 "$RINGFLYD" --config "$T/nope/ringflyd.yaml" --socket "$SOCK" --data-dir "$T/data"

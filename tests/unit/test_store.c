@@ -2316,6 +2316,7 @@ Test(store_enospc, a_task_larger_than_the_free_space_fails_at_open)
 		cr_skip_test("cannot mount a tmpfs: %s", strerror(errno));
 	options.data_dir = fx.data_dir;
 	options.meta_map_size = 4 * MIB;
+	options.preallocate = STORE_PREALLOCATE_ALWAYS; /* on tmpfs, auto would not */
 	open_store(&options);
 
 	/* Larger than the whole filesystem, then larger than what is left. */
@@ -2403,6 +2404,7 @@ Test(store_enospc, preallocated_pieces_are_written_on_a_nearly_full_disk)
 	options.data_dir = fx.data_dir;
 	options.meta_map_size = 4 * MIB;
 	options.sync_batch_pieces = 8;
+	options.preallocate = STORE_PREALLOCATE_ALWAYS; /* on tmpfs, auto would not */
 	open_store(&options);
 	make_id(id, "prealloc");
 	hash_sha256(content, length, digest);
@@ -2426,6 +2428,87 @@ Test(store_enospc, preallocated_pieces_are_written_on_a_nearly_full_disk)
 	cr_assert(strstr(err, "no space left") != NULL, "%s", err);
 	cr_assert(strstr(err, hex) != NULL, "%s", err);
 	unlink(filler);
+	free(content);
+}
+
+/* On tmpfs by default (preallocate auto) a task's file is sparse: opening it
+ * checks the free space and takes none; the space goes as pieces arrive, so a
+ * second task checked against the same space fails when a write meets the full
+ * disk, with the data dir, "no space left" and the task in its error. */
+Test(store_enospc, on_tmpfs_a_task_is_checked_not_reserved)
+{
+	const uint64_t length = 4 * MIB; /* 64 pieces: two do not fit in 8 MiB with the metadata */
+	struct store_options options = base_options();
+	struct store_task_params params = { .content_length = 16 * MIB, .piece_length = PL };
+	struct piece_result results[16];
+	uint8_t id[META_ID_SIZE], id2[META_ID_SIZE], digest[HASH_SHA256_SIZE];
+	uint8_t *content = make_content(length, 92);
+	struct store_task *task, *second, *big = NULL;
+	char err[512] = "", path[512], hex[HASH_SHA256_HEX_SIZE];
+	uint64_t free_before;
+	unsigned failed = 0;
+	struct stat st;
+	const char *why;
+
+	if (!mount_small_fs("8m"))
+		cr_skip_test("cannot mount a tmpfs: %s", strerror(errno));
+	options.data_dir = fx.data_dir;
+	options.meta_map_size = 4 * MIB;
+	open_store(&options);
+
+	/* Larger than the free space: refused at open, as with fallocate. */
+	make_id(params.id, "sparse-too-big");
+	cr_assert_eq(store_task_open(fx.store, &params, &big, err, sizeof(err)), -ENOSPC, "%s",
+		     err);
+	cr_assert(strstr(err, "no space left") != NULL, "%s", err);
+	cr_assert(strstr(err, "bytes free") != NULL, "%s", err);
+
+	/* Fits: the file has its length and no blocks; the free space is untouched. */
+	free_before = free_bytes(fx.mnt);
+	make_id(id, "sparse-1");
+	hash_sha256(content, length, digest);
+	task = open_task(id, length, PL, digest);
+	content_path(id, path, sizeof(path));
+	cr_assert_eq(stat(path, &st), 0);
+	cr_assert_eq((uint64_t)st.st_size, length);
+	cr_assert_lt((uint64_t)st.st_blocks * 512, 64 * KIB);
+	cr_assert_geq(free_bytes(fx.mnt) + 64 * KIB, free_before);
+
+	/* A second one fits the same free space: checked, not reserved. */
+	make_id(id2, "sparse-2");
+	hex_of(id2, hex);
+	second = open_task(id2, length, PL, NULL);
+
+	write_all_pieces(task, content);
+	finish_ok(task);
+	expect_content(id, content, length);
+	store_task_release(task);
+
+	/* The second one's writes meet the full disk: 16 pieces at a time until
+	 * a batch has a failure (then the task is failed). */
+	for (uint32_t from = 0; from < 64 && !failed; from += 16) {
+		memset(results, 0, sizeof(results));
+		begin_batch();
+		for (uint32_t k = 0; k < 16; k++)
+			cr_assert_eq(store_piece_from_buffer(second, from + k, content + (from + k) * PL,
+							     PL, true,
+							     piece_crc(content, length, PL, from + k),
+							     NULL, piece_done, &results[k]),
+				     0);
+		wait_done(16);
+		for (uint32_t k = 0; k < 16; k++) {
+			cr_assert(results[k].res == 0 || results[k].res == -ENOSPC ||
+				  results[k].res == -EIO, "piece %u: %d", from + k, results[k].res);
+			cr_assert_eq(store_task_has_piece(second, from + k), results[k].res == 0);
+			failed += results[k].res != 0;
+		}
+	}
+	cr_assert_gt(failed, 0, "4 + 4 MiB and the metadata went into an 8 MiB tmpfs");
+	why = store_task_error(second);
+	cr_assert(strstr(why, fx.data_dir) != NULL, "%s", why);
+	cr_assert(strstr(why, "no space left") != NULL, "%s", why);
+	cr_assert(strstr(why, hex) != NULL, "%s", why);
+	store_task_release(second);
 	free(content);
 }
 
