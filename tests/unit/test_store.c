@@ -2303,6 +2303,16 @@ Test(store_import, another_filesystem_is_copied)
 
 /* --- full disks (a small tmpfs; root only). */
 
+/* A store on an 8 MiB tmpfs the test mounts (skipped when it cannot). */
+static void open_small_store(struct store_options *options)
+{
+	if (!mount_small_fs("8m"))
+		cr_skip_test("cannot mount a tmpfs: %s", strerror(errno));
+	options->data_dir = fx.data_dir;
+	options->meta_map_size = 4 * MIB;
+	open_store(options);
+}
+
 Test(store_enospc, a_task_larger_than_the_free_space_fails_at_open)
 {
 	struct store_options options = base_options();
@@ -2312,12 +2322,8 @@ Test(store_enospc, a_task_larger_than_the_free_space_fails_at_open)
 	char err[512] = "", hex[HASH_SHA256_HEX_SIZE], path[512];
 	uint64_t free_before;
 
-	if (!mount_small_fs("8m"))
-		cr_skip_test("cannot mount a tmpfs: %s", strerror(errno));
-	options.data_dir = fx.data_dir;
-	options.meta_map_size = 4 * MIB;
 	options.preallocate = STORE_PREALLOCATE_ALWAYS; /* on tmpfs, auto would not */
-	open_store(&options);
+	open_small_store(&options);
 
 	/* Larger than the whole filesystem, then larger than what is left. */
 	make_id(params.id, "too-big");
@@ -2399,13 +2405,9 @@ Test(store_enospc, preallocated_pieces_are_written_on_a_nearly_full_disk)
 	struct store_task *task, *second = NULL;
 	char err[512] = "", filler[512], hex[HASH_SHA256_HEX_SIZE];
 
-	if (!mount_small_fs("8m"))
-		cr_skip_test("cannot mount a tmpfs: %s", strerror(errno));
-	options.data_dir = fx.data_dir;
-	options.meta_map_size = 4 * MIB;
 	options.sync_batch_pieces = 8;
 	options.preallocate = STORE_PREALLOCATE_ALWAYS; /* on tmpfs, auto would not */
-	open_store(&options);
+	open_small_store(&options);
 	make_id(id, "prealloc");
 	hash_sha256(content, length, digest);
 	task = open_task(id, length, PL, digest);
@@ -2450,11 +2452,7 @@ Test(store_enospc, on_tmpfs_a_task_is_checked_not_reserved)
 	struct stat st;
 	const char *why;
 
-	if (!mount_small_fs("8m"))
-		cr_skip_test("cannot mount a tmpfs: %s", strerror(errno));
-	options.data_dir = fx.data_dir;
-	options.meta_map_size = 4 * MIB;
-	open_store(&options);
+	open_small_store(&options);
 
 	/* Larger than the free space: refused at open, as with fallocate. */
 	make_id(params.id, "sparse-too-big");
@@ -2525,11 +2523,7 @@ Test(store_enospc, a_disk_with_no_byte_left_fails_the_task_cleanly)
 	char filler[512], hex[HASH_SHA256_HEX_SIZE];
 	const char *why;
 
-	if (!mount_small_fs("8m"))
-		cr_skip_test("cannot mount a tmpfs: %s", strerror(errno));
-	options.data_dir = fx.data_dir;
-	options.meta_map_size = 4 * MIB;
-	open_store(&options);
+	open_small_store(&options);
 	make_id(id, "no-byte-left");
 	hex_of(id, hex);
 	task = open_task(id, length, PL, NULL);
