@@ -117,6 +117,16 @@ static void service_get_done(void *arg, int error, enum download_error_kind kind
 	service_get_free(get);
 }
 
+/* What the daemon writes a task into for a client: a regular file it may
+ * write (the CLI passes a temp file, or an unnamed one for stdout). */
+static bool service_output_ok(int fd)
+{
+	struct stat st;
+
+	return fstat(fd, &st) == 0 && S_ISREG(st.st_mode) &&
+	       (fcntl(fd, F_GETFL) & O_ACCMODE) != O_RDONLY;
+}
+
 static void service_download(struct service *service, struct conn *conn,
 			     const Ringfly__DownloadTask *request)
 {
@@ -141,7 +151,6 @@ static void service_download(struct service *service, struct conn *conn,
 	};
 	struct service_get *get;
 	char err[768];
-	struct stat st;
 	int rc;
 
 	conn_peer(conn, &params.requester_pid, &params.requester_uid);
@@ -153,8 +162,7 @@ static void service_download(struct service *service, struct conn *conn,
 					"with it, but none arrived", request->url);
 			return;
 		}
-		if (fstat(params.output_fd, &st) < 0 || !S_ISREG(st.st_mode) ||
-		    (fcntl(params.output_fd, F_GETFL) & O_ACCMODE) == O_RDONLY) {
+		if (!service_output_ok(params.output_fd)) {
 			close(params.output_fd);
 			conn_send_error(conn, request->id, RINGFLY__ERROR_CODE__ERROR_CODE_INVALID,
 					"get %s: the output must be a regular file open for "
@@ -412,6 +420,15 @@ static void service_export(struct service *service, struct conn *conn,
 	if (fd < 0) {
 		conn_send_error(conn, request->id, RINGFLY__ERROR_CODE__ERROR_CODE_INVALID,
 				"export %s: no file descriptor came with the request",
+				request->task_id);
+		return;
+	}
+	/* A pipe or socket would block the loop in the copy for as long as the
+	 * other end pleases. */
+	if (!service_output_ok(fd)) {
+		close(fd);
+		conn_send_error(conn, request->id, RINGFLY__ERROR_CODE__ERROR_CODE_INVALID,
+				"export %s: the output must be a regular file open for writing",
 				request->task_id);
 		return;
 	}

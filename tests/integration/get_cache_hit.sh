@@ -110,5 +110,34 @@ assert_contains "$T/last.err" "no such task" "stderr of export of an unknown tas
 assert_gone "$OUT/nothing"
 assert_no_temp "$OUT/nothing"
 
+# Export into a pipe nobody reads (a raw ExportTask with the pipe's write end):
+# refused at once with Error INVALID; the daemon answers health meanwhile (it
+# once copied into the pipe on its loop, blocked until the pipe was drained).
+cp "$(dirname "$0")/protowire.py" "$T/protowire.py"
+python3 - "$SOCK" "$imported" "$T" >"$T/export-pipe.out" 2>"$T/export-pipe.err" <<'PY' ||
+import os, socket, struct, sys
+sys.path.insert(0, sys.argv[3])
+from protowire import decode, field_text, field_varint, first, frame
+path, task = sys.argv[1], sys.argv[2]
+r, w = os.pipe()
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.settimeout(5)
+s.connect(path)
+s.sendmsg([frame(10, field_varint(1, 7) + field_text(2, task))],
+          [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", w))])
+os.close(w)
+buf = b""
+while len(buf) < 5 or len(buf) < 4 + struct.unpack(">I", buf[:4])[0]:
+    chunk = s.recv(65536)
+    if not chunk:
+        sys.exit("closed before an answer")
+    buf += chunk
+ftype = buf[4]
+f = decode(buf[5:4 + struct.unpack(">I", buf[:4])[0]])
+print("type=%d id=%d message=%s" % (ftype, first(f, 1), first(f, 3, b"").decode()))
+PY
+    fail "raw export into a pipe: $(cat "$T/export-pipe.err")"
+assert_contains "$T/export-pipe.out" "type=2 id=7 " "answer to an export into a pipe"
+assert_contains "$T/export-pipe.out" "must be a regular file" "answer to an export into a pipe"
 must_health "$SOCK" 5 "$DAEMON_PID"
 pass
