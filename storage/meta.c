@@ -145,9 +145,19 @@ static bool meta_state_valid(uint32_t state)
 }
 
 /* Lengths piece_size() can work with for every number below piece_count. */
-static bool meta_lengths_valid(uint64_t piece_length, uint32_t piece_count)
+/* The piece count is the one the lengths give, and one the store can hold:
+ * a record saying otherwise (a corrupt one) would size its bitmaps wrong. */
+static bool meta_lengths_valid(uint64_t content_length, uint64_t piece_length,
+			       uint32_t piece_count)
 {
-	return piece_count == 0 || (piece_length > 0 && piece_length <= UINT32_MAX);
+	uint64_t count;
+
+	if (content_length == 0 || content_length == META_LENGTH_UNKNOWN)
+		return piece_count == 0;
+	if (piece_length == 0 || piece_length > UINT32_MAX)
+		return false;
+	count = content_length / piece_length + (content_length % piece_length != 0);
+	return count == piece_count && count <= PIECE_COUNT_MAX;
 }
 
 /* Encodes task into buf (META_RECORD_MAX bytes); returns the length. */
@@ -194,7 +204,7 @@ static int meta_record_decode(const MDB_val *key, const MDB_val *val, struct met
 	pieces_done = meta_get_le32(p + 22);
 	state = meta_get_le32(p + 34);
 	if (pieces_done > piece_count || !meta_state_valid(state) ||
-	    !meta_lengths_valid(meta_get_le64(p + 10), piece_count))
+	    !meta_lengths_valid(meta_get_le64(p + 2), meta_get_le64(p + 10), piece_count))
 		return -EINVAL;
 
 	memcpy(out->id, key->mv_data, META_ID_SIZE);
@@ -364,7 +374,7 @@ int meta_task_put(struct meta *meta, const struct meta_task *task)
 	int rc;
 
 	if (strnlen(task->url, META_URL_MAX) == META_URL_MAX || !meta_state_valid(task->state) ||
-	    !meta_lengths_valid(task->piece_length, task->piece_count))
+	    !meta_lengths_valid(task->content_length, task->piece_length, task->piece_count))
 		return -EINVAL;
 	record = *task;
 
@@ -716,6 +726,12 @@ int meta_pieces_foreach(struct meta *meta, const uint8_t id[META_ID_SIZE],
 int meta_tasks_foreach(struct meta *meta, int (*fn)(const struct meta_task *task, void *arg),
 		       void *arg)
 {
+	return meta_tasks_walk(meta, fn, NULL, arg);
+}
+
+int meta_tasks_walk(struct meta *meta, int (*fn)(const struct meta_task *task, void *arg),
+		    int (*bad)(const uint8_t id[META_ID_SIZE], void *arg), void *arg)
+{
 	struct meta_task *task;
 	MDB_cursor *cursor;
 	MDB_val key, val;
@@ -736,8 +752,15 @@ int meta_tasks_foreach(struct meta *meta, int (*fn)(const struct meta_task *task
 	for (rc = mdb_cursor_get(cursor, &key, &val, MDB_FIRST); rc == MDB_SUCCESS;
 	     rc = mdb_cursor_get(cursor, &key, &val, MDB_NEXT)) {
 		ret = meta_record_decode(&key, &val, task);
-		if (ret == 0)
+		if (ret == 0) {
 			ret = fn(task, arg);
+		} else if (bad) {
+			uint8_t id[META_ID_SIZE] = { 0 };
+
+			if (key.mv_size == META_ID_SIZE)
+				memcpy(id, key.mv_data, META_ID_SIZE);
+			ret = bad(id, arg);
+		}
 		if (ret != 0)
 			break;
 	}

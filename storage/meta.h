@@ -89,5 +89,10 @@ int meta_pieces_foreach(struct meta *meta, const uint8_t id[META_ID_SIZE],
  * return from fn stops the walk and is returned. */
 int meta_tasks_foreach(struct meta *meta, int (*fn)(const struct meta_task *task, void *arg),
 		       void *arg);
+/* The same walk, but a record that does not decode (a corrupt one) goes to
+ * bad(id, arg) instead of ending the walk (its key, when it is an id's size;
+ * else a zero id). A non-zero return from either stops the walk. */
+int meta_tasks_walk(struct meta *meta, int (*fn)(const struct meta_task *task, void *arg),
+		    int (*bad)(const uint8_t id[META_ID_SIZE], void *arg), void *arg);
 
 #endif

@@ -1232,6 +1232,33 @@ static int recover_check_piece(const struct meta_piece *piece, void *arg)
 	return 0;
 }
 
+/* A task record that does not decode (a corrupt one): it is removed, and its
+ * content file goes with the orphans after the walk; the walk goes on. */
+static int recover_bad_record(const uint8_t id[META_ID_SIZE], void *arg)
+{
+	struct recover_walk *walk = arg;
+	char hex[HASH_SHA256_HEX_SIZE];
+	int rc = meta_task_delete(walk->store->meta, id);
+
+	id_hex(id, hex);
+	log_warn("store", "removed a task record that does not decode task=%s data_dir=%s%s%s", hex,
+		 walk->store->data_dir, rc < 0 ? " error=" : "", rc < 0 ? strerror(-rc) : "");
+	walk->report->tasks_removed++;
+	return 0;
+}
+
+/* GC and the complete-task walk step over an undecodable record (recovery
+ * removes it at the next start). */
+static int skip_bad_record(const uint8_t id[META_ID_SIZE], void *arg)
+{
+	char hex[HASH_SHA256_HEX_SIZE];
+
+	(void)arg;
+	id_hex(id, hex);
+	log_debug("store", "skipped a task record that does not decode task=%s", hex);
+	return 0;
+}
+
 static int recover_task(const struct meta_task *task, void *arg)
 {
 	struct recover_walk *walk = arg;
@@ -1360,7 +1387,7 @@ int store_foreach_complete(struct store *store,
 {
 	struct complete_walk walk = { .fn = fn, .arg = arg };
 
-	return meta_tasks_foreach(store->meta, complete_one, &walk);
+	return meta_tasks_walk(store->meta, complete_one, skip_bad_record, &walk);
 }
 
 int store_recover(struct store *store, bool verify_all, struct store_recovery *report)
@@ -1373,7 +1400,7 @@ int store_recover(struct store *store, bool verify_all, struct store_recovery *r
 		report = &local;
 	memset(report, 0, sizeof(*report));
 	walk.report = report;
-	rc = meta_tasks_foreach(store->meta, recover_task, &walk);
+	rc = meta_tasks_walk(store->meta, recover_task, recover_bad_record, &walk);
 	free(walk.bad);
 	if (rc < 0)
 		return rc;
@@ -1463,7 +1490,7 @@ static unsigned gc_used_percent(const struct store *store, uint64_t content_byte
 int store_gc(struct store *store)
 {
 	struct gc_walk walk = { .store = store, .now_ms = clock_realtime_ms() };
-	int rc = meta_tasks_foreach(store->meta, gc_visit, &walk);
+	int rc = meta_tasks_walk(store->meta, gc_visit, skip_bad_record, &walk);
 
 	if (rc < 0) {
 		free(walk.lru);
@@ -1500,7 +1527,10 @@ static void store_gc_timer_done(struct loop_op *op, int res, uint32_t flags)
 	store->gc_armed = false;
 	if (res == -ECANCELED)
 		return;
-	store_gc(store);
+	res = store_gc(store);
+	if (res < 0)
+		log_warn("store", "gc pass failed data_dir=%s error=\"%s\"", store->data_dir,
+			 strerror(-res));
 	loop_op_init(&store->gc_op, store_gc_timer_done, store);
 	if (loop_timeout(store->loop, &store->gc_op, (uint64_t)store->options.gc_interval_ms) == 0)
 		store->gc_armed = true;

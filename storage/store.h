@@ -77,7 +77,7 @@ void store_set_observer(struct store *store, store_observer_fn fn, void *arg);
 
 struct store_recovery {
 	unsigned tasks_complete, tasks_incomplete;
-	unsigned tasks_removed;	      /* metadata whose content file was missing */
+	unsigned tasks_removed;	      /* metadata whose content file was missing, or corrupt */
 	unsigned orphans_removed;     /* content files without metadata */
 	unsigned pieces_checked, pieces_dropped;
 };

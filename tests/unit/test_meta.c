@@ -566,7 +566,7 @@ Test(meta, delete_removes_its_pieces_and_only_its)
 {
 	/* Ids 0x..7F, 0x..80, 0x..81 differ only in the last byte: their rows
 	 * are neighbours in the pieces table. Each has pieces 0..1499 and the
-	 * highest possible number. */
+	 * highest number a task can have (PIECE_COUNT_MAX pieces). */
 	const unsigned ids[] = { 0x7F, 0x80, 0x81 };
 	struct meta_piece top;
 	struct pieces_seen seen;
@@ -574,11 +574,11 @@ Test(meta, delete_removes_its_pieces_and_only_its)
 
 	for (int i = 0; i < 3; i++) {
 		make_task(&t, ids[i], 0, 1u << 30);
-		t.content_length = (uint64_t)UINT32_MAX << 30; /* piece_count UINT32_MAX */
-		t.piece_count = UINT32_MAX;
+		t.content_length = (uint64_t)PIECE_COUNT_MAX << 30;
+		t.piece_count = PIECE_COUNT_MAX;
 		cr_assert_eq(meta_task_put(m, &t), 0);
 		add_pieces(t.id, 0, 1500, ids[i] << 16);
-		top.number = UINT32_MAX - 1;
+		top.number = PIECE_COUNT_MAX - 1;
 		top.crc32c = ids[i];
 		cr_assert_eq(meta_pieces_record(m, t.id, &top, 1), 0);
 		cr_assert_eq(get_task(ids[i]).pieces_done, 1501);
@@ -598,7 +598,7 @@ Test(meta, delete_removes_its_pieces_and_only_its)
 			cr_assert_eq(seen.list[n].number, n);
 			cr_assert_eq(seen.list[n].crc32c, (ids[i] << 16) + n);
 		}
-		cr_assert_eq(seen.list[1500].number, UINT32_MAX - 1);
+		cr_assert_eq(seen.list[1500].number, PIECE_COUNT_MAX - 1);
 		cr_assert_eq(seen.list[1500].crc32c, ids[i]);
 		cr_assert_eq(get_task(ids[i]).pieces_done, 1501);
 	}
@@ -805,6 +805,24 @@ Test(meta, full_map_is_enospc_and_consistent)
 		cr_assert_eq(get_task(i).url[2999], 'x');
 }
 
+static int no_good_record(const struct meta_task *task, void *arg)
+{
+	(void)arg;
+	cr_assert_fail("record %02x... decoded", task->id[0]);
+	return -1;
+}
+
+static int count_bad(const uint8_t id[META_ID_SIZE], void *arg)
+{
+	unsigned *count = arg;
+	uint8_t want[META_ID_SIZE];
+
+	make_id(want, *count); /* the records below are ids 0, 1, ... in order */
+	cr_assert_eq(memcmp(id, want, META_ID_SIZE), 0, "record %u", *count);
+	(*count)++;
+	return 0;
+}
+
 Test(meta, corrupt_records_are_einval)
 {
 	/* A good record of task n is 90 + strlen(url) bytes; url "abcdefghij". */
@@ -844,6 +862,9 @@ Test(meta, corrupt_records_are_einval)
 		  8 },
 		{ "piece_length 2^40", 100, 10, (const uint8_t *)"\x00\x00\x00\x00\x00\x01\x00\x00",
 		  8 },
+		{ "piece_count not the lengths' (5 for 10 MiB / 4 MiB)", 100, 18,
+		  (const uint8_t *)"\x05\x00\x00\x00", 4 },
+		{ "piece_count 2^32-1", 100, 18, (const uint8_t *)"\xff\xff\xff\xff", 4 },
 	};
 	const size_t nbad = sizeof(bad) / sizeof(bad[0]);
 
@@ -879,6 +900,10 @@ Test(meta, corrupt_records_are_einval)
 	struct tasks_seen seen = { 0 };
 	cr_assert_eq(meta_tasks_foreach(m, visit_task, &seen), -EINVAL);
 	cr_assert_eq(seen.count, 0);
+	/* meta_tasks_walk reports each to bad() and goes on. */
+	unsigned bad_seen = 0;
+	cr_assert_eq(meta_tasks_walk(m, no_good_record, count_bad, &bad_seen), 0);
+	cr_assert_eq(bad_seen, nbad);
 
 	/* A corrupt record can be deleted, or repaired by putting it again. */
 	make_id(t.id, 0);

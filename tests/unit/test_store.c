@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
+#include <lmdb.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -1590,6 +1591,77 @@ Test(store_recover, files_without_metadata_are_removed)
 	cr_assert(path_exists(kept_path));
 	expect_content(id, content, PL);
 	free(content);
+}
+
+/* Replaces the task record of `id` with bytes no decoder takes (the store is
+ * closed around it: one environment per process), then reopens the store. */
+static void corrupt_task_record(const uint8_t id[META_ID_SIZE])
+{
+	char meta_dir[600];
+	MDB_env *env;
+	MDB_txn *txn;
+	MDB_dbi tasks;
+	MDB_val key = { .mv_size = META_ID_SIZE, .mv_data = (void *)id };
+	MDB_val val = { .mv_size = 5, .mv_data = "junk!" };
+
+	loop_destroy(fx.loop);
+	fx.loop = NULL;
+	store_close(fx.store);
+	fx.store = NULL;
+	snprintf(meta_dir, sizeof(meta_dir), "%s/meta", fx.data_dir);
+	cr_assert_eq(mdb_env_create(&env), 0);
+	cr_assert_eq(mdb_env_set_maxdbs(env, 2), 0);
+	cr_assert_eq(mdb_env_set_mapsize(env, fx.options.meta_map_size), 0);
+	cr_assert_eq(mdb_env_open(env, meta_dir, MDB_NOTLS, 0600), 0);
+	cr_assert_eq(mdb_txn_begin(env, NULL, 0, &txn), 0);
+	cr_assert_eq(mdb_dbi_open(txn, "tasks", 0, &tasks), 0);
+	cr_assert_eq(mdb_put(txn, tasks, &key, &val, 0), 0);
+	cr_assert_eq(mdb_txn_commit(txn), 0);
+	mdb_env_close(env);
+	new_loop();
+	open_store(&fx.options);
+}
+
+/* One corrupt record stops neither recovery nor GC: recovery removes it (its
+ * file goes with the orphans) and recovers the rest; GC steps over it. */
+Test(store_recover, a_corrupt_task_record_is_removed_and_the_rest_recovers)
+{
+	struct store_options options = base_options();
+	struct store_recovery report;
+	uint8_t good[META_ID_SIZE], bad[META_ID_SIZE], old[META_ID_SIZE];
+	uint8_t *content, *bad_content, *old_content;
+	struct store_task *task;
+	char bad_path[512], old_path[512], good_path[512];
+
+	open_store(&options);
+	make_complete_task("recover-old", PL, old, &old_content);
+	make_complete_task("recover-bad", PL, bad, &bad_content);
+	make_complete_task("recover-good", PL, good, &content);
+	content_path(bad, bad_path, sizeof(bad_path));
+	content_path(old, old_path, sizeof(old_path));
+	content_path(good, good_path, sizeof(good_path));
+
+	corrupt_task_record(bad);
+	recover_ok(false, &report);
+	cr_assert_eq(report.tasks_removed, 1);
+	cr_assert_eq(report.tasks_complete, 2);
+	cr_assert_eq(report.orphans_removed, 1);
+	cr_assert_not(path_exists(bad_path));
+	cr_assert_eq(store_task_find(fx.store, bad, &task), -ENOENT);
+	expect_content(good, content, PL);
+	expect_content(old, old_content, PL);
+
+	/* Now "good" is the corrupt one, and GC has a 1 ms TTL: "old" is
+	 * evicted by age whatever side of the corrupt record it walks on. */
+	fx.options.gc_ttl_ms = 1;
+	corrupt_task_record(good);
+	usleep(5000);
+	cr_assert_eq(store_gc(fx.store), 1);
+	cr_assert_not(path_exists(old_path));
+	cr_assert(path_exists(good_path));
+	free(content);
+	free(bad_content);
+	free(old_content);
 }
 
 Test(store_recover, complete_tasks_are_checked_only_with_verify_all)
