@@ -2343,8 +2343,10 @@ static int dl_copy_piece(struct download_watcher *watcher, uint32_t number)
 			watcher->use_sendfile = true; /* another filesystem */
 			continue;
 		}
-		if (n <= 0)
-			return n < 0 ? -errno : -EIO;
+		if (n == 0)
+			return -EBADMSG; /* the cache file ends before the piece does */
+		if (n < 0)
+			return -errno;
 		length -= (uint32_t)n;
 	}
 	return 0;
@@ -2434,6 +2436,16 @@ static void dl_outputs_advance(struct dl_task *task)
 							 : -ENOMEM;
 		} else if (watcher->ops.data && !dl_watcher_stream(watcher)) {
 			continue; /* cancelled from its data() */
+		}
+		if (rc == -EBADMSG) {
+			char message[600];
+
+			snprintf(message, sizeof(message),
+				 "get %s: the cache's copy of task %s is damaged (a piece's bytes "
+				 "are gone or changed); what is damaged was dropped: a get again fetches "
+				 "it", task->url, task->hex);
+			dl_watcher_finish(watcher, rc, DOWNLOAD_ERROR_INTEGRITY, message);
+			continue;
 		}
 		if (rc < 0) {
 			char message[600];

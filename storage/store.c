@@ -1056,16 +1056,46 @@ uint32_t store_piece_crc(const struct store_task *task, uint32_t number)
 	return store_task_has_piece(task, number) ? task->crcs[number] : 0;
 }
 
+/* A recorded piece whose bytes are no longer what was recorded: it is
+ * dropped (fetched again by the next download), and the task is no longer
+ * complete, as in recovery. */
+static void task_drop_damaged_piece(struct store_task *task, uint32_t number, const char *why)
+{
+	char hex[HASH_SHA256_HEX_SIZE];
+
+	id_hex(task->info.id, hex);
+	log_warn("store", "dropping a piece that %s task=%s piece=%u data_dir=%s", why, hex, number,
+		 task->store->data_dir);
+	meta_pieces_drop(task->store->meta, task->info.id, &number, 1);
+	bit_set(task->recorded, number, false);
+	if (task->info.state == META_TASK_COMPLETE)
+		meta_task_set_state(task->store->meta, task->info.id, META_TASK_PENDING);
+	meta_task_get(task->store->meta, task->info.id, &task->info);
+}
+
 int store_piece_locate(struct store_task *task, uint32_t number, int *fd, uint64_t *offset,
 		       uint32_t *length)
 {
 	const struct meta_task *info = &task->info;
+	struct stat st;
 
 	if (!store_task_has_piece(task, number))
 		return -ENOENT;
 	*fd = task->fd;
 	*offset = piece_offset(info->piece_length, number);
 	*length = piece_size(info->content_length, info->piece_length, number);
+	/* A file cut short behind our back (recovery checks at start only):
+	 * every recorded piece past its end goes, not just this one. */
+	if (fstat(task->fd, &st) == 0 && (uint64_t)st.st_size < *offset + *length) {
+		for (uint32_t n = 0; n < info->piece_count; n++) {
+			if (store_task_has_piece(task, n) &&
+			    piece_offset(info->piece_length, n) +
+					    piece_size(info->content_length, info->piece_length, n) >
+				    (uint64_t)st.st_size)
+				task_drop_damaged_piece(task, n, "its content file no longer holds");
+		}
+		return -EBADMSG;
+	}
 	if (task->store->options.verify_on_read) {
 		uint32_t crc;
 		int rc = file_crc32c(task->store, task->fd, *offset, *length, &crc);
@@ -1073,17 +1103,7 @@ int store_piece_locate(struct store_task *task, uint32_t number, int *fd, uint64
 		if (rc < 0)
 			return rc;
 		if (crc != task->crcs[number]) {
-			char hex[HASH_SHA256_HEX_SIZE];
-
-			id_hex(info->id, hex);
-			log_warn("store", "dropping a piece that no longer matches its crc task=%s "
-				 "piece=%u", hex, number);
-			meta_pieces_drop(task->store->meta, info->id, &number, 1);
-			bit_set(task->recorded, number, false);
-			/* As in recovery: a task missing a piece is not complete. */
-			if (info->state == META_TASK_COMPLETE)
-				meta_task_set_state(task->store->meta, info->id, META_TASK_PENDING);
-			meta_task_get(task->store->meta, info->id, &task->info);
+			task_drop_damaged_piece(task, number, "no longer matches its crc");
 			return -EBADMSG;
 		}
 	}
