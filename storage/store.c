@@ -1056,21 +1056,44 @@ uint32_t store_piece_crc(const struct store_task *task, uint32_t number)
 	return store_task_has_piece(task, number) ? task->crcs[number] : 0;
 }
 
-/* A recorded piece whose bytes are no longer what was recorded: it is
- * dropped (fetched again by the next download), and the task is no longer
- * complete, as in recovery. */
-static void task_drop_damaged_piece(struct store_task *task, uint32_t number, const char *why)
+/* Recorded pieces whose bytes are no longer what was recorded: they are
+ * dropped in one transaction (fetched again by the next download), and the
+ * task is no longer complete, as in recovery. */
+static void task_drop_damaged(struct store_task *task, const uint32_t *numbers, size_t count,
+			      const char *why)
 {
 	char hex[HASH_SHA256_HEX_SIZE];
 
 	id_hex(task->info.id, hex);
-	log_warn("store", "dropping a piece that %s task=%s piece=%u data_dir=%s", why, hex, number,
-		 task->store->data_dir);
-	meta_pieces_drop(task->store->meta, task->info.id, &number, 1);
-	bit_set(task->recorded, number, false);
+	for (size_t i = 0; i < count; i++) {
+		log_warn("store", "dropping a piece that %s task=%s piece=%u data_dir=%s", why, hex,
+			 numbers[i], task->store->data_dir);
+		bit_set(task->recorded, numbers[i], false);
+	}
+	meta_pieces_drop(task->store->meta, task->info.id, numbers, count);
 	if (task->info.state == META_TASK_COMPLETE)
 		meta_task_set_state(task->store->meta, task->info.id, META_TASK_PENDING);
 	meta_task_get(task->store->meta, task->info.id, &task->info);
+}
+
+/* The file ends at `size`, before some recorded pieces: all of those go. */
+static void task_drop_past(struct store_task *task, uint64_t size)
+{
+	const struct meta_task *info = &task->info;
+	uint32_t *numbers = malloc(sizeof(*numbers) * (info->piece_count ? info->piece_count : 1));
+	size_t count = 0;
+
+	if (!numbers)
+		return; /* what is read still fails; the next look drops them */
+	for (uint32_t n = 0; n < info->piece_count; n++) {
+		if (store_task_has_piece(task, n) &&
+		    piece_offset(info->piece_length, n) +
+				    piece_size(info->content_length, info->piece_length, n) > size)
+			numbers[count++] = n;
+	}
+	if (count)
+		task_drop_damaged(task, numbers, count, "its content file no longer holds");
+	free(numbers);
 }
 
 int store_piece_locate(struct store_task *task, uint32_t number, int *fd, uint64_t *offset,
@@ -1087,13 +1110,7 @@ int store_piece_locate(struct store_task *task, uint32_t number, int *fd, uint64
 	/* A file cut short behind our back (recovery checks at start only):
 	 * every recorded piece past its end goes, not just this one. */
 	if (fstat(task->fd, &st) == 0 && (uint64_t)st.st_size < *offset + *length) {
-		for (uint32_t n = 0; n < info->piece_count; n++) {
-			if (store_task_has_piece(task, n) &&
-			    piece_offset(info->piece_length, n) +
-					    piece_size(info->content_length, info->piece_length, n) >
-				    (uint64_t)st.st_size)
-				task_drop_damaged_piece(task, n, "its content file no longer holds");
-		}
+		task_drop_past(task, (uint64_t)st.st_size);
 		return -EBADMSG;
 	}
 	if (task->store->options.verify_on_read) {
@@ -1103,7 +1120,7 @@ int store_piece_locate(struct store_task *task, uint32_t number, int *fd, uint64
 		if (rc < 0)
 			return rc;
 		if (crc != task->crcs[number]) {
-			task_drop_damaged_piece(task, number, "no longer matches its crc");
+			task_drop_damaged(task, &number, 1, "no longer matches its crc");
 			return -EBADMSG;
 		}
 	}
