@@ -539,9 +539,10 @@ static int http_reject(struct http_conn *hc, int status, const char *fmt, ...)
 	return -1;
 }
 
-static int http_buf_put(struct http_conn *hc, const char *data, size_t len)
+/* Room for len more bytes and a terminator (may move hc->buf). */
+static int http_buf_reserve(struct http_conn *hc, size_t len)
 {
-	size_t need = hc->buf_used + len + 1; /* room for a terminator, always */
+	size_t need = hc->buf_used + len + 1;
 
 	if (need > hc->buf_cap) {
 		size_t cap = hc->buf_cap ? hc->buf_cap : HTTP_HEAD_INITIAL;
@@ -555,6 +556,14 @@ static int http_buf_put(struct http_conn *hc, const char *data, size_t len)
 		hc->buf = grown;
 		hc->buf_cap = cap;
 	}
+	return 0;
+}
+
+/* Appends data, which must not point into hc->buf (it may move). */
+static int http_buf_put(struct http_conn *hc, const char *data, size_t len)
+{
+	if (http_buf_reserve(hc, len) < 0)
+		return -ENOMEM;
 	memcpy(hc->buf + hc->buf_used, data, len);
 	hc->buf_used += len;
 	return 0;
@@ -697,10 +706,14 @@ static void http_conn_dispatch(struct http_conn *hc)
 	question = memchr(hc->buf + hc->url_at, '?', url_len);
 	path_len = question ? (size_t)(question - (hc->buf + hc->url_at)) : url_len;
 	path_at = hc->buf_used;
-	if (http_buf_put(hc, hc->buf + hc->url_at, path_len) < 0) {
+	/* The copy comes from the buffer itself: room first (a realloc moves
+	 * it; copying from the old block read freed memory), then the copy. */
+	if (http_buf_reserve(hc, path_len) < 0) {
 		http_reject(hc, 500, "out of memory");
 		return;
 	}
+	memcpy(hc->buf + path_at, hc->buf + hc->url_at, path_len);
+	hc->buf_used += path_len;
 	hc->buf[hc->buf_used++] = '\0';
 	assert(hc->buf_used <= 2 * server->options.max_header_bytes + 2);
 

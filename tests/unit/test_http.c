@@ -506,6 +506,37 @@ Test(http, keep_alive_serves_several_requests_on_one_connection, .timeout = 30)
 	cr_assert_eq(seen.aborted, 0);
 }
 
+/* Request heads of every size around the point where the head's strings
+ * fill the buffer: the path is copied out of that same buffer, which must be
+ * grown before the copy, not during it (it once copied from the freed block:
+ * under ASan a crash, without it an empty path and a 404). */
+static void client_heads_across_the_buffer_size(void)
+{
+	struct client *c = client_open(0);
+	static char pad[4096];
+
+	for (size_t n = 700; n < 2300; n += 3) {
+		char request[4200];
+
+		memset(pad, 'p', n);
+		pad[n] = '\0';
+		snprintf(request, sizeof(request), "GET /echo HTTP/1.1\r\nHost: x\r\nX-Pad: %s\r\n\r\n",
+			 pad);
+		client_send(c, request);
+		client_expect(c, 200, "method=GET path=/echo query= target=/echo minor=1 "
+			      "x-test=[(none)] headers=2\n", false, 35);
+	}
+	client_close(c);
+}
+
+Test(http, the_path_survives_the_buffer_growing, .timeout = 30)
+{
+	struct http_server_options options = { .name = "test" };
+	int rc = run_http(&options, client_heads_across_the_buffer_size);
+
+	cr_assert_eq(rc, 0, "the client exited with %d", rc);
+}
+
 static void client_pipelined(void)
 {
 	struct client *c = client_open(0);
