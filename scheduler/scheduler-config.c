@@ -17,6 +17,8 @@ static const struct config_option sched_options[] = {
 	  24 * 3600000LL, NULL },
 	{ "max_peers", CONFIG_INT, offsetof(struct sched_config, max_peers), 0, 1, 1000000, NULL },
 	{ "max_tasks", CONFIG_INT, offsetof(struct sched_config, max_tasks), 0, 1, 10000000, NULL },
+	{ "max_entries", CONFIG_INT, offsetof(struct sched_config, max_entries), 0, 1, 100000000,
+	  NULL },
 };
 
 #define SCHED_OPTION_COUNT (sizeof(sched_options) / sizeof(sched_options[0]))
@@ -28,6 +30,7 @@ void sched_config_defaults(struct sched_config *config)
 	config->peer_ttl_ms = 30000;
 	config->max_peers = 10000;
 	config->max_tasks = 100000;
+	config->max_entries = 1000000;
 }
 
 int sched_config_load(struct sched_config *config, const char *path, char *err, size_t err_size)

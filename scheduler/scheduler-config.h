@@ -11,6 +11,7 @@ struct sched_config {
 	int64_t peer_ttl_ms; /* peer_ttl */
 	int64_t max_peers;   /* max_peers (per task) */
 	int64_t max_tasks;   /* max_tasks */
+	int64_t max_entries; /* max_entries (peer entries over all tasks) */
 };
 
 /* Built-in defaults: no listen address, info, 30 s, 10000 peers, 100000 tasks. */

@@ -493,9 +493,10 @@ static void sched_expire_done(struct loop_op *op, int res, uint32_t flags)
 	if (server->evicted) {
 		log_warn("scheduler",
 			 "limit reached, evicted peers=%u max_tasks=%lld "
-			 "max_peers=%lld tasks=%u peers=%u",
+			 "max_peers=%lld max_entries=%lld tasks=%u peers=%u",
 			 server->evicted, (long long)server->config->max_tasks,
-			 (long long)server->config->max_peers, sched_task_count(server->state),
+			 (long long)server->config->max_peers,
+			 (long long)server->config->max_entries, sched_task_count(server->state),
 			 sched_peer_count(server->state));
 		server->evicted = 0;
 	}
@@ -577,6 +578,7 @@ int sched_server_run(const struct sched_config *config)
 	struct sched_options state_options = {
 		.max_tasks = (unsigned)config->max_tasks,
 		.max_peers = (unsigned)config->max_peers,
+		.max_entries = (unsigned)config->max_entries,
 		.peer_ttl_ms = (uint64_t)config->peer_ttl_ms,
 		.dropped = sched_dropped,
 		.arg = &server,
@@ -622,9 +624,10 @@ int sched_server_run(const struct sched_config *config)
 	}
 	sched_arm_expire(&server);
 	log_info("scheduler", "scheduler listening address=%s port=%d", config->listen, port);
-	log_debug("scheduler", "limits pid=%d peer_ttl_ms=%lld max_peers=%lld max_tasks=%lld",
+	log_debug("scheduler",
+		  "limits pid=%d peer_ttl_ms=%lld max_peers=%lld max_tasks=%lld max_entries=%lld",
 		  (int)getpid(), (long long)config->peer_ttl_ms, (long long)config->max_peers,
-		  (long long)config->max_tasks);
+		  (long long)config->max_tasks, (long long)config->max_entries);
 
 	rc = loop_run(server.loop);
 	if (rc < 0) {

@@ -30,6 +30,7 @@
 
 #define SCHED_MAX_TASKS_DEFAULT	    100000u
 #define SCHED_MAX_PEERS_DEFAULT	    10000u
+#define SCHED_MAX_ENTRIES_DEFAULT   1000000u
 #define SCHED_PEER_TTL_MS_DEFAULT   30000u
 #define SCHED_TABLE_BUCKETS_INITIAL 64u
 #define SCHED_RANK_WINDOW	    (2u * SCHED_PARENTS_MAX) /* candidates sorted before the rest */
@@ -883,6 +884,16 @@ int sched_announce(struct sched_state *state, const struct sched_announce *annou
 		assert(oldest != task);
 		sched_task_evict(state, oldest);
 	}
+	/* All tasks together: a client announcing a new task and peer per
+	 * frame must not grow the state without end (max_tasks x max_peers
+	 * is 10^9 entries by default). */
+	while (state->peers.count > state->options.max_entries) {
+		struct sched_peer *oldest =
+			container_of(state->peer_lru.next, struct sched_peer, lru);
+
+		assert(oldest != peer);
+		sched_peer_drop(state, oldest, SCHED_DROP_EVICTED);
+	}
 
 	if (peer->seed && peer->address[0]) {
 		sched_seed_update(state, peer, announce->registration);
@@ -1050,6 +1061,8 @@ int sched_state_create(struct sched_state **out, const struct sched_options *opt
 		state->options.max_tasks = SCHED_MAX_TASKS_DEFAULT;
 	if (!state->options.max_peers)
 		state->options.max_peers = SCHED_MAX_PEERS_DEFAULT;
+	if (!state->options.max_entries)
+		state->options.max_entries = SCHED_MAX_ENTRIES_DEFAULT;
 	if (!state->options.peer_ttl_ms)
 		state->options.peer_ttl_ms = SCHED_PEER_TTL_MS_DEFAULT;
 	sched_list_init(&state->task_lru);

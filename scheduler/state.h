@@ -56,7 +56,8 @@
  *
  * Bounds: at most max_tasks tasks (a new one evicts the least recently
  * announced), max_peers peers per task (a new one evicts the task's least
- * recently seen), SCHED_SEEDS_MAX seed hosts (a new one replaces the least
+ * recently seen), max_entries peer entries in all (a new one evicts the
+ * least recently seen of any task: about 850 bytes each), SCHED_SEEDS_MAX seed hosts (a new one replaces the least
  * recently seen). expire() drops peers not seen for peer_ttl_ms (and seed
  * hosts likewise); a task whose last peer goes is dropped with it.
  */
@@ -80,7 +81,7 @@ struct sched_state;
 enum sched_drop_reason {
 	SCHED_DROP_EXPIRED, /* not seen for peer_ttl_ms */
 	SCHED_DROP_LEFT,    /* PeerLeave */
-	SCHED_DROP_EVICTED, /* over max_peers, or its task was over max_tasks */
+	SCHED_DROP_EVICTED, /* over max_peers or max_entries, or its task was over max_tasks */
 };
 
 /*
@@ -93,6 +94,7 @@ typedef void (*sched_drop_fn)(void *arg, const uint8_t task_id[SCHED_TASK_ID_SIZ
 struct sched_options {
 	unsigned max_tasks;    /* 0 = 100000 */
 	unsigned max_peers;    /* per task; 0 = 10000 */
+	unsigned max_entries;  /* peer entries over all tasks; 0 = 1000000 */
 	uint64_t peer_ttl_ms;  /* 0 = 30 s */
 	sched_drop_fn dropped; /* optional */
 	void *arg;	       /* for dropped */

@@ -45,16 +45,20 @@ static const uint8_t *task(unsigned n)
 	return ids[n];
 }
 
+static unsigned next_max_entries; /* for the next make_state only; 0 = the default */
+
 static void make_state(unsigned max_tasks, unsigned max_peers, uint64_t peer_ttl_ms)
 {
 	struct sched_options options = {
 		.max_tasks = max_tasks,
 		.max_peers = max_peers,
+		.max_entries = next_max_entries,
 		.peer_ttl_ms = peer_ttl_ms,
 		.dropped = on_drop,
 		.arg = &drops,
 	};
 
+	next_max_entries = 0;
 	if (state)
 		sched_state_destroy(state);
 	drops[0] = '\0';
@@ -532,6 +536,32 @@ Test(sched, past_max_peers_the_least_recently_seen_goes)
 	cr_assert_str_eq(drops, "evicted:1:a ");
 	cr_assert(last.back_to_source);
 	cr_assert_eq(sched_task_count(state), 1);
+}
+
+/* All tasks together: one peer entry per (task, peer), the least recently
+ * seen of any task goes; a client announcing a new task per frame stays
+ * within max_entries. */
+Test(sched, past_max_entries_the_least_recently_seen_of_any_task_goes)
+{
+	next_max_entries = 3;
+	make_state(0, 0, 0);
+	ANNOUNCE(1, 0, .id = "a", .complete = true);
+	ANNOUNCE(2, 1, .id = "b", .complete = true);
+	ANNOUNCE(1, 2, .id = "a", .complete = true); /* seen again: b is the oldest */
+	ANNOUNCE(3, 3, .id = "c", .quiet = true);
+	cr_assert_str_eq(drops, "");
+	ANNOUNCE(4, 4, .id = "d", .quiet = true);
+	cr_assert_str_eq(drops, "evicted:2:b ");
+	cr_assert_eq(sched_peer_count(state), 3);
+	cr_assert_eq(sched_task_count(state), 3); /* task 2 went with its last peer */
+	for (unsigned i = 0; i < 150; i++) {
+		char id[16];
+
+		snprintf(id, sizeof(id), "p%u", i);
+		ANNOUNCE(100 + i, 5 + i, .id = id, .quiet = true);
+		cr_assert_leq(sched_peer_count(state), 3);
+		cr_assert_leq(sched_task_count(state), 3);
+	}
 }
 
 Test(sched, many_tasks_and_peers_stay_consistent)
