@@ -1,6 +1,7 @@
 /* schedclient: the daemon's connections to schedulers: announcements, parents, fail-over. */
 #include "daemon/schedclient.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netdb.h>
@@ -98,6 +99,19 @@ struct sched_client {
 
 static void sched_conn_connect(struct sched_conn *conn);
 static void sched_request_advance(struct sched_request *req, const char *why);
+
+/* "ip:port" or "[v6]:port" with an IP literal (no name to resolve). */
+static bool sched_address_numeric(const char *address)
+{
+	char host[64], err[128];
+	unsigned port;
+	struct in6_addr v6;
+	struct in_addr v4;
+
+	if (tcp_parse_address(address, host, sizeof(host), &port, err, sizeof(err)) < 0 || !host[0])
+		return false;
+	return inet_pton(AF_INET, host, &v4) == 1 || inet_pton(AF_INET6, host, &v6) == 1;
+}
 
 /* --- rendezvous hashing. */
 
@@ -517,6 +531,14 @@ static void sched_on_frame(struct sched_conn *conn, uint8_t type, const uint8_t 
 		/* A peer without a peer listener announces port 0: no parent. */
 		if (address_len < 3 || strcmp(address + address_len - 2, ":0") == 0)
 			continue;
+		/* The scheduler names peers by the addresses they announced, IP
+		 * literals: a host name here would be resolved, blocking, on the
+		 * loop (a lying scheduler could stall the daemon per parent). */
+		if (!sched_address_numeric(address)) {
+			log_warn("sched", "scheduler named a parent that is not ip:port, ignored "
+				 "address=\"%.80s\" scheduler=%s", address, conn->address);
+			continue;
+		}
 		parents.seed[parents.count] = r->parents[i]->seed;
 		snprintf(parents.addresses[parents.count++], sizeof(parents.addresses[0]), "%s",
 			 r->parents[i]->address);
