@@ -2343,8 +2343,14 @@ static int dl_copy_piece(struct download_watcher *watcher, uint32_t number)
 			watcher->use_sendfile = true; /* another filesystem */
 			continue;
 		}
-		if (n == 0)
-			return -EBADMSG; /* the cache file ends before the piece does */
+		if (n == 0) {
+			/* The cache file ends before the piece does: the store's
+			 * check drops what it no longer holds (if recorded yet). */
+			int fd;
+
+			store_piece_locate(task->st, number, &fd, &offset, &length);
+			return -EBADMSG;
+		}
 		if (n < 0)
 			return -errno;
 		length -= (uint32_t)n;
