@@ -2379,8 +2379,14 @@ static int dl_output_catch_up(struct download_watcher *watcher, uint64_t *budget
 
 		if (bit_get(watcher->have, n) || bit_get(watcher->pending, n))
 			continue;
-		if (!dl_piece_readable(task, n))
+		if (!dl_piece_readable(task, n)) {
+			/* A complete task missing a piece: the store dropped it
+			 * as damaged (for this watcher or another); nothing will
+			 * fetch it for this task. */
+			if (task->state == DL_COMPLETE)
+				return -EBADMSG;
 			break;
+		}
 		rc = dl_copy_piece(watcher, n);
 		if (rc < 0)
 			return rc;
@@ -2442,14 +2448,17 @@ static void dl_outputs_advance(struct dl_task *task)
 							 : -ENOMEM;
 		} else if (watcher->ops.data && !dl_watcher_stream(watcher)) {
 			continue; /* cancelled from its data() */
+		} else if (watcher->ops.data && task->state == DL_COMPLETE &&
+			   watcher->first_missing < task->piece_count) {
+			rc = -EBADMSG; /* as in dl_output_catch_up: a damaged piece */
 		}
 		if (rc == -EBADMSG) {
 			char message[600];
 
 			snprintf(message, sizeof(message),
 				 "get %s: the cache's copy of task %s is damaged (a piece's bytes "
-				 "are gone or changed); what is damaged was dropped: a get again fetches "
-				 "it", task->url, task->hex);
+				 "are gone or changed); what the store found damaged was dropped: a get "
+				 "again fetches it", task->url, task->hex);
 			dl_watcher_finish(watcher, rc, DOWNLOAD_ERROR_INTEGRITY, message);
 			continue;
 		}

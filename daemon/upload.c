@@ -243,7 +243,7 @@ static void upload_answer(struct upload_conn *uc, const struct upload_get *get)
 				 : RINGFLY__ERROR_CODE__ERROR_CODE_INTERNAL,
 				 "piece %u of task %s is not here: %s", get->number, hex,
 				 rc == -ENOENT ? "not recorded (yet)"
-					       : rc == -EBADMSG ? "it failed its crc check"
+					       : rc == -EBADMSG ? "its cached copy is damaged"
 								: strerror(-rc));
 		store_task_release(task);
 		return;
