@@ -1072,8 +1072,10 @@ static void conn_parse(struct conn *conn)
 	struct conn_server *server = conn->server;
 	uint32_t limit = server->options.max_message_bytes;
 	size_t consumed = 0;
-	int rc;
 
+	/* A close from inside (a handler, or a failure below) must not have the
+	 * connection finished, its input freed, under this loop: it waits. */
+	conn->flags |= CONN_IN_FRAME;
 	while (!(conn->flags & (CONN_CLOSING | CONN_CLOSE_AFTER_SEND))) {
 		const uint8_t *message;
 		size_t message_len, frame_size;
@@ -1102,19 +1104,15 @@ static void conn_parse(struct conn *conn)
 			break;
 		}
 		consumed += frame_size;
-		/* A handler that closes the connection must not have it
-		 * finished (its input freed) under this loop: it waits. */
-		conn->flags |= CONN_IN_FRAME;
-		rc = server->handlers.frame(conn, type, message, message_len);
-		conn->flags &= ~CONN_IN_FRAME;
-		if (rc < 0)
+		if (server->handlers.frame(conn, type, message, message_len) < 0)
 			conn_close_after_send(conn);
 	}
 	if (consumed) {
 		memmove(conn->input, conn->input + consumed, conn->input_len - consumed);
 		conn->input_len -= consumed;
 	}
-	conn_maybe_finish(conn); /* a close from inside a handler waited for the loop */
+	conn->flags &= ~CONN_IN_FRAME;
+	conn_maybe_finish(conn); /* a close from inside waited for the loop */
 }
 
 /* --- input: stream mode. */
