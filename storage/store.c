@@ -1065,9 +1065,16 @@ static void task_drop_damaged(struct store_task *task, const uint32_t *numbers, 
 	char hex[HASH_SHA256_HEX_SIZE];
 
 	id_hex(task->info.id, hex);
-	for (size_t i = 0; i < count; i++) {
+	/* One line, whatever the count (a task cut to nothing may have
+	 * millions of small pieces); each piece at debug. */
+	if (count == 1)
 		log_warn("store", "dropping a piece that %s task=%s piece=%u data_dir=%s", why, hex,
-			 numbers[i], task->store->data_dir);
+			 numbers[0], task->store->data_dir);
+	else
+		log_warn("store", "dropping %zu pieces that %s task=%s pieces=%u..%u data_dir=%s",
+			 count, why, hex, numbers[0], numbers[count - 1], task->store->data_dir);
+	for (size_t i = 0; i < count; i++) {
+		log_debug("store", "dropped piece task=%s piece=%u", hex, numbers[i]);
 		bit_set(task->recorded, numbers[i], false);
 	}
 	meta_pieces_drop(task->store->meta, task->info.id, numbers, count);
@@ -1278,8 +1285,14 @@ static int recover_bad_record(const uint8_t id[META_ID_SIZE], void *arg)
 	int rc = meta_task_delete(walk->store->meta, id);
 
 	id_hex(id, hex);
-	log_warn("store", "removed a task record that does not decode task=%s data_dir=%s%s%s", hex,
-		 walk->store->data_dir, rc < 0 ? " error=" : "", rc < 0 ? strerror(-rc) : "");
+	if (rc < 0) { /* e.g. a key that is not a task id's size: it stays */
+		log_warn("store", "a task record that does not decode could not be removed "
+			 "task=%s data_dir=%s error=\"%s\"", hex, walk->store->data_dir,
+			 strerror(-rc));
+		return 0;
+	}
+	log_warn("store", "removed a task record that does not decode task=%s data_dir=%s", hex,
+		 walk->store->data_dir);
 	walk->report->tasks_removed++;
 	return 0;
 }
