@@ -488,6 +488,8 @@ static void sched_on_frame(struct sched_conn *conn, uint8_t type, const uint8_t 
 	Ringfly__ParentsResponse *r;
 	struct sched_parents parents;
 	struct sched_request *req;
+	const char *first_ignored = NULL;
+	unsigned ignored;
 
 	if (!msg)
 		return;
@@ -524,6 +526,7 @@ static void sched_on_frame(struct sched_conn *conn, uint8_t type, const uint8_t 
 		return;
 	}
 	memset(&parents, 0, sizeof(parents));
+	ignored = 0;
 	for (size_t i = 0; i < r->n_parents && parents.count < SCHED_PARENTS_MAX; i++) {
 		const char *address = r->parents[i]->address;
 		size_t address_len = address ? strlen(address) : 0;
@@ -535,14 +538,17 @@ static void sched_on_frame(struct sched_conn *conn, uint8_t type, const uint8_t 
 		 * literals: a host name here would be resolved, blocking, on the
 		 * loop (a lying scheduler could stall the daemon per parent). */
 		if (!sched_address_numeric(address)) {
-			log_warn("sched", "scheduler named a parent that is not ip:port, ignored "
-				 "address=\"%.80s\" scheduler=%s", address, conn->address);
+			if (!ignored++)
+				first_ignored = address;
 			continue;
 		}
 		parents.seed[parents.count] = r->parents[i]->seed;
 		snprintf(parents.addresses[parents.count++], sizeof(parents.addresses[0]), "%s",
 			 r->parents[i]->address);
 	}
+	if (ignored) /* one line per answer, however many */
+		log_warn("sched", "scheduler named parents that are not ip:port, ignored count=%u "
+			 "first=\"%.80s\" scheduler=%s", ignored, first_ignored, conn->address);
 	for (size_t i = 0; i < r->n_roots && parents.root_count < SCHED_PARENTS_MAX; i++)
 		if (r->roots[i] && r->roots[i][0])
 			snprintf(parents.roots[parents.root_count++], sizeof(parents.roots[0]),
