@@ -739,6 +739,7 @@ int daemon_run(const struct daemon_config *config)
 		fprintf(stderr, "ringflyd: cannot set up downloads: %s\n", strerror(-rc));
 		goto out_uds;
 	}
+	daemon.service.loop = daemon.loop;
 	daemon.service.store = daemon.store;
 	daemon.service.engine = daemon.engine;
 	daemon.service.sched = daemon.sched;
@@ -807,6 +808,7 @@ out_uds:
 	/* The ring goes first: no completion can arrive for what we free next. */
 	loop_destroy(daemon.loop);
 	conn_server_destroy(daemon.cli);
+	service_fini(&daemon.service);
 	conn_server_destroy(daemon.peer);
 	http_server_destroy(daemon.http);
 	mirror_destroy(daemon.mirror);

@@ -17,6 +17,9 @@
 #define SERVICE_STAT_SCHED_MS 1000u
 #define SERVICE_SWARM_MAX 32u	  /* peers listed (the scheduler sends at most that) */
 #define SERVICE_URL_MAX 8192u	  /* a url taken from a scheduler's answer */
+/* What an import or an export does per loop turn: a few milliseconds of
+ * copying and hashing, then the loop serves everyone else. */
+#define SERVICE_JOB_SLICE (4u << 20)
 
 /* One get in progress on a connection (the connection's list: conn_user). */
 struct service_get {
@@ -28,7 +31,12 @@ struct service_get {
 	uint8_t task_id[32];
 	char task_hex[65];
 	char *name;				/* a stat's: the URL or id asked for */
+	struct store_job *job;			/* an import or an export, with */
+	struct store_task *task;		/* an export's task (held) */
+	int fd;					/* the client's file (owned) */
+	unsigned turn;				/* the last work turn that stepped it */
 	struct service_get *next;
+	struct service_get *job_next;		/* service->jobs */
 };
 
 static Ringfly__ErrorCode service_error_code(enum download_error_kind kind)
@@ -205,21 +213,6 @@ static void service_download(struct service *service, struct conn *conn,
 	service_get_link(get);
 }
 
-void service_conn_closed(struct service *service, struct conn *conn)
-{
-	(void)service;
-	while (conn_user(conn)) {
-		struct service_get *get = conn_user(conn);
-
-		conn_set_user(conn, get->next);
-		if (get->watcher)
-			download_watcher_cancel(get->watcher);
-		if (get->sched)
-			sched_cancel(get->sched);
-		service_get_free(get);
-	}
-}
-
 /* --- stat, import, export. */
 
 /* Where a task is in the swarm, for a stat's TaskInfo: its scheduler's
@@ -380,78 +373,213 @@ static void service_stat(struct service *service, struct conn *conn,
 					  : NULL);
 }
 
+/* --- imports and exports: a slice per loop turn. */
+
+static void service_job_unlink(struct service *service, struct service_get *get)
+{
+	for (struct service_get **p = &service->jobs; *p; p = &(*p)->job_next) {
+		if (*p == get) {
+			*p = get->job_next;
+			return;
+		}
+	}
+}
+
+static void service_job_free(struct service_get *get)
+{
+	store_job_free(get->job);
+	if (get->task)
+		store_task_release(get->task);
+	close(get->fd);
+	service_get_free(get);
+}
+
+static void service_work_done(struct loop_op *op, int res, uint32_t flags);
+
+static void service_work_arm(struct service *service)
+{
+	if (service->work_armed || !service->jobs)
+		return;
+	loop_op_init(&service->work_op, service_work_done, service);
+	if (loop_nop(service->loop, &service->work_op) == 0)
+		service->work_armed = true;
+	/* else: the ring is full, which means completions to come; the next
+	 * job to begin (or end) asks again. */
+}
+
+static void service_job_reply(struct service_get *get, int rc, const char *err)
+{
+	const char *what = get->task ? "export" : "import";
+	struct store_task *task = NULL;
+	uint8_t id[32];
+
+	if (rc == 0 && !get->task) {
+		store_job_id(get->job, id);
+		rc = store_task_find(get->service->store, id, &task);
+		if (rc < 0)
+			err = strerror(-rc);
+	}
+	if (rc < 0) {
+		conn_send_error(get->conn, get->request_id,
+				rc == -ENOSPC ? RINGFLY__ERROR_CODE__ERROR_CODE_NO_SPACE
+				: RINGFLY__ERROR_CODE__ERROR_CODE_INTERNAL,
+				"%s %s: %s", what, get->name, err);
+		return;
+	}
+	if (get->task) {
+		log_info("service", "exported task=%s bytes=%llu", get->task_hex,
+			 (unsigned long long)store_job_done(get->job));
+		task = get->task;
+	}
+	service_send_info(get->conn, get->request_id, store_task_info(task)->id,
+			  store_task_info(task), NULL);
+	if (task != get->task)
+		store_task_release(task);
+}
+
+/* One slice of every job, each once per turn (a reply may close its
+ * connection and with it that connection's other jobs). */
+static void service_work_done(struct loop_op *op, int res, uint32_t flags)
+{
+	struct service *service = op->owner;
+	struct service_get *get;
+	unsigned turn = ++service->work_turn;
+
+	(void)res;
+	(void)flags;
+	service->work_armed = false;
+	for (;;) {
+		char err[768] = "";
+		int rc;
+
+		for (get = service->jobs; get && get->turn == turn; get = get->job_next)
+			;
+		if (!get)
+			break;
+		get->turn = turn;
+		rc = store_job_step(get->job, SERVICE_JOB_SLICE, err, sizeof(err));
+		if (rc > 0)
+			continue;
+		service_job_unlink(service, get);
+		service_get_unlink(get);
+		service_job_reply(get, rc, err);
+		service_job_free(get);
+	}
+	service_work_arm(service);
+}
+
+static void service_job_start(struct service *service, struct service_get *get)
+{
+	get->turn = service->work_turn;
+	get->job_next = service->jobs;
+	service->jobs = get;
+	service_get_link(get);
+	service_work_arm(service);
+}
+
+/* The request's file, checked; -1 after an error was sent. */
+static int service_job_fd(struct conn *conn, uint64_t request_id, const char *what,
+			  const char *name, bool output)
+{
+	int fd = conn_take_fd(conn);
+
+	if (fd < 0) {
+		conn_send_error(conn, request_id, RINGFLY__ERROR_CODE__ERROR_CODE_INVALID,
+				"%s %s: no file descriptor came with the request", what, name);
+		return -1;
+	}
+	/* A pipe or socket would block the loop in the copy for as long as the
+	 * other end pleases. */
+	if (output && !service_output_ok(fd)) {
+		close(fd);
+		conn_send_error(conn, request_id, RINGFLY__ERROR_CODE__ERROR_CODE_INVALID,
+				"%s %s: the output must be a regular file open for writing", what,
+				name);
+		return -1;
+	}
+	return fd;
+}
+
+static struct service_get *service_job_new(struct service *service, struct conn *conn,
+					   uint64_t request_id, const char *what,
+					   const char *name, int fd)
+{
+	struct service_get *get = calloc(1, sizeof(*get));
+
+	if (get)
+		get->name = strdup(name);
+	if (!get || !get->name) {
+		free(get);
+		close(fd);
+		conn_send_error(conn, request_id, RINGFLY__ERROR_CODE__ERROR_CODE_INTERNAL,
+				"%s %s: out of memory", what, name);
+		return NULL;
+	}
+	get->service = service;
+	get->conn = conn;
+	get->request_id = request_id;
+	get->fd = fd;
+	return get;
+}
+
 static void service_import(struct service *service, struct conn *conn,
 			   const Ringfly__ImportFile *request)
 {
-	int fd = conn_take_fd(conn);
-	struct store_task *task;
-	uint8_t id[32];
-	char err[768];
+	int fd = service_job_fd(conn, request->id, "import", request->name, false);
+	struct service_get *get;
+	char err[768] = "";
 	int rc;
 
-	if (fd < 0) {
-		conn_send_error(conn, request->id, RINGFLY__ERROR_CODE__ERROR_CODE_INVALID,
-				"import %s: no file descriptor came with the request", request->name);
+	if (fd < 0)
 		return;
-	}
-	rc = store_import_fd(service->store, fd, request->name, id, err, sizeof(err));
-	close(fd);
-	if (rc == 0)
-		rc = store_task_find(service->store, id, &task);
+	get = service_job_new(service, conn, request->id, "import", request->name, fd);
+	if (!get)
+		return;
+	rc = store_import_begin(service->store, fd, request->name, &get->job, err, sizeof(err));
 	if (rc < 0) {
 		conn_send_error(conn, request->id,
 				rc == -ENOSPC ? RINGFLY__ERROR_CODE__ERROR_CODE_NO_SPACE
-					      : RINGFLY__ERROR_CODE__ERROR_CODE_INTERNAL,
-				"import %s: %s", request->name, err[0] ? err : strerror(-rc));
+				: rc == -EINVAL ? RINGFLY__ERROR_CODE__ERROR_CODE_INVALID
+				: RINGFLY__ERROR_CODE__ERROR_CODE_INTERNAL,
+				"import %s: %s", request->name, err);
+		service_job_free(get);
 		return;
 	}
-	service_send_info(conn, request->id, id, store_task_info(task), NULL);
-	store_task_release(task);
+	service_job_start(service, get);
 }
 
 static void service_export(struct service *service, struct conn *conn,
 			   const Ringfly__ExportTask *request)
 {
-	int fd = conn_take_fd(conn);
-	struct store_task *task;
+	int fd = service_job_fd(conn, request->id, "export", request->task_id, true);
+	struct service_get *get;
 	char err[768] = "";
 	int rc;
 
-	if (fd < 0) {
-		conn_send_error(conn, request->id, RINGFLY__ERROR_CODE__ERROR_CODE_INVALID,
-				"export %s: no file descriptor came with the request",
-				request->task_id);
+	if (fd < 0)
 		return;
-	}
-	/* A pipe or socket would block the loop in the copy for as long as the
-	 * other end pleases. */
-	if (!service_output_ok(fd)) {
-		close(fd);
-		conn_send_error(conn, request->id, RINGFLY__ERROR_CODE__ERROR_CODE_INVALID,
-				"export %s: the output must be a regular file open for writing",
-				request->task_id);
+	get = service_job_new(service, conn, request->id, "export", request->task_id, fd);
+	if (!get)
 		return;
-	}
-	rc = service_find_task(service, request->task_id, &task);
+	rc = service_find_task(service, request->task_id, &get->task);
 	if (rc < 0) {
-		close(fd);
 		conn_send_error(conn, request->id, RINGFLY__ERROR_CODE__ERROR_CODE_NOT_FOUND,
 				"export %s: %s", request->task_id,
 				rc == -ENOENT ? "no such task" : strerror(-rc));
+		service_job_free(get);
 		return;
 	}
-	rc = store_export(task, fd, err, sizeof(err));
-	close(fd);
-	if (rc < 0)
+	hash_hex(store_task_info(get->task)->id, get->task_hex);
+	rc = store_export_begin(get->task, fd, &get->job, err, sizeof(err));
+	if (rc < 0) {
 		conn_send_error(conn, request->id,
-				rc == -ENOSPC ? RINGFLY__ERROR_CODE__ERROR_CODE_NO_SPACE
-				: rc == -EAGAIN ? RINGFLY__ERROR_CODE__ERROR_CODE_NOT_FOUND
-				: RINGFLY__ERROR_CODE__ERROR_CODE_INTERNAL,
+				rc == -EAGAIN ? RINGFLY__ERROR_CODE__ERROR_CODE_NOT_FOUND
+					      : RINGFLY__ERROR_CODE__ERROR_CODE_INTERNAL,
 				"export %s: %s", request->task_id, err);
-	else
-		service_send_info(conn, request->id, store_task_info(task)->id,
-				  store_task_info(task), NULL);
-	store_task_release(task);
+		service_job_free(get);
+		return;
+	}
+	service_job_start(service, get);
 }
 
 static void service_preheat_done(void *arg, int error, const char *seeds, const char *reason)
@@ -523,6 +651,40 @@ static void service_preheat(struct service *service, struct conn *conn,
 		service_get_free(get);
 		conn_send_error(conn, request->id, RINGFLY__ERROR_CODE__ERROR_CODE_INTERNAL,
 				"preheat %s: %s", request->url, strerror(-rc));
+	}
+}
+
+void service_conn_closed(struct service *service, struct conn *conn)
+{
+	while (conn_user(conn)) {
+		struct service_get *get = conn_user(conn);
+
+		conn_set_user(conn, get->next);
+		if (get->watcher)
+			download_watcher_cancel(get->watcher);
+		if (get->sched)
+			sched_cancel(get->sched);
+		if (get->job) {
+			/* An import abandoned leaves nothing; an export, what it
+			 * wrote into the client's temp file, which the CLI removes. */
+			log_info("service", "%s abandoned, its client is gone name=%s bytes=%llu",
+				 get->task ? "export" : "import", get->name,
+				 (unsigned long long)store_job_done(get->job));
+			service_job_unlink(service, get);
+			service_job_free(get);
+			continue;
+		}
+		service_get_free(get);
+	}
+}
+
+void service_fini(struct service *service)
+{
+	while (service->jobs) {
+		struct service_get *get = service->jobs;
+
+		service->jobs = get->job_next;
+		service_job_free(get);
 	}
 }
 

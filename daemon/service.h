@@ -10,10 +10,18 @@
 #include "net/conn.h"
 #include "storage/store.h"
 
+struct service_get;
+
 struct service {
+	struct loop *loop;
 	struct store *store;
 	struct download_engine *engine;
 	struct sched_client *sched;	/* NULL without schedulers */
+	/* Imports and exports in progress, a slice each per loop turn. */
+	struct service_get *jobs;
+	struct loop_op work_op;
+	bool work_armed;
+	unsigned work_turn;
 };
 
 /*
@@ -24,7 +32,11 @@ struct service {
 bool service_frame(struct service *service, struct conn *conn, uint8_t type,
 		   const ProtobufCMessage *msg);
 
-/* The connection is gone: its downloads lose their requester. */
+/* The connection is gone: its downloads lose their requester, its imports
+ * and exports stop. */
 void service_conn_closed(struct service *service, struct conn *conn);
+
+/* After the loop is gone: what is left of imports and exports is dropped. */
+void service_fini(struct service *service);
 
 #endif

@@ -72,6 +72,7 @@
 #include "storage/piece.h"
 
 #define STORE_CHUNK_SIZE (1u << 20)	/* read-back, recv and copy unit */
+#define STORE_JOB_NAME_MAX 512u		/* an import's source name kept for messages */
 #define STORE_PIPE_SIZE (1u << 20)
 #define STORE_SYNC_BATCH_DEFAULT 16u
 #define STORE_SYNC_DELAY_DEFAULT_MS 20u
@@ -162,6 +163,7 @@ struct store {
 	struct loop_op gc_op;
 	bool gc_armed;
 	int lock_fd;			/* flock on <data_dir>/lock: one daemon per data dir */
+	unsigned long long job_seq;	/* names imports' temp files */
 
 	store_observer_fn observer;
 	void *observer_arg;
@@ -169,6 +171,7 @@ struct store {
 
 static void piece_step(struct piece_write *w);
 static void task_sync_start(struct store_task *task);
+static bool job_tmp_ours(const char *name);
 
 static void notify(struct store_task *task, enum store_event event, uint32_t number)
 {
@@ -846,55 +849,35 @@ int store_task_find(struct store *store, const uint8_t id[META_ID_SIZE], struct 
 	return 0;
 }
 
-int store_task_open(struct store *store, const struct store_task_params *params,
-		    struct store_task **out, char *err, size_t err_size)
+/*
+ * Creates a new task's content file at path: preallocated (or, sparse,
+ * sized after a check of the free space), or with adopt_path the finished
+ * file there, open as adopt_fd, renamed into place. Returns the file's fd
+ * (adopt_fd is the caller's no longer, whatever the outcome).
+ */
+static int task_file_create(struct store *store, const struct store_task_params *params,
+			    const char *adopt_path, int adopt_fd, const char *path, char *err,
+			    size_t err_size)
 {
-	struct meta_task info;
-	char path[PATH_MAX], dir[PATH_MAX], hex[HASH_SHA256_HEX_SIZE];
-	uint64_t piece_length;
+	char dir[PATH_MAX], hex[HASH_SHA256_HEX_SIZE];
 	int fd, rc;
 
 	id_hex(params->id, hex);
-	if (params->content_length == META_LENGTH_UNKNOWN) {
-		snprintf(err, err_size, "task %s: content of unknown length is not supported yet", hex);
-		return -EINVAL;
-	}
-	piece_length = params->piece_length ? params->piece_length
-					    : piece_length_for(params->content_length);
-	if (!piece_length_valid(piece_length) ||
-	    piece_count(params->content_length, piece_length) > PIECE_COUNT_MAX) {
-		snprintf(err, err_size, "task %s: invalid piece length %llu", hex,
-			 (unsigned long long)piece_length);
-		return -EINVAL;
-	}
-
-	rc = store_task_find(store, params->id, out);
-	if (rc == 0) {
-		const struct meta_task *have = &(*out)->info;
-
-		if (have->content_length != params->content_length ||
-		    (params->piece_length && have->piece_length != params->piece_length)) {
-			snprintf(err, err_size,
-				 "task %s exists with content length %llu and piece length %llu",
-				 hex, (unsigned long long)have->content_length,
-				 (unsigned long long)have->piece_length);
-			store_task_release(*out);
-			return -EEXIST;
-		}
-		return 0;
-	}
-	if (rc != -ENOENT || meta_task_get(store->meta, params->id, &info) == 0) {
-		/* A record whose file is gone (store_task_find's -ENOENT is then
-		 * open()'s): start the task afresh, without its old piece rows. */
-		meta_task_delete(store->meta, params->id);
-	}
-
-	/* File first (preallocated: a full disk shows here), metadata second. */
-	store_content_path(store, params->id, path, sizeof(path));
 	snprintf(dir, sizeof(dir), "%s/%.2s", store->content_dir, hex);
 	rc = mkdir_if_missing(dir, 0750);
 	if (rc < 0) {
 		snprintf(err, err_size, "%s: cannot create: %s", dir, strerror(-rc));
+		if (adopt_path)
+			close(adopt_fd);
+		return rc;
+	}
+	if (adopt_path) {
+		if (rename(adopt_path, path) == 0)
+			return adopt_fd;
+		rc = -errno;
+		snprintf(err, err_size, "%s: cannot rename into %s: %s", adopt_path, path,
+			 strerror(errno));
+		close(adopt_fd);
 		return rc;
 	}
 	fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
@@ -919,8 +902,74 @@ int store_task_open(struct store *store, const struct store_task_params *params,
 		else
 			snprintf(err, err_size, "%s: cannot preallocate %llu bytes: %s", path,
 				 (unsigned long long)params->content_length, strerror(-rc));
-		goto out_unlink;
+		close(fd);
+		unlink(path);
+		return rc;
 	}
+	return fd;
+}
+
+/* store_task_open; with adopt_path (a new task only: -EEXIST if there is
+ * one), task_file_create's. */
+static int task_open(struct store *store, const struct store_task_params *params,
+		     const char *adopt_path, int adopt_fd, struct store_task **out, char *err,
+		     size_t err_size)
+{
+	struct meta_task info;
+	char path[PATH_MAX], hex[HASH_SHA256_HEX_SIZE];
+	uint64_t piece_length;
+	int fd, rc;
+
+	id_hex(params->id, hex);
+	if (params->content_length == META_LENGTH_UNKNOWN) {
+		snprintf(err, err_size, "task %s: content of unknown length is not supported yet", hex);
+		if (adopt_path)
+			close(adopt_fd);
+		return -EINVAL;
+	}
+	piece_length = params->piece_length ? params->piece_length
+					    : piece_length_for(params->content_length);
+	if (!piece_length_valid(piece_length) ||
+	    piece_count(params->content_length, piece_length) > PIECE_COUNT_MAX) {
+		snprintf(err, err_size, "task %s: invalid piece length %llu", hex,
+			 (unsigned long long)piece_length);
+		if (adopt_path)
+			close(adopt_fd);
+		return -EINVAL;
+	}
+
+	rc = store_task_find(store, params->id, out);
+	if (rc == 0 && adopt_path) {
+		store_task_release(*out);
+		snprintf(err, err_size, "task %s exists", hex);
+		close(adopt_fd);
+		return -EEXIST;
+	}
+	if (rc == 0) {
+		const struct meta_task *have = &(*out)->info;
+
+		if (have->content_length != params->content_length ||
+		    (params->piece_length && have->piece_length != params->piece_length)) {
+			snprintf(err, err_size,
+				 "task %s exists with content length %llu and piece length %llu",
+				 hex, (unsigned long long)have->content_length,
+				 (unsigned long long)have->piece_length);
+			store_task_release(*out);
+			return -EEXIST;
+		}
+		return 0;
+	}
+	if (rc != -ENOENT || meta_task_get(store->meta, params->id, &info) == 0) {
+		/* A record whose file is gone (store_task_find's -ENOENT is then
+		 * open()'s): start the task afresh, without its old piece rows. */
+		meta_task_delete(store->meta, params->id);
+	}
+
+	/* File first (preallocated: a full disk shows here), metadata second. */
+	store_content_path(store, params->id, path, sizeof(path));
+	fd = task_file_create(store, params, adopt_path, adopt_fd, path, err, err_size);
+	if (fd < 0)
+		return fd;
 
 	memset(&info, 0, sizeof(info));
 	memcpy(info.id, params->id, META_ID_SIZE);
@@ -953,6 +1002,12 @@ out_unlink:
 	close(fd);
 	unlink(path);
 	return rc;
+}
+
+int store_task_open(struct store *store, const struct store_task_params *params,
+		    struct store_task **out, char *err, size_t err_size)
+{
+	return task_open(store, params, NULL, -1, out, err, err_size);
 }
 
 static int store_delete_task(struct store *store, const uint8_t id[META_ID_SIZE]);
@@ -1405,6 +1460,8 @@ static void recover_orphans(struct store *store, struct store_recovery *report)
 			if (f->d_name[0] == '.')
 				continue;
 			snprintf(path, sizeof(path), "%s/%s", sub, f->d_name);
+			if (strcmp(d->d_name, "tmp") == 0 && job_tmp_ours(f->d_name))
+				continue; /* an import under way (the CLI is served already) */
 			if (hex_name(f->d_name) && hash_parse_sha256(f->d_name, id) == 0 &&
 			    strncmp(f->d_name, d->d_name, 2) == 0 &&
 			    meta_task_get(store->meta, id, &info) == 0)
@@ -1586,159 +1643,408 @@ static void store_gc_timer_done(struct loop_op *op, int res, uint32_t flags)
 		store->gc_armed = true;
 }
 
-/* --- import / export. */
+/* --- import / export, a slice at a time. */
 
-static int copy_fd_to_fd(int in_fd, int out_fd, uint64_t length)
+/*
+ * An import reads its source once: each chunk is hashed (the task id is the
+ * sha256 of the content, each piece gets its crc32c) and written to a temp
+ * file under <content>/tmp, which becomes the task's content file by a rename
+ * once the whole is known; the daemon hashes what it wrote, not a second read
+ * of a file its client may still be changing. store_import's path on the same
+ * filesystem is hard-linked to the temp name instead and only read. Nothing is
+ * under a task's name before its last byte is there; a crash leaves a temp
+ * file, which recovery removes.
+ */
+struct store_job {
+	struct store *store;
+	struct store_task *task;	/* export: the task, held */
+	int in_fd;			/* import: the source (borrowed) */
+	int out_fd;			/* import: the temp file (owned); export: borrowed */
+	bool linked;			/* import: out_fd is the source, linked: only read */
+	bool use_sendfile;		/* export: copy_file_range refused this output */
+	uint64_t length, done;
+	uint64_t piece_length;
+	uint32_t count;
+	struct hash_sha256 *h;
+	struct meta_piece *rows;
+	uint8_t *chunk;
+	uint8_t id[META_ID_SIZE];
+	char name[STORE_JOB_NAME_MAX];	/* import: the source's name in messages */
+	char tmp[PATH_MAX];		/* import: the temp file's path while it exists */
+};
+
+static void job_tmp_path(struct store *store, char *out, size_t out_size)
 {
-	off_t in_offset = 0;
-	uint64_t done = 0;
-	bool use_sendfile = false;
+	snprintf(out, out_size, "%s/tmp/%d-%llu", store->content_dir, (int)getpid(),
+		 (unsigned long long)++store->job_seq);
+}
 
-	while (done < length) {
-		size_t want = length - done > (1u << 30) ? (1u << 30) : (size_t)(length - done);
-		ssize_t n = use_sendfile ? sendfile(out_fd, in_fd, &in_offset, want)
-					 : copy_file_range(in_fd, &in_offset, out_fd, NULL, want, 0);
+/* A temp file of this process: recovery leaves it to its import. */
+static bool job_tmp_ours(const char *name)
+{
+	char prefix[32];
+	int n = snprintf(prefix, sizeof(prefix), "%d-", (int)getpid());
 
-		if (n < 0 && !use_sendfile &&
-		    (errno == EXDEV || errno == EINVAL || errno == EOPNOTSUPP || errno == ENOSYS)) {
-			use_sendfile = true; /* a pipe, a socket, an older kernel */
-			continue;
-		}
+	return strncmp(name, prefix, (size_t)n) == 0;
+}
+
+static int write_all(int fd, const uint8_t *buf, size_t len, uint64_t offset)
+{
+	while (len) {
+		ssize_t n = pwrite(fd, buf, len, (off_t)offset);
+
 		if (n < 0 && errno == EINTR)
 			continue;
-		if (n <= 0)
-			return n < 0 ? -errno : -EIO;
-		done += (uint64_t)n;
+		if (n < 0)
+			return -errno;
+		if (n == 0)
+			return -EIO;
+		buf += n;
+		len -= (size_t)n;
+		offset += (uint64_t)n;
 	}
 	return 0;
 }
 
-/*
- * Imports the regular file open as fd (borrowed), named `path` in messages.
- * link_path, when not NULL, is the file's path: on the same filesystem the
- * content file becomes a hard link to it instead of a copy.
- */
-static int store_import_common(struct store *store, int fd, const char *path,
-			       const char *link_path, uint8_t id_out[META_ID_SIZE], char *err,
-			       size_t err_size)
+/* The source linked under the temp name: the same inode as in_fd, or a
+ * copy it is (the path may have been replaced since it was opened). */
+static bool job_link(struct store_job *job, const char *link_path, const struct stat *source)
 {
-	struct store_task_params params = { .url = "" };
-	struct store_task *task;
-	struct hash_sha256 *h = NULL;
-	struct meta_piece *rows = NULL;
-	uint8_t *chunk = NULL;
-	char dest[PATH_MAX], hex[HASH_SHA256_HEX_SIZE];
 	struct stat st;
-	uint64_t piece_length, done = 0;
-	uint32_t count;
+
+	if (link(link_path, job->tmp) < 0)
+		return false;
+	job->out_fd = open(job->tmp, O_RDWR | O_CLOEXEC);
+	if (job->out_fd >= 0 && fstat(job->out_fd, &st) == 0 && st.st_dev == source->st_dev &&
+	    st.st_ino == source->st_ino)
+		return true;
+	if (job->out_fd >= 0)
+		close(job->out_fd);
+	job->out_fd = -1;
+	unlink(job->tmp);
+	return false;
+}
+
+static int job_import_open(struct store_job *job, const char *link_path,
+			   const struct stat *source, char *err, size_t err_size)
+{
+	struct store *store = job->store;
+	char dir[PATH_MAX];
 	int rc;
 
+	snprintf(dir, sizeof(dir), "%s/tmp", store->content_dir);
+	rc = mkdir_if_missing(dir, 0750);
+	if (rc < 0) {
+		snprintf(err, err_size, "%s: cannot create: %s", dir, strerror(-rc));
+		return rc;
+	}
+	job_tmp_path(store, job->tmp, sizeof(job->tmp));
+	if (link_path && job_link(job, link_path, source)) {
+		job->linked = true;
+		return 0;
+	}
+	job->out_fd = open(job->tmp, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0640);
+	if (job->out_fd < 0) {
+		rc = -errno;
+		snprintf(err, err_size, "%s: cannot create: %s", job->tmp, strerror(errno));
+		job->tmp[0] = '\0';
+		return rc;
+	}
+	if (job->length == 0)
+		rc = 0;
+	else if (store->sparse)
+		rc = store_size_sparse(store, job->out_fd, job->length);
+	else
+		rc = fallocate(job->out_fd, 0, 0, (off_t)job->length) < 0 ? -errno : 0;
+	if (rc == -ENOSPC)
+		snprintf(err, err_size,
+			 "%s: cannot import: data dir %s: no space left on device (%llu bytes "
+			 "needed, %llu bytes free)", job->name, store->data_dir,
+			 (unsigned long long)job->length,
+			 (unsigned long long)store_free_bytes(store));
+	else if (rc < 0)
+		snprintf(err, err_size, "%s: cannot preallocate %llu bytes: %s", job->tmp,
+			 (unsigned long long)job->length, strerror(-rc));
+	return rc;
+}
+
+static int job_import_begin(struct store *store, int fd, const char *name,
+			    const char *link_path, struct store_job **out, char *err,
+			    size_t err_size)
+{
+	struct store_job *job;
+	struct stat st;
+	int rc;
+
+	*out = NULL;
 	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
-		snprintf(err, err_size, "%s: cannot import: not a regular file", path);
+		snprintf(err, err_size, "%s: cannot import: not a regular file", name);
 		return -EINVAL;
 	}
-	piece_length = piece_length_for((uint64_t)st.st_size);
-	count = piece_count((uint64_t)st.st_size, piece_length);
-	h = hash_sha256_new();
-	chunk = pool_get_chunk(store);
-	rows = calloc(count + 1u, sizeof(*rows));
-	if (!h || !chunk || !rows) {
-		rc = -ENOMEM;
-		snprintf(err, err_size, "%s: out of memory", path);
-		goto out;
+	job = calloc(1, sizeof(*job));
+	if (!job) {
+		snprintf(err, err_size, "%s: out of memory", name);
+		return -ENOMEM;
 	}
-	/* One pass: the task id (sha256 of the content) and every piece's crc. */
-	while (done < (uint64_t)st.st_size) {
-		uint32_t number = (uint32_t)(done / piece_length);
-		size_t want = (uint64_t)st.st_size - done < STORE_CHUNK_SIZE
-				      ? (size_t)((uint64_t)st.st_size - done) : STORE_CHUNK_SIZE;
-		ssize_t n;
-
-		if ((done % piece_length) + want > piece_length)
-			want = (size_t)(piece_length - done % piece_length);
-		n = pread(fd, chunk, want, (off_t)done);
-		if (n <= 0) {
-			rc = n < 0 ? -errno : -EIO;
-			snprintf(err, err_size, "%s: read: %s", path,
-				 n < 0 ? strerror(errno) : "the file shrank");
-			goto out;
-		}
-		hash_sha256_update(h, chunk, (size_t)n);
-		rows[number].number = number;
-		rows[number].crc32c = hash_crc32c_extend(rows[number].crc32c, chunk, (size_t)n);
-		done += (uint64_t)n;
+	job->store = store;
+	job->in_fd = fd;
+	job->out_fd = -1;
+	job->length = (uint64_t)st.st_size;
+	job->piece_length = piece_length_for(job->length);
+	job->count = piece_count(job->length, job->piece_length);
+	snprintf(job->name, sizeof(job->name), "%s", name);
+	job->h = hash_sha256_new();
+	job->chunk = pool_get_chunk(store);
+	job->rows = calloc(job->count + 1u, sizeof(*job->rows));
+	if (!job->h || !job->chunk || !job->rows) {
+		snprintf(err, err_size, "%s: out of memory", name);
+		store_job_free(job);
+		return -ENOMEM;
 	}
-	hash_sha256_final(h, params.id);
-	memcpy(id_out, params.id, META_ID_SIZE);
-	hash_hex(params.id, hex);
+	rc = job_import_open(job, link_path, &st, err, err_size);
+	if (rc < 0) {
+		store_job_free(job);
+		return rc;
+	}
+	*out = job;
+	return 0;
+}
 
-	if (store_task_find(store, params.id, &task) == 0) {
+int store_import_begin(struct store *store, int fd, const char *name, struct store_job **out,
+		       char *err, size_t err_size)
+{
+	return job_import_begin(store, fd, name, NULL, out, err, err_size);
+}
+
+int store_export_begin(struct store_task *task, int out_fd, struct store_job **out, char *err,
+		       size_t err_size)
+{
+	char hex[HASH_SHA256_HEX_SIZE];
+	struct store_job *job;
+
+	*out = NULL;
+	id_hex(task->info.id, hex);
+	if (!store_task_is_complete(task)) {
+		snprintf(err, err_size, "task %s is not complete", hex);
+		return -EAGAIN;
+	}
+	job = calloc(1, sizeof(*job));
+	if (!job) {
+		snprintf(err, err_size, "task %s: out of memory", hex);
+		return -ENOMEM;
+	}
+	job->store = task->store;
+	job->task = task;
+	task->refs++;
+	job->in_fd = -1;
+	job->out_fd = out_fd;
+	job->length = task->info.content_length;
+	memcpy(job->id, task->info.id, META_ID_SIZE);
+	*out = job;
+	return 0;
+}
+
+/* The whole content is in the temp file and hashed: it becomes the task. */
+static int job_import_finish(struct store_job *job, char *err, size_t err_size)
+{
+	struct store *store = job->store;
+	struct store_task_params params = { .url = "" };
+	struct store_task *task;
+	char hex[HASH_SHA256_HEX_SIZE];
+	int fd, rc;
+
+	hash_sha256_final(job->h, job->id);
+	id_hex(job->id, hex);
+	if (!job->linked && fdatasync(job->out_fd) < 0) {
+		rc = -errno;
+		snprintf(err, err_size, "%s: cannot import into %s: %s", job->name,
+			 store->data_dir, strerror(errno));
+		return rc;
+	}
+	if (store_task_find(store, job->id, &task) == 0) {
 		bool complete = store_task_is_complete(task);
 
 		store_task_release(task);
-		if (complete) {
-			rc = 0; /* the same content is already here */
-			goto out;
-		}
-		if (task_lookup(store, params.id)) {
+		if (complete)
+			return 0; /* the same content is already here */
+		if (task_lookup(store, job->id)) {
 			/* Being fetched: deleting it would pull its file and record
 			 * from under the holder (and fail this import). */
-			rc = -EBUSY;
-			snprintf(err, err_size, "%s: cannot import: task %s is being fetched", path,
-				 hex);
-			goto out;
+			snprintf(err, err_size, "%s: cannot import: task %s is being fetched",
+				 job->name, hex);
+			return -EBUSY;
 		}
-		store_delete_task(store, params.id);
+		store_delete_task(store, job->id);
 	}
-	params.content_length = (uint64_t)st.st_size;
-	params.piece_length = piece_length;
-	params.digest = params.id;
-	rc = store_task_open(store, &params, &task, err, err_size);
+	memcpy(params.id, job->id, META_ID_SIZE);
+	params.content_length = job->length;
+	params.piece_length = job->piece_length;
+	params.digest = job->id;
+	fd = job->out_fd;
+	job->out_fd = -1; /* task_open's now */
+	rc = task_open(store, &params, job->tmp, fd, &task, err, err_size);
 	if (rc < 0)
-		goto out;
-	store_content_path(store, params.id, dest, sizeof(dest));
-	/* Same filesystem: share the inode (the importer must not modify it in
-	 * place afterwards; verify_on_read catches it if it does). */
-	if (link_path && unlink(dest) == 0 && link(link_path, dest) == 0) {
-		close(task->fd);
-		task->fd = open(dest, O_RDWR | O_CLOEXEC);
-		rc = task->fd < 0 ? -errno : 0;
-	} else {
-		int out_fd = open(dest, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
-
-		rc = out_fd < 0 ? -errno : copy_fd_to_fd(fd, out_fd, (uint64_t)st.st_size);
-		if (rc == 0 && fdatasync(out_fd) < 0)
-			rc = -errno;
-		if (out_fd >= 0) {
-			close(task->fd);
-			task->fd = out_fd;
-		}
-	}
+		return rc;
+	job->tmp[0] = '\0';
+	rc = meta_pieces_record(store->meta, job->id, job->rows, job->count);
 	if (rc == 0)
-		rc = meta_pieces_record(store->meta, params.id, rows, count);
-	if (rc == 0)
-		rc = meta_task_set_state(store->meta, params.id, META_TASK_COMPLETE);
+		rc = meta_task_set_state(store->meta, job->id, META_TASK_COMPLETE);
 	if (rc < 0) {
-		snprintf(err, err_size, "%s: cannot import into %s: %s", path, store->data_dir,
-			 strerror(-rc));
+		snprintf(err, err_size, "%s: cannot import into %s: %s", job->name,
+			 store->data_dir, strerror(-rc));
 		store_task_release(task);
-		store_delete_task(store, params.id);
-		goto out;
+		store_delete_task(store, job->id);
+		return rc;
 	}
-	log_info("store", "imported path=%s task=%s bytes=%lld", path, hex, (long long)st.st_size);
-	meta_task_get(store->meta, params.id, &task->info);
+	log_info("store", "imported path=%s task=%s bytes=%llu%s", job->name, hex,
+		 (unsigned long long)job->length, job->linked ? " linked" : "");
+	meta_task_get(store->meta, job->id, &task->info);
 	notify(task, STORE_EVENT_COMPLETE, 0);
 	store_task_release(task);
-out:
-	free(rows);
-	pool_put_chunk(store, chunk);
-	hash_sha256_free(h);
+	return 0;
+}
+
+static int job_import_step(struct store_job *job, size_t budget, char *err, size_t err_size)
+{
+	struct store *store = job->store;
+	uint64_t start = job->done;
+	int rc;
+
+	while (job->done < job->length && budget) {
+		uint32_t number = (uint32_t)(job->done / job->piece_length);
+		uint64_t left = job->length - job->done;
+		size_t want = left < STORE_CHUNK_SIZE ? (size_t)left : STORE_CHUNK_SIZE;
+		ssize_t n;
+
+		if ((job->done % job->piece_length) + want > job->piece_length)
+			want = (size_t)(job->piece_length - job->done % job->piece_length);
+		n = pread(job->linked ? job->out_fd : job->in_fd, job->chunk, want,
+			  (off_t)job->done);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			rc = n < 0 ? -errno : -EIO;
+			snprintf(err, err_size, "%s: read: %s", job->name,
+				 n < 0 ? strerror(errno) : "the file shrank");
+			return rc;
+		}
+		hash_sha256_update(job->h, job->chunk, (size_t)n);
+		job->rows[number].number = number;
+		job->rows[number].crc32c =
+			hash_crc32c_extend(job->rows[number].crc32c, job->chunk, (size_t)n);
+		if (!job->linked) {
+			rc = write_all(job->out_fd, job->chunk, (size_t)n, job->done);
+			if (rc == -ENOSPC) {
+				snprintf(err, err_size,
+					 "%s: cannot import: data dir %s: no space left on device "
+					 "(%llu bytes needed, %llu bytes free)", job->name,
+					 store->data_dir, (unsigned long long)(job->length - job->done),
+					 (unsigned long long)store_free_bytes(store));
+				return rc;
+			}
+			if (rc < 0) {
+				snprintf(err, err_size, "%s: cannot import: writing %s: %s",
+					 job->name, job->tmp, strerror(-rc));
+				return rc;
+			}
+		}
+		job->done += (uint64_t)n;
+		budget -= (size_t)n < budget ? (size_t)n : budget;
+	}
+	/* Writeback starts now: the sync at the end has little left to wait for. */
+	if (!job->linked && job->done > start)
+		sync_file_range(job->out_fd, (off_t)start, (off_t)(job->done - start),
+				SYNC_FILE_RANGE_WRITE);
+	if (job->done < job->length)
+		return 1;
+	return job_import_finish(job, err, err_size);
+}
+
+static int job_export_step(struct store_job *job, size_t budget, char *err, size_t err_size)
+{
+	char hex[HASH_SHA256_HEX_SIZE];
+
+	while (job->done < job->length && budget) {
+		uint64_t left = job->length - job->done;
+		size_t want = left < budget ? (size_t)left : budget;
+		off_t offset = (off_t)job->done;
+		ssize_t n;
+
+		if (want > (1u << 30))
+			want = 1u << 30;
+		n = job->use_sendfile ? sendfile(job->out_fd, job->task->fd, &offset, want)
+				      : copy_file_range(job->task->fd, &offset, job->out_fd, NULL,
+							want, 0);
+		if (n < 0 && !job->use_sendfile &&
+		    (errno == EXDEV || errno == EINVAL || errno == EOPNOTSUPP || errno == ENOSYS)) {
+			job->use_sendfile = true; /* a pipe, a socket, an older kernel */
+			continue;
+		}
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			int rc = n < 0 ? -errno : -EIO;
+
+			id_hex(job->id, hex);
+			snprintf(err, err_size, "task %s: export failed: %s", hex,
+				 n < 0 ? strerror(errno) : "the cache's copy is shorter than the task");
+			return rc;
+		}
+		job->done += (uint64_t)n;
+		budget -= (size_t)n < budget ? (size_t)n : budget;
+	}
+	return job->done < job->length ? 1 : 0;
+}
+
+int store_job_step(struct store_job *job, size_t budget, char *err, size_t err_size)
+{
+	if (!budget)
+		budget = 1;
+	return job->task ? job_export_step(job, budget, err, err_size)
+			 : job_import_step(job, budget, err, err_size);
+}
+
+void store_job_id(const struct store_job *job, uint8_t id[META_ID_SIZE])
+{
+	memcpy(id, job->id, META_ID_SIZE);
+}
+
+uint64_t store_job_done(const struct store_job *job)
+{
+	return job->done;
+}
+
+void store_job_free(struct store_job *job)
+{
+	if (!job)
+		return;
+	if (job->task)
+		store_task_release(job->task);
+	else if (job->out_fd >= 0)
+		close(job->out_fd);
+	if (job->tmp[0])
+		unlink(job->tmp);
+	free(job->rows);
+	pool_put_chunk(job->store, job->chunk);
+	hash_sha256_free(job->h);
+	free(job);
+}
+
+/* A job run to its end at once. */
+static int job_run(struct store_job *job, char *err, size_t err_size)
+{
+	int rc;
+
+	do
+		rc = store_job_step(job, SIZE_MAX, err, err_size);
+	while (rc > 0);
 	return rc;
 }
 
 int store_import(struct store *store, const char *path, uint8_t id_out[META_ID_SIZE], char *err,
 		 size_t err_size)
 {
+	struct store_job *job;
 	int fd = open(path, O_RDONLY | O_CLOEXEC);
 	int rc;
 
@@ -1747,15 +2053,14 @@ int store_import(struct store *store, const char *path, uint8_t id_out[META_ID_S
 		snprintf(err, err_size, "%s: cannot import: %s", path, strerror(errno));
 		return rc;
 	}
-	rc = store_import_common(store, fd, path, path, id_out, err, err_size);
+	rc = job_import_begin(store, fd, path, path, &job, err, err_size);
+	if (rc == 0) {
+		rc = job_run(job, err, err_size);
+		store_job_id(job, id_out);
+		store_job_free(job);
+	}
 	close(fd);
 	return rc;
-}
-
-int store_import_fd(struct store *store, int fd, const char *name, uint8_t id_out[META_ID_SIZE],
-		    char *err, size_t err_size)
-{
-	return store_import_common(store, fd, name, NULL, id_out, err, err_size);
 }
 
 int store_delete(struct store *store, const uint8_t id[META_ID_SIZE])
@@ -1767,17 +2072,13 @@ int store_delete(struct store *store, const uint8_t id[META_ID_SIZE])
 
 int store_export(struct store_task *task, int out_fd, char *err, size_t err_size)
 {
-	char hex[HASH_SHA256_HEX_SIZE];
-	int rc;
+	struct store_job *job;
+	int rc = store_export_begin(task, out_fd, &job, err, err_size);
 
-	id_hex(task->info.id, hex);
-	if (!store_task_is_complete(task)) {
-		snprintf(err, err_size, "task %s is not complete", hex);
-		return -EAGAIN;
+	if (rc == 0) {
+		rc = job_run(job, err, err_size);
+		store_job_free(job);
 	}
-	rc = copy_fd_to_fd(task->fd, out_fd, task->info.content_length);
-	if (rc < 0)
-		snprintf(err, err_size, "task %s: export failed: %s", hex, strerror(-rc));
 	return rc;
 }
 

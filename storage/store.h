@@ -204,13 +204,34 @@ int store_task_finish(struct store_task *task, char *err, size_t err_size);
 int store_task_sha256(struct store_task *task, uint8_t out[32]);
 
 /* Imports a local file as a complete task with id = sha256 of its content
- * (hard link when on the same filesystem, else copy_file_range). */
+ * (hard link when on the same filesystem, else a copy), at once. */
 int store_import(struct store *store, const char *path, uint8_t id_out[META_ID_SIZE], char *err,
 		 size_t err_size);
-/* Same for a file already open as fd (borrowed; the content is copied, never
- * linked): the daemon imports files its clients open. `name` is for messages. */
-int store_import_fd(struct store *store, int fd, const char *name, uint8_t id_out[META_ID_SIZE],
-		    char *err, size_t err_size);
+
+/*
+ * An import or an export done a slice at a time, so that a large file does
+ * not hold the loop: begin, then store_job_step until it returns 0 (done) or
+ * a negative errno (err says why), then store_job_free, which also abandons
+ * an unfinished job (an import leaves nothing behind).
+ *
+ * store_import_begin: the regular file open as fd (borrowed until the free;
+ * copied, never linked: the daemon imports files its clients open), `name`
+ * for messages; store_job_id gives the task id once done. No task exists
+ * under that id before the last byte is written, hashed and synced.
+ * store_export_begin: a complete task's content to out_fd (borrowed until
+ * the free) from its output offset; the job holds the task. -EAGAIN if the
+ * task is not complete.
+ */
+struct store_job;
+int store_import_begin(struct store *store, int fd, const char *name, struct store_job **out,
+		       char *err, size_t err_size);
+int store_export_begin(struct store_task *task, int out_fd, struct store_job **out, char *err,
+		       size_t err_size);
+/* Works through about `budget` bytes: 1 if there is more, 0 when done, < 0 failed. */
+int store_job_step(struct store_job *job, size_t budget, char *err, size_t err_size);
+void store_job_id(const struct store_job *job, uint8_t id[META_ID_SIZE]);
+uint64_t store_job_done(const struct store_job *job);
+void store_job_free(struct store_job *job);
 
 /* Calls fn for every complete task's record (borrowed for the call), in id
  * order; a non-zero return stops the walk and is returned. */
@@ -221,7 +242,7 @@ int store_foreach_complete(struct store *store,
  * open, -ENOENT if there is no such task. */
 int store_delete(struct store *store, const uint8_t id[META_ID_SIZE]);
 
-/* Copies a complete task's content to out_fd (borrowed) from its start. */
+/* Copies a complete task's content to out_fd (borrowed) from its start, at once. */
 int store_export(struct store_task *task, int out_fd, char *err, size_t err_size);
 
 /* The content file path of a task id into out[out_size]. */

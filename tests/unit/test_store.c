@@ -1,6 +1,7 @@
 /* test_store: the store on a real loop: piece writes (buffer, splice, recv), batched
  * durability, reopen and resume, recovery, verify on read, GC, import/export, full disks. */
 #include <criterion/criterion.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
@@ -2373,6 +2374,170 @@ Test(store_import, another_filesystem_is_copied)
 	free(content);
 }
 
+/* Files in <data dir>/content/tmp, where imports write before the rename. */
+static unsigned import_temp_files(void)
+{
+	char dir[512];
+	unsigned n = 0;
+	DIR *d;
+
+	snprintf(dir, sizeof(dir), "%s/content/tmp", fx.data_dir);
+	d = opendir(dir);
+	if (!d)
+		return 0;
+	for (struct dirent *e; (e = readdir(d));)
+		n += e->d_name[0] != '.';
+	closedir(d);
+	return n;
+}
+
+Test(store_import, in_slices_the_task_exists_only_after_the_last_one)
+{
+	const size_t length = 9 * MIB + 7; /* three pieces of 4 MiB */
+	uint8_t *content = make_content(length, 81);
+	uint8_t id[META_ID_SIZE], want[HASH_SHA256_SIZE];
+	struct store_options options = base_options();
+	struct store_task *task;
+	struct store_job *job;
+	char src[256], err[512] = "", path[512];
+	unsigned steps = 0;
+	struct stat st;
+	int fd, rc;
+
+	options.verify_on_read = true;
+	open_store(&options);
+	snprintf(src, sizeof(src), "%s/slices.bin", fx.root);
+	write_file(src, content, length);
+	hash_sha256(content, length, want);
+	fd = open(src, O_RDONLY | O_CLOEXEC);
+	cr_assert_geq(fd, 0);
+
+	cr_assert_eq(store_import_begin(fx.store, fd, "slices.bin", &job, err, sizeof(err)), 0,
+		     "%s", err);
+	while ((rc = store_job_step(job, MIB, err, sizeof(err))) == 1) {
+		steps++;
+		cr_assert_eq(store_task_find(fx.store, want, &task), -ENOENT,
+			     "a task after %u of its slices", steps);
+		cr_assert_eq(import_temp_files(), 1);
+	}
+	cr_assert_eq(rc, 0, "%s", err);
+	cr_assert_eq(steps, 9, "%u slices of 1 MiB before the last", steps);
+	store_job_id(job, id);
+	cr_assert_eq(memcmp(id, want, META_ID_SIZE), 0, "id is not the content's sha256");
+	store_job_free(job);
+	close(fd);
+	cr_assert_eq(import_temp_files(), 0, "the temp file is still there");
+
+	/* A copy (the daemon never links its clients' files), complete, checked. */
+	content_path(id, path, sizeof(path));
+	cr_assert_eq(stat(path, &st), 0);
+	cr_assert_eq(st.st_nlink, 1);
+	cr_assert_eq(store_task_find(fx.store, id, &task), 0);
+	cr_assert(store_task_is_complete(task));
+	cr_assert_eq(store_task_info(task)->pieces_done, 3);
+	check_export(task, content, length);
+
+	/* An export in slices of 1 MiB: ten of them, the same bytes. */
+	snprintf(path, sizeof(path), "%s/slices.out", fx.root);
+	fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	cr_assert_geq(fd, 0);
+	cr_assert_eq(store_export_begin(task, fd, &job, err, sizeof(err)), 0, "%s", err);
+	steps = 0;
+	while ((rc = store_job_step(job, MIB, err, sizeof(err))) == 1)
+		steps++;
+	cr_assert_eq(rc, 0, "%s", err);
+	cr_assert_eq(steps, 9);
+	cr_assert_eq(store_job_done(job), length);
+	store_job_free(job);
+	close(fd);
+	store_task_release(task);
+	{
+		size_t got_len;
+		uint8_t *got = read_whole(path, &got_len);
+
+		cr_assert_eq(got_len, length);
+		cr_assert(memcmp(got, content, length) == 0);
+		free(got);
+	}
+	free(content);
+}
+
+/* An import of `content` from fx.root/name begun and 2 MiB into it; the
+ * source's fd (open for writing too) in *fd. */
+static struct store_job *import_started(const char *name, const uint8_t *content, size_t length,
+					int *fd)
+{
+	struct store_job *job;
+	char src[256], err[512] = "";
+
+	snprintf(src, sizeof(src), "%s/%s", fx.root, name);
+	write_file(src, content, length);
+	*fd = open(src, O_RDWR | O_CLOEXEC);
+	cr_assert_geq(*fd, 0);
+	cr_assert_eq(store_import_begin(fx.store, *fd, name, &job, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(store_job_step(job, 2 * MIB, err, sizeof(err)), 1, "%s", err);
+	return job;
+}
+
+Test(store_import, an_abandoned_import_leaves_nothing_behind)
+{
+	const size_t length = 6 * MIB;
+	uint8_t *content = make_content(length, 82);
+	uint8_t want[HASH_SHA256_SIZE];
+	struct store_options options = base_options();
+	struct store_recovery report;
+	struct store_task *task;
+	struct store_job *job;
+	int fd;
+
+	open_store(&options);
+	hash_sha256(content, length, want);
+	job = import_started("abandoned.bin", content, length, &fd);
+	cr_assert_eq(import_temp_files(), 1);
+	/* Recovery (it runs while the CLI is served already) leaves our
+	 * import's temp file alone. */
+	recover_ok(false, &report);
+	cr_assert_eq(report.orphans_removed, 0);
+	cr_assert_eq(import_temp_files(), 1);
+	store_job_free(job);
+	cr_assert_eq(import_temp_files(), 0);
+	cr_assert_eq(store_task_find(fx.store, want, &task), -ENOENT);
+
+	/* A temp file of another process (a daemon killed mid-import) is an
+	 * orphan. */
+	{
+		char stale[512];
+
+		snprintf(stale, sizeof(stale), "%s/content/tmp/1-1", fx.data_dir);
+		write_file(stale, content, 4096);
+		recover_ok(false, &report);
+		cr_assert_eq(report.orphans_removed, 1);
+		cr_assert_not(path_exists(stale));
+	}
+	close(fd);
+	free(content);
+}
+
+Test(store_import, a_file_that_shrinks_mid_import_is_an_error_naming_it)
+{
+	const size_t length = 6 * MIB;
+	uint8_t *content = make_content(length, 83);
+	struct store_options options = base_options();
+	struct store_job *job;
+	char err[512] = "";
+	int fd;
+
+	open_store(&options);
+	job = import_started("shrinks.bin", content, length, &fd);
+	cr_assert_eq(ftruncate(fd, 3 * MIB), 0);
+	cr_assert_eq(store_job_step(job, 8 * MIB, err, sizeof(err)), -EIO);
+	cr_assert(strstr(err, "shrinks.bin") && strstr(err, "the file shrank"), "%s", err);
+	store_job_free(job);
+	cr_assert_eq(import_temp_files(), 0);
+	close(fd);
+	free(content);
+}
+
 /* --- full disks (a small tmpfs; root only). */
 
 /* A store on an 8 MiB tmpfs the test mounts (skipped when it cannot). */
@@ -2467,6 +2632,50 @@ static uint64_t fill_fs(const char *dir, uint64_t leave, char *path, size_t path
 
 /* The content's blocks are reserved at open: with far less free space than the
  * content, every piece still goes in (the slack is the metadata's). */
+Test(store_enospc, an_import_that_does_not_fit_fails_naming_the_data_dir)
+{
+	const size_t length = 5 * MIB;
+	uint8_t *content = make_content(length, 84);
+	struct store_options options = base_options();
+	struct store_task *task;
+	struct store_job *job;
+	uint8_t want[HASH_SHA256_SIZE];
+	char src[256], filler[512], err[512] = "";
+	int fd;
+
+	open_small_store(&options); /* tmpfs: auto preallocation only checks */
+	snprintf(src, sizeof(src), "%s/big.bin", fx.root);
+	write_file(src, content, length);
+	hash_sha256(content, length, want);
+	fd = open(src, O_RDONLY | O_CLOEXEC);
+	cr_assert_geq(fd, 0);
+
+	/* Filled before it begins: refused at once. */
+	fill_fs(fx.mnt, 4 * MIB, filler, sizeof(filler));
+	cr_assert_eq(store_import_begin(fx.store, fd, "big.bin", &job, err, sizeof(err)), -ENOSPC,
+		     "%s", err);
+	cr_assert(strstr(err, "big.bin") && strstr(err, fx.data_dir) &&
+		  strstr(err, "no space left"), "%s", err);
+	cr_assert_eq(import_temp_files(), 0);
+	unlink(filler);
+
+	/* Filled while it runs: the write fails, nothing is left. */
+	err[0] = '\0';
+	cr_assert_eq(store_import_begin(fx.store, fd, "big.bin", &job, err, sizeof(err)), 0, "%s",
+		     err);
+	cr_assert_eq(store_job_step(job, MIB, err, sizeof(err)), 1, "%s", err);
+	fill_fs(fx.mnt, 512 * KIB, filler, sizeof(filler));
+	cr_assert_eq(store_job_step(job, 8 * MIB, err, sizeof(err)), -ENOSPC, "%s", err);
+	cr_assert(strstr(err, "big.bin") && strstr(err, fx.data_dir) &&
+		  strstr(err, "no space left"), "%s", err);
+	store_job_free(job);
+	cr_assert_eq(import_temp_files(), 0);
+	cr_assert_eq(store_task_find(fx.store, want, &task), -ENOENT);
+	unlink(filler);
+	close(fd);
+	free(content);
+}
+
 Test(store_enospc, preallocated_pieces_are_written_on_a_nearly_full_disk)
 {
 	const uint64_t length = 2 * MIB; /* 32 pieces */
