@@ -278,6 +278,7 @@ struct download_engine {
 };
 
 static void dl_pump(struct dl_task *task);
+static struct dl_task *dl_task_find(struct download_engine *engine, const uint8_t id[32]);
 static void dl_copy_done(struct loop_op *op, int res, uint32_t flags);
 static void dl_outputs_advance(struct dl_task *task);
 static void dl_task_maybe_end(struct dl_task *task);
@@ -1859,11 +1860,26 @@ static void dl_parents_tick(struct dl_task *task, uint64_t now_ms)
 
 /* --- the task. */
 
+/* The store's digest check of a task has ended: its finish can go on. */
+static void dl_checked(void *arg, const uint8_t id[32])
+{
+	struct dl_task *task = dl_task_find(arg, id);
+
+	if (!task)
+		return;
+	task->in_callback++;
+	dl_pump(task);
+	task->in_callback--;
+	dl_task_maybe_end(task);
+}
+
 static void dl_finish(struct dl_task *task)
 {
 	char err[512];
 	int rc = store_task_finish(task->st, err, sizeof(err));
 
+	if (rc == -EINPROGRESS)
+		return; /* the digest check goes on: dl_checked */
 	if (rc < 0) {
 		const char *reason = strstr(err, "digest mismatch");
 
@@ -1981,6 +1997,7 @@ static int dl_fetch_setup(struct dl_task *task)
 	const struct meta_task *info = store_task_info(task->st);
 	size_t bytes;
 
+	store_task_on_checked(task->st, dl_checked, task->engine);
 	task->length = info->content_length;
 	task->piece_length = info->piece_length;
 	task->piece_count = info->piece_count;

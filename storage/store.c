@@ -73,6 +73,7 @@
 
 #define STORE_CHUNK_SIZE (1u << 20)	/* read-back, recv and copy unit */
 #define STORE_JOB_NAME_MAX 512u		/* an import's source name kept for messages */
+#define STORE_HASH_SLICE (4u << 20)	/* digest check: bytes hashed per loop turn */
 #define STORE_PIPE_SIZE (1u << 20)
 #define STORE_SYNC_BATCH_DEFAULT 16u
 #define STORE_SYNC_DELAY_DEFAULT_MS 20u
@@ -143,6 +144,18 @@ struct store_task {
 	bool sync_timer_armed;
 	struct loop_op sync_op;
 	struct loop_op sync_timer_op;
+
+	/* The digest check of a task with a digest: its content hashed from
+	 * the start as its pieces are recorded, a slice per loop turn, so that
+	 * finishing does not read the whole file at once in the loop. */
+	struct hash_sha256 *hash;
+	uint64_t hashed;		/* bytes of content hashed, from 0 */
+	bool hash_queued;		/* on store->hash_queue */
+	unsigned hash_turn;		/* the last store->hash_turn that hashed it */
+	struct store_task *hash_next;
+	store_task_checked_fn checked;	/* store_task_on_checked */
+	void *checked_arg;
+	bool finish_waiting;		/* a finish returned -EINPROGRESS */
 };
 
 struct store {
@@ -165,6 +178,14 @@ struct store {
 	int lock_fd;			/* flock on <data_dir>/lock: one daemon per data dir */
 	unsigned long long job_seq;	/* names imports' temp files */
 
+	/* Tasks whose digest check has recorded pieces to hash: a slice of
+	 * each per loop turn (the op is the store's, so a task can go at any
+	 * time without an operation in flight for it). */
+	struct store_task *hash_queue;
+	struct loop_op hash_op;
+	bool hash_armed;
+	unsigned hash_turn;
+
 	store_observer_fn observer;
 	void *observer_arg;
 };
@@ -172,6 +193,9 @@ struct store {
 static void piece_step(struct piece_write *w);
 static void task_sync_start(struct store_task *task);
 static bool job_tmp_ours(const char *name);
+static void task_hash_kick(struct store_task *task);
+static void task_hash_reset(struct store_task *task);
+static void task_hash_unqueue(struct store_task *task);
 
 static void notify(struct store_task *task, enum store_event event, uint32_t number)
 {
@@ -390,6 +414,7 @@ static int task_record(struct store_task *task, struct piece_write *list, int rc
 		meta_task_get(task->store->meta, task->info.id, &task->info);
 		for (w = list; w; w = w->next)
 			notify(task, STORE_EVENT_PIECE, w->number);
+		task_hash_kick(task);
 	}
 	return rc;
 }
@@ -782,12 +807,14 @@ static struct store_task *task_lookup(struct store *store, const uint8_t id[META
 
 static void task_free(struct store_task *task)
 {
+	task_hash_unqueue(task);
 	if (task->fd >= 0)
 		close(task->fd);
 	free(task->recorded);
 	free(task->writing);
 	free(task->crcs);
 	free(task->rows);
+	hash_sha256_free(task->hash);
 	free(task);
 }
 
@@ -1132,6 +1159,7 @@ static void task_drop_damaged(struct store_task *task, const uint32_t *numbers, 
 		log_debug("store", "dropped piece task=%s piece=%u", hex, numbers[i]);
 		bit_set(task->recorded, numbers[i], false);
 	}
+	task_hash_reset(task); /* they will be written again: hashed again */
 	meta_pieces_drop(task->store->meta, task->info.id, numbers, count);
 	if (task->info.state == META_TASK_COMPLETE)
 		meta_task_set_state(task->store->meta, task->info.id, META_TASK_PENDING);
@@ -1220,6 +1248,147 @@ out:
 	return rc;
 }
 
+/* --- the digest check, as the pieces come. */
+
+static bool task_hash_wanted(const struct store_task *task)
+{
+	return task->info.has_digest && task->info.state != META_TASK_COMPLETE && !task->failed &&
+	       task->hashed < task->info.content_length;
+}
+
+static void task_hash_reset(struct store_task *task)
+{
+	hash_sha256_free(task->hash);
+	task->hash = NULL;
+	task->hashed = 0;
+}
+
+/* Hashes recorded content in order from task->hashed, about `budget` bytes,
+ * up to the first piece not recorded. */
+static int task_hash_some(struct store_task *task, uint64_t budget)
+{
+	const struct meta_task *info = &task->info;
+	uint8_t *chunk;
+	int rc = 0;
+
+	if (!task->hash && !(task->hash = hash_sha256_new()))
+		return -ENOMEM;
+	chunk = pool_get_chunk(task->store);
+	if (!chunk)
+		return -ENOMEM;
+	while (task->hashed < info->content_length && budget) {
+		uint32_t number = (uint32_t)(task->hashed / info->piece_length);
+		uint64_t end = ((uint64_t)number + 1) * info->piece_length;
+		size_t want = STORE_CHUNK_SIZE;
+		ssize_t n;
+
+		if (!bit_get(task->recorded, number))
+			break;
+		if (end > info->content_length)
+			end = info->content_length;
+		if (end - task->hashed < want)
+			want = (size_t)(end - task->hashed);
+		n = pread(task->fd, chunk, want, (off_t)task->hashed);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			rc = n < 0 ? -errno : -EIO;
+			break;
+		}
+		hash_sha256_update(task->hash, chunk, (size_t)n);
+		task->hashed += (uint64_t)n;
+		budget -= (uint64_t)n < budget ? (uint64_t)n : budget;
+	}
+	pool_put_chunk(task->store, chunk);
+	return rc;
+}
+
+static void task_hash_unqueue(struct store_task *task)
+{
+	if (!task->hash_queued)
+		return;
+	for (struct store_task **p = &task->store->hash_queue; *p; p = &(*p)->hash_next) {
+		if (*p == task) {
+			*p = task->hash_next;
+			break;
+		}
+	}
+	task->hash_queued = false;
+}
+
+static void store_hash_done(struct loop_op *op, int res, uint32_t flags);
+
+static void store_hash_arm(struct store *store)
+{
+	if (store->hash_armed || !store->hash_queue)
+		return;
+	loop_op_init(&store->hash_op, store_hash_done, store);
+	if (loop_nop(store->loop, &store->hash_op) == 0)
+		store->hash_armed = true;
+}
+
+/* Goes on hashing in the next loop turn if the next piece in order is
+ * recorded. */
+static void task_hash_kick(struct store_task *task)
+{
+	struct store *store = task->store;
+
+	if (task->hash_queued || !store->loop || !task_hash_wanted(task) ||
+	    !bit_get(task->recorded, (uint32_t)(task->hashed / task->info.piece_length)))
+		return;
+	task->hash_next = store->hash_queue;
+	store->hash_queue = task;
+	task->hash_queued = true;
+	task->hash_turn = store->hash_turn;
+	store_hash_arm(store);
+}
+
+/* A slice of each queued task, each once per turn (a callback may release
+ * any task, which leaves the queue as it goes). */
+static void store_hash_done(struct loop_op *op, int res, uint32_t flags)
+{
+	struct store *store = op->owner;
+	unsigned turn = ++store->hash_turn;
+	struct store_task *task;
+
+	(void)res;
+	(void)flags;
+	store->hash_armed = false;
+	for (;;) {
+		int rc = 0;
+
+		for (task = store->hash_queue; task && task->hash_turn == turn;
+		     task = task->hash_next)
+			;
+		if (!task)
+			break;
+		task->refs++; /* whatever the callbacks below release */
+		task->hash_turn = turn;
+		task_hash_unqueue(task);
+		if (task_hash_wanted(task)) {
+			rc = task_hash_some(task, STORE_HASH_SLICE);
+			if (rc < 0)
+				task_fail(task, rc, "reading for the digest check of");
+			else
+				task_hash_kick(task);
+		}
+		/* A finish waits for the end (or the failure): it goes on now. */
+		if (task->finish_waiting && !task->hash_queued && task->checked &&
+		    (task->failed || task->hashed == task->info.content_length)) {
+			task->finish_waiting = false;
+			task->checked(task->checked_arg, task->info.id);
+		}
+		store_task_release(task);
+	}
+	store_hash_arm(store);
+}
+
+void store_task_on_checked(struct store_task *task, store_task_checked_fn fn, void *arg)
+{
+	task->checked = fn;
+	task->checked_arg = arg;
+}
+
 int store_task_sha256(struct store_task *task, uint8_t out[HASH_SHA256_SIZE])
 {
 	if (task->info.has_digest) {
@@ -1248,10 +1417,28 @@ int store_task_finish(struct store_task *task, char *err, size_t err_size)
 		return -EAGAIN;
 	}
 	if (task->info.has_digest) {
+		uint64_t left = task->info.content_length - task->hashed;
 		uint8_t digest[HASH_SHA256_SIZE];
 		char want[HASH_SHA256_HEX_SIZE], got[HASH_SHA256_HEX_SIZE];
 
-		rc = file_sha256(store, task->fd, task->info.content_length, digest);
+		/* What is not hashed yet: at once if it is little (or nobody
+		 * waits), else in slices while the loop serves the rest. */
+		if (left > STORE_HASH_SLICE && task->checked && task->store->loop) {
+			task_hash_kick(task);
+			if (task->hash_queued && task->store->hash_armed) {
+				task->finish_waiting = true;
+				snprintf(err, err_size, "task %s: checking its digest, %llu bytes to go",
+					 hex, (unsigned long long)left);
+				return -EINPROGRESS;
+			}
+		}
+		task_hash_unqueue(task);
+		rc = task_hash_some(task, UINT64_MAX);
+		if (rc == 0 && task->hashed < task->info.content_length)
+			rc = -EIO;
+		if (rc == 0)
+			hash_sha256_final(task->hash, digest);
+		task_hash_reset(task);
 		if (rc < 0) {
 			snprintf(err, err_size, "task %s: cannot read its content: %s", hex,
 				 strerror(-rc));

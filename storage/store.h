@@ -196,8 +196,17 @@ uint32_t store_piece_crc(const struct store_task *task, uint32_t number);
  * Once every piece is recorded: checks the digest (if the task has one),
  * marks the task complete. -EAGAIN if pieces are missing, -EBADMSG (task
  * failed, content dropped) if the digest does not match.
+ *
+ * A task with a digest is hashed from its start as its pieces are recorded,
+ * a slice per loop turn. With a callback set (store_task_on_checked), a
+ * finish that finds more than a slice not hashed yet returns -EINPROGRESS
+ * and the hashing goes on a slice per turn; fn(arg, task id) is called once
+ * it has ended (or failed): call store_task_finish again then. Without one,
+ * the rest is hashed at once.
  */
 int store_task_finish(struct store_task *task, char *err, size_t err_size);
+typedef void (*store_task_checked_fn)(void *arg, const uint8_t id[META_ID_SIZE]);
+void store_task_on_checked(struct store_task *task, store_task_checked_fn fn, void *arg);
 
 /* The sha256 of a complete task's content: the recorded digest if it has one,
  * else read and hashed now (synchronous). */

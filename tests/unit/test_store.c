@@ -606,6 +606,103 @@ Test(store_buffer, empty_content_completes_with_its_digest)
 	store_task_release(task);
 }
 
+/* store_task_on_checked's callback: counts, stops the loop. */
+struct checked_calls {
+	unsigned calls;
+	uint8_t id[META_ID_SIZE];
+};
+
+static void on_checked(void *arg, const uint8_t id[META_ID_SIZE])
+{
+	struct checked_calls *c = arg;
+
+	c->calls++;
+	memcpy(c->id, id, META_ID_SIZE);
+	loop_stop(fx.loop);
+}
+
+/* 11 MiB in pieces of 1 MiB written last to first (so nothing can be
+ * hashed before the last write), with a callback: the finish says
+ * -EINPROGRESS, the loop hashes and calls back once, then the finish
+ * answers (wrong: the digest mismatch). */
+static void check_in_slices(bool wrong)
+{
+	const uint64_t length = 11 * MIB + 5;
+	struct store_options options = base_options();
+	uint8_t id[META_ID_SIZE], digest[HASH_SHA256_SIZE];
+	uint8_t *content = make_content(length, 4);
+	struct checked_calls calls = { 0 };
+	uint32_t numbers[12];
+	struct store_task *task;
+	char err[512] = "";
+
+	open_store(&options);
+	make_id(id, wrong ? "slices-wrong" : "slices");
+	hash_sha256(content, length, digest);
+	digest[3] ^= wrong;
+	task = open_task(id, length, MIB, digest);
+	store_task_on_checked(task, on_checked, &calls);
+	for (uint32_t i = 0; i < 12; i++)
+		numbers[i] = 11 - i;
+	write_pieces(task, content, numbers, 12);
+	cr_assert_eq(store_task_finish(task, err, sizeof(err)), -EINPROGRESS, "%s", err);
+	cr_assert(strstr(err, "checking its digest"), "%s", err);
+	cr_assert_not(store_task_is_complete(task));
+	while (!calls.calls && !fx.watchdog_fired)
+		cr_assert_eq(loop_run(fx.loop), 0);
+	cr_assert_eq(calls.calls, 1);
+	cr_assert_eq(memcmp(calls.id, id, META_ID_SIZE), 0);
+	if (wrong) {
+		cr_assert_eq(store_task_finish(task, err, sizeof(err)), -EBADMSG, "%s", err);
+		cr_assert(strstr(err, "digest mismatch"), "%s", err);
+		cr_assert_eq(store_task_info(task)->state, META_TASK_FAILED);
+	} else {
+		finish_ok(task);
+		expect_content(id, content, length);
+	}
+	run_for(20);
+	cr_assert_eq(calls.calls, 1, "called back again");
+	store_task_release(task);
+	free(content);
+}
+
+Test(store_buffer, a_large_digest_check_runs_in_slices_and_calls_back)
+{
+	check_in_slices(false);
+}
+
+Test(store_buffer, a_wrong_digest_found_in_slices_fails_the_task)
+{
+	check_in_slices(true);
+}
+
+/* Pieces recorded in order are hashed as they come: the finish after the
+ * last has one slice left at most and answers at once. */
+Test(store_buffer, pieces_in_order_are_hashed_as_they_are_recorded)
+{
+	const uint64_t length = 11 * MIB + 5;
+	struct store_options options = base_options();
+	uint8_t id[META_ID_SIZE], digest[HASH_SHA256_SIZE];
+	uint8_t *content = make_content(length, 5);
+	struct checked_calls calls = { 0 };
+	uint32_t first[8] = { 0, 1, 2, 3, 4, 5, 6, 7 }, rest[4] = { 8, 9, 10, 11 };
+	struct store_task *task;
+
+	open_store(&options);
+	make_id(id, "in-order");
+	hash_sha256(content, length, digest);
+	task = open_task(id, length, MIB, digest);
+	store_task_on_checked(task, on_checked, &calls);
+	write_pieces(task, content, first, 8);
+	run_for(50); /* two slices of 4 MiB: the first 8 MiB hashed */
+	write_pieces(task, content, rest, 4);
+	finish_ok(task);
+	cr_assert_eq(calls.calls, 0);
+	expect_content(id, content, length);
+	store_task_release(task);
+	free(content);
+}
+
 Test(store_buffer, wrong_digest_fails_the_task_and_names_both_digests)
 {
 	const uint64_t length = 2 * PL;
