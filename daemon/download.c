@@ -170,6 +170,9 @@ struct dl_task {
 	uint32_t piece_count;
 	uint64_t piece_length;
 	char etag[256];
+	/* What the HEAD said identifies the content ("etag:..." or "lm:...",
+	 * meta_task.validator): an earlier run's pieces of other content go. */
+	char validator[META_VALIDATOR_MAX];
 	bool ranges;
 	struct origin_request *head_req;
 
@@ -1959,6 +1962,21 @@ static void dl_pump(struct dl_task *task)
 	}
 }
 
+/* A task kept from an earlier run learns what identifies its content now
+ * (an older record has none). */
+static int dl_record_validator(struct dl_task *task)
+{
+	int rc;
+
+	if (!task->validator[0])
+		return 0;
+	rc = store_task_set_validator(task->st, task->validator);
+	if (rc < 0)
+		log_warn("download", "cannot record the origin's validator task=%s error=\"%s\"",
+			 task->hex, strerror(-rc));
+	return 0;
+}
+
 static int dl_open_store_task(struct dl_task *task, char *err, size_t err_size)
 {
 	struct store *store = task->engine->store;
@@ -1971,19 +1989,32 @@ static int dl_open_store_task(struct dl_task *task, char *err, size_t err_size)
 	int rc;
 
 	memcpy(params.id, task->id, sizeof(params.id));
+	params.validator = task->validator;
 	if (task->st) {
 		const struct meta_task *info = store_task_info(task->st);
+		bool changed = info->validator[0] && task->validator[0] &&
+			       strcmp(info->validator, task->validator) != 0;
 
-		if (info->content_length == task->length &&
+		if (info->content_length == task->length && !changed &&
 		    (!task->piece_length_wanted || info->piece_length == task->piece_length_wanted))
-			return 0;
+			return dl_record_validator(task);
 		/* Left by an earlier run for other content (or cut otherwise). */
 		log_info("download", "dropping the recorded pieces of an earlier run task=%s "
-			 "length=%llu now=%llu", task->hex,
-			 (unsigned long long)info->content_length, (unsigned long long)task->length);
+			 "length=%llu now=%llu validator=%s now_validator=%s", task->hex,
+			 (unsigned long long)info->content_length, (unsigned long long)task->length,
+			 info->validator[0] ? info->validator : "-",
+			 task->validator[0] ? task->validator : "-");
 		store_task_release(task->st);
 		task->st = NULL;
-		store_delete(store, task->id);
+		rc = store_delete(store, task->id);
+		if (rc < 0 && rc != -ENOENT) {
+			/* Its old pieces would be taken for the new content. */
+			snprintf(err, err_size,
+				 "task %s: the origin's content changed since an earlier run and "
+				 "the old pieces cannot be dropped (%s%s); try again",
+				 task->hex, strerror(-rc), rc == -EBUSY ? ": being served" : "");
+			return rc;
+		}
 	}
 	rc = store_task_open(store, &params, &task->st, err, err_size);
 	if (rc < 0)
@@ -2040,6 +2071,11 @@ static int dl_head_headers(struct origin_request *req, const struct origin_respo
 	task->length = (uint64_t)length;
 	task->ranges = response->accepts_ranges;
 	snprintf(task->etag, sizeof(task->etag), "%s", response->etag);
+	if (response->etag[0])
+		snprintf(task->validator, sizeof(task->validator), "etag:%s", response->etag);
+	else if (response->last_modified[0])
+		snprintf(task->validator, sizeof(task->validator), "lm:%s",
+			 response->last_modified);
 	return 0;
 }
 

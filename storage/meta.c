@@ -27,7 +27,10 @@
  *   70  u64     created_ms
  *   78  u64     accessed_ms
  *   86  u32     url length n (<= META_URL_MAX - 1)
- *   90  u8[n]   url, no NUL; the value is exactly 90 + n bytes
+ *   90  u8[n]   url, no NUL; the value is exactly 90 + n bytes, unless
+ * with flag bit 1 (has a validator; records without it are as before):
+ * 90+n  u32     validator length m (<= META_VALIDATOR_MAX - 1)
+ * 94+n  u8[m]   validator, no NUL; the value is exactly 94 + n + m bytes
  *
  * "pieces" key: task id (32 bytes) + piece number (u32 big endian). Value:
  * crc32c, u32 little endian.
@@ -39,8 +42,9 @@
  */
 #define META_RECORD_VERSION    1u
 #define META_RECORD_HAS_DIGEST (1u << 0)
+#define META_RECORD_HAS_VALIDATOR (1u << 1)
 #define META_RECORD_FIXED      90u
-#define META_RECORD_MAX	       (META_RECORD_FIXED + META_URL_MAX - 1)
+#define META_RECORD_MAX	       (META_RECORD_FIXED + META_URL_MAX - 1 + 4 + META_VALIDATOR_MAX - 1)
 #define META_PIECE_KEY_SIZE    (META_ID_SIZE + 4)
 #define META_PIECE_VALUE_SIZE  4u
 
@@ -164,11 +168,13 @@ static bool meta_lengths_valid(uint64_t content_length, uint64_t piece_length,
 static size_t meta_record_encode(const struct meta_task *task, uint8_t *buf)
 {
 	size_t url_len = strnlen(task->url, META_URL_MAX);
+	size_t validator_len = strnlen(task->validator, META_VALIDATOR_MAX);
 	uint8_t *p = buf;
 
-	assert(url_len < META_URL_MAX);
+	assert(url_len < META_URL_MAX && validator_len < META_VALIDATOR_MAX);
 	*p++ = META_RECORD_VERSION;
-	*p++ = task->has_digest ? META_RECORD_HAS_DIGEST : 0;
+	*p++ = (task->has_digest ? META_RECORD_HAS_DIGEST : 0) |
+	       (validator_len ? META_RECORD_HAS_VALIDATOR : 0);
 	p = meta_put_le64(p, task->content_length);
 	p = meta_put_le64(p, task->piece_length);
 	p = meta_put_le32(p, task->piece_count);
@@ -182,23 +188,43 @@ static size_t meta_record_encode(const struct meta_task *task, uint8_t *buf)
 	p = meta_put_le32(p, (uint32_t)url_len);
 	assert((size_t)(p - buf) == META_RECORD_FIXED);
 	memcpy(p, task->url, url_len);
-	return META_RECORD_FIXED + url_len;
+	p += url_len;
+	if (validator_len) {
+		p = meta_put_le32(p, (uint32_t)validator_len);
+		memcpy(p, task->validator, validator_len);
+		p += validator_len;
+	}
+	return (size_t)(p - buf);
 }
 
 /* Decodes a record; out is written only if it is valid (else -EINVAL). */
 static int meta_record_decode(const MDB_val *key, const MDB_val *val, struct meta_task *out)
 {
 	const uint8_t *p = val->mv_data;
-	uint32_t url_len, state, piece_count, pieces_done;
+	uint32_t url_len, validator_len = 0, state, piece_count, pieces_done;
+	size_t end;
 
 	if (key->mv_size != META_ID_SIZE || val->mv_size < META_RECORD_FIXED)
 		return -EINVAL;
-	if (p[0] != META_RECORD_VERSION || (p[1] & ~META_RECORD_HAS_DIGEST) != 0)
+	if (p[0] != META_RECORD_VERSION ||
+	    (p[1] & ~(META_RECORD_HAS_DIGEST | META_RECORD_HAS_VALIDATOR)) != 0)
 		return -EINVAL;
 	url_len = meta_get_le32(p + 86);
-	if (url_len > META_URL_MAX - 1 || val->mv_size != META_RECORD_FIXED + url_len)
+	if (url_len > META_URL_MAX - 1 || val->mv_size < META_RECORD_FIXED + url_len)
 		return -EINVAL;
-	if (memchr(p + META_RECORD_FIXED, '\0', url_len))
+	end = META_RECORD_FIXED + url_len;
+	if (p[1] & META_RECORD_HAS_VALIDATOR) {
+		if (val->mv_size < end + 4)
+			return -EINVAL;
+		validator_len = meta_get_le32(p + end);
+		if (validator_len == 0 || validator_len > META_VALIDATOR_MAX - 1)
+			return -EINVAL;
+		end += 4 + validator_len;
+	}
+	if (val->mv_size != end)
+		return -EINVAL;
+	if (memchr(p + META_RECORD_FIXED, '\0', url_len) ||
+	    memchr(p + end - validator_len, '\0', validator_len))
 		return -EINVAL;
 	piece_count = meta_get_le32(p + 18);
 	pieces_done = meta_get_le32(p + 22);
@@ -220,6 +246,8 @@ static int meta_record_decode(const MDB_val *key, const MDB_val *val, struct met
 	out->accessed_ms = meta_get_le64(p + 78);
 	memcpy(out->url, p + META_RECORD_FIXED, url_len);
 	out->url[url_len] = '\0';
+	memcpy(out->validator, p + end - validator_len, validator_len);
+	out->validator[validator_len] = '\0';
 	return 0;
 }
 
@@ -373,7 +401,9 @@ int meta_task_put(struct meta *meta, const struct meta_task *task)
 	MDB_txn *txn;
 	int rc;
 
-	if (strnlen(task->url, META_URL_MAX) == META_URL_MAX || !meta_state_valid(task->state) ||
+	if (strnlen(task->url, META_URL_MAX) == META_URL_MAX ||
+	    strnlen(task->validator, META_VALIDATOR_MAX) == META_VALIDATOR_MAX ||
+	    !meta_state_valid(task->state) ||
 	    !meta_lengths_valid(task->content_length, task->piece_length, task->piece_count))
 		return -EINVAL;
 	record = *task;

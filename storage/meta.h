@@ -22,6 +22,7 @@
 
 #define META_ID_SIZE 32
 #define META_URL_MAX 4096
+#define META_VALIDATOR_MAX 256	/* an origin's ETag or Last-Modified, tagged */
 #define META_LENGTH_UNKNOWN UINT64_MAX
 
 enum meta_task_state {
@@ -43,6 +44,9 @@ struct meta_task {
 	uint64_t created_ms;	   /* wall clock, ms since the epoch */
 	uint64_t accessed_ms;
 	char url[META_URL_MAX];	   /* NUL-terminated; may be empty (imports) */
+	/* What the origin said identifies this content ("etag:..." or "lm:..."),
+	 * so that a resume after a restart can tell it changed; may be empty. */
+	char validator[META_VALIDATOR_MAX];
 };
 
 struct meta_piece {
@@ -60,7 +64,7 @@ int meta_open(struct meta **out, const char *dir, uint64_t map_size, char *err, 
 void meta_close(struct meta *meta);
 
 /* Creates or replaces a task record (pieces untouched). url longer than
- * META_URL_MAX - 1 is -EINVAL. */
+ * META_URL_MAX - 1 or validator longer than META_VALIDATOR_MAX - 1 is -EINVAL. */
 int meta_task_put(struct meta *meta, const struct meta_task *task);
 int meta_task_get(struct meta *meta, const uint8_t id[META_ID_SIZE], struct meta_task *out);
 /* Removes the record and all its pieces. -ENOENT if there was no record. */

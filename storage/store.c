@@ -1011,6 +1011,8 @@ static int task_open(struct store *store, const struct store_task_params *params
 	}
 	if (params->url)
 		snprintf(info.url, sizeof(info.url), "%s", params->url);
+	if (params->validator)
+		snprintf(info.validator, sizeof(info.validator), "%s", params->validator);
 	rc = meta_task_put(store->meta, &info);
 	if (rc < 0) {
 		snprintf(err, err_size, "%s/meta: cannot record task %s: %s", store->data_dir, hex,
@@ -1381,6 +1383,20 @@ static void store_hash_done(struct loop_op *op, int res, uint32_t flags)
 		store_task_release(task);
 	}
 	store_hash_arm(store);
+}
+
+int store_task_set_validator(struct store_task *task, const char *validator)
+{
+	struct meta_task info = task->info;
+	int rc;
+
+	if (strncmp(info.validator, validator, sizeof(info.validator) - 1) == 0)
+		return 0;
+	snprintf(info.validator, sizeof(info.validator), "%s", validator);
+	rc = meta_task_put(task->store->meta, &info);
+	if (rc == 0)
+		rc = meta_task_get(task->store->meta, info.id, &task->info);
+	return rc;
 }
 
 void store_task_on_checked(struct store_task *task, store_task_checked_fn fn, void *arg)

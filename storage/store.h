@@ -103,6 +103,7 @@ struct store_task_params {
 	uint64_t content_length;  /* META_LENGTH_UNKNOWN not supported yet: -EINVAL */
 	uint64_t piece_length;	  /* 0 = piece_length_for(content_length) */
 	const uint8_t *digest;	  /* sha256 the whole content must have, or NULL */
+	const char *validator;	  /* the origin's ETag or Last-Modified (meta_task), or NULL */
 };
 
 /*
@@ -206,6 +207,10 @@ uint32_t store_piece_crc(const struct store_task *task, uint32_t number);
  */
 int store_task_finish(struct store_task *task, char *err, size_t err_size);
 typedef void (*store_task_checked_fn)(void *arg, const uint8_t id[META_ID_SIZE]);
+
+/* Records what the origin says identifies the content (meta_task.validator;
+ * cut to META_VALIDATOR_MAX - 1 bytes), if it is not that already. */
+int store_task_set_validator(struct store_task *task, const char *validator);
 void store_task_on_checked(struct store_task *task, store_task_checked_fn fn, void *arg);
 
 /* The sha256 of a complete task's content: the recorded digest if it has one,

@@ -95,6 +95,7 @@ static void assert_task_eq(const struct meta_task *a, const struct meta_task *b)
 	cr_assert_eq(a->created_ms, b->created_ms);
 	cr_assert_eq(a->accessed_ms, b->accessed_ms);
 	cr_assert_str_eq(a->url, b->url);
+	cr_assert_str_eq(a->validator, b->validator);
 }
 
 static void record(unsigned n, uint32_t number, uint32_t crc)
@@ -202,7 +203,7 @@ static void raw_end(struct raw *r)
 static size_t golden_record(const struct meta_task *t, uint8_t *out)
 {
 	uint8_t *p = out;
-	size_t url_len = strlen(t->url);
+	size_t url_len = strlen(t->url), validator_len = strlen(t->validator);
 
 #define LE(v, n)                                                     \
 	do {                                                         \
@@ -210,7 +211,7 @@ static size_t golden_record(const struct meta_task *t, uint8_t *out)
 			*p++ = (uint8_t)((uint64_t)(v) >> (8 * i_)); \
 	} while (0)
 	*p++ = 1;
-	*p++ = t->has_digest ? 1 : 0;
+	*p++ = (t->has_digest ? 1 : 0) | (validator_len ? 2 : 0);
 	LE(t->content_length, 8);
 	LE(t->piece_length, 8);
 	LE(t->piece_count, 4);
@@ -222,9 +223,15 @@ static size_t golden_record(const struct meta_task *t, uint8_t *out)
 	LE(t->created_ms, 8);
 	LE(t->accessed_ms, 8);
 	LE(url_len, 4);
-#undef LE
 	memcpy(p, t->url, url_len);
-	return (size_t)(p - out) + url_len;
+	p += url_len;
+	if (validator_len) {
+		LE(validator_len, 4);
+		memcpy(p, t->validator, validator_len);
+		p += validator_len;
+	}
+#undef LE
+	return (size_t)(p - out);
 }
 
 /* --- task records. */
@@ -254,6 +261,20 @@ Test(meta, task_round_trip_every_field)
 	cr_assert_eq(meta_task_put(m, &t), 0);
 	cr_assert_eq(meta_task_get(m, t.id, &got), 0);
 	assert_task_eq(&got, &t);
+
+	/* A validator (the origin's ETag), of the largest length. */
+	make_task(&t, 3, 5 * MIB, 4 * MIB);
+	snprintf(t.validator, sizeof(t.validator), "etag:\"5f3a-1000\"");
+	cr_assert_eq(meta_task_put(m, &t), 0);
+	cr_assert_eq(meta_task_get(m, t.id, &got), 0);
+	assert_task_eq(&got, &t);
+	memset(t.validator, 'v', META_VALIDATOR_MAX - 1);
+	t.validator[META_VALIDATOR_MAX - 1] = '\0';
+	cr_assert_eq(meta_task_put(m, &t), 0);
+	cr_assert_eq(meta_task_get(m, t.id, &got), 0);
+	assert_task_eq(&got, &t);
+	t.validator[META_VALIDATOR_MAX - 1] = 'v';
+	cr_assert_eq(meta_task_put(m, &t), -EINVAL);
 }
 
 Test(meta, record_bytes_are_the_documented_encoding)
@@ -286,6 +307,25 @@ Test(meta, record_bytes_are_the_documented_encoding)
 	raw_end(&r);
 	cr_assert_eq(meta_task_get(m, t.id, &got), 0);
 	assert_task_eq(&got, &t);
+
+	/* With a validator: flag bit 1, then its length and bytes after the url. */
+	{
+		make_task(&t, 5, 10 * MIB, 4 * MIB);
+		snprintf(t.validator, sizeof(t.validator), "lm:Thu, 26 Nov 2026 13:00:00 GMT");
+		cr_assert_eq(meta_task_put(m, &t), 0);
+		meta_close(m);
+		m = NULL;
+		raw_begin(&r);
+		want_size = golden_record(&t, want);
+		have_size = raw_get(&r, r.tasks, t.id, META_ID_SIZE, have, sizeof(have));
+		raw_end(&r);
+		cr_assert_eq(have_size, want_size);
+		cr_assert_eq(memcmp(have, want, want_size), 0);
+		cr_assert_eq(have_size, 90 + strlen(t.url) + 4 + strlen(t.validator));
+		cr_assert_eq(have[1], 2);
+		cr_assert_eq(meta_task_get(m, t.id, &got), 0);
+		assert_task_eq(&got, &t);
+	}
 }
 
 Test(meta, url_lengths)
@@ -848,7 +888,10 @@ Test(meta, corrupt_records_are_einval)
 		{ "one byte short of the fixed part", 89, 0, NULL, 0 },
 		{ "version 0", 100, 0, (const uint8_t *)"\x00", 1 },
 		{ "version 2", 100, 0, (const uint8_t *)"\x02", 1 },
-		{ "unknown flag", 100, 1, (const uint8_t *)"\x02", 1 },
+		{ "unknown flag", 100, 1, (const uint8_t *)"\x04", 1 },
+		{ "validator flag, no validator", 100, 1, (const uint8_t *)"\x02", 1 },
+		{ "validator flag, validator length 0", 104, 1, (const uint8_t *)"\x02", 1 },
+		{ "validator bytes without the flag", 104, 0, NULL, 0 },
 		{ "url longer than the value", 100, 86, (const uint8_t *)"\x0b\x00\x00\x00", 4 },
 		{ "url length 2^32-1", 100, 86, (const uint8_t *)"\xff\xff\xff\xff", 4 },
 		{ "url length 4096", 100, 86, (const uint8_t *)"\x00\x10\x00\x00", 4 },
