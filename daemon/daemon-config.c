@@ -105,7 +105,7 @@ void daemon_config_defaults(struct daemon_config *config)
 	config->gc_high_percent = 90;
 	config->gc_low_percent = 70;
 	config->gc_interval_ms = 60 * 1000;
-	config->upload_max_connections = 256;
+	config->upload_max_connections = 0; /* by role: daemon_config_upload_slots */
 	config->upload_max_requests = 64;
 	config->upload_idle_timeout_ms = 60 * 1000;
 	config->upload_spread = true;
@@ -140,4 +140,12 @@ int daemon_config_set(struct daemon_config *config, const char *key, const char 
 		return 0;
 	}
 	return config_set(daemon_options, DAEMON_OPTION_COUNT, config, key, value, err, err_size);
+}
+
+int64_t daemon_config_upload_slots(const struct daemon_config *config)
+{
+	if (config->upload_max_connections)
+		return config->upload_max_connections;
+	return strcmp(config->role, "seed") == 0 ? DAEMON_SEED_UPLOAD_SLOTS
+						 : DAEMON_PEER_UPLOAD_SLOTS;
 }

@@ -34,7 +34,7 @@ struct daemon_config {
 	int64_t gc_quota_bytes;			/* gc.quota (0 = the filesystem) */
 	int64_t gc_interval_ms;			/* gc.interval */
 	bool verify_cache;			/* --verify-cache (flag only) */
-	int64_t upload_max_connections;		/* upload.max_connections */
+	int64_t upload_max_connections;		/* upload.max_connections; 0: by role */
 	int64_t upload_max_requests;		/* upload.max_requests (per connection) */
 	int64_t upload_rate_limit;		/* upload.rate_limit (bytes/s, 0 = none) */
 	bool upload_spread;			/* upload.spread (seeds) */
@@ -78,5 +78,11 @@ int daemon_config_set(struct daemon_config *config, const char *key, const char 
 /* The socket path a client should use by default: $RINGFLY_SOCKET or the
  * built-in default. */
 const char *daemon_default_socket(void);
+
+/* upload.max_connections, or its default for the role: a seed is the swarm's
+ * source of last resort and serves more children at once. */
+#define DAEMON_PEER_UPLOAD_SLOTS 256
+#define DAEMON_SEED_UPLOAD_SLOTS 1024
+int64_t daemon_config_upload_slots(const struct daemon_config *config);
 
 #endif

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "core/clock.h"
+#include "core/hash.h"
 #include "core/log.h"
 #include "core/loop.h"
 #include "daemon/download.h"
@@ -307,14 +308,20 @@ static void daemon_reload(struct daemon *daemon)
 }
 
 /* A scheduler asks this seed to fetch a task ahead of demand. */
-static void daemon_on_preheat(void *arg, const char *url)
+static void daemon_on_preheat(void *arg, const char *url, const char *digest)
 {
 	struct daemon *daemon = arg;
+	uint8_t sha[32];
 	char err[512];
 
 	if (!daemon->engine || daemon->draining)
 		return;
-	if (download_prefetch(daemon->engine, url, err, sizeof(err)) < 0)
+	if (digest[0] && hash_parse_sha256(digest, sha) < 0) {
+		log_warn("daemon", "preheat refused url=%s reason=\"digest %s is not "
+			 "sha256:<64 hex digits>\"", url, digest);
+		return;
+	}
+	if (download_prefetch(daemon->engine, url, digest[0] ? sha : NULL, err, sizeof(err)) < 0)
 		log_warn("daemon", "preheat failed url=%s reason=\"%s\"", url, err);
 }
 
@@ -708,7 +715,7 @@ int daemon_run(const struct daemon_config *config)
 			.ip = ip,
 			.location = config->location,
 			.seed = strcmp(config->role, "seed") == 0,
-			.upload_slots = (unsigned)config->upload_max_connections,
+			.upload_slots = (unsigned)daemon_config_upload_slots(config),
 		};
 
 		sched_options.on_preheat = daemon_on_preheat;
@@ -776,7 +783,7 @@ int daemon_run(const struct daemon_config *config)
 	loop_nop(daemon.loop, &daemon.recover_op);
 	if (config->listen_peer[0]) {
 		options = daemon_server_options(&daemon, "upload");
-		options.max_connections = (unsigned)config->upload_max_connections;
+		options.max_connections = (unsigned)daemon_config_upload_slots(config);
 		options.idle_timeout_ms = (unsigned)config->upload_idle_timeout_ms;
 		rc = conn_server_create(&daemon.peer, daemon.loop, &handlers, &options, &daemon);
 		if (rc < 0) {

@@ -2911,6 +2911,11 @@ uint64_t download_watcher_length(const struct download_watcher *watcher)
 	return task->st ? store_task_info(task->st)->content_length : 0;
 }
 
+bool download_task_running(struct download_engine *engine, const uint8_t id[32])
+{
+	return dl_task_find(engine, id) != NULL;
+}
+
 unsigned download_engine_active(const struct download_engine *engine)
 {
 	return engine->task_count + engine->zombie_count;
@@ -2983,8 +2988,8 @@ static void dl_prefetch_done(void *arg, int error, enum download_error_kind kind
 		log_warn("download", "fetch for peers failed reason=\"%s\"", message);
 }
 
-int download_prefetch(struct download_engine *engine, const char *url, char *err,
-		      size_t err_size)
+int download_prefetch(struct download_engine *engine, const char *url, const uint8_t *digest,
+		      char *err, size_t err_size)
 {
 	static const struct download_watcher_ops ops = {
 		.progress = dl_prefetch_progress,
@@ -2992,6 +2997,11 @@ int download_prefetch(struct download_engine *engine, const char *url, char *err
 	};
 	struct download_request request = { .url = url, .output_fd = -1 };
 	struct download_watcher *watcher;
+
+	if (digest) {
+		request.has_digest = true;
+		memcpy(request.digest, digest, sizeof(request.digest));
+	}
 
 	return download_start(engine, &request, &ops, NULL, &watcher, err, err_size);
 }

@@ -133,10 +133,14 @@ int download_start(struct download_engine *engine, const struct download_request
 		   const struct download_watcher_ops *ops, void *arg,
 		   struct download_watcher **out, char *err, size_t err_size);
 
-/* A seed peer asked for a task it lacks: fetch it (no output, nobody waits).
+/* A seed peer asked for a task it lacks, or preheated: fetch it (no output,
+ * nobody waits), checked against digest (sha256, 32 bytes) if not NULL.
  * 0, or a negative errno with the reason in err. */
-int download_prefetch(struct download_engine *engine, const char *url, char *err,
-		      size_t err_size);
+int download_prefetch(struct download_engine *engine, const char *url, const uint8_t *digest,
+		      char *err, size_t err_size);
+
+/* The task `id` is being downloaded (a get or a prefetch would join it). */
+bool download_task_running(struct download_engine *engine, const uint8_t id[32]);
 
 /* The requester went away: no callback runs for this watcher any more, its
  * output is closed; a task nobody watches any more stops (its recorded

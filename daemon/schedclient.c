@@ -438,8 +438,9 @@ static void sched_on_preheat(struct sched_conn *conn, const Ringfly__Preheat *m)
 
 	if (!client->seed || !client->on_preheat || !m->url || !m->url[0])
 		return;
-	log_info("sched", "preheat url=%s from scheduler=%s", m->url, conn->address);
-	client->on_preheat(client->on_preheat_arg, m->url);
+	log_info("sched", "preheat url=%s digest=%s from scheduler=%s", m->url,
+		 m->digest && m->digest[0] ? m->digest : "-", conn->address);
+	client->on_preheat(client->on_preheat_arg, m->url, m->digest ? m->digest : "");
 }
 
 /* An Error answering a request, or a PreheatResponse. */

@@ -22,8 +22,9 @@
 #define SCHED_ADDRESSES_MAX 16u
 #define SCHED_PARENTS_MAX 8u
 
-/* A scheduler asks this seed to fetch url (preheat). */
-typedef void (*sched_preheat_in_fn)(void *arg, const char *url);
+/* A scheduler asks this seed to fetch url (preheat); digest is the
+ * preheat's "sha256:<hex>" or "". */
+typedef void (*sched_preheat_in_fn)(void *arg, const char *url, const char *digest);
 
 struct sched_options {
 	const char *addresses;		/* "host:port,host:port" */

@@ -13,6 +13,10 @@
 #define UPLOAD_NUMBERS_PER_FRAME 65536u
 /* SyncPieces streams open on one connection (a child needs one per task). */
 #define UPLOAD_SYNCS_PER_CONN 16u
+/* A seed starts a download for a peer's SyncPieces of a task it lacks only
+ * while fewer than this many are under way (any peer may name any URL: each
+ * new one is an origin connection, a file and memory). */
+#define UPLOAD_SEED_FETCHES_MAX 64u
 /*
  * Spreading (seeds): a piece a seed has just recorded, while children follow
  * the task, is told at once to one of their streams (in turn) and to the
@@ -107,14 +111,22 @@ static void upload_conn_maybe_free(struct upload_conn *uc)
 static void upload_refill(struct upload *upload)
 {
 	uint64_t now = clock_monotonic_ms();
-	int64_t burst = (int64_t)(upload->options.rate_limit / 4);
+	/* At least one byte: with rate_limit / 4 == 0 the bucket never goes above 0. */
+	int64_t burst = upload->options.rate_limit >= 4 ? (int64_t)(upload->options.rate_limit / 4) : 1;
+	uint64_t gained;
 
+	if (!upload->options.rate_limit)
+		return; /* unlimited (a timer armed before a SIGHUP may still end) */
 	if (now > upload->tokens_ms) {
-		upload->tokens += (int64_t)(upload->options.rate_limit * (now - upload->tokens_ms) / 1000);
+		gained = upload->options.rate_limit * (now - upload->tokens_ms) / 1000;
+		upload->tokens += (int64_t)gained;
+		/* Only the time the gained bytes took: a fraction of a byte is not lost. */
+		upload->tokens_ms += gained * 1000 / upload->options.rate_limit;
+	}
+	if (upload->tokens > burst) {
+		upload->tokens = burst;
 		upload->tokens_ms = now;
 	}
-	if (upload->tokens > burst)
-		upload->tokens = burst;
 }
 
 static void upload_timer_done(struct loop_op *op, int res, uint32_t flags)
@@ -181,6 +193,9 @@ void upload_set_rate_limit(struct upload *upload, uint64_t bytes_per_s)
 	upload->options.rate_limit = bytes_per_s;
 	upload->tokens = 0;
 	upload->tokens_ms = clock_monotonic_ms();
+	/* Connections waiting on a timer computed from the old limit: now. */
+	if (upload->timer_armed)
+		loop_cancel_op(upload->loop, &upload->timer_op);
 	log_info("upload", "upload rate limit bytes_per_s=%llu%s", (unsigned long long)bytes_per_s,
 		 bytes_per_s ? "" : " (none)");
 }
@@ -298,7 +313,9 @@ static void upload_pump(struct upload_conn *uc)
 	if (uc->pumping)
 		return;
 	uc->pumping = true;
-	while (uc->count && !uc->closed && upload_may_send(uc)) {
+	/* Past CONN_FILES_MAX payloads the conn refuses more: the rest wait
+	 * in the queue for upload_sent. */
+	while (uc->count && !uc->closed && uc->sending < CONN_FILES_MAX && upload_may_send(uc)) {
 		struct upload_get get = uc->queue[uc->head];
 
 		uc->head = (uc->head + 1) % cap;
@@ -416,7 +433,15 @@ static bool upload_seed_fetch(struct upload *upload, struct conn *conn,
 				 "task %s is not the task of %s", hex, m->url);
 		return true;
 	}
-	if (download_prefetch(upload->options.engine, m->url, err, sizeof(err)) < 0) {
+	if (!download_task_running(upload->options.engine, id) &&
+	    download_engine_active(upload->options.engine) >= UPLOAD_SEED_FETCHES_MAX) {
+		conn_reply_error(conn, m->id, RINGFLY__ERROR_CODE__ERROR_CODE_BUSY,
+				 "no such task %s here, and this seed is fetching %u tasks already "
+				 "(limit %u)", hex, download_engine_active(upload->options.engine),
+				 UPLOAD_SEED_FETCHES_MAX);
+		return true;
+	}
+	if (download_prefetch(upload->options.engine, m->url, NULL, err, sizeof(err)) < 0) {
 		conn_reply_error(conn, m->id, RINGFLY__ERROR_CODE__ERROR_CODE_NOT_FOUND,
 				 "no such task %s here and cannot fetch it: %s", hex, err);
 		return true;
@@ -766,4 +791,13 @@ void upload_fini(struct upload *upload)
 	store_set_observer(upload->store, NULL, NULL);
 	while (upload->syncs)
 		upload_sync_remove(upload, upload->syncs);
+	/* The timer that would have freed them never completes now. */
+	while (upload->blocked) {
+		struct upload_conn *uc = upload->blocked;
+
+		upload->blocked = uc->next_blocked;
+		uc->blocked = false;
+		uc->closed = true; /* its connection is gone with the loop */
+		upload_conn_maybe_free(uc);
+	}
 }

@@ -230,9 +230,9 @@ static void sched_take_announce(struct sched_server *server, struct conn *conn,
 				 failed, address);
 	}
 	log_debug("scheduler",
-		  "announce task=%s peer=%s address=%s seed=%d pieces=%u/%u complete=%d", hex,
-		  request->peer_id, address, announce.seed, request->pieces_done,
-		  request->piece_count, request->complete);
+		  "announce task=%s peer=%s address=%s seed=%d pieces=%u/%u complete=%d slots=%u",
+		  hex, request->peer_id, address, announce.seed, request->pieces_done,
+		  request->piece_count, request->complete, (unsigned)announce.upload_slots);
 	if (request->want_parents) {
 		parents_text[0] = '\0';
 		for (unsigned i = 0; i < answer.parent_count; i++)

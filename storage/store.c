@@ -129,6 +129,7 @@ struct store_task {
 	uint32_t *crcs;			/* crc of each recorded piece */
 	bool failed;
 	bool discard;			/* delete when the last reference goes */
+	bool detached;			/* deleted already, off open_tasks: nobody finds it */
 	char error[256];
 
 	struct piece_write *waiting;	/* checked, waiting for the next sync */
@@ -1041,6 +1042,31 @@ int store_task_open(struct store *store, const struct store_task_params *params,
 
 static int store_delete_task(struct store *store, const uint8_t id[META_ID_SIZE]);
 
+/* Off the open tasks: no find or open reaches it any more. */
+static void task_unlist(struct store_task *task)
+{
+	if (task->prev)
+		task->prev->next = task->next;
+	else
+		task->store->open_tasks = task->next;
+	if (task->next)
+		task->next->prev = task->prev;
+	task->prev = task->next = NULL;
+}
+
+/* A discarded task's record and file go (open descriptors stay valid). */
+static void task_delete_discarded(struct store_task *task)
+{
+	char hex[HASH_SHA256_HEX_SIZE];
+	int rc = store_delete_task(task->store, task->info.id);
+
+	if (rc < 0 && rc != -ENOENT) {
+		id_hex(task->info.id, hex);
+		log_warn("store", "cannot delete a discarded task task=%s error=\"%s\"", hex,
+			 strerror(-rc));
+	}
+}
+
 void store_task_release(struct store_task *task)
 {
 	struct store *store = task->store;
@@ -1050,23 +1076,15 @@ void store_task_release(struct store_task *task)
 		return;
 	assert(task->writes == 0);
 	assert(!task->sync_timer_armed && !task->sync_in_flight);
-	if (task->prev)
-		task->prev->next = task->next;
-	else
-		store->open_tasks = task->next;
-	if (task->next)
-		task->next->prev = task->prev;
+	if (task->detached) {
+		task_free(task); /* its record and file went at store_task_discard */
+		return;
+	}
+	task_unlist(task);
 	if (task->info.state != META_TASK_COMPLETE)
 		notify(task, STORE_EVENT_IDLE, 0);
 	if (task->discard) {
-		char hex[HASH_SHA256_HEX_SIZE];
-		int rc = store_delete_task(store, task->info.id);
-
-		if (rc < 0 && rc != -ENOENT) {
-			id_hex(task->info.id, hex);
-			log_warn("store", "cannot delete a discarded task task=%s error=\"%s\"", hex,
-				 strerror(-rc));
-		}
+		task_delete_discarded(task);
 	} else {
 		/* Unused from now on: GC's TTL and LRU count from here, not the open. */
 		meta_task_touch(store->meta, task->info.id, clock_realtime_ms());
@@ -1076,7 +1094,18 @@ void store_task_release(struct store_task *task)
 
 void store_task_discard(struct store_task *task)
 {
-	task->discard = true;
+	if (task->refs > 1 && !task->detached && task->writes == 0) {
+		/* Others still hold it (a peer's upload in flight): the task
+		 * goes now, so that the next open of its id starts afresh
+		 * instead of finding these pieces; their fd stays valid. */
+		task_delete_discarded(task);
+		task_unlist(task);
+		task->detached = true;
+		if (task->info.state != META_TASK_COMPLETE)
+			notify(task, STORE_EVENT_IDLE, 0);
+	} else {
+		task->discard = true;
+	}
 	store_task_release(task);
 }
 

@@ -294,8 +294,13 @@ stop_badpeer() {
 #     sync:TASKHEX:ID       SyncPieces, then read until PieceAvailability done/failed or Error
 #     get:TASKHEX:ID:NUMBER GetPiece, then read its PieceHeader + payload, or an Error
 #     sendget:TASKHEX:ID:NUMBER  GetPiece, nothing read
+#     sendgets:TASKHEX:ID:NUMBER:COUNT  COUNT GetPiece of piece NUMBER, ids ID, ID+1, ...,
+#                           in one write, nothing read
+#     syncurl:TASKHEX:ID:URL  SyncPieces naming the task's URL (a seed lacking the
+#                           task fetches it), then read as for sync
 #     send:HEX              raw bytes, nothing read
 #     shut                  shutdown(SHUT_WR)
+#     sleep:SECONDS         nothing read meanwhile (a payload stays in flight)
 #     read                  read one frame (and its payload)
 #     eof                   read until the peer closes (frames printed)
 #   Prints one line per frame received:
@@ -342,7 +347,7 @@ def crc32c(data):
         c = t[(c ^ b) & 0xFF] ^ (c >> 8)
     return c ^ 0xFFFFFFFF
 
-from protowire import decode, field_bytes, field_varint, first, frame, read_varint, varint
+from protowire import decode, field_bytes, field_text, field_varint, first, frame, read_varint, varint
 
 class Conn:
     def __init__(self, port, deadline):
@@ -430,9 +435,11 @@ def talk(port, actions, deadline):
     c = Conn(port, deadline)
     for a in actions:
         parts = a.split(":")
-        if parts[0] == "sync":
+        if parts[0] in ("sync", "syncurl"):
             task, rid = bytes.fromhex(parts[1]), int(parts[2])
-            c.s.sendall(frame(11, field_varint(1, rid) + field_bytes(2, task)))
+            url = a.split(":", 3)[3] if parts[0] == "syncurl" else ""
+            c.s.sendall(frame(11, field_varint(1, rid) + field_bytes(2, task) +
+                              (field_text(3, url) if url else b"")))
             while True:
                 fr = c.read_frame()
                 if fr is None:
@@ -453,10 +460,17 @@ def talk(port, actions, deadline):
         elif parts[0] == "sendget":
             task, rid, num = bytes.fromhex(parts[1]), int(parts[2]), int(parts[3])
             c.s.sendall(frame(13, field_varint(1, rid) + field_bytes(2, task) + field_varint(3, num)))
+        elif parts[0] == "sendgets":
+            task, rid, num, count = (bytes.fromhex(parts[1]), int(parts[2]), int(parts[3]),
+                                     int(parts[4]))
+            c.s.sendall(b"".join(frame(13, field_varint(1, rid + i) + field_bytes(2, task) +
+                                       field_varint(3, num)) for i in range(count)))
         elif parts[0] == "send":
             c.s.sendall(bytes.fromhex(parts[1]))
         elif parts[0] == "shut":
             c.s.shutdown(socket.SHUT_WR)
+        elif parts[0] == "sleep":
+            time.sleep(float(parts[1]))
         elif parts[0] == "read":
             if c.read_frame() is None:
                 print("eof", flush=True)

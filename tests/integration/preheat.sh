@@ -12,6 +12,9 @@
 # naming the scheduler), absent here but complete on the seed, complete here
 # and on b; without a scheduler as before; with the scheduler gone, the local
 # state and "none answered"; with a scheduler that never answers, within 1 s.
+# The seed announces 1024 upload slots, a peer 256 (upload.max_connections
+# unset); a preheat with a wrong --digest fails the seed's fetch ("digest
+# mismatch") and the seed never holds that content.
 # shellcheck source=tests/integration/lib.sh
 . "$(dirname "$0")/lib.sh"
 # shellcheck source=tests/integration/lib-http.sh
@@ -26,6 +29,7 @@ mkdir -p "$OUT"
 SIZE=$((24 << 20))
 
 make_file "$WWW/blob" $SIZE
+make_file "$WWW/other" $((2 << 20))
 start_nginx
 url="$NGINX_URL/blob"
 id=$(task_id_of "$url")
@@ -75,6 +79,19 @@ assert_contains "$T/rf.out" "preheating $id on $SEED" "stdout of preheat"
 wait_log "${PEER_LOG[seed]}" "download done task=$id .*source=origin" 30 "${PEER_PID[seed]}"
 log "the seed holds it: $LOG_LINE"
 log_has "$T/sched.log" "preheat task=$id" || fail "no 'preheat task=$id' in the scheduler's log"
+# A seed serves more children at once than a peer (upload.max_connections
+# unset: 1024 for a seed, 256 for a peer), and tells the scheduler so.
+wait_log "$T/sched.log" "announce task=.* address=$SEED seed=1 .*slots=1024" 10 "$SCHED"
+# A preheat's digest goes to the seed: a wrong one fails the seed's fetch
+# (digest mismatch), and the seed never holds that content as complete.
+other="$NGINX_URL/other"
+peer_rf a preheat "$other" --digest "sha256:$(printf '0%.0s' $(seq 64))"
+assert_eq 0 "$RF_RC" "exit code of preheat with a wrong digest ($(cat "$T/rf.err"))"
+wait_log "${PEER_LOG[seed]}" "digest mismatch" 30 "${PEER_PID[seed]}"
+log "wrong digest: $LOG_LINE"
+peer_rf seed stat "$other"
+[[ $RF_RC != 0 || $(stat_field state) != complete ]] ||
+    fail "the seed holds $other as complete after a preheat with a wrong digest: $(cat "$T/rf.out")"
 
 # stat on a: not here, complete on the seed (once its last announcement is in).
 for _ in $(seq 1 100); do
@@ -97,6 +114,7 @@ stop_nginx
 start_peer b --scheduler "$SADDR"
 expect_peer_get_ok ga a "$url" "$OUT/a" "$WWW/blob"
 assert_source ga peers
+wait_log "$T/sched.log" "announce task=$id .*address=$(paddr a) seed=0 .*slots=256" 10 "$SCHED"
 expect_peer_get_ok gb b "$url" "$OUT/b" "$WWW/blob"
 assert_source gb peers
 assert_done a "$id" peer "$SIZE" 0 "$SIZE"

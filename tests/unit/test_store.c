@@ -3147,6 +3147,47 @@ Test(store_observe, a_wrong_digest_is_failed)
 	free(content);
 }
 
+/* A task discarded while someone else holds it (a peer's upload in flight)
+ * goes at once: the next open of its id starts afresh without its pieces;
+ * the holder's descriptor still reads the old bytes. */
+Test(store_observe, a_task_discarded_while_held_elsewhere_goes_at_once)
+{
+	const uint64_t length = 2 * PL;
+	struct store_options options = base_options();
+	uint8_t id[META_ID_SIZE];
+	uint8_t *content = make_content(length, 25);
+	struct store_task *task, *held, *again;
+	uint32_t first[1] = { 0 };
+	uint8_t buf[64];
+	char path[512];
+
+	open_store(&options);
+	make_id(id, "discard-held");
+	task = open_task(id, length, PL, NULL);
+	write_pieces(task, content, first, 1);
+	cr_assert_eq(store_task_find(fx.store, id, &held), 0);
+	cr_assert_eq(held, task);
+	content_path(id, path, sizeof(path));
+
+	store_task_discard(task);
+	cr_assert_not(path_exists(path), "%s still exists", path);
+	cr_assert_eq(store_task_find(fx.store, id, &again), -ENOENT);
+	cr_assert_eq(pread(store_task_content_fd(held), buf, sizeof(buf), 0), (ssize_t)sizeof(buf));
+	cr_assert(memcmp(buf, content, sizeof(buf)) == 0);
+
+	again = open_task(id, length, PL, NULL);
+	cr_assert_neq(again, held);
+	cr_assert_eq(store_task_info(again)->pieces_done, 0, "the discarded task's pieces came back");
+	cr_assert_not(store_task_has_piece(again, 0));
+	store_task_release(held);
+	cr_assert(path_exists(path), "the holder's release removed the new task's file");
+	cr_assert_eq(store_task_find(fx.store, id, &task), 0);
+	cr_assert_eq(task, again);
+	store_task_release(task);
+	store_task_release(again);
+	free(content);
+}
+
 /* The delete waits for the write that still holds the task. */
 struct discard_at_done {
 	struct piece_result result;

@@ -1,0 +1,136 @@
+#!/usr/bin/env bash
+# shellcheck disable=SC2119 # lib helpers take optional arguments
+# A parent's upload limits at their edges, against raw peer-protocol clients
+# (peerwire):
+#  1. upload.max_requests 128 (more than a connection's 64 queued payloads):
+#     100 GetPiece in one write are all answered, in order, right bytes (the
+#     65th once closed the connection and lost every queued piece).
+#  2. upload.max_requests 2: 3 GetPiece in one write: two pieces, then Error
+#     BUSY for the third; the connection stays and serves the next GetPiece.
+#  3. upload.rate_limit 3 (bytes/s, below the bucket's old 4-byte floor): a
+#     piece is still served (it never was, with a 1 ms timer spinning).
+#  4. upload.rate_limit 128KiB, two 4 MiB pieces asked; the limit removed by
+#     SIGHUP a moment later: both arrive within seconds of the SIGHUP (they
+#     waited out the old limit's timer, about 32 s). Then SIGTERM with a
+#     connection waiting for tokens: ringflyd exits 0 (it leaked that
+#     connection: LeakSanitizer, exit 1).
+#  5. A seed asked (SyncPieces with a URL) for 70 tasks it lacks, from an
+#     origin that never answers: it starts 64 fetches and answers BUSY
+#     "fetching 64 tasks already" to the rest, health meanwhile.
+# shellcheck source=tests/integration/lib.sh
+. "$(dirname "$0")/lib.sh"
+# shellcheck source=tests/integration/lib-http.sh
+. "$(dirname "$0")/lib-http.sh"
+# shellcheck source=tests/integration/lib-p2p.sh
+. "$(dirname "$0")/lib-p2p.sh"
+
+require_peerwire
+BUSY=5
+
+# config NAME YAML: $T/NAME.yaml.
+config() { printf '%s\n' "$2" >"$T/$1.yaml"; }
+
+# import_into NAME FILE: sets TASK (the imported task's id).
+import_into() {
+    peer_rf "$1" import "$2"
+    assert_eq 0 "$RF_RC" "import into $1 ($(cat "$T/rf.err"))"
+    TASK=$(tr -d '\n' <"$T/rf.out")
+}
+
+# wire NAME PORT ACTION...: peerwire talk, output in $T/NAME.wire.
+wire() {
+    local name=$1 port=$2
+    shift 2
+    peerwire talk "$port" --deadline 30 "$@" >"$T/$name.wire" 2>"$T/$name.wire.err" ||
+        fail "peerwire $name: $(cat "$T/$name.wire.err"); got: $(tail -n 3 "$T/$name.wire")"
+}
+
+make_file "$T/small" 1000000
+small_sha=$(sha "$T/small")
+
+# 1. 100 pipelined GetPiece under max_requests 128.
+config A $'upload:\n  max_requests: 128'
+start_peer A --config "$T/A.yaml"
+import_into A "$T/small"
+reads=()
+for ((i = 0; i < 100; i++)); do reads+=(read); done
+wire many "${PEER_PORT[A]}" "sendgets:$TASK:1:0:100" "${reads[@]}"
+assert_eq 100 "$(grep -c '^header ' "$T/many.wire")" "pieces answered of 100 pipelined GetPiece"
+assert_not_contains "$T/many.wire" "eof" "answers to 100 pipelined GetPiece"
+[[ $(sed -n 100p "$T/many.wire") == "header id=100 number=0 offset=0 length=1000000 "*"payload_sha256=$small_sha" ]] ||
+    fail "the 100th answer: $(sed -n 100p "$T/many.wire")"
+assert_not_contains "${PEER_LOG[A]}" "cannot queue a piece" "A's log"
+
+# 2. max_requests 2: the third of three is BUSY, the connection stays.
+config C $'upload:\n  max_requests: 2'
+start_peer C --config "$T/C.yaml"
+import_into C "$T/small"
+wire busy "${PEER_PORT[C]}" "sendgets:$TASK:1:0:3" read read read "get:$TASK:4:0"
+mapfile -t W <"$T/busy.wire"
+[[ ${W[0]} == "header id=1 "* && ${W[1]} == "header id=2 "* ]] ||
+    fail "the first two of three GetPiece under max_requests 2: ${W[*]}"
+[[ ${W[2]} == "error id=3 code=$BUSY message=too many piece requests in flight (limit 2)"* ]] ||
+    fail "the third GetPiece under max_requests 2: '${W[2]}'"
+[[ ${W[3]} == "header id=4 number=0 "*"payload_sha256=$small_sha" ]] ||
+    fail "a GetPiece after the BUSY on the same connection: '${W[3]:-nothing}'"
+
+# 3. rate_limit 3 bytes/s: a piece is still served.
+config D $'upload:\n  rate_limit: 3'
+start_peer D --config "$T/D.yaml"
+import_into D "$T/small"
+wire tiny "${PEER_PORT[D]}" "get:$TASK:1:0"
+[[ $(head -n 1 "$T/tiny.wire") == "header id=1 number=0 "*"payload_sha256=$small_sha" ]] ||
+    fail "a piece under rate_limit 3: $(cat "$T/tiny.wire")"
+
+# 4. SIGHUP removing a rate limit wakes the waiting connection; SIGTERM with
+#    one waiting exits cleanly.
+make_file "$T/eight" $((8 << 20))
+config E $'upload:\n  rate_limit: 128KiB'
+start_peer E --config "$T/E.yaml" --log-level debug
+import_into E "$T/eight"
+peerwire talk "${PEER_PORT[E]}" --deadline 60 "get:$TASK:1:0" "get:$TASK:2:1" \
+    >"$T/hup.wire" 2>"$T/hup.wire.err" 9>&- &
+HUP_PID=$!
+track "$HUP_PID" peerwire
+# Piece 0 goes out on the burst; piece 1 waits about 32 s for tokens.
+wait_log "${PEER_LOG[E]}" "upload piece task=$TASK piece=0" 10 "${PEER_PID[E]}"
+config E $'upload:\n  rate_limit: 0'
+now_ms
+hup_ms=$NOW_MS
+kill -HUP "${PEER_PID[E]}"
+wait_exit "$HUP_PID" 20
+now_ms
+untrack "$HUP_PID"
+[[ $WAIT_RC == 0 ]] || fail "peerwire after the SIGHUP: exit $WAIT_RC: $(cat "$T/hup.wire.err")"
+log "both pieces $((NOW_MS - hup_ms)) ms after the SIGHUP"
+assert_eq 2 "$(grep -c '^header ' "$T/hup.wire")" "pieces after the rate limit went"
+((NOW_MS - hup_ms < 10000)) ||
+    fail "the pieces came $((NOW_MS - hup_ms)) ms after the rate limit was removed"
+config E2 $'upload:\n  rate_limit: 64KiB'
+start_peer E2 --config "$T/E2.yaml" --log-level debug
+import_into E2 "$T/eight"
+peerwire talk "${PEER_PORT[E2]}" --deadline 60 "get:$TASK:1:0" "get:$TASK:2:1" \
+    >"$T/term.wire" 2>"$T/term.wire.err" 9>&- &
+TERM_PID=$!
+track "$TERM_PID" peerwire
+wait_log "${PEER_LOG[E2]}" "upload piece task=$TASK piece=0" 10 "${PEER_PID[E2]}"
+kill -TERM "${PEER_PID[E2]}"
+wait_exit "${PEER_PID[E2]}" 15
+assert_eq 0 "$WAIT_RC" "exit of ringflyd stopped with a connection waiting for the rate limit ($(tail -n 5 "${PEER_LOG[E2]}"))"
+kill "$TERM_PID" 2>/dev/null
+wait_exit "$TERM_PID" 5 || true
+
+# 5. A seed named 70 unknown tasks by URL, from an origin that never answers.
+start_stall_server
+start_peer S --role seed
+actions=()
+for ((i = 0; i < 70; i++)); do
+    u="http://127.0.0.1:$STALL_PORT/never/$i"
+    actions+=("syncurl:$(task_id_of "$u"):$((i + 1)):$u")
+done
+wire flood "${PEER_PORT[S]}" "${actions[@]}"
+assert_eq 64 "$(grep -c 'fetching it now' "$T/flood.wire")" "fetches the seed started for 70 URLs"
+assert_eq 6 "$(grep -c "^error id=[0-9]* code=$BUSY message=no such task .* this seed is fetching 64 tasks already (limit 64)" "$T/flood.wire")" \
+    "BUSY answers past 64 fetches: $(grep -v 'fetching it now' "$T/flood.wire" | head -n 3)"
+must_health "${PEER_SOCK[S]}" 5 "${PEER_PID[S]}"
+pass
