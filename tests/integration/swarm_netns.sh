@@ -37,7 +37,14 @@
 #    `from peers`, `download done ... source=peer origin_bytes=0
 #    peer_bytes=SIZE`, and the new scheduler answered it `parents task=ID
 #    peer=P9 ... back_to_source=0`.
-# At the end: every daemon alive, no sanitizer report in any daemon or
+# 4. A second file (a new task), all eight peers at once again; as soon as a
+#    peer logs `parent connected task=ID2 parent=P1` and p1 holds an eighth of
+#    the file, p1 (a parent mid-swarm)
+#    and the scheduler are killed with SIGKILL at once: the other seven gets
+#    exit 0 with the right sha256 (from the parents left or the origin). The
+#    scheduler started again: each of the seven re-announces ID2 complete to
+#    it within 20 s.
+# At the end: every daemon alive (p1 killed on purpose), no sanitizer report in any daemon or
 # scheduler log. Time on 2 vCPUs: about 25 s (release), 35-40 s (sanitizers); the
 # reconnection after the restart alone takes up to 10 s (the refresh period).
 # shellcheck source=tests/integration/lib.sh
@@ -243,6 +250,59 @@ line=$(grep -m 1 -E "parents task=$ID peer=$(re_ip "${NS_IP[p9]}"):$PEER_PORT_NR
     fail "the restarted scheduler has no 'parents task=$ID peer=${NS_IP[p9]}:$PEER_PORT_NR'"
 [[ $line == *" back_to_source=0"* ]] || fail "the restarted scheduler sent p9 back to source: $line"
 log "p9 after the restart, origin down: $(grep -oE '[0-9]+ bytes in .* from [a-z ]*' "$T/late.err"); scheduler: ${line#* scheduler: }"
+
+# --- 4. a parent and the scheduler killed mid-swarm.
+make_file "$WWW/big2" $SIZE
+SHA2=$(sha "$WWW/big2")
+netns_start_nginx origin 8080
+URL2="$NGINX_URL/big2"
+ID2=$(task_id_of "$URL2")
+for ((i = 1; i <= NPEERS; i++)); do
+    peer_get_bg "h$i" "p$i" "$URL2" "$OUT/h$i"
+done
+p1_re="parent connected task=$ID2 parent=$(re_ip "${NS_IP[p1]}"):$PEER_PORT_NR"
+now_ms; t0=$NOW_MS
+until grep -qE -- "$p1_re" "${PEER_LOG[@]}" 2>/dev/null; do
+    now_ms
+    ((NOW_MS - t0 < 20000)) || fail "no peer connected to p1 for task $ID2 within 20 s"
+    nap 0.02
+done
+# ... and p1 holds an eighth of the file, so there is something to lose.
+until RF_DEADLINE=5 peer_rf p1 stat "$URL2" && [[ $RF_RC == 0 ]] &&
+    (($(stat_field bytes_done) >= SIZE / 8)); do
+    now_ms
+    ((NOW_MS - t0 < 20000)) || fail "p1 did not hold $((SIZE / 8)) bytes of $ID2 within 20 s"
+    grep -q "download done task=$ID2" "${PEER_LOG[p1]}" && fail "p1 completed before it could be killed"
+    nap 0.02
+done
+kill -KILL "${PEER_PID[p1]}" "$SCHED_PID"
+kill_and_reap "${PEER_PID[p1]}"
+stop_scheduler KILL
+log "p1 (a parent: $(grep -lE -- "$p1_re" "${PEER_LOG[@]}" | wc -l) peers fetch from it) and the scheduler killed $((NOW_MS - t0)) ms into the second swarm"
+peer_get_wait h1 30
+log "h1 (its daemon killed) exited $GET_RC"
+for ((i = 2; i <= NPEERS; i++)); do
+    peer_get_wait "h$i" 90
+    [[ $GET_RC == 0 ]] || fail "get h$i at p$i after p1 and the scheduler were killed: exit $GET_RC; stderr: $(head -c 2000 "$T/h$i.err")"
+    assert_done "p$i" "$ID2" - $SIZE - -
+    log "p$i: source=$(log_field "$DONE_LINE" source) origin_bytes=$(log_field "$DONE_LINE" origin_bytes) peer_bytes=$(log_field "$DONE_LINE" peer_bytes) ms=$(log_field "$DONE_LINE" ms)"
+done
+while read -r h f; do
+    [[ $h == "$SHA2" ]] || fail "sha256 of $f is $h, expected $SHA2 (the source's)"
+done < <(sha256sum "$OUT"/h[2-9])
+start_scheduler --netns sched "$SCHED_AT" --log-level debug
+SCHED3_LOG=$SCHED_LOG
+now_ms; t0=$NOW_MS
+for ((i = 2; i <= NPEERS; i++)); do
+    until log_has "$SCHED3_LOG" "announce task=$ID2 peer=$(re_ip "${NS_IP[p$i]}"):$PEER_PORT_NR .* complete=1"; do
+        now_ms
+        ((NOW_MS - t0 < 20000)) || fail "p$i did not re-announce $ID2 to the scheduler started again within 20 s"
+        alive "$SCHED_PID" || fail "the scheduler started again died: $(tail -n 20 "$SCHED3_LOG")"
+        nap 0.1
+    done
+done
+now_ms
+log "the seven re-announced $ID2 (complete) within $((NOW_MS - t0)) ms of the scheduler's second start"
 
 sched_sanitizer_check
 p2p_pass
