@@ -17,7 +17,7 @@ packages=(
 	# unit tests
 	libcriterion-dev
 	# integration tests, demo: socket tools, systemd-socket-activate, ps/pgrep, ip/ss
-	socat systemd procps iproute2 python3
+	socat systemd procps iproute2 python3 openssl
 	# origin servers and reference tools for tests and benchmarks
 	nginx-light curl iperf3 hyperfine fio aria2
 	# registry mirror tests and benchmarks: a registry, its clients, htpasswd -B

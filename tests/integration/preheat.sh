@@ -5,7 +5,7 @@
 # scheduler says so (exit 1). With a seed registered, `ringfly preheat URL` on a
 # peer prints "preheating TASK on SEED", the seed fetches the file from the
 # origin (its log: download done ... source=origin), then nginx is stopped and
-# two peers get the URL: both complete from peers, origin_bytes=0, and the
+# eight peers get the URL at once: all complete from peers, origin_bytes=0, and the
 # origin sent the file exactly once. Then the seed and a go away and b is
 # killed and restarted: it announces its cache, and a new peer c gets the file
 # from it. `ringfly stat` says where the task is all along: nowhere (exit 1,
@@ -108,17 +108,25 @@ assert_eq "$SADDR" "$(stat_field scheduler)" "scheduler of the preheated task's 
 assert_eq "1 peers know it, 1 hold pieces" "$(stat_field swarm)" "swarm of the preheated task's stat"
 grep -qxF "  $SEED seed complete" "$T/rf.out" || fail "stat does not show the seed holding it: $(cat "$T/rf.out")"
 
-# The origin goes away; two peers get it from the seed (and each other).
+# The origin goes away; eight peers get it from the seed (and each other) at once.
 nginx_wait_idle
 stop_nginx
+# Eight peers (a, b, q1..q6) get it at once.
 start_peer b --scheduler "$SADDR"
-expect_peer_get_ok ga a "$url" "$OUT/a" "$WWW/blob"
-assert_source ga peers
+for i in 1 2 3 4 5 6; do
+    start_peer "q$i" --scheduler "$SADDR"
+done
+eight=(a b q1 q2 q3 q4 q5 q6)
+for p in "${eight[@]}"; do
+    peer_get_bg "g$p" "$p" "$url" "$OUT/$p"
+done
+for p in "${eight[@]}"; do
+    peer_get_wait "g$p" 60
+    check_get_ok "g$p" "$OUT/$p" "$WWW/blob"
+    assert_source "g$p" peers
+    assert_done "$p" "$id" peer "$SIZE" 0 "$SIZE"
+done
 wait_log "$T/sched.log" "announce task=$id .*address=$(paddr a) seed=0 .*slots=256" 10 "$SCHED"
-expect_peer_get_ok gb b "$url" "$OUT/b" "$WWW/blob"
-assert_source gb peers
-assert_done a "$id" peer "$SIZE" 0 "$SIZE"
-assert_done b "$id" peer "$SIZE" 0 "$SIZE"
 assert_eq "$SIZE" "$(origin_bytes "$NGINX_ACCESS_LOG" /blob)" "body bytes the origin sent for /blob"
 
 # A restarted daemon tells the scheduler what its cache holds: with the seed
