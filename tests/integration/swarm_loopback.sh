@@ -17,6 +17,8 @@
 #    --disable-back-to-source` of a new file without --parent: exit 5, "no
 #    parent can serve it and back-to-source is disabled", nothing at the output
 #    path, no temp file, no task claiming data, nginx saw no request for it.
+#    The same for a plain get from a daemon whose config says
+#    download.back_to_source: false.
 # 4. A new peer whose scheduler is down (refused): its get starts from the
 #    origin within 2 s (`scheduler unavailable task=ID`, then `fetching from
 #    the origin task=ID`, timed from the get) and completes from the origin.
@@ -116,6 +118,16 @@ SOCK=${PEER_SOCK[p1]} assert_no_data_task "$URLN"
 nginx_wait_idle
 assert_eq 0 "$(origin_requests "$NGINX_ACCESS_LOG" /nobts)" "requests nginx saw for /nobts (back-to-source disabled)"
 log "--disable-back-to-source: exit 5 in $GET_MS ms: $(head -n 1 "$T/nobts.err")"
+# The same from the daemon's config (download.back_to_source: false), no flag.
+printf 'download:\n  back_to_source: false\n' >"$T/nobts.yaml"
+start_peer nb --scheduler "$SCHED_ADDR" --config "$T/nobts.yaml"
+URLC="$NGINX_URL/nobts-config"
+peer_get nobtsc nb "$URLC" "$OUT/nobtsc"
+[[ $GET_RC == 5 ]] || fail "get from a daemon with download.back_to_source false, scheduler down: exit $GET_RC, expected 5; stderr: $(head -c 2000 "$T/nobtsc.err")"
+assert_contains "$T/nobtsc.err" "back-to-source is disabled" "stderr of the get from a daemon with back_to_source false"
+assert_gone "$OUT/nobtsc" "after the get from a daemon with back_to_source false"
+nginx_wait_idle
+assert_eq 0 "$(origin_requests "$NGINX_ACCESS_LOG" /nobts-config)" "requests nginx saw for /nobts-config (download.back_to_source false)"
 
 # --- 4. a new peer, its scheduler down (refused): from the origin within 2 s.
 start_peer p5 --scheduler "$SCHED_ADDR"
