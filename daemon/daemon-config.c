@@ -56,6 +56,7 @@ static const struct config_option daemon_options[] = {
 		      7 * 24 * 3600000LL),
 	NUMBER_OPTION("download.piece_timeout", CONFIG_DURATION, download_piece_timeout_ms, 100,
 		      3600000),
+	NUMBER_OPTION("download.parallel", CONFIG_INT, download_parallel, 1, 64),
 	NUMBER_OPTION("download.parent_requests", CONFIG_INT, download_parent_requests, 1, 256),
 	NUMBER_OPTION("download.parent_connections", CONFIG_INT, download_parent_connections, 1,
 		      16),
@@ -112,6 +113,7 @@ void daemon_config_defaults(struct daemon_config *config)
 	config->download_piece_timeout_ms = 30 * 1000;
 	config->download_parent_requests = 8;
 	config->download_parent_connections = 4;
+	config->download_parallel = 4;
 	config->back_to_source = true;
 	config->scheduler_timeout_ms = 2000;
 	config->http_max_connections = 1024;

@@ -42,6 +42,7 @@ struct daemon_config {
 	int64_t download_piece_timeout_ms;	/* download.piece_timeout */
 	int64_t download_parent_requests;	/* download.parent_requests */
 	int64_t download_parent_connections;	/* download.parent_connections */
+	int64_t download_parallel;		/* download.parallel: origin ranges at once */
 	char config_path[PATH_MAX];		/* --config, re-read on SIGHUP ("" = none) */
 	char scheduler_addresses[1024];		/* scheduler.addresses: HOST:PORT,... */
 	int64_t scheduler_timeout_ms;		/* scheduler.timeout */

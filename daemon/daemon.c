@@ -733,6 +733,7 @@ int daemon_run(const struct daemon_config *config)
 			.parent_requests = (unsigned)config->download_parent_requests,
 			.piece_timeout_ms = (unsigned)config->download_piece_timeout_ms,
 			.parent_connections = (unsigned)config->download_parent_connections,
+			.parallel = (unsigned)config->download_parallel,
 			.sched = daemon.sched,
 			.no_back_to_source = !config->back_to_source,
 			.roots = daemon_on_roots,

@@ -2131,9 +2131,10 @@ static void dl_head_done(struct origin_request *req, const struct origin_result 
 	}
 	task->origin_ready = true;
 	log_info("download", "fetching from the origin task=%s length=%llu piece_length=%llu "
-		 "pieces=%u recorded=%u ranges=%s", task->hex, (unsigned long long)task->length,
-		 (unsigned long long)task->piece_length, task->piece_count,
-		 store_task_info(task->st)->pieces_done, task->ranges ? "yes" : "no");
+		 "pieces=%u recorded=%u ranges=%s parallel=%u", task->hex,
+		 (unsigned long long)task->length, (unsigned long long)task->piece_length,
+		 task->piece_count, store_task_info(task->st)->pieces_done,
+		 task->ranges ? "yes" : "no", task->ranges ? task->parallel : 1u);
 	if (!task->ranges && store_task_info(task->st)->pieces_done < task->piece_count)
 		dl_sequential_start(task);
 	dl_pump(task);

@@ -8,6 +8,8 @@
 # uid and `download done ... source=origin`, and nginx sent each file once.
 # Also `-O -` (content on stdout, nothing else there), and a multi-piece file
 # from a second nginx without range support (max_ranges 0: one sequential GET).
+# The daemon runs with download.parallel 2 (the 300 MiB get logs parallel=2);
+# the small gets pass --parallel 3, which wins (parallel=3).
 # shellcheck source=tests/integration/lib.sh
 . "$(dirname "$0")/lib.sh"
 # shellcheck source=tests/integration/lib-http.sh
@@ -34,7 +36,9 @@ make_file "$WWW/big" 300M
 start_nginx
 MAIN_LOG=$NGINX_ACCESS_LOG
 MAIN_URL=$NGINX_URL
-start_ringflyd
+# download.parallel from the config; a get's --parallel wins.
+printf 'download:\n  parallel: 2\n' >"$T/ringflyd.yaml"
+start_ringflyd --config "$T/ringflyd.yaml"
 
 # get_one NAME [args]: gets /NAME into $OUT/NAME and checks it.
 get_one() {
@@ -49,8 +53,11 @@ get_one() {
 }
 
 for name in zero one pl-1 pl+1 3.5p; do
-    get_one "$name" --piece-length $PL
+    get_one "$name" --parallel 3 --piece-length $PL
 done
+id=$(task_id_of "$MAIN_URL/3.5p")
+grep -F "fetching from the origin task=$id" "$DAEMON_LOG" | grep -qF "ranges=yes parallel=3" ||
+    fail "--parallel 3 did not win over download.parallel: $(grep -F "fetching from the origin task=$id" "$DAEMON_LOG")"
 
 # The requester's pid and uid in the daemon log: a get started directly (no
 # timeout wrapper) so that its pid is known.
@@ -69,6 +76,8 @@ grep -F "download start" "$DAEMON_LOG" | grep -F "task=$id" | grep -F "url=$url"
     grep -qF "uid=$(id -u)" || fail "no 'download start task=$id url=$url pid=$gpid uid=$(id -u)' in the daemon log"
 grep -F "download done" "$DAEMON_LOG" | grep -F "$id" | grep -F "source=origin" | grep -qF "origin_bytes=314572800" ||
     fail "no 'download done ... source=origin ... origin_bytes=314572800' for task $id in the daemon log"
+grep -F "fetching from the origin task=$id" "$DAEMON_LOG" | grep -qF "ranges=yes parallel=2" ||
+    fail "the 300 MiB get did not use download.parallel 2: $(grep -F "fetching from the origin task=$id" "$DAEMON_LOG")"
 
 # -O -: the content on stdout, the summary on stderr.
 url="$MAIN_URL/stdout"
