@@ -100,6 +100,17 @@ kill_and_reap "$DAEMON_PID" KILL
 assert_socket "$T/killed.sock" "left by the killed daemon"
 timed_health killed_daemon "$T/killed.sock"
 
+# The shipped config (deploy/ringflyd.yaml) loads, every key known, and the
+# daemon runs on it (its socket, data dir and ports overridden) and stops
+# cleanly.
+start_daemon "$T/shipped.sock" --config "$(dirname "$0")/../../deploy/ringflyd.yaml" \
+    --listen-peer 127.0.0.1:0 --http 127.0.0.1:0
+must_health "$T/shipped.sock" 10 "$DAEMON_PID"
+kill -TERM "$DAEMON_PID"
+wait_exit "$DAEMON_PID" 10
+assert_eq 0 "$WAIT_RC" "exit of ringflyd on deploy/ringflyd.yaml after SIGTERM ($(tail -n 3 "$DAEMON_LOG"))"
+assert_not_contains "$DAEMON_LOG" "unknown key" "log of ringflyd on deploy/ringflyd.yaml"
+
 # RINGFLY_SOCKET replaces the default socket path of the CLI.
 RINGFLY_SOCKET="$T/envpath.sock" run_fg env_socket 10 "$RINGFLY" health
 assert_eq 3 "$RUN_RC" "RINGFLY_SOCKET: ringfly health exit status"
