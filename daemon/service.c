@@ -20,6 +20,7 @@
 /* What an import or an export does per loop turn: a few milliseconds of
  * copying and hashing, then the loop serves everyone else. */
 #define SERVICE_JOB_SLICE (4u << 20)
+#define SERVICE_JOB_TURN (8u << 20)	/* all jobs together, per loop turn */
 
 /* One get in progress on a connection (the connection's list: conn_user). */
 struct service_get {
@@ -395,16 +396,35 @@ static void service_job_free(struct service_get *get)
 }
 
 static void service_work_done(struct loop_op *op, int res, uint32_t flags);
+static void service_work(struct service *service, uint64_t budget);
 
 static void service_work_arm(struct service *service)
 {
 	if (service->work_armed || !service->jobs)
 		return;
 	loop_op_init(&service->work_op, service_work_done, service);
-	if (loop_nop(service->loop, &service->work_op) == 0)
+	if (loop_nop(service->loop, &service->work_op) == 0) {
 		service->work_armed = true;
-	/* else: the ring is full, which means completions to come; the next
-	 * job to begin (or end) asks again. */
+		return;
+	}
+	/* No room in the ring: the jobs run to their end now, as they once
+	 * always did, rather than wait for a turn nothing asks for. */
+	log_warn("service", "cannot queue a loop turn for imports and exports: running them "
+		 "at once");
+	while (service->jobs)
+		service_work(service, UINT64_MAX);
+}
+
+/* Appends at the tail: the jobs served this turn go after those left for the
+ * next (round robin under the turn's budget). */
+static void service_job_append(struct service *service, struct service_get *get)
+{
+	struct service_get **tail = &service->jobs;
+
+	while (*tail)
+		tail = &(*tail)->job_next;
+	get->job_next = NULL;
+	*tail = get;
 }
 
 static void service_job_reply(struct service_get *get, int rc, const char *err)
@@ -439,17 +459,15 @@ static void service_job_reply(struct service_get *get, int rc, const char *err)
 
 /* One slice of every job, each once per turn (a reply may close its
  * connection and with it that connection's other jobs). */
-static void service_work_done(struct loop_op *op, int res, uint32_t flags)
+/* A slice of each job, each at most once and `budget` bytes in all. */
+static void service_work(struct service *service, uint64_t budget)
 {
-	struct service *service = op->owner;
-	struct service_get *get;
 	unsigned turn = ++service->work_turn;
+	struct service_get *get;
 
-	(void)res;
-	(void)flags;
-	service->work_armed = false;
-	for (;;) {
+	while (budget) {
 		char err[768] = "";
+		uint64_t before;
 		int rc;
 
 		for (get = service->jobs; get && get->turn == turn; get = get->job_next)
@@ -457,22 +475,38 @@ static void service_work_done(struct loop_op *op, int res, uint32_t flags)
 		if (!get)
 			break;
 		get->turn = turn;
-		rc = store_job_step(get->job, SERVICE_JOB_SLICE, err, sizeof(err));
-		if (rc > 0)
-			continue;
+		before = store_job_done(get->job);
+		rc = store_job_step(get->job, budget < SERVICE_JOB_SLICE ? (size_t)budget
+									 : SERVICE_JOB_SLICE,
+				    err, sizeof(err));
+		budget -= store_job_done(get->job) - before < budget
+				  ? store_job_done(get->job) - before : budget;
 		service_job_unlink(service, get);
+		if (rc > 0) {
+			service_job_append(service, get);
+			continue;
+		}
 		service_get_unlink(get);
 		service_job_reply(get, rc, err);
 		service_job_free(get);
 	}
+}
+
+static void service_work_done(struct loop_op *op, int res, uint32_t flags)
+{
+	struct service *service = op->owner;
+
+	(void)res;
+	(void)flags;
+	service->work_armed = false;
+	service_work(service, SERVICE_JOB_TURN);
 	service_work_arm(service);
 }
 
 static void service_job_start(struct service *service, struct service_get *get)
 {
 	get->turn = service->work_turn;
-	get->job_next = service->jobs;
-	service->jobs = get;
+	service_job_append(service, get);
 	service_get_link(get);
 	service_work_arm(service);
 }

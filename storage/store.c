@@ -73,7 +73,8 @@
 
 #define STORE_CHUNK_SIZE (1u << 20)	/* read-back, recv and copy unit */
 #define STORE_JOB_NAME_MAX 512u		/* an import's source name kept for messages */
-#define STORE_HASH_SLICE (4u << 20)	/* digest check: bytes hashed per loop turn */
+#define STORE_HASH_SLICE (4u << 20)	/* digest check: bytes per task per loop turn */
+#define STORE_HASH_TURN (8u << 20)	/* digest checks: bytes per loop turn in all */
 #define STORE_PIPE_SIZE (1u << 20)
 #define STORE_SYNC_BATCH_DEFAULT 16u
 #define STORE_SYNC_DELAY_DEFAULT_MS 20u
@@ -1363,29 +1364,37 @@ static void store_hash_arm(struct store *store)
 static void task_hash_kick(struct store_task *task)
 {
 	struct store *store = task->store;
+	struct store_task **tail = &store->hash_queue;
 
 	if (task->hash_queued || !store->loop || !task_hash_wanted(task) ||
 	    !bit_get(task->recorded, (uint32_t)(task->hashed / task->info.piece_length)))
 		return;
-	task->hash_next = store->hash_queue;
-	store->hash_queue = task;
+	/* At the tail: the tasks served this turn go after those left for
+	 * the next (round robin under the turn's budget). */
+	while (*tail)
+		tail = &(*tail)->hash_next;
+	task->hash_next = NULL;
+	*tail = task;
 	task->hash_queued = true;
 	task->hash_turn = store->hash_turn;
 	store_hash_arm(store);
 }
 
-/* A slice of each queued task, each once per turn (a callback may release
- * any task, which leaves the queue as it goes). */
+/* A slice of each queued task, each at most once per turn and STORE_HASH_TURN
+ * bytes in all (a callback may release any task, which leaves the queue as
+ * it goes). */
 static void store_hash_done(struct loop_op *op, int res, uint32_t flags)
 {
 	struct store *store = op->owner;
 	unsigned turn = ++store->hash_turn;
+	uint64_t budget = STORE_HASH_TURN;
 	struct store_task *task;
 
 	(void)res;
 	(void)flags;
 	store->hash_armed = false;
-	for (;;) {
+	while (budget) {
+		uint64_t before;
 		int rc = 0;
 
 		for (task = store->hash_queue; task && task->hash_turn == turn;
@@ -1397,7 +1406,9 @@ static void store_hash_done(struct loop_op *op, int res, uint32_t flags)
 		task->hash_turn = turn;
 		task_hash_unqueue(task);
 		if (task_hash_wanted(task)) {
-			rc = task_hash_some(task, STORE_HASH_SLICE);
+			before = task->hashed;
+			rc = task_hash_some(task, budget < STORE_HASH_SLICE ? budget : STORE_HASH_SLICE);
+			budget -= task->hashed - before < budget ? task->hashed - before : budget;
 			if (rc < 0)
 				task_fail(task, rc, "reading for the digest check of");
 			else
