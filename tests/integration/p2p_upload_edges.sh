@@ -17,6 +17,9 @@
 #  5. A seed asked (SyncPieces with a URL) for 70 tasks it lacks, from an
 #     origin that never answers: it starts 64 fetches and answers BUSY
 #     "fetching 64 tasks already" to the rest, health meanwhile.
+#  6. A piece A does not hold yet (its get from a slow origin under way):
+#     Error NOT_FOUND "piece N of task T is not here: not recorded (yet)", and
+#     the same connection then gets a recorded piece.
 # shellcheck source=tests/integration/lib.sh
 . "$(dirname "$0")/lib.sh"
 # shellcheck source=tests/integration/lib-http.sh
@@ -26,6 +29,8 @@
 
 require_peerwire
 BUSY=5
+OUT="$T/out"
+mkdir -p "$OUT"
 
 # config NAME YAML: $T/NAME.yaml.
 config() { printf '%s\n' "$2" >"$T/$1.yaml"; }
@@ -133,4 +138,22 @@ assert_eq 64 "$(grep -c 'fetching it now' "$T/flood.wire")" "fetches the seed st
 assert_eq 6 "$(grep -c "^error id=[0-9]* code=$BUSY message=no such task .* this seed is fetching 64 tasks already (limit 64)" "$T/flood.wire")" \
     "BUSY answers past 64 fetches: $(grep -v 'fetching it now' "$T/flood.wire" | head -n 3)"
 must_health "${PEER_SOCK[S]}" 5 "${PEER_PID[S]}"
+
+# 6. A piece not recorded yet, then one that is, on one connection.
+make_file "$WWW/slow" $((8 << 20))
+start_nginx --req-rate 2
+SOCK=${PEER_SOCK[A]}
+url="$NGINX_URL/slow/slow"
+ID=$(task_id_of "$url")
+peer_get_bg slow A "$url" "$OUT/slow" --piece-length 1048576 --parallel 1
+GET_PID=$BG_PID
+wait_bytes_done "$url" 1048576 30
+wire notyet "${PEER_PORT[A]}" "get:$ID:1:7" "get:$ID:2:0"
+mapfile -t W <"$T/notyet.wire"
+[[ ${W[0]} == "error id=1 code=12 message=piece 7 of task $ID is not here: not recorded (yet)" ]] ||
+    fail "GetPiece of a piece not recorded yet: '${W[0]}'"
+[[ ${W[1]} == "header id=2 number=0 offset=0 length=1048576 "* ]] ||
+    fail "GetPiece of a recorded piece after that, same connection: '${W[1]:-nothing}'"
+peer_get_wait slow 60
+check_get_ok slow "$OUT/slow" "$WWW/slow"
 pass
