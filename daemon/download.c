@@ -1863,7 +1863,8 @@ static void dl_parents_tick(struct dl_task *task, uint64_t now_ms)
 
 /* --- the task. */
 
-/* The store's digest check of a task has ended: its finish can go on. */
+/* The store's digest check of a task (or the sha256 of a complete one) has
+ * ended: its finish, or the gets with a --digest, can go on. */
 static void dl_checked(void *arg, const uint8_t id[32])
 {
 	struct dl_task *task = dl_task_find(arg, id);
@@ -1872,6 +1873,7 @@ static void dl_checked(void *arg, const uint8_t id[32])
 		return;
 	task->in_callback++;
 	dl_pump(task);
+	dl_outputs_advance(task);
 	task->in_callback--;
 	dl_task_maybe_end(task);
 }
@@ -2534,8 +2536,16 @@ static void dl_outputs_advance(struct dl_task *task)
 			uint8_t digest[32];
 			char message[600], want[65], got[65];
 
-			if (watcher->has_digest && store_task_sha256(task->st, digest) == 0 &&
-			    memcmp(digest, watcher->digest, sizeof(digest)) != 0) {
+			rc = watcher->has_digest ? store_task_sha256(task->st, digest) : 0;
+			if (rc == -EINPROGRESS)
+				continue; /* hashed a slice per turn: dl_checked */
+			if (rc < 0) {
+				snprintf(message, sizeof(message),
+					 "get %s: cannot check the digest of task %s: %s", task->url,
+					 task->hex, strerror(-rc));
+				dl_watcher_finish(watcher, rc, DOWNLOAD_ERROR_INTERNAL, message);
+			} else if (watcher->has_digest &&
+				   memcmp(digest, watcher->digest, sizeof(digest)) != 0) {
 				hash_hex(watcher->digest, want);
 				hash_hex(digest, got);
 				snprintf(message, sizeof(message),
@@ -2686,6 +2696,7 @@ static int dl_task_new(struct download_engine *engine, const struct download_req
 	}
 	if (st && store_task_is_complete(st)) {
 		task->st = st;
+		store_task_on_checked(st, dl_checked, engine);
 		task->state = DL_COMPLETE;
 		task->source = DOWNLOAD_SOURCE_CACHE;
 		task->length = store_task_info(st)->content_length;

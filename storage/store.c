@@ -157,7 +157,9 @@ struct store_task {
 	struct store_task *hash_next;
 	store_task_checked_fn checked;	/* store_task_on_checked */
 	void *checked_arg;
-	bool finish_waiting;		/* a finish returned -EINPROGRESS */
+	bool finish_waiting;		/* a finish (or a sha256) returned -EINPROGRESS */
+	bool sha_wanted;		/* a complete task without a digest: compute it */
+	int sha_error;			/* ... and reading it failed */
 };
 
 struct store {
@@ -1282,10 +1284,32 @@ out:
 
 /* --- the digest check, as the pieces come. */
 
+/* A task with a digest until it is complete; a complete one without a
+ * digest whose sha256 was asked for (store_task_sha256). */
 static bool task_hash_wanted(const struct store_task *task)
 {
-	return task->info.has_digest && task->info.state != META_TASK_COMPLETE && !task->failed &&
-	       task->hashed < task->info.content_length;
+	if (task->failed || task->hashed >= task->info.content_length)
+		return false;
+	if (task->info.has_digest)
+		return task->info.state != META_TASK_COMPLETE;
+	return task->sha_wanted && !task->sha_error && task->info.state == META_TASK_COMPLETE;
+}
+
+/* A complete task's sha256, hashed to its end: it becomes the task's digest
+ * (the next store_task_sha256 answers at once). */
+static void task_sha_record(struct store_task *task)
+{
+	struct meta_task info = task->info;
+
+	hash_sha256_final(task->hash, info.digest);
+	info.has_digest = true;
+	task_hash_reset(task);
+	task->sha_wanted = false;
+	if (meta_task_put(task->store->meta, &info) < 0 ||
+	    meta_task_get(task->store->meta, info.id, &task->info) < 0) {
+		task->info.has_digest = true; /* known for this run at least */
+		memcpy(task->info.digest, info.digest, sizeof(info.digest));
+	}
 }
 
 static void task_hash_reset(struct store_task *task)
@@ -1409,14 +1433,18 @@ static void store_hash_done(struct loop_op *op, int res, uint32_t flags)
 			before = task->hashed;
 			rc = task_hash_some(task, budget < STORE_HASH_SLICE ? budget : STORE_HASH_SLICE);
 			budget -= task->hashed - before < budget ? task->hashed - before : budget;
-			if (rc < 0)
+			if (rc < 0 && task->info.has_digest)
 				task_fail(task, rc, "reading for the digest check of");
+			else if (rc < 0)
+				task->sha_error = rc; /* a complete task stays complete */
+			else if (task->hashed == task->info.content_length && !task->info.has_digest)
+				task_sha_record(task);
 			else
 				task_hash_kick(task);
 		}
-		/* A finish waits for the end (or the failure): it goes on now. */
-		if (task->finish_waiting && !task->hash_queued && task->checked &&
-		    (task->failed || task->hashed == task->info.content_length)) {
+		/* A finish or a sha256 waits: the hashing ended, failed or
+		 * cannot go on (a piece dropped meanwhile): it asks again now. */
+		if (task->finish_waiting && !task->hash_queued && task->checked) {
 			task->finish_waiting = false;
 			task->checked(task->checked_arg, task->info.id);
 		}
@@ -1447,9 +1475,30 @@ void store_task_on_checked(struct store_task *task, store_task_checked_fn fn, vo
 
 int store_task_sha256(struct store_task *task, uint8_t out[HASH_SHA256_SIZE])
 {
+	int rc;
+
 	if (task->info.has_digest) {
 		memcpy(out, task->info.digest, HASH_SHA256_SIZE);
 		return 0;
+	}
+	if (task->sha_error) {
+		rc = task->sha_error;
+		task->sha_error = 0; /* the next ask tries again */
+		return rc;
+	}
+	/* A large one is hashed a slice per loop turn (-EINPROGRESS until the
+	 * callback), like a digest check. */
+	if (task->checked && task->store->loop && store_task_is_complete(task) &&
+	    task->info.content_length > STORE_HASH_SLICE) {
+		task->sha_wanted = true;
+		task_hash_kick(task);
+		if (task->hash_queued && task->store->hash_armed) {
+			task->finish_waiting = true;
+			return -EINPROGRESS;
+		}
+		task->sha_wanted = false;
+		task_hash_unqueue(task);
+		task_hash_reset(task);
 	}
 	return file_sha256(task->store, task->fd, task->info.content_length, out);
 }

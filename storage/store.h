@@ -214,7 +214,10 @@ int store_task_set_validator(struct store_task *task, const char *validator);
 void store_task_on_checked(struct store_task *task, store_task_checked_fn fn, void *arg);
 
 /* The sha256 of a complete task's content: the recorded digest if it has one,
- * else read and hashed now (synchronous). */
+ * else read and hashed: with a callback set (store_task_on_checked) and more
+ * than a slice to read, a slice per loop turn (-EINPROGRESS, then the
+ * callback, then ask again: the sha256 is the task's recorded digest from
+ * then on); else now (synchronous). */
 int store_task_sha256(struct store_task *task, uint8_t out[32]);
 
 /* Imports a local file as a complete task with id = sha256 of its content

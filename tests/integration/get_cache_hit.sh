@@ -7,6 +7,9 @@
 # not change it); a restarted daemon still serves it from the cache.
 # import FILE prints a 64-hex task id; export ID -O F gives the same bytes;
 # stat ID shows it complete; export of the URL's task gives the file too.
+# A 12 MiB file cached without a digest, got again with --digest: a wrong one
+# exits 6 naming both digests, the right one exits 0 from the cache, and stat
+# then shows the digest (computed a slice per loop turn, kept).
 # shellcheck source=tests/integration/lib.sh
 . "$(dirname "$0")/lib.sh"
 # shellcheck source=tests/integration/lib-http.sh
@@ -20,6 +23,8 @@ SIZE=$((PL * 40 + 333))
 
 make_file "$WWW/file" $SIZE
 src_sha=$(sha "$WWW/file")
+make_file "$WWW/large" $((12 << 20))
+large_sha=$(sha "$WWW/large")
 start_nginx
 URL="$NGINX_URL/file"
 ID=$(task_id_of "$URL")
@@ -50,6 +55,8 @@ rf stat "$ID"
 check_stat "$ID"
 nginx_wait_idle
 assert_eq "$SIZE" "$(origin_bytes)" "body bytes nginx sent for the first get"
+# A larger file, fetched without a digest (its task has none).
+expect_get_ok large "$NGINX_URL/large" "$OUT/large" "$WWW/large"
 
 # 2. The origin is gone: from the cache.
 stop_nginx
@@ -66,6 +73,15 @@ rf_get stdout "$URL" -
 [[ $GET_RC == 0 ]] || fail "get -O - from the cache exited $GET_RC: $(cat "$T/stdout.err")"
 assert_eq "$src_sha" "$(sha "$T/stdout.out")" "sha256 of get -O - from the cache"
 log "cache: $(tail -n 1 "$T/second.err")"
+# --digest on a cached task without one: its sha256 is computed (a slice
+# per loop turn past 4 MiB), checked and kept as the task's digest.
+zeros=$(printf '0%.0s' $(seq 64))
+expect_get_fail large-wrong "$NGINX_URL/large" "$OUT/large-wrong" 6 \
+    "digest mismatch: expected sha256:$zeros, got sha256:$large_sha" --digest "sha256:$zeros"
+expect_get_ok large-right "$NGINX_URL/large" "$OUT/large-right" "$WWW/large" --digest "sha256:$large_sha"
+assert_contains "$T/large-right.err" "from cache" "summary line of the get --digest of the cached file"
+rf stat "$NGINX_URL/large"
+assert_eq "sha256:$large_sha" "$(stat_field digest)" "digest of the cached task after a get --digest"
 
 # 3. A restarted daemon (same data dir) still has it.
 kill -TERM "$DAEMON_PID"

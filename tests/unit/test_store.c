@@ -676,6 +676,43 @@ Test(store_buffer, a_wrong_digest_found_in_slices_fails_the_task)
 	check_in_slices(true);
 }
 
+/* The sha256 of a complete task without a digest (a get --digest of a
+ * cached URL): a slice per turn, then a callback, then the answer, which is
+ * the task's digest from then on. */
+Test(store_buffer, the_sha256_of_a_large_complete_task_runs_in_slices)
+{
+	const uint64_t length = 11 * MIB + 5;
+	struct store_options options = base_options();
+	uint8_t id[META_ID_SIZE], want[HASH_SHA256_SIZE], got[HASH_SHA256_SIZE];
+	uint8_t *content = make_content(length, 6);
+	struct checked_calls calls = { 0 };
+	struct store_task *task;
+
+	open_store(&options);
+	make_id(id, "sha-of-complete");
+	hash_sha256(content, length, want);
+	task = open_task(id, length, MIB, NULL);
+	write_all_pieces(task, content);
+	finish_ok(task);
+	cr_assert_not(store_task_info(task)->has_digest);
+	store_task_on_checked(task, on_checked, &calls);
+	cr_assert_eq(store_task_sha256(task, got), -EINPROGRESS);
+	while (!calls.calls && !fx.watchdog_fired)
+		cr_assert_eq(loop_run(fx.loop), 0);
+	cr_assert_eq(calls.calls, 1);
+	cr_assert_eq(store_task_sha256(task, got), 0);
+	cr_assert_eq(memcmp(got, want, sizeof(want)), 0);
+	cr_assert(store_task_info(task)->has_digest, "the sha256 is not the task's digest now");
+	cr_assert(store_task_is_complete(task));
+	store_task_release(task);
+	/* Recorded in its metadata: the task found again knows it. */
+	cr_assert_eq(store_task_find(fx.store, id, &task), 0);
+	cr_assert(store_task_info(task)->has_digest);
+	cr_assert_eq(memcmp(store_task_info(task)->digest, want, sizeof(want)), 0);
+	store_task_release(task);
+	free(content);
+}
+
 /* Pieces recorded in order are hashed as they come: the finish after the
  * last has one slice left at most and answers at once. */
 Test(store_buffer, pieces_in_order_are_hashed_as_they_are_recorded)
