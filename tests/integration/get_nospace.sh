@@ -5,6 +5,8 @@
 # and the space given back:
 #   a) cache full: the daemon's data dir is a 32 MiB tmpfs, the file 48 MiB;
 #      no task claiming data is left and the data dir's free space is back;
+#   a2) the data dir's disk filled by another writer: a file cached before is
+#      still served from the cache (exit 0, right bytes);
 #   b) output full: the cache takes the 12 MiB file, -O points into an 8 MiB
 #      tmpfs; the output tmpfs is as empty as before;
 #   b2) output full with a file of one piece: its one output write fails, the
@@ -44,8 +46,10 @@ make_file "$WWW/huge" $((48 << 20))
 make_file "$WWW/mid" $((12 << 20))
 make_file "$WWW/small" $((1 << 20))
 make_file "$WWW/one" $((9 << 20))
+make_file "$WWW/early" $((2 << 20))
 start_nginx
 start_ringflyd
+expect_get_ok early "$NGINX_URL/early" "$T/early" "$WWW/early" --piece-length 1048576
 
 # a) The cache is too small.
 url="$NGINX_URL/huge"
@@ -57,6 +61,15 @@ free_after=$(free_bytes "$DATA")
 grep -F "download failed" "$DAEMON_LOG" | grep -qF "no space left on device" ||
     fail "no 'download failed ... no space left on device' in the daemon log"
 log "a) cache full: $(cat "$T/huge.err")"
+
+# a2) The data dir's disk full (another writer): what the cache holds is
+#     still served, from the cache.
+dd if=/dev/zero of="$DATA/filler" bs=1M 2>/dev/null || true
+(($(free_bytes "$DATA") < (1 << 20))) || fail "the filler left $(free_bytes "$DATA") bytes free in $DATA"
+expect_get_ok early-full "$NGINX_URL/early" "$T/early-full" "$WWW/early"
+assert_contains "$T/early-full.err" "from cache" "summary line of a cached get on a full disk"
+must_health "$SOCK" 5 "$DAEMON_PID"
+rm -f "$DATA/filler"
 
 # b) The output is too small.
 url="$NGINX_URL/mid"
