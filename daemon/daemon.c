@@ -218,7 +218,7 @@ static bool daemon_drained(const struct daemon *daemon)
 		return false;
 	if (daemon->http && http_server_count(daemon->http))
 		return false;
-	return !daemon->peer_retry_armed && !daemon->http_retry_armed &&
+	return !daemon->peer_retry_armed && !daemon->http_retry_armed && !daemon->service.jobs &&
 	       download_engine_active(daemon->engine) == 0 && mirror_active(daemon->mirror) == 0;
 }
 

@@ -2006,16 +2006,18 @@ static int dl_open_store_task(struct dl_task *task, char *err, size_t err_size)
 			 (unsigned long long)info->content_length, (unsigned long long)task->length,
 			 info->validator[0] ? info->validator : "-",
 			 task->validator[0] ? task->validator : "-");
-		store_task_release(task->st);
+		/* Gone at once, even while a peer is being served from it. */
+		store_task_discard(task->st);
 		task->st = NULL;
-		rc = store_delete(store, task->id);
-		if (rc < 0 && rc != -ENOENT) {
+		if (store_task_find(store, task->id, &task->st) == 0) {
 			/* Its old pieces would be taken for the new content. */
+			store_task_release(task->st);
+			task->st = NULL;
 			snprintf(err, err_size,
 				 "task %s: the origin's content changed since an earlier run and "
-				 "the old pieces cannot be dropped (%s%s); try again",
-				 task->hex, strerror(-rc), rc == -EBUSY ? ": being served" : "");
-			return rc;
+				 "the old pieces cannot be dropped yet (being written); try again",
+				 task->hex);
+			return -EBUSY;
 		}
 	}
 	rc = store_task_open(store, &params, &task->st, err, err_size);

@@ -459,6 +459,17 @@ static void service_job_reply(struct service_get *get, int rc, const char *err)
 
 /* One slice of every job, each once per turn (a reply may close its
  * connection and with it that connection's other jobs). */
+/* A connection with a job is busy: a drain lets the job finish (until the
+ * shutdown deadline closes everything). */
+static void service_conn_busy_update(struct conn *conn)
+{
+	bool busy = false;
+
+	for (struct service_get *g = conn_user(conn); g && !busy; g = g->next)
+		busy = g->job != NULL;
+	conn_set_busy(conn, busy);
+}
+
 /* A slice of each job, each at most once and `budget` bytes in all. */
 static void service_work(struct service *service, uint64_t budget)
 {
@@ -487,6 +498,7 @@ static void service_work(struct service *service, uint64_t budget)
 			continue;
 		}
 		service_get_unlink(get);
+		service_conn_busy_update(get->conn);
 		service_job_reply(get, rc, err);
 		service_job_free(get);
 	}
@@ -508,6 +520,7 @@ static void service_job_start(struct service *service, struct service_get *get)
 	get->turn = service->work_turn;
 	service_job_append(service, get);
 	service_get_link(get);
+	conn_set_busy(get->conn, true);
 	service_work_arm(service);
 }
 
@@ -570,6 +583,13 @@ static void service_import(struct service *service, struct conn *conn,
 	if (!get)
 		return;
 	rc = store_import_begin(service->store, fd, request->name, &get->job, err, sizeof(err));
+	if (rc == 0) {
+		int pid;
+		unsigned uid;
+
+		conn_peer(conn, &pid, &uid);
+		log_info("service", "import name=%s pid=%d uid=%u", request->name, pid, uid);
+	}
 	if (rc < 0) {
 		conn_send_error(conn, request->id,
 				rc == -ENOSPC ? RINGFLY__ERROR_CODE__ERROR_CODE_NO_SPACE

@@ -100,6 +100,7 @@
 #define CONN_IN_DATA (1u << 10)	    /* inside handlers->data: finishing waits */
 #define CONN_IN_DONE (1u << 11)	    /* inside a payload's done: finishing and kicks wait */
 #define CONN_IN_FRAME (1u << 12)    /* inside handlers->frame (conn_parse): finishing waits */
+#define CONN_BUSY (1u << 13)	    /* conn_set_busy: not idle, whatever its buffers */
 
 /* The operations in flight that closing waits for. */
 #define CONN_INFLIGHT                                                                     \
@@ -1560,7 +1561,8 @@ void conn_server_close_idle(struct conn_server *server, bool all)
 {
 	for (struct conn *conn = server->open, *next; conn; conn = next) {
 		next = conn->next;
-		if (all || (conn->input_len == 0 && conn_output_empty(conn)))
+		if (all || (conn->input_len == 0 && conn_output_empty(conn) &&
+			    !(conn->flags & CONN_BUSY)))
 			conn_close(conn);
 	}
 	if (all && server->sweep_armed)
@@ -1684,6 +1686,14 @@ const char *conn_peer_name(const struct conn *conn)
 void conn_set_user(struct conn *conn, void *user)
 {
 	conn->user = user;
+}
+
+void conn_set_busy(struct conn *conn, bool busy)
+{
+	if (busy)
+		conn->flags |= CONN_BUSY;
+	else
+		conn->flags &= ~CONN_BUSY;
 }
 
 void *conn_user(const struct conn *conn)

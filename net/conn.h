@@ -120,8 +120,8 @@ bool conn_server_accepting(const struct conn_server *server);
 unsigned conn_server_count(const struct conn_server *server);
 void *conn_server_context(const struct conn_server *server);
 
-/* Closes connections with no partial frame in and no reply queued; with
- * `all`, every connection. */
+/* Closes connections with no partial frame in, no reply queued and not
+ * marked busy; with `all`, every connection. */
 void conn_server_close_idle(struct conn_server *server, bool all);
 
 /* --- one connection. */
@@ -130,6 +130,9 @@ struct conn_server *conn_get_server(const struct conn *conn);
 /* The caller's pointer for this connection (NULL from accept on). */
 void conn_set_user(struct conn *conn, void *user);
 void *conn_user(const struct conn *conn);
+/* Work under way for this connection that a drain should let finish (an
+ * import or export): conn_server_close_idle(server, false) skips it. */
+void conn_set_busy(struct conn *conn, bool busy);
 
 /* SO_PEERCRED of a Unix-socket peer (pid 0 when not known, and on TCP). */
 void conn_peer(const struct conn *conn, int *pid, unsigned *uid);

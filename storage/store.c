@@ -188,6 +188,7 @@ struct store {
 	struct store_task *hash_queue;
 	struct loop_op hash_op;
 	bool hash_armed;
+	bool hash_at_once;		/* store_hash_arm's fallback is running */
 	unsigned hash_turn;
 
 	store_observer_fn observer;
@@ -349,7 +350,9 @@ static void task_fail(struct store_task *task, int err, const char *what)
 		snprintf(task->error, sizeof(task->error), "data dir %s: %s while %s task %s",
 			 task->store->data_dir, strerror(-err), what, hex);
 	log_error("store", "task failed reason=\"%s\"", task->error);
-	meta_task_set_state(task->store->meta, task->info.id, META_TASK_FAILED);
+	/* A detached task's id may be another task's now: its record is not ours. */
+	if (!task->detached)
+		meta_task_set_state(task->store->meta, task->info.id, META_TASK_FAILED);
 	task->info.state = META_TASK_FAILED;
 	notify(task, STORE_EVENT_FAILED, 0);
 }
@@ -1194,6 +1197,12 @@ static void task_drop_damaged(struct store_task *task, const uint32_t *numbers, 
 		bit_set(task->recorded, numbers[i], false);
 	}
 	task_hash_reset(task); /* they will be written again: hashed again */
+	if (task->detached) {
+		/* Its id may be another task's now: the records are not ours. */
+		if (task->info.state == META_TASK_COMPLETE)
+			task->info.state = META_TASK_PENDING;
+		return;
+	}
 	meta_pieces_drop(task->store->meta, task->info.id, numbers, count);
 	if (task->info.state == META_TASK_COMPLETE)
 		meta_task_set_state(task->store->meta, task->info.id, META_TASK_PENDING);
@@ -1288,7 +1297,7 @@ out:
  * digest whose sha256 was asked for (store_task_sha256). */
 static bool task_hash_wanted(const struct store_task *task)
 {
-	if (task->failed || task->hashed >= task->info.content_length)
+	if (task->failed || task->detached || task->hashed >= task->info.content_length)
 		return false;
 	if (task->info.has_digest)
 		return task->info.state != META_TASK_COMPLETE;
@@ -1373,14 +1382,19 @@ static void task_hash_unqueue(struct store_task *task)
 }
 
 static void store_hash_done(struct loop_op *op, int res, uint32_t flags);
+static void store_hash_run(struct store *store, uint64_t budget);
 
-static void store_hash_arm(struct store *store)
+/* False if the queue has work and no turn could be asked for. (A finish
+ * only waits while a turn is armed; store_hash_done copes with a failure.) */
+static bool store_hash_arm(struct store *store)
 {
-	if (store->hash_armed || !store->hash_queue)
-		return;
+	if (store->hash_armed || !store->hash_queue || store->hash_at_once)
+		return true;
 	loop_op_init(&store->hash_op, store_hash_done, store);
-	if (loop_nop(store->loop, &store->hash_op) == 0)
-		store->hash_armed = true;
+	if (loop_nop(store->loop, &store->hash_op) < 0)
+		return false;
+	store->hash_armed = true;
+	return true;
 }
 
 /* Goes on hashing in the next loop turn if the next piece in order is
@@ -1407,16 +1421,11 @@ static void task_hash_kick(struct store_task *task)
 /* A slice of each queued task, each at most once per turn and STORE_HASH_TURN
  * bytes in all (a callback may release any task, which leaves the queue as
  * it goes). */
-static void store_hash_done(struct loop_op *op, int res, uint32_t flags)
+static void store_hash_run(struct store *store, uint64_t budget)
 {
-	struct store *store = op->owner;
 	unsigned turn = ++store->hash_turn;
-	uint64_t budget = STORE_HASH_TURN;
 	struct store_task *task;
 
-	(void)res;
-	(void)flags;
-	store->hash_armed = false;
 	while (budget) {
 		uint64_t before;
 		int rc = 0;
@@ -1450,7 +1459,25 @@ static void store_hash_done(struct loop_op *op, int res, uint32_t flags)
 		}
 		store_task_release(task);
 	}
-	store_hash_arm(store);
+}
+
+static void store_hash_done(struct loop_op *op, int res, uint32_t flags)
+{
+	struct store *store = op->owner;
+
+	(void)res;
+	(void)flags;
+	store->hash_armed = false;
+	store_hash_run(store, STORE_HASH_TURN);
+	if (store_hash_arm(store))
+		return;
+	/* No room in the ring: hashed now, to the end, rather than left waiting
+	 * for a turn nothing asks for (a finish waiting would wait forever). */
+	log_warn("store", "cannot queue a loop turn for digest checks: hashing at once");
+	store->hash_at_once = true;
+	while (store->hash_queue)
+		store_hash_run(store, UINT64_MAX);
+	store->hash_at_once = false;
 }
 
 int store_task_set_validator(struct store_task *task, const char *validator)
@@ -1706,6 +1733,7 @@ static int recover_task(const struct meta_task *task, void *arg)
 				if (walk->bad[i] < live->info.piece_count)
 					bit_set(live->recorded, walk->bad[i], false);
 			meta_task_get(store->meta, task->id, &live->info);
+			task_hash_reset(live); /* it may have hashed the bytes found bad */
 		}
 		walk->report->tasks_incomplete++;
 	} else if (task->state == META_TASK_COMPLETE) {
@@ -2376,6 +2404,30 @@ int store_export(struct store_task *task, int out_fd, char *err, size_t err_size
 
 /* --- open / close. */
 
+/* With the lock ours, every import temp file left is a dead process's,
+ * whatever its pid (a container's daemon is pid 1 every time). */
+static void store_remove_import_temps(struct store *store)
+{
+	char dir[PATH_MAX];
+	DIR *d;
+
+	snprintf(dir, sizeof(dir), "%s/tmp", store->content_dir);
+	d = opendir(dir);
+	if (!d)
+		return;
+	for (struct dirent *e; (e = readdir(d));) {
+		char stale[PATH_MAX];
+
+		if (e->d_name[0] == '.')
+			continue;
+		snprintf(stale, sizeof(stale), "%s/%s", dir, e->d_name);
+		if (unlink(stale) == 0)
+			log_info("store", "removed an import's temp file of an earlier run path=%s",
+				 stale);
+	}
+	closedir(d);
+}
+
 /* Two daemons sharing a data dir would overwrite each other's pieces. */
 static int store_lock(struct store *store, char *err, size_t err_size)
 {
@@ -2459,6 +2511,7 @@ int store_open(struct store **out, struct loop *loop, const struct store_options
 		free(store);
 		return rc;
 	}
+	store_remove_import_temps(store);
 	{
 		struct statfs fs;
 

@@ -4,6 +4,8 @@
 # turn, so a request sent right behind one on the same connection is answered
 # first (an import or export done at once answered in order). A client that
 # goes away mid-import leaves no temp file and no task; the daemon stays up.
+# SIGTERM during a 768 MiB import: the drain lets it finish (exit 0, its id)
+# before the daemon stops (exit 0).
 # Exit codes, ids (sha256 of the content) and bytes are checked.
 # shellcheck source=tests/integration/lib.sh
 . "$(dirname "$0")/lib.sh"
@@ -121,4 +123,34 @@ assert_gone "$T/data/content/tmp/"*
 rf stat "$zeros_sha"
 assert_eq 1 "$RF_RC" "exit status of stat of the abandoned import's content"
 assert_contains "$T/rf.err" "no such task" "stat of the abandoned import's content"
+
+# 5. SIGTERM during an import: the drain lets it finish (exit 0, the id),
+#    then the daemon stops cleanly.
+truncate -s $((768 * MIB)) "$T/zeros2"
+printf 'x' | dd of="$T/zeros2" bs=1 seek=$((768 * MIB - 1)) conv=notrunc 2>/dev/null
+zeros2_sha=$(sha "$T/zeros2")
+"$RINGFLY" --socket "$SOCK" import "$T/zeros2" >"$T/drain.out" 2>"$T/drain.err" 9>&- &
+IMPORT_PID=$!
+track "$IMPORT_PID" "ringfly import"
+wait_log_line() {
+    local re=$1 t0
+    now_ms; t0=$NOW_MS
+    until grep -qE -- "$re" "$DAEMON_LOG"; do
+        now_ms
+        ((NOW_MS - t0 < 10000)) || fail "no line matching '$re' in the daemon log within 10 s"
+        nap 0.01
+    done
+}
+wait_log_line "service: import name=$T/zeros2 "
+kill -TERM "$DAEMON_PID"
+wait_exit "$IMPORT_PID" 30
+untrack "$IMPORT_PID"
+assert_eq 0 "$WAIT_RC" "exit of ringfly import when the daemon was sent SIGTERM during it ($(cat "$T/drain.err"))"
+assert_eq "$zeros2_sha" "$(tr -d '\n' <"$T/drain.out")" "id printed by the import the drain let finish"
+wait_exit "$DAEMON_PID" 30
+assert_eq 0 "$WAIT_RC" "exit of ringflyd after the drain ($(tail -n 3 "$DAEMON_LOG"))"
+term_line=$(grep -n "shutting down signal=SIGTERM" "$DAEMON_LOG" | cut -d: -f1)
+done_line=$(grep -n "imported path=$T/zeros2 " "$DAEMON_LOG" | cut -d: -f1)
+[[ -n $term_line && -n $done_line ]] && ((term_line < done_line)) ||
+    fail "the import was not under way at SIGTERM (shutting down at line ${term_line:-none}, imported at ${done_line:-none})"
 pass

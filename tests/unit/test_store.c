@@ -3268,3 +3268,75 @@ Test(store_observe, a_task_discarded_from_a_piece_callback_is_deleted_after_it)
 	cr_assert_eq(store_delete(fx.store, id), -ENOENT);
 	free(content);
 }
+
+/* A: a daemon killed mid-import leaves content/tmp/<pid>-<n>; the next daemon
+ * with the same pid (pid 1 in a container, every time) never removes it, and
+ * its first import collides with it (O_EXCL): EEXIST. */
+Test(store_import, a_temp_file_of_an_earlier_daemon_with_our_pid_goes_at_open)
+{
+	const size_t length = 64 * 1024;
+	uint8_t *content = make_content(length, 91);
+	struct store_options options = base_options();
+	struct store_recovery report;
+	struct store_job *job = NULL;
+	char stale[512], dir[512], src[256], err[512] = "";
+	int fd, rc;
+
+	/* What the killed daemon left, before this one opens the store. */
+	mkdir(fx.data_dir, 0750);
+	snprintf(dir, sizeof(dir), "%s/content", fx.data_dir);
+	mkdir(dir, 0750);
+	snprintf(dir, sizeof(dir), "%s/content/tmp", fx.data_dir);
+	mkdir(dir, 0750);
+	snprintf(stale, sizeof(stale), "%s/%d-1", dir, (int)getpid());
+	write_file(stale, content, 4096);
+	open_store(&options);
+	recover_ok(false, &report);
+	cr_assert_not(path_exists(stale), "%s is still there after open and recovery", stale);
+	snprintf(src, sizeof(src), "%s/src.bin", fx.root);
+	write_file(src, content, length);
+	fd = open(src, O_RDONLY | O_CLOEXEC);
+	cr_assert_geq(fd, 0);
+	rc = store_import_begin(fx.store, fd, "src.bin", &job, err, sizeof(err));
+	cr_assert_eq(rc, 0, "the first import after the restart failed: %d (%s)", rc, err);
+	store_job_free(job);
+	close(fd);
+	free(content);
+}
+
+/* B: a finish that answered -EINPROGRESS is never called back when a piece
+ * is dropped meanwhile (verify_on_read finds it damaged while it is served to
+ * a peer): the hash restarts, stops at the hole, the task leaves the queue. */
+Test(store_buffer, a_piece_dropped_during_the_check_still_calls_the_finish_back)
+{
+	const uint64_t length = 11 * MIB + 5;
+	struct store_options options = base_options();
+	uint8_t id[META_ID_SIZE], digest[HASH_SHA256_SIZE];
+	uint8_t *content = make_content(length, 92);
+	struct checked_calls calls = { 0 };
+	uint32_t numbers[12], len32;
+	uint64_t off;
+	struct store_task *task;
+	char err[512] = "", path[512];
+	int fd;
+
+	options.verify_on_read = true;
+	open_store(&options);
+	make_id(id, "rev-b");
+	hash_sha256(content, length, digest);
+	task = open_task(id, length, MIB, digest);
+	store_task_on_checked(task, on_checked, &calls);
+	for (uint32_t i = 0; i < 12; i++)
+		numbers[i] = 11 - i;
+	write_pieces(task, content, numbers, 12);
+	cr_assert_eq(store_task_finish(task, err, sizeof(err)), -EINPROGRESS, "%s", err);
+	/* The disk flips a byte of piece 9; a peer asks for it. */
+	content_path(id, path, sizeof(path));
+	corrupt_byte(path, 9 * MIB + 100);
+	cr_assert_eq(store_piece_locate(task, 9, &fd, &off, &len32), -EBADMSG);
+	run_for(2000);
+	cr_assert_eq(calls.calls, 1, "the finish that said -EINPROGRESS was never called back "
+		     "(%u calls in 2 s)", calls.calls);
+	store_task_release(task);
+	free(content);
+}
