@@ -621,32 +621,46 @@ static void on_checked(void *arg, const uint8_t id[META_ID_SIZE])
 	loop_stop(fx.loop);
 }
 
-/* 11 MiB in pieces of 1 MiB written last to first (so nothing can be
- * hashed before the last write), with a callback: the finish says
- * -EINPROGRESS, the loop hashes and calls back once, then the finish
- * answers (wrong: the digest mismatch). */
-static void check_in_slices(bool wrong)
+#define SLICES_LENGTH (11 * MIB + 5)
+
+/* A task of SLICES_LENGTH bytes (`content`) with a digest (`wrong`: not the
+ * content's) and a callback, its twelve 1 MiB pieces written last to first
+ * (nothing can be hashed before the last write), then finished: -EINPROGRESS. */
+static struct store_task *finish_in_slices(const char *name, const uint8_t *content, bool wrong,
+					   struct checked_calls *calls, uint8_t id[META_ID_SIZE])
 {
-	const uint64_t length = 11 * MIB + 5;
-	struct store_options options = base_options();
-	uint8_t id[META_ID_SIZE], digest[HASH_SHA256_SIZE];
-	uint8_t *content = make_content(length, 4);
-	struct checked_calls calls = { 0 };
+	uint8_t digest[HASH_SHA256_SIZE];
 	uint32_t numbers[12];
 	struct store_task *task;
 	char err[512] = "";
 
-	open_store(&options);
-	make_id(id, wrong ? "slices-wrong" : "slices");
-	hash_sha256(content, length, digest);
+	make_id(id, name);
+	hash_sha256(content, SLICES_LENGTH, digest);
 	digest[3] ^= wrong;
-	task = open_task(id, length, MIB, digest);
-	store_task_on_checked(task, on_checked, &calls);
+	task = open_task(id, SLICES_LENGTH, MIB, digest);
+	store_task_on_checked(task, on_checked, calls);
 	for (uint32_t i = 0; i < 12; i++)
 		numbers[i] = 11 - i;
 	write_pieces(task, content, numbers, 12);
 	cr_assert_eq(store_task_finish(task, err, sizeof(err)), -EINPROGRESS, "%s", err);
 	cr_assert(strstr(err, "checking its digest"), "%s", err);
+	return task;
+}
+
+/* finish_in_slices, then the loop hashes and calls back once, then the finish
+ * answers (wrong: the digest mismatch). */
+static void check_in_slices(bool wrong)
+{
+	const uint64_t length = SLICES_LENGTH;
+	struct store_options options = base_options();
+	uint8_t id[META_ID_SIZE];
+	uint8_t *content = make_content(length, 4);
+	struct checked_calls calls = { 0 };
+	struct store_task *task;
+	char err[512] = "";
+
+	open_store(&options);
+	task = finish_in_slices(wrong ? "slices-wrong" : "slices", content, wrong, &calls, id);
 	cr_assert_not(store_task_is_complete(task));
 	while (!calls.calls && !fx.watchdog_fired)
 		cr_assert_eq(loop_run(fx.loop), 0);
@@ -3269,9 +3283,9 @@ Test(store_observe, a_task_discarded_from_a_piece_callback_is_deleted_after_it)
 	free(content);
 }
 
-/* A: a daemon killed mid-import leaves content/tmp/<pid>-<n>; the next daemon
- * with the same pid (pid 1 in a container, every time) never removes it, and
- * its first import collides with it (O_EXCL): EEXIST. */
+/* A daemon killed mid-import leaves content/tmp/<pid>-<n>; the next daemon
+ * with the same pid (pid 1 in a container, every time) removes it at open, and
+ * its first import does not collide with it (it did: EEXIST). */
 Test(store_import, a_temp_file_of_an_earlier_daemon_with_our_pid_goes_at_open)
 {
 	const size_t length = 64 * 1024;
@@ -3304,32 +3318,24 @@ Test(store_import, a_temp_file_of_an_earlier_daemon_with_our_pid_goes_at_open)
 	free(content);
 }
 
-/* B: a finish that answered -EINPROGRESS is never called back when a piece
- * is dropped meanwhile (verify_on_read finds it damaged while it is served to
- * a peer): the hash restarts, stops at the hole, the task leaves the queue. */
+/* A finish that answered -EINPROGRESS is called back even when a piece is
+ * dropped meanwhile (verify_on_read finds it damaged while it is served to a
+ * peer): the hash restarts and stops at the hole. */
 Test(store_buffer, a_piece_dropped_during_the_check_still_calls_the_finish_back)
 {
-	const uint64_t length = 11 * MIB + 5;
 	struct store_options options = base_options();
-	uint8_t id[META_ID_SIZE], digest[HASH_SHA256_SIZE];
-	uint8_t *content = make_content(length, 92);
+	uint8_t id[META_ID_SIZE];
+	uint8_t *content = make_content(SLICES_LENGTH, 92);
 	struct checked_calls calls = { 0 };
-	uint32_t numbers[12], len32;
+	uint32_t len32;
 	uint64_t off;
 	struct store_task *task;
-	char err[512] = "", path[512];
+	char path[512];
 	int fd;
 
 	options.verify_on_read = true;
 	open_store(&options);
-	make_id(id, "rev-b");
-	hash_sha256(content, length, digest);
-	task = open_task(id, length, MIB, digest);
-	store_task_on_checked(task, on_checked, &calls);
-	for (uint32_t i = 0; i < 12; i++)
-		numbers[i] = 11 - i;
-	write_pieces(task, content, numbers, 12);
-	cr_assert_eq(store_task_finish(task, err, sizeof(err)), -EINPROGRESS, "%s", err);
+	task = finish_in_slices("dropped-during-check", content, false, &calls, id);
 	/* The disk flips a byte of piece 9; a peer asks for it. */
 	content_path(id, path, sizeof(path));
 	corrupt_byte(path, 9 * MIB + 100);
