@@ -137,6 +137,7 @@ struct dl_parent {
 	char address[160];
 	uint8_t *has;			/* pieces it announced (and we still trust it for) */
 	uint8_t *asked;			/* pieces requested from it, not yet done */
+	uint8_t *denied;		/* pieces it failed or said it lacks: never taken again */
 	unsigned inflight;
 	unsigned strikes;		/* pieces that failed their crc */
 	bool synced;			/* its availability stream ended */
@@ -1117,6 +1118,8 @@ static void dl_parent_penalise(struct dl_parent *dp, uint32_t number, const char
 	log_warn("download", "parent penalised task=%s parent=%s strikes=%u reason=\"piece %u: %s\"",
 		 task->hex, dp->address, dp->strikes, number, reason);
 	/* Never asked for that piece again. */
+	if (dp->denied)
+		bit_set(dp->denied, number, true);
 	if (dp->has && bit_get(dp->has, number)) {
 		bit_set(dp->has, number, false);
 		dl_avail_change(dp, number, -1);
@@ -1143,6 +1146,7 @@ static int dl_parent_shape(struct parent *parent, void *arg, uint64_t content_le
 		return -EINVAL;
 	}
 	if (task->state == DL_PROBING) {
+		uint64_t asked = task->piece_length_wanted;
 		char err[512];
 		int rc;
 
@@ -1151,9 +1155,17 @@ static int dl_parent_shape(struct parent *parent, void *arg, uint64_t content_le
 		task->piece_length_wanted = piece_length;
 		rc = dl_open_store_task(task, err, sizeof(err));
 		if (rc < 0) {
-			dl_fail(task, rc, rc == -ENOSPC ? DOWNLOAD_ERROR_NO_SPACE
-				: rc == -EINVAL ? DOWNLOAD_ERROR_INVALID : DOWNLOAD_ERROR_INTERNAL,
-				"%s", err);
+			/* A shape this node cannot hold (a parent announcing 16 TiB,
+			 * a full disk): the parent is refused, not the get; another
+			 * parent or the origin decides (and says so if it is the
+			 * disk). */
+			log_warn("download", "parent refused task=%s parent=%s reason=\"its shape "
+				 "(length %llu, piece length %llu): %s\"", task->hex, dp->address,
+				 (unsigned long long)content_length, (unsigned long long)piece_length,
+				 err);
+			task->length = 0;
+			task->piece_length_wanted = asked;
+			dl_parent_failed(dp);
 			return rc;
 		}
 		if (dl_fetch_setup(task) < 0) {
@@ -1186,7 +1198,9 @@ static int dl_parent_shape(struct parent *parent, void *arg, uint64_t content_le
 		dp->has = calloc(bytes, 1);
 	if (!dp->asked)
 		dp->asked = calloc(bytes, 1);
-	if (!dp->has || !dp->asked)
+	if (!dp->denied)
+		dp->denied = calloc(bytes, 1);
+	if (!dp->has || !dp->asked || !dp->denied)
 		return -ENOMEM;
 	log_info("download", "parent connected task=%s parent=%s", task->hex, dp->address);
 	return 0;
@@ -1198,13 +1212,20 @@ static void dl_parent_have(struct parent *parent, void *arg, const uint32_t *num
 	struct dl_parent *dp = arg;
 	struct dl_task *task = dp->task;
 
+	bool added = false;
+
 	(void)parent;
 	for (size_t i = 0; i < count; i++) {
-		if (bit_get(dp->has, numbers[i]))
+		/* Announced again after it said it lacks it, or after a crc
+		 * failure: not believed (nor a sign of progress) any more. */
+		if (bit_get(dp->has, numbers[i]) || bit_get(dp->denied, numbers[i]))
 			continue;
 		bit_set(dp->has, numbers[i], true);
 		dl_avail_change(dp, numbers[i], 1);
+		added = true;
 	}
+	if (!added)
+		return;
 	task->peer_progress_ms = clock_monotonic_ms();
 	dl_pump(task);
 }
@@ -1334,6 +1355,8 @@ static void dl_parent_piece_done(struct parent *parent, void *arg, uint32_t numb
 	case -ENOENT:
 	case -EINVAL:
 		/* It no longer has it (or never had): not asked again. */
+		if (dp->denied)
+			bit_set(dp->denied, number, true);
 		if (dp->has && bit_get(dp->has, number)) {
 			bit_set(dp->has, number, false);
 			dl_avail_change(dp, number, -1);
@@ -1810,6 +1833,7 @@ static void dl_parents_free(struct dl_task *task)
 			parent_close(dp->parent);
 		free(dp->has);
 		free(dp->asked);
+		free(dp->denied);
 		free(dp);
 	}
 	free(task->avail);
@@ -1930,7 +1954,15 @@ static void dl_pump(struct dl_task *task)
 		return;
 	}
 	if (task->parents) {
+		/* A request that cannot be sent fails its parent inside, whose
+		 * callbacks may end the task: it stays until the loop is done. */
+		task->in_callback++;
 		dl_parents_pump(task);
+		task->in_callback--;
+		if (dl_final(task)) {
+			dl_task_maybe_end(task);
+			return;
+		}
 		if (!task->origin_allowed && dl_parents_stuck(task))
 			dl_origin_allow(task, task->parents_live ? "a piece no parent has"
 								 : "no parent left");

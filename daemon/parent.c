@@ -83,6 +83,11 @@ struct parent {
 	uint64_t content_length, piece_length;
 	uint32_t piece_count;
 
+	/* The piece whose bytes are being read (PAYLOAD, DISCARD): its request
+	 * is off the queue but not answered yet, and times out the same way. */
+	uint64_t payload_sent_ms;
+	uint32_t payload_number;
+
 	struct parent_slot queue[PARENT_REQUESTS_MAX];
 	unsigned head, count;
 	uint64_t next_id;
@@ -271,6 +276,8 @@ static void parent_on_piece_header(struct parent *parent, const Ringfly__PieceHe
 	slot = parent->queue[parent->head];
 	parent->head = (parent->head + 1) % PARENT_REQUESTS_MAX;
 	parent->count--;
+	parent->payload_sent_ms = slot.sent_ms;
+	parent->payload_number = slot.number;
 	w = calloc(1, sizeof(*w));
 	if (!w) {
 		parent_fail(parent, -ENOMEM, "out of memory");
@@ -661,17 +668,28 @@ unsigned parent_receiving(const struct parent *parent)
 	return parent->count + (reading ? 1u : 0u);
 }
 
+static bool parent_reading_piece(const struct parent *parent)
+{
+	return parent->stage == PARENT_PAYLOAD || parent->stage == PARENT_DISCARD;
+}
+
 uint64_t parent_oldest_ms(const struct parent *parent)
 {
 	if (parent->stage == PARENT_DEAD)
 		return 0;
 	if (!parent->shaped && !parent->sync_ended)
 		return parent->started_ms;
+	/* A piece half read (a parent that stops or trickles mid-payload) is
+	 * the oldest request: it was sent before everything still queued. */
+	if (parent_reading_piece(parent))
+		return parent->payload_sent_ms;
 	return parent->count ? parent->queue[parent->head].sent_ms : 0;
 }
 
 uint32_t parent_oldest_piece(const struct parent *parent)
 {
+	if (parent->stage != PARENT_DEAD && parent_reading_piece(parent))
+		return parent->payload_number;
 	return parent->count ? parent->queue[parent->head].number : UINT32_MAX;
 }
 

@@ -251,13 +251,14 @@ require_badpeer() {
 _BADCOUNT=0
 start_badpeer() {
     local mode=$1 url=$2 file=$3 pl=$4 out t0
+    shift 4
     require_badpeer
     _BADCOUNT=$((_BADCOUNT + 1))
     out="$T/badpeer.$_BADCOUNT.out"
     BAD_ERR="$T/badpeer.$_BADCOUNT.err"
     : >"$out"
     "$RF_BADPEER" --listen 127.0.0.1:0 --url "$url" --file "$file" --piece-length "$pl" \
-        --mode "$mode" >"$out" 2>"$BAD_ERR" 9>&- &
+        --mode "$mode" "$@" >"$out" 2>"$BAD_ERR" 9>&- &
     BAD_PID=$!
     track "$BAD_PID" rf-badpeer
     _LOGS+=("$BAD_ERR")

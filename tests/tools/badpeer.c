@@ -48,6 +48,7 @@
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "core/hash.h"
@@ -59,7 +60,8 @@
 #define OUT_HIGH	 (8u << 20) /* stop reading input above this much queued */
 #define SYNC_NUMBERS_MAX 65536u
 
-enum mode { MODE_GOOD, MODE_CORRUPT, MODE_STALL, MODE_CLOSE_AFTER };
+enum mode { MODE_GOOD, MODE_CORRUPT, MODE_STALL, MODE_CLOSE_AFTER, MODE_HOLD_HALF,
+	    MODE_NOTFOUND_REANNOUNCE, MODE_WRONG_OFFSET, MODE_LONG_PAYLOAD };
 
 struct peer_conn {
 	int fd;
@@ -70,6 +72,9 @@ struct peer_conn {
 	size_t out_pos, out_len, out_cap;
 	bool closing; /* flush what is queued, then shut down */
 	bool shut;    /* FIN sent: input is read and dropped until EOF */
+	bool held;    /* hold-half: a half piece sent, nothing more ever */
+	bool synced;  /* notfound-reannounce: gets availability again each second */
+	uint64_t sync_id;
 };
 
 static struct {
@@ -82,6 +87,8 @@ static struct {
 	uint64_t content_length;
 	uint64_t piece_length;
 	uint32_t piece_count;
+	uint64_t fake_length; /* --fake-length: announced instead of the true length */
+	uint32_t fake_count;
 	uint64_t served, corrupt;
 	struct peer_conn *conns[CONN_MAX];
 } bp;
@@ -176,6 +183,8 @@ static void on_sync(struct peer_conn *c, const Ringfly__SyncPieces *req)
 		out_error(c, req->id, RINGFLY__ERROR_CODE__ERROR_CODE_NOT_FOUND, "no such task");
 		return;
 	}
+	c->synced = true;
+	c->sync_id = req->id;
 	fprintf(stderr, "badpeer: sync task=%s peer=%s pieces=%u\n", bp.task_hex, c->name,
 		bp.piece_count);
 	numbers = malloc(sizeof(*numbers) * SYNC_NUMBERS_MAX);
@@ -188,11 +197,11 @@ static void on_sync(struct peer_conn *c, const Ringfly__SyncPieces *req)
 		while (n < SYNC_NUMBERS_MAX && next < bp.piece_count)
 			numbers[n++] = next++;
 		avail.id = req->id;
-		avail.content_length = bp.content_length;
+		avail.content_length = bp.fake_length ? bp.fake_length : bp.content_length;
 		avail.piece_length = bp.piece_length;
 		avail.n_pieces = n;
 		avail.pieces = numbers;
-		avail.done = next == bp.piece_count;
+		avail.done = next == bp.piece_count && bp.mode != MODE_NOTFOUND_REANNOUNCE;
 		out_frame(c, FRAME_TYPE_PIECE_AVAILABILITY, &avail.base);
 	} while (next < bp.piece_count);
 	free(numbers);
@@ -242,8 +251,27 @@ static void on_get(struct peer_conn *c, const Ringfly__GetPiece *req)
 		out_error(c, req->id, RINGFLY__ERROR_CODE__ERROR_CODE_INVALID, msg);
 		return;
 	}
-	if (bp.mode == MODE_STALL)
+	if (bp.mode == MODE_STALL || c->held)
 		return; /* never answered */
+	if (bp.mode == MODE_NOTFOUND_REANNOUNCE) {
+		out_error(c, req->id, RINGFLY__ERROR_CODE__ERROR_CODE_NOT_FOUND, "gone meanwhile");
+		return;
+	}
+	if (bp.mode == MODE_HOLD_HALF) {
+		length = piece_bytes(req->number);
+		offset = (uint64_t)req->number * bp.piece_length;
+		header.id = req->id;
+		header.number = req->number;
+		header.offset = offset;
+		header.length = length;
+		header.crc32c = hash_crc32c(bp.content + offset, length);
+		out_frame(c, FRAME_TYPE_PIECE_HEADER, &header.base);
+		memcpy(out_reserve(c, length / 2), bp.content + offset, length / 2);
+		c->out_len += length / 2;
+		c->held = true;
+		fprintf(stderr, "badpeer: holding piece %u half sent peer=%s\n", req->number, c->name);
+		return;
+	}
 	if (bp.mode == MODE_CLOSE_AFTER && bp.served >= bp.close_after) {
 		trip(c, req);
 		return;
@@ -498,6 +526,8 @@ int main(int argc, char **argv)
 			bp.piece_length = strtoull(argv[++i], &end, 10);
 			if (errno || *end || bp.piece_length == 0 || bp.piece_length > (1u << 30))
 				usage();
+		} else if (strcmp(argv[i], "--fake-length") == 0) {
+			bp.fake_length = strtoull(argv[++i], &end, 10);
 		} else if (strcmp(argv[i], "--mode") == 0)
 			mode = argv[++i];
 		else
@@ -511,6 +541,10 @@ int main(int argc, char **argv)
 		bp.mode = MODE_CORRUPT;
 	} else if (strcmp(mode, "stall") == 0) {
 		bp.mode = MODE_STALL;
+	} else if (strcmp(mode, "hold-half") == 0) {
+		bp.mode = MODE_HOLD_HALF;
+	} else if (strcmp(mode, "notfound-reannounce") == 0) {
+		bp.mode = MODE_NOTFOUND_REANNOUNCE;
 	} else if (strncmp(mode, "close-after:", 12) == 0) {
 		bp.mode = MODE_CLOSE_AFTER;
 		errno = 0;
@@ -590,13 +624,38 @@ int main(int argc, char **argv)
 			pfds[n] = (struct pollfd){ .fd = c->fd, .events = events };
 			owners[n++] = c;
 		}
-		if (ppoll(pfds, (nfds_t)n, NULL, &orig) < 0) {
+		struct timespec tick = { .tv_nsec = 100000000 };
+		if (ppoll(pfds, (nfds_t)n, bp.mode == MODE_NOTFOUND_REANNOUNCE ? &tick : NULL, &orig) < 0) {
 			if (errno == EINTR)
 				continue;
 			die("poll failed");
 		}
 		if (pfds[0].revents & POLLIN)
 			accept_all(listen_fd);
+		if (bp.mode == MODE_NOTFOUND_REANNOUNCE) {
+			static struct timespec last;
+			struct timespec now;
+
+			clock_gettime(CLOCK_MONOTONIC, &now);
+			if ((now.tv_sec - last.tv_sec) * 1000 + (now.tv_nsec - last.tv_nsec) / 1000000 >= 100) {
+				last = now;
+				for (int i = 0; i < CONN_MAX; i++) {
+					struct peer_conn *c = bp.conns[i];
+					Ringfly__PieceAvailability avail = RINGFLY__PIECE_AVAILABILITY__INIT;
+					uint32_t one_piece = 0;
+
+					if (!c || !c->synced || c->closing)
+						continue;
+					avail.id = c->sync_id;
+					avail.content_length = bp.content_length;
+					avail.piece_length = bp.piece_length;
+					avail.n_pieces = 1;
+					avail.pieces = &one_piece;
+					out_frame(c, FRAME_TYPE_PIECE_AVAILABILITY, &avail.base);
+					conn_write(c);
+				}
+			}
+		}
 		for (int i = 1; i < n; i++) {
 			struct peer_conn *c = owners[i];
 			bool ok = true;
