@@ -257,21 +257,6 @@ static void on_get(struct peer_conn *c, const Ringfly__GetPiece *req)
 		out_error(c, req->id, RINGFLY__ERROR_CODE__ERROR_CODE_NOT_FOUND, "gone meanwhile");
 		return;
 	}
-	if (bp.mode == MODE_HOLD_HALF) {
-		length = piece_bytes(req->number);
-		offset = (uint64_t)req->number * bp.piece_length;
-		header.id = req->id;
-		header.number = req->number;
-		header.offset = offset;
-		header.length = length;
-		header.crc32c = hash_crc32c(bp.content + offset, length);
-		out_frame(c, FRAME_TYPE_PIECE_HEADER, &header.base);
-		memcpy(out_reserve(c, length / 2), bp.content + offset, length / 2);
-		c->out_len += length / 2;
-		c->held = true;
-		fprintf(stderr, "badpeer: holding piece %u half sent peer=%s\n", req->number, c->name);
-		return;
-	}
 	if (bp.mode == MODE_CLOSE_AFTER && bp.served >= bp.close_after) {
 		trip(c, req);
 		return;
@@ -284,6 +269,13 @@ static void on_get(struct peer_conn *c, const Ringfly__GetPiece *req)
 	header.length = length;
 	header.crc32c = hash_crc32c(bp.content + offset, length);
 	out_frame(c, FRAME_TYPE_PIECE_HEADER, &header.base);
+	if (bp.mode == MODE_HOLD_HALF) {
+		memcpy(out_reserve(c, length / 2), bp.content + offset, length / 2);
+		c->out_len += length / 2;
+		c->held = true;
+		fprintf(stderr, "badpeer: holding piece %u half sent peer=%s\n", req->number, c->name);
+		return;
+	}
 	payload = out_reserve(c, length);
 	memcpy(payload, bp.content + offset, length);
 	if (bp.mode == MODE_CORRUPT && length > 0) {
