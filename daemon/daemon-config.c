@@ -75,6 +75,7 @@ static const struct config_option daemon_options[] = {
 	{ "mirror.insecure", CONFIG_BOOL, offsetof(struct daemon_config, mirror_insecure), 0, 0, 0,
 	  NULL },
 	STRING_OPTION("mirror.ca_file", mirror_ca_file),
+	STRING_OPTION("seed.fetch_from", seed_fetch_from),
 };
 
 #define DAEMON_OPTION_COUNT (sizeof(daemon_options) / sizeof(daemon_options[0]))
@@ -114,6 +115,7 @@ void daemon_config_defaults(struct daemon_config *config)
 	config->download_parent_requests = 8;
 	config->download_parent_connections = 4;
 	config->download_parallel = 4;
+	snprintf(config->seed_fetch_from, sizeof(config->seed_fetch_from), "*");
 	config->back_to_source = true;
 	config->scheduler_timeout_ms = 2000;
 	config->http_max_connections = 1024;

@@ -60,6 +60,7 @@ struct daemon_config {
 	char registry_flags[4096];		/* --registry URL (repeatable): replaces the above */
 	bool mirror_insecure;			/* mirror.insecure */
 	char mirror_ca_file[PATH_MAX];		/* mirror.ca_file */
+	char seed_fetch_from[1024];		/* seed.fetch_from: HOST[:PORT],... or "*" */
 };
 
 #define DAEMON_HTTP_DEFAULT "127.0.0.1:65001"

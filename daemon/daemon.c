@@ -316,6 +316,10 @@ static void daemon_on_preheat(void *arg, const char *url, const char *digest)
 
 	if (!daemon->engine || daemon->draining)
 		return;
+	if (!download_seed_may_fetch(url, daemon->config->seed_fetch_from, err, sizeof(err))) {
+		log_warn("daemon", "preheat refused url=%s reason=\"%s\"", url, err);
+		return;
+	}
 	if (digest[0] && hash_parse_sha256(digest, sha) < 0) {
 		log_warn("daemon", "preheat refused url=%s reason=\"digest %s is not "
 			 "sha256:<64 hex digits>\"", url, digest);
@@ -758,6 +762,7 @@ int daemon_run(const struct daemon_config *config)
 			.spread = config->upload_spread,
 			.seed = strcmp(config->role, "seed") == 0,
 			.engine = daemon.engine,
+			.fetch_from = config->seed_fetch_from,
 		};
 
 		upload_init(&daemon.upload, daemon.loop, daemon.store, &upload_options);

@@ -2,6 +2,7 @@
  * tasks, and requesters' outputs filled from the cache. See download.h. */
 #include "daemon/download.h"
 
+#include <arpa/inet.h>
 #include <assert.h>
 #include <errno.h>
 #include <limits.h>
@@ -9,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/random.h>
 #include <sys/sendfile.h>
 #include <unistd.h>
@@ -2955,6 +2957,62 @@ uint64_t download_watcher_length(const struct download_watcher *watcher)
 	const struct dl_task *task = watcher->task;
 
 	return task->st ? store_task_info(task->st)->content_length : 0;
+}
+
+/* The authority of url ("host:port" or "[v6]:port", no userinfo) into out. */
+static bool dl_url_authority(const char *url, char *out, size_t out_size)
+{
+	const char *p = strstr(url, "://"), *end, *at;
+	size_t len;
+
+	if (!p)
+		return false;
+	p += 3;
+	end = p + strcspn(p, "/?#");
+	at = memchr(p, '@', (size_t)(end - p));
+	if (at)
+		p = at + 1;
+	len = (size_t)(end - p);
+	if (len == 0 || len >= out_size)
+		return false;
+	memcpy(out, p, len);
+	out[len] = '\0';
+	return true;
+}
+
+bool download_seed_may_fetch(const char *url, const char *allow, char *why, size_t why_size)
+{
+	char authority[512], host[512], list[1024];
+	struct in6_addr a6;
+	struct in_addr a4;
+	const char *colon;
+
+	if (!dl_url_authority(url, authority, sizeof(authority))) {
+		snprintf(why, why_size, "no host in %s", url);
+		return false;
+	}
+	/* The host alone: "[v6]:port" -> v6, "host:port" -> host. */
+	if (authority[0] == '[') {
+		snprintf(host, sizeof(host), "%.*s", (int)strcspn(authority + 1, "]"), authority + 1);
+	} else {
+		colon = strrchr(authority, ':');
+		snprintf(host, sizeof(host), "%.*s",
+			 (int)(colon ? (size_t)(colon - authority) : strlen(authority)), authority);
+	}
+	if ((inet_pton(AF_INET, host, &a4) == 1 && (ntohl(a4.s_addr) >> 16) == 0xa9feu) ||
+	    (inet_pton(AF_INET6, host, &a6) == 1 && a6.s6_addr[0] == 0xfe &&
+	     (a6.s6_addr[1] & 0xc0) == 0x80)) {
+		snprintf(why, why_size, "%s is a link-local address", host);
+		return false;
+	}
+	if (!allow || strcmp(allow, "*") == 0)
+		return true;
+	snprintf(list, sizeof(list), "%s", allow);
+	for (char *save = NULL, *e = strtok_r(list, ", ", &save); e; e = strtok_r(NULL, ", ", &save))
+		if (strcasecmp(e, "*") == 0 || strcasecmp(e, host) == 0 || strcasecmp(e, authority) == 0)
+			return true;
+	snprintf(why, why_size, "%s is not in seed.fetch_from", authority);
+	return false;
 }
 
 bool download_task_running(struct download_engine *engine, const uint8_t id[32])

@@ -139,6 +139,15 @@ int download_start(struct download_engine *engine, const struct download_request
 int download_prefetch(struct download_engine *engine, const char *url, const uint8_t *digest,
 		      char *err, size_t err_size);
 
+/*
+ * Whether a seed fetches `url` when someone else asks (a peer's SyncPieces,
+ * a preheat): its host must be in `allow` (comma-separated HOST or HOST:PORT,
+ * case-insensitive; "*" = any host), and is never a link-local address
+ * (169.254.0.0/16, fe80::/10: cloud metadata services answer there). False
+ * with the reason in why.
+ */
+bool download_seed_may_fetch(const char *url, const char *allow, char *why, size_t why_size);
+
 /* The task `id` is being downloaded (a get or a prefetch would join it). */
 bool download_task_running(struct download_engine *engine, const uint8_t id[32]);
 

@@ -433,6 +433,14 @@ static bool upload_seed_fetch(struct upload *upload, struct conn *conn,
 				 "task %s is not the task of %s", hex, m->url);
 		return true;
 	}
+	if (!download_seed_may_fetch(m->url, upload->options.fetch_from, err, sizeof(err))) {
+		log_warn("upload", "seed fetch refused task=%s url=%s peer=%s reason=\"%s\"", hex,
+			 m->url, conn_peer_name(conn), err);
+		conn_reply_error(conn, m->id, RINGFLY__ERROR_CODE__ERROR_CODE_INVALID,
+				 "no such task %s here, and this seed does not fetch it for peers: %s",
+				 hex, err);
+		return true;
+	}
 	if (!download_task_running(upload->options.engine, id) &&
 	    download_engine_active(upload->options.engine) >= UPLOAD_SEED_FETCHES_MAX) {
 		conn_reply_error(conn, m->id, RINGFLY__ERROR_CODE__ERROR_CODE_BUSY,

@@ -20,6 +20,9 @@ struct upload_options {
 	 * "Spreading" in upload.c); off: to every child at once. */
 	bool spread;
 	struct download_engine *engine;
+	/* seed.fetch_from: the origins a seed fetches from for peers
+	 * (download_seed_may_fetch); borrowed. */
+	const char *fetch_from;
 };
 
 struct upload_sync;

@@ -16,7 +16,9 @@
 #     connection: LeakSanitizer, exit 1).
 #  5. A seed asked (SyncPieces with a URL) for 70 tasks it lacks, from an
 #     origin that never answers: it starts 64 fetches and answers BUSY
-#     "fetching 64 tasks already" to the rest, health meanwhile.
+#     "fetching 64 tasks already" to the rest, health meanwhile. A link-local
+#     URL (169.254.169.254) is refused (INVALID); with seed.fetch_from a host
+#     not in the list is refused, one in it fetched.
 #  6. A piece A does not hold yet (its get from a slow origin under way):
 #     Error NOT_FOUND "piece N of task T is not here: not recorded (yet)", and
 #     the same connection then gets a recorded piece.
@@ -138,6 +140,24 @@ assert_eq 64 "$(grep -c 'fetching it now' "$T/flood.wire")" "fetches the seed st
 assert_eq 6 "$(grep -c "^error id=[0-9]* code=$BUSY message=no such task .* this seed is fetching 64 tasks already (limit 64)" "$T/flood.wire")" \
     "BUSY answers past 64 fetches: $(grep -v 'fetching it now' "$T/flood.wire" | head -n 3)"
 must_health "${PEER_SOCK[S]}" 5 "${PEER_PID[S]}"
+# A link-local origin (a cloud metadata service) is never fetched for a peer.
+u="http://169.254.169.254/latest/meta-data/"
+wire metadata "${PEER_PORT[S]}" "syncurl:$(task_id_of "$u"):1:$u"
+[[ $(head -n 1 "$T/metadata.wire") == "error id=1 code=13 message=no such task "*", and this seed does not fetch it for peers: 169.254.169.254 is a link-local address" ]] ||
+    fail "a seed asked for a link-local URL: $(cat "$T/metadata.wire")"
+# seed.fetch_from: a host not in it is refused, one in it is fetched.
+printf 'seed:\n  fetch_from: "registry.example, 127.0.0.1:%s"\n' "$STALL_PORT" >"$T/S2.yaml"
+start_peer S2 --role seed --config "$T/S2.yaml"
+u="http://127.0.0.1:$STALL_PORT/allowed"
+v="http://localhost:$STALL_PORT/not-allowed"
+wire allow "${PEER_PORT[S2]}" "syncurl:$(task_id_of "$u"):1:$u" "syncurl:$(task_id_of "$v"):2:$v"
+mapfile -t W <"$T/allow.wire"
+[[ ${W[0]} == "error id=1 code=12 message="*"fetching it now" ]] ||
+    fail "a seed asked for a URL of seed.fetch_from: '${W[0]}'"
+[[ ${W[1]} == "error id=2 code=13 message="*"localhost:$STALL_PORT is not in seed.fetch_from" ]] ||
+    fail "a seed asked for a URL not in seed.fetch_from: '${W[1]:-nothing}'"
+grep -F "seed fetch refused" "${PEER_LOG[S2]}" | grep -qF "url=$v" ||
+    fail "no 'seed fetch refused ... url=$v' in S2's log"
 
 # 6. A piece not recorded yet, then one that is, on one connection.
 make_file "$WWW/slow" $((8 << 20))

@@ -74,3 +74,34 @@ Test(download, task_ids)
 	download_task_id("http://a/file?x=1#frag", id);
 	cr_assert_arr_eq(id, want, 32);
 }
+
+/* Which origins a seed fetches from when a peer or a preheat asks. */
+Test(download, a_seed_fetches_only_from_allowed_non_link_local_origins)
+{
+	char why[256];
+
+	cr_assert(download_seed_may_fetch("http://registry:5000/v2/x", "*", why, sizeof(why)));
+	cr_assert(download_seed_may_fetch("https://127.0.0.1:8443/f", "*", why, sizeof(why)));
+	cr_assert(download_seed_may_fetch("http://[::1]:80/f", "*", why, sizeof(why)));
+	/* Link-local (cloud metadata services): never, whatever the list. */
+	cr_assert_not(download_seed_may_fetch("http://169.254.169.254/latest/meta-data/", "*", why,
+					      sizeof(why)));
+	cr_assert_str_eq(why, "169.254.169.254 is a link-local address");
+	cr_assert_not(download_seed_may_fetch("http://u:p@169.254.1.2:8080/x", "*", why,
+					      sizeof(why)));
+	cr_assert_not(download_seed_may_fetch("http://[fe80::1]:80/x", "*", why, sizeof(why)));
+	cr_assert_str_eq(why, "fe80::1 is a link-local address");
+	cr_assert(download_seed_may_fetch("http://169.255.0.1/x", "*", why, sizeof(why)));
+	/* A list: the host, or host:port; case does not matter. */
+	cr_assert(download_seed_may_fetch("http://Registry.Example:5000/v2/x",
+					  "a.example, registry.example", why, sizeof(why)));
+	cr_assert(download_seed_may_fetch("http://registry.example:5000/v2/x",
+					  "registry.example:5000", why, sizeof(why)));
+	cr_assert_not(download_seed_may_fetch("http://registry.example:6000/v2/x",
+					      "registry.example:5000", why, sizeof(why)));
+	cr_assert_str_eq(why, "registry.example:6000 is not in seed.fetch_from");
+	cr_assert_not(download_seed_may_fetch("http://evil.example/x", "registry.example", why,
+					      sizeof(why)));
+	cr_assert_not(download_seed_may_fetch("no-scheme", "*", why, sizeof(why)));
+	cr_assert_not(download_seed_may_fetch("http:///path", "*", why, sizeof(why)));
+}
