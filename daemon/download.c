@@ -60,6 +60,9 @@
  * of the file before its siblings could; one piece per connection leaves
  * the rest to whoever has it next. One parent alone keeps parent_requests. */
 #define DL_SWARM_REQUESTS 1u
+/* NOT_FOUNDs of one piece from one parent before its announcements of it
+ * are no longer believed. */
+#define DL_DENIALS_MAX 3u
 /* Pieces of one connection whose bytes are in, still being checked, synced
  * and recorded (piece_done not yet come). They free their request's place on
  * the wire (parent_receiving) but stay bounded: the store records in batches
@@ -139,7 +142,8 @@ struct dl_parent {
 	char address[160];
 	uint8_t *has;			/* pieces it announced (and we still trust it for) */
 	uint8_t *asked;			/* pieces requested from it, not yet done */
-	uint8_t *denied;		/* pieces it failed or said it lacks: never taken again */
+	uint8_t *denied;		/* per piece: times it said it lacks it (DL_DENIALS_MAX:
+					 * never believed again, as after a crc failure) */
 	unsigned inflight;
 	unsigned strikes;		/* pieces that failed their crc */
 	bool synced;			/* its availability stream ended */
@@ -1121,7 +1125,7 @@ static void dl_parent_penalise(struct dl_parent *dp, uint32_t number, const char
 		 task->hex, dp->address, dp->strikes, number, reason);
 	/* Never asked for that piece again. */
 	if (dp->denied)
-		bit_set(dp->denied, number, true);
+		dp->denied[number] = DL_DENIALS_MAX;
 	if (dp->has && bit_get(dp->has, number)) {
 		bit_set(dp->has, number, false);
 		dl_avail_change(dp, number, -1);
@@ -1152,7 +1156,17 @@ static int dl_parent_shape(struct parent *parent, void *arg, uint64_t content_le
 		char err[512];
 		int rc;
 
-		/* The first parent to answer gives the shape. */
+		/* The first parent to answer gives the shape -- but not over
+		 * the pieces an earlier run recorded: only the origin (its
+		 * validator) says those are of other content. */
+		if (task->st && (store_task_info(task->st)->content_length != content_length ||
+				 store_task_info(task->st)->piece_length != piece_length)) {
+			log_warn("download", "parent refused task=%s parent=%s reason=\"its shape "
+				 "(length %llu, piece length %llu) is not the recorded task's\"",
+				 task->hex, dp->address, (unsigned long long)content_length,
+				 (unsigned long long)piece_length);
+			return -ESTALE;
+		}
 		task->length = content_length;
 		task->piece_length_wanted = piece_length;
 		rc = dl_open_store_task(task, err, sizeof(err));
@@ -1167,7 +1181,10 @@ static int dl_parent_shape(struct parent *parent, void *arg, uint64_t content_le
 				 err);
 			task->length = 0;
 			task->piece_length_wanted = asked;
-			dl_parent_failed(dp);
+			/* Its fault (told to the scheduler) only if the shape is
+			 * impossible, not if this node's disk is full. */
+			if (rc == -EFBIG || rc == -EINVAL)
+				dl_parent_failed(dp);
 			return rc;
 		}
 		if (dl_fetch_setup(task) < 0) {
@@ -1201,7 +1218,7 @@ static int dl_parent_shape(struct parent *parent, void *arg, uint64_t content_le
 	if (!dp->asked)
 		dp->asked = calloc(bytes, 1);
 	if (!dp->denied)
-		dp->denied = calloc(bytes, 1);
+		dp->denied = calloc(task->piece_count + 1u, 1);
 	if (!dp->has || !dp->asked || !dp->denied)
 		return -ENOMEM;
 	log_info("download", "parent connected task=%s parent=%s", task->hex, dp->address);
@@ -1214,21 +1231,26 @@ static void dl_parent_have(struct parent *parent, void *arg, const uint32_t *num
 	struct dl_parent *dp = arg;
 	struct dl_task *task = dp->task;
 
-	bool added = false;
+	bool added = false, again = false;
 
 	(void)parent;
 	for (size_t i = 0; i < count; i++) {
-		/* Announced again after it said it lacks it, or after a crc
-		 * failure: not believed (nor a sign of progress) any more. */
-		if (bit_get(dp->has, numbers[i]) || bit_get(dp->denied, numbers[i]))
+		/* Announced again after it said it lacks it (it may have
+		 * fetched it again): asked again, a few times, but never a sign
+		 * of progress; after a crc failure, not believed any more. */
+		if (bit_get(dp->has, numbers[i]) || dp->denied[numbers[i]] >= DL_DENIALS_MAX)
 			continue;
 		bit_set(dp->has, numbers[i], true);
 		dl_avail_change(dp, numbers[i], 1);
-		added = true;
+		if (dp->denied[numbers[i]])
+			again = true;
+		else
+			added = true;
 	}
-	if (!added)
+	if (!added && !again)
 		return;
-	task->peer_progress_ms = clock_monotonic_ms();
+	if (added)
+		task->peer_progress_ms = clock_monotonic_ms();
 	dl_pump(task);
 }
 
@@ -1356,9 +1378,10 @@ static void dl_parent_piece_done(struct parent *parent, void *arg, uint32_t numb
 		break;
 	case -ENOENT:
 	case -EINVAL:
-		/* It no longer has it (or never had): not asked again. */
-		if (dp->denied)
-			bit_set(dp->denied, number, true);
+		/* It no longer has it (or never had): not asked again until
+		 * it announces it again (a few times at most). */
+		if (dp->denied && dp->denied[number] < DL_DENIALS_MAX)
+			dp->denied[number]++;
 		if (dp->has && bit_get(dp->has, number)) {
 			bit_set(dp->has, number, false);
 			dl_avail_change(dp, number, -1);
@@ -1858,6 +1881,10 @@ static void dl_parents_tick(struct dl_task *task, uint64_t now_ms)
 	for (struct dl_parent *dp = task->parents; dp; dp = dp->next) {
 		uint64_t since = dp->parent ? parent_oldest_ms(dp->parent) : 0;
 		char reason[128];
+
+		/* Bytes of a piece coming in are progress, however slow. */
+		if (dp->parent && parent_payload_progress_ms(dp->parent) > task->peer_progress_ms)
+			task->peer_progress_ms = parent_payload_progress_ms(dp->parent);
 
 		if (!dp->parent && dp->retry_at_ms && now_ms >= dp->retry_at_ms) {
 			log_info("download", "parent asked again task=%s parent=%s retry=%u",
@@ -2522,6 +2549,19 @@ static bool dl_watcher_stream(struct download_watcher *watcher)
 /* Moves every watcher's output forward (up to DOWNLOAD_COPY_TURN_BYTES of
  * copying this turn) and finishes the watchers that have everything. Never
  * frees the task: callers end with dl_task_maybe_end. */
+/* A watcher of a complete task missing a piece (dropped as damaged). */
+static void dl_watcher_damaged(struct download_watcher *watcher)
+{
+	struct dl_task *task = watcher->task;
+	char message[600];
+
+	snprintf(message, sizeof(message),
+		 "get %s: the cache's copy of task %s is damaged (a piece's bytes are gone or "
+		 "changed); what the store found damaged was dropped: a get again fetches it",
+		 task->url, task->hex);
+	dl_watcher_finish(watcher, -EBADMSG, DOWNLOAD_ERROR_INTEGRITY, message);
+}
+
 static void dl_outputs_advance(struct dl_task *task)
 {
 	uint64_t budget = DOWNLOAD_COPY_TURN_BYTES;
@@ -2545,13 +2585,7 @@ static void dl_outputs_advance(struct dl_task *task)
 			rc = -EBADMSG; /* as in dl_output_catch_up: a damaged piece */
 		}
 		if (rc == -EBADMSG) {
-			char message[600];
-
-			snprintf(message, sizeof(message),
-				 "get %s: the cache's copy of task %s is damaged (a piece's bytes "
-				 "are gone or changed); what the store found damaged was dropped: a get "
-				 "again fetches it", task->url, task->hex);
-			dl_watcher_finish(watcher, rc, DOWNLOAD_ERROR_INTEGRITY, message);
+			dl_watcher_damaged(watcher);
 			continue;
 		}
 		if (rc < 0) {
@@ -2575,7 +2609,9 @@ static void dl_outputs_advance(struct dl_task *task)
 			rc = watcher->has_digest ? store_task_sha256(task->st, digest) : 0;
 			if (rc == -EINPROGRESS)
 				continue; /* hashed a slice per turn: dl_checked */
-			if (rc < 0) {
+			if (rc == -EBADMSG) {
+				dl_watcher_damaged(watcher); /* pieces dropped while hashed */
+			} else if (rc < 0) {
 				snprintf(message, sizeof(message),
 					 "get %s: cannot check the digest of task %s: %s", task->url,
 					 task->hex, strerror(-rc));

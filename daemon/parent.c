@@ -48,6 +48,7 @@ struct parent_write {
 	uint32_t length;
 	bool received;
 	bool report;			/* in flight at parent_close: still reported */
+	uint64_t progress_ms;		/* when bytes of it last came off the socket */
 };
 
 struct parent {
@@ -292,8 +293,9 @@ static void parent_on_piece_header(struct parent *parent, const Ringfly__PieceHe
 	parent->write_list = w;
 	parent->writes++;
 	parent->stage = PARENT_PAYLOAD;
+	w->progress_ms = slot.sent_ms;
 	rc = store_piece_from_stream(slot.st, h->number, parent->fd, true, h->crc32c,
-				     parent_piece_received, parent_piece_done, w);
+				     parent_piece_received, parent_piece_done, w, &w->progress_ms);
 	if (rc < 0) {
 		/* Already recorded, or the store cannot take it: read the
 		 * bytes past, then report. */
@@ -487,6 +489,7 @@ static void parent_recv_done(struct loop_op *op, int res, uint32_t flags)
 		parent_on_frame(parent);
 		return;
 	case PARENT_DISCARD:
+		parent->discard_write->progress_ms = clock_monotonic_ms();
 		parent->discard_left -= (uint32_t)res;
 		parent->got = 0;
 		if (parent->discard_left == 0) {
@@ -679,11 +682,27 @@ uint64_t parent_oldest_ms(const struct parent *parent)
 		return 0;
 	if (!parent->shaped && !parent->sync_ended)
 		return parent->started_ms;
-	/* A piece half read (a parent that stops or trickles mid-payload) is
-	 * the oldest request: it was sent before everything still queued. */
-	if (parent_reading_piece(parent))
-		return parent->payload_sent_ms;
+	/* A piece half read (a parent that stops mid-payload) is the oldest
+	 * request: its clock runs from when its last bytes came (a slow but
+	 * steady parent is not one that stopped). */
+	if (parent_reading_piece(parent)) {
+		const struct parent_write *w = parent->stage == PARENT_DISCARD
+						       ? parent->discard_write : parent->write_list;
+
+		return w && w->progress_ms > parent->payload_sent_ms ? w->progress_ms
+								     : parent->payload_sent_ms;
+	}
 	return parent->count ? parent->queue[parent->head].sent_ms : 0;
+}
+
+uint64_t parent_payload_progress_ms(const struct parent *parent)
+{
+	const struct parent_write *w;
+
+	if (parent->stage == PARENT_DEAD || !parent_reading_piece(parent))
+		return 0;
+	w = parent->stage == PARENT_DISCARD ? parent->discard_write : parent->write_list;
+	return w && w->progress_ms > parent->payload_sent_ms ? w->progress_ms : 0;
 }
 
 uint32_t parent_oldest_piece(const struct parent *parent)

@@ -68,8 +68,11 @@ unsigned parent_outstanding(const struct parent *parent);
  * and the piece being read. Pieces being checked and made durable are not
  * counted (parent_piece_pending). */
 unsigned parent_receiving(const struct parent *parent);
-/* When the oldest outstanding request was sent (monotonic ms), 0 if none. */
+/* When the oldest outstanding request was sent (monotonic ms), 0 if none;
+ * for the piece being read, when its bytes last came (if later). */
 uint64_t parent_oldest_ms(const struct parent *parent);
+/* When bytes of the piece being read last came (monotonic ms), 0 if none. */
+uint64_t parent_payload_progress_ms(const struct parent *parent);
 /* The piece of the oldest outstanding request, UINT32_MAX if none. */
 uint32_t parent_oldest_piece(const struct parent *parent);
 /* Pieces this parent has delivered into the cache, and their bytes. */

@@ -1545,7 +1545,9 @@ static void conn_sweep_done(struct loop_op *op, int res, uint32_t flags)
 		return;
 	for (struct conn *conn = server->open, *next; conn; conn = next) {
 		next = conn->next;
-		if (!(conn->flags & CONN_CLOSING) &&
+		/* A connection marked busy has work under way (an import):
+		 * its silence is the wait for the answer, not idleness. */
+		if (!(conn->flags & (CONN_CLOSING | CONN_BUSY)) &&
 		    now_ms - conn->last_active_ms >= server->options.idle_timeout_ms) {
 			log_debug("conn", "closing idle connection server=%s peer=%s",
 				  server->options.name, conn->peer_name);
@@ -1692,8 +1694,10 @@ void conn_set_busy(struct conn *conn, bool busy)
 {
 	if (busy)
 		conn->flags |= CONN_BUSY;
-	else
+	else if (conn->flags & CONN_BUSY) {
 		conn->flags &= ~CONN_BUSY;
+		conn->last_active_ms = clock_monotonic_ms(); /* idle from now */
+	}
 }
 
 void *conn_user(const struct conn *conn)

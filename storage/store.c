@@ -114,6 +114,7 @@ struct piece_write {
 	uint32_t chunk_len, chunk_done;
 	int res;		/* final result for done() */
 	store_piece_done_fn received;	/* optional: every byte is off the socket */
+	uint64_t *progress_ms;		/* optional: when bytes last came off it */
 	store_piece_done_fn done;
 	void *arg;
 };
@@ -590,6 +591,8 @@ static void piece_op_done(struct loop_op *op, int res, uint32_t flags)
 
 	switch (w->stage) {
 	case PIECE_SPLICE_IN:
+		if (w->progress_ms)
+			*w->progress_ms = clock_monotonic_ms();
 		w->in_pipe = (uint32_t)res;
 		w->stage = PIECE_SPLICE_OUT;
 		if (w->moved + w->in_pipe == w->size)
@@ -602,6 +605,8 @@ static void piece_op_done(struct loop_op *op, int res, uint32_t flags)
 			w->stage = w->moved < w->size ? PIECE_SPLICE_IN : PIECE_READBACK;
 		break;
 	case PIECE_RECV:
+		if (w->progress_ms)
+			*w->progress_ms = clock_monotonic_ms();
 		/* The bytes are in user space: crc them here, no read-back. A
 		 * chunk is filled before it is written: half the operations. */
 		w->crc = hash_crc32c_extend(w->crc, w->chunk + w->chunk_len, (size_t)res);
@@ -740,12 +745,12 @@ static int piece_begin(struct store_task *task, uint32_t number, bool has_crc, u
 int store_piece_from_socket(struct store_task *task, uint32_t number, int sock_fd, bool has_crc,
 			    uint32_t crc32c, store_piece_done_fn done, void *arg)
 {
-	return store_piece_from_stream(task, number, sock_fd, has_crc, crc32c, NULL, done, arg);
+	return store_piece_from_stream(task, number, sock_fd, has_crc, crc32c, NULL, done, arg, NULL);
 }
 
 int store_piece_from_stream(struct store_task *task, uint32_t number, int sock_fd, bool has_crc,
 			    uint32_t crc32c, store_piece_done_fn received,
-			    store_piece_done_fn done, void *arg)
+			    store_piece_done_fn done, void *arg, uint64_t *progress_ms)
 {
 	struct store *store = task->store;
 	struct piece_write *w;
@@ -755,6 +760,7 @@ int store_piece_from_stream(struct store_task *task, uint32_t number, int sock_f
 		return rc;
 	w->sock_fd = sock_fd;
 	w->received = received;
+	w->progress_ms = progress_ms;
 	if (store->options.socket_path == STORE_SOCKET_SPLICE) {
 		rc = pool_get_pipe(store, w->pipe_fds);
 		w->stage = PIECE_SPLICE_IN;
@@ -1512,6 +1518,13 @@ int store_task_sha256(struct store_task *task, uint8_t out[HASH_SHA256_SIZE])
 		rc = task->sha_error;
 		task->sha_error = 0; /* the next ask tries again */
 		return rc;
+	}
+	if (!store_task_is_complete(task)) {
+		/* Pieces dropped as damaged (meanwhile): no whole to hash. */
+		task->sha_wanted = false;
+		task_hash_unqueue(task);
+		task_hash_reset(task);
+		return -EBADMSG;
 	}
 	/* A large one is hashed a slice per loop turn (-EINPROGRESS until the
 	 * callback), like a digest check. */

@@ -161,10 +161,13 @@ int store_piece_from_socket(struct store_task *task, uint32_t number, int sock_f
  * socket is no longer used by this write), so the caller can start the next
  * piece while this one is still being written, checked and synced. received
  * does not run if the piece fails before that; done always runs, after it.
+ * progress_ms, optional (valid until done), is set to clock_monotonic_ms()
+ * whenever bytes of the piece come off the socket: a caller's timeout can
+ * tell a slow sender from a silent one.
  */
 int store_piece_from_stream(struct store_task *task, uint32_t number, int sock_fd, bool has_crc,
 			    uint32_t crc32c, store_piece_done_fn received,
-			    store_piece_done_fn done, void *arg);
+			    store_piece_done_fn done, void *arg, uint64_t *progress_ms);
 
 /*
  * Same from a buffer holding exactly the piece, borrowed until written (or
@@ -217,7 +220,8 @@ void store_task_on_checked(struct store_task *task, store_task_checked_fn fn, vo
  * else read and hashed: with a callback set (store_task_on_checked) and more
  * than a slice to read, a slice per loop turn (-EINPROGRESS, then the
  * callback, then ask again: the sha256 is the task's recorded digest from
- * then on); else now (synchronous). */
+ * then on); else now (synchronous). -EBADMSG if a task without a digest is
+ * not complete (any more: pieces dropped as damaged). */
 int store_task_sha256(struct store_task *task, uint8_t out[32]);
 
 /* Imports a local file as a complete task with id = sha256 of its content

@@ -14,7 +14,11 @@
 #     and counted as progress, so the origin was never brought in);
 #  d) stall with a fake length of 16 TiB in 64 MiB pieces, the only parent:
 #     the parent is refused ("its shape ..."), the get completes from the
-#     origin (it once failed the get: "cannot preallocate").
+#     origin (it once failed the get: "cannot preallocate");
+#  e) notfound-once, the only parent, back-to-source disabled: NOT_FOUND once,
+#     then the piece announced again and served: the get completes from it;
+#  f) a task with pieces recorded by a get cut short, then a parent announcing
+#     another shape: refused, the pieces kept, the origin sends only the rest.
 # shellcheck source=tests/integration/lib.sh
 . "$(dirname "$0")/lib.sh"
 # shellcheck source=tests/integration/lib-http.sh
@@ -69,4 +73,41 @@ check_get_ok d "$OUT/d" "$WWW/f"
 grep -E "parent refused task=$(task_id_of "$NGINX_URL/f?d") parent=127\.0\.0\.1:$BAD_PORT reason=\"its shape \(length 17592186044416" \
     "${PEER_LOG[C]}" >/dev/null || fail "d) no 'parent refused ... its shape (length 17592186044416' in C's log"
 log "d: $GET_MS ms: $(tail -n 1 "$T/d.err")"
+
+# e) An honest parent that answers one NOT_FOUND (it dropped a damaged copy)
+#    and then has the piece again and announces it: asked again, the get
+#    completes from it, back-to-source disabled (it once waited forever: a
+#    denial was for good).
+start_badpeer notfound-once "$NGINX_URL/one?e" "$WWW/one" $MiB
+RF_DEADLINE=20 peer_get e C "$NGINX_URL/one?e" "$OUT/e" --piece-length $MiB \
+    --parent "127.0.0.1:$BAD_PORT" --disable-back-to-source
+check_get_ok e "$OUT/e" "$WWW/one"
+assert_source e peers
+log "e: $GET_MS ms: $(tail -n 1 "$T/e.err")"
+
+# f) A task with pieces recorded by an earlier get (cut short) and a parent
+#    announcing another shape: the parent is refused and the recorded pieces
+#    stay (the origin fetches only the rest); they were once discarded first.
+make_file "$WWW/g" $((16 * MiB))
+start_nginx --req-rate 20
+url="$NGINX_URL/slow/g"
+SOCK=${PEER_SOCK[C]}
+peer_get_bg cut C "$url" "$OUT/cut" --piece-length 262144
+GET_PID=$BG_PID
+wait_bytes_done "$url" $((2 * MiB)) 30
+kill -KILL "$GET_PID"
+wait_exit "$GET_PID" 10
+wait_log "${PEER_LOG[C]}" "nobody waits for the task.*$(task_id_of "$url")|$(task_id_of "$url").*nobody waits" 10 "${PEER_PID[C]}"
+rf stat "$url"
+kept=$(stat_field bytes_done)
+((kept >= 2 * MiB)) || fail "f) the cut get left $kept bytes recorded"
+lines_before=$(wc -l <"$NGINX_ACCESS_LOG")
+start_badpeer stall "$url" "$WWW/g" $((64 * MiB)) --fake-length $((16 << 40))
+RF_DEADLINE=60 peer_get f C "$url" "$OUT/f" --parent "127.0.0.1:$BAD_PORT"
+check_get_ok f "$OUT/f" "$WWW/g"
+assert_not_contains "${PEER_LOG[C]}" "dropping the recorded pieces" "C's log (a refused parent's shape)"
+nginx_wait_idle
+after=$(tail -n +$((lines_before + 1)) "$NGINX_ACCESS_LOG" | awk '$7 !~ /^\/\.rfit-ready/ { s += $10 } END { printf "%.0f\n", s }')
+((after <= 16 * MiB - kept)) || fail "f) nginx sent $after bytes after the cut, more than the $((16 * MiB - kept)) not recorded"
+log "f: $kept bytes kept, $after from the origin after: $(tail -n 1 "$T/f.err")"
 p2p_pass

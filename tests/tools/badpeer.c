@@ -4,7 +4,8 @@
  * corrupt, stalling or vanishing parent on demand.
  *
  *     rf-badpeer --listen HOST:PORT --url URL --file PATH --piece-length N
- *                --mode good|corrupt|stall|close-after:K
+ *                --mode good|corrupt|stall|close-after:K|hold-half|notfound-reannounce|
+ *                       notfound-once|wrong-offset|long-payload [--fake-length N]
  *
  * Prints "port=N" on stdout (flushed) once listening. The task is URL's
  * (sha256("ringfly-task-v1\n" + URL), fragment dropped), its content the
@@ -20,6 +21,14 @@
  *   close-after:K  K pieces served correctly (over all connections), then
  *                  piece K+1 gets its header and half its bytes and every
  *                  connection is closed; later connections are closed at once
+ *   hold-half      the header and half the payload, then nothing more on that
+ *                  connection (it stays open)
+ *   notfound-reannounce  availability never done, piece 0 announced again every
+ *                  100 ms, every GetPiece answered Error NOT_FOUND
+ *   notfound-once  the same, but only the first GetPiece of each connection
+ *                  gets NOT_FOUND (an honest parent that dropped a damaged
+ *                  piece and has it again); the rest are served
+ *   --fake-length N  announce N bytes instead of the file's length
  *
  * GetPiece of another task: Error NOT_FOUND; a number past the last piece:
  * Error INVALID. A malformed frame or one of a type it does not take: Error,
@@ -75,10 +84,12 @@ struct peer_conn {
 	bool held;    /* hold-half: a half piece sent, nothing more ever */
 	bool synced;  /* notfound-reannounce: gets availability again each second */
 	uint64_t sync_id;
+	bool denied_once; /* notfound-once: its first GetPiece was answered NOT_FOUND */
 };
 
 static struct {
 	enum mode mode;
+	bool notfound_once; /* notfound-once: notfound-reannounce, served after one NOT_FOUND */
 	uint64_t close_after;
 	bool tripped; /* close-after: K pieces were served */
 	uint8_t task_id[HASH_SHA256_SIZE];
@@ -253,7 +264,11 @@ static void on_get(struct peer_conn *c, const Ringfly__GetPiece *req)
 	}
 	if (bp.mode == MODE_STALL || c->held)
 		return; /* never answered */
-	if (bp.mode == MODE_NOTFOUND_REANNOUNCE) {
+	if (bp.mode == MODE_NOTFOUND_REANNOUNCE && (!bp.notfound_once || !c->denied_once)) {
+		/* notfound-once: an honest parent whose piece was dropped as
+		 * damaged, fetched again and announced again: NOT_FOUND to the
+		 * first GetPiece of each connection, served from then on. */
+		c->denied_once = true;
 		out_error(c, req->id, RINGFLY__ERROR_CODE__ERROR_CODE_NOT_FOUND, "gone meanwhile");
 		return;
 	}
@@ -537,6 +552,9 @@ int main(int argc, char **argv)
 		bp.mode = MODE_HOLD_HALF;
 	} else if (strcmp(mode, "notfound-reannounce") == 0) {
 		bp.mode = MODE_NOTFOUND_REANNOUNCE;
+	} else if (strcmp(mode, "notfound-once") == 0) {
+		bp.mode = MODE_NOTFOUND_REANNOUNCE;
+		bp.notfound_once = true;
 	} else if (strncmp(mode, "close-after:", 12) == 0) {
 		bp.mode = MODE_CLOSE_AFTER;
 		errno = 0;

@@ -57,6 +57,8 @@ static int server_frame(struct conn *conn, uint8_t type, const uint8_t *message,
 
 		response.id = ((Ringfly__HealthRequest *)msg)->id;
 		response.pid = (uint32_t)getpid();
+		if (response.id == 50)
+			conn_set_busy(conn, true); /* idle sweep test: work under way */
 		if (response.id >= 100) {
 			/* fd tests: odd ids are requests that declare a
 			 * descriptor (as DownloadTask's output_fd does) and take
@@ -318,6 +320,46 @@ static void client_pipelined(void)
 		protobuf_c_message_free_unpacked(msg, NULL);
 	}
 	close(fd);
+}
+
+/* One health request on fd, its answer read; exits `code` if not. */
+static void client_health(int fd, uint64_t id, int code)
+{
+	uint8_t buf[64], type;
+	size_t len = pack_request(buf, sizeof(buf), id);
+	ProtobufCMessage *msg;
+
+	if (write(fd, buf, len) != (ssize_t)len)
+		_exit(code);
+	msg = client_read_frame(fd, &type);
+	if (!msg || type != FRAME_TYPE_HEALTH_RESPONSE || ((Ringfly__HealthResponse *)msg)->id != id)
+		_exit(code + 1);
+	protobuf_c_message_free_unpacked(msg, NULL);
+}
+
+/* Two connections silent for 2.5 s past a 1 s idle timeout: the one marked
+ * busy (request 50: an import under way, say) still answers; the other was
+ * closed by the sweep. */
+static void client_busy_and_idle(void)
+{
+	int busy = client_connect(), idle = client_connect();
+	char byte;
+
+	client_health(busy, 50, 40);
+	client_health(idle, 1, 42);
+	usleep(2500000); /* the silence is what is tested */
+	if (read(idle, &byte, 1) != 0)
+		_exit(44); /* not closed for idleness */
+	client_health(busy, 2, 45);
+	close(busy);
+	close(idle);
+}
+
+Test(conn, the_idle_sweep_leaves_a_busy_connection, .timeout = 30)
+{
+	struct conn_server_options options = { .name = "test", .idle_timeout_ms = 1000 };
+
+	cr_assert_eq(run_with_client(&options, client_busy_and_idle), 0);
 }
 
 Test(conn, pipelined_requests_are_answered_in_order)

@@ -3010,7 +3010,7 @@ static void stream_start(void)
 
 	cr_assert_eq(store_piece_from_stream(stream_run.task, number, stream_run.fd, false, 0,
 					     stream_received, piece_done,
-					     &stream_run.results[number]),
+					     &stream_run.results[number], NULL),
 		     0);
 }
 
