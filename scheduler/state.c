@@ -411,10 +411,12 @@ static int sched_candidate_compare(const void *left, const void *right)
 		return a->pieces_done > b->pieces_done ? -1 : 1;
 	if (a->location_match != b->location_match)
 		return a->location_match > b->location_match ? -1 : 1;
-	if (a->free_slots != b->free_slots)
-		return a->free_slots > b->free_slots ? -1 : 1;
+	/* A seed is the source of last resort: its larger upload slots (1024
+	 * by default) do not put it before peers otherwise as good. */
 	if (a->seed != b->seed)
 		return a->seed ? 1 : -1;
+	if (a->free_slots != b->free_slots)
+		return a->free_slots > b->free_slots ? -1 : 1;
 	return strcmp(a->id, b->id);
 }
 

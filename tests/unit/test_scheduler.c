@@ -271,10 +271,12 @@ Test(sched, seeds_come_last_among_equals)
 	ANNOUNCE(1, 0, .id = "child");
 	cr_assert_str_eq(ids(&last), "b-peer,c-peer,a-seed");
 	cr_assert(last.parents[2].seed);
-	/* Not equal: a seed with more free slots comes first. */
-	ANNOUNCE(1, 0, .id = "a-seed", .seed = true, .complete = true, .slots = 5);
+	/* Even with more free slots (a seed has 1024 by default): after the
+	 * peers as good as it. Among peers, the freer first. */
+	ANNOUNCE(1, 0, .id = "a-seed", .seed = true, .complete = true, .slots = 1024);
+	ANNOUNCE(1, 0, .id = "c-peer", .complete = true, .slots = 5);
 	ANNOUNCE(1, 0, .id = "child");
-	cr_assert_str_eq(ids(&last), "a-seed,b-peer,c-peer");
+	cr_assert_str_eq(ids(&last), "c-peer,b-peer,a-seed");
 }
 
 Test(sched, a_seed_is_always_included)
@@ -825,10 +827,10 @@ static int ref_compare(const void *left, const void *right)
 		return a->pieces > b->pieces ? -1 : 1;
 	if (match_a != match_b)
 		return match_a > match_b ? -1 : 1;
-	if (free_a != free_b)
-		return free_a > free_b ? -1 : 1;
 	if (a->seed != b->seed)
 		return a->seed ? 1 : -1;
+	if (free_a != free_b)
+		return free_a > free_b ? -1 : 1;
 	return strcmp(a->id, b->id);
 }
 
