@@ -686,11 +686,9 @@ uint64_t parent_oldest_ms(const struct parent *parent)
 	 * request: its clock runs from when its last bytes came (a slow but
 	 * steady parent is not one that stopped). */
 	if (parent_reading_piece(parent)) {
-		const struct parent_write *w = parent->stage == PARENT_DISCARD
-						       ? parent->discard_write : parent->write_list;
+		uint64_t progress_ms = parent_payload_progress_ms(parent);
 
-		return w && w->progress_ms > parent->payload_sent_ms ? w->progress_ms
-								     : parent->payload_sent_ms;
+		return progress_ms ? progress_ms : parent->payload_sent_ms;
 	}
 	return parent->count ? parent->queue[parent->head].sent_ms : 0;
 }

@@ -92,15 +92,25 @@ wire tiny "${PEER_PORT[D]}" "get:$TASK:1:0"
 # 4. SIGHUP removing a rate limit wakes the waiting connection; SIGTERM with
 #    one waiting exits cleanly.
 make_file "$T/eight" $((8 << 20))
-config E $'upload:\n  rate_limit: 128KiB'
-start_peer E --config "$T/E.yaml" --log-level debug
-import_into E "$T/eight"
-peerwire talk "${PEER_PORT[E]}" --deadline 60 "get:$TASK:1:0" "get:$TASK:2:1" \
-    >"$T/hup.wire" 2>"$T/hup.wire.err" 9>&- &
-HUP_PID=$!
-track "$HUP_PID" peerwire
-# Piece 0 goes out on the burst; piece 1 waits about 32 s for tokens.
-wait_log "${PEER_LOG[E]}" "upload piece task=$TASK piece=0" 10 "${PEER_PID[E]}"
+
+# rate_limited NAME RATE WIRE: a daemon with upload.rate_limit RATE holding
+# $T/eight (two 4 MiB pieces), a raw client asking for both (output in
+# $T/WIRE.wire, pid in WIRE_PID); returns once piece 0 went out on the burst:
+# piece 1 then waits for tokens.
+rate_limited() {
+    config "$1" "upload:
+  rate_limit: $2"
+    start_peer "$1" --config "$T/$1.yaml" --log-level debug
+    import_into "$1" "$T/eight"
+    peerwire talk "${PEER_PORT[$1]}" --deadline 60 "get:$TASK:1:0" "get:$TASK:2:1" \
+        >"$T/$3.wire" 2>"$T/$3.wire.err" 9>&- &
+    WIRE_PID=$!
+    track "$WIRE_PID" peerwire
+    wait_log "${PEER_LOG[$1]}" "upload piece task=$TASK piece=0" 10 "${PEER_PID[$1]}"
+}
+
+rate_limited E 128KiB hup
+HUP_PID=$WIRE_PID
 config E $'upload:\n  rate_limit: 0'
 now_ms
 hup_ms=$NOW_MS
@@ -113,14 +123,8 @@ log "both pieces $((NOW_MS - hup_ms)) ms after the SIGHUP"
 assert_eq 2 "$(grep -c '^header ' "$T/hup.wire")" "pieces after the rate limit went"
 ((NOW_MS - hup_ms < 10000)) ||
     fail "the pieces came $((NOW_MS - hup_ms)) ms after the rate limit was removed"
-config E2 $'upload:\n  rate_limit: 64KiB'
-start_peer E2 --config "$T/E2.yaml" --log-level debug
-import_into E2 "$T/eight"
-peerwire talk "${PEER_PORT[E2]}" --deadline 60 "get:$TASK:1:0" "get:$TASK:2:1" \
-    >"$T/term.wire" 2>"$T/term.wire.err" 9>&- &
-TERM_PID=$!
-track "$TERM_PID" peerwire
-wait_log "${PEER_LOG[E2]}" "upload piece task=$TASK piece=0" 10 "${PEER_PID[E2]}"
+rate_limited E2 64KiB term
+TERM_PID=$WIRE_PID
 kill -TERM "${PEER_PID[E2]}"
 wait_exit "${PEER_PID[E2]}" 15
 assert_eq 0 "$WAIT_RC" "exit of ringflyd stopped with a connection waiting for the rate limit ($(tail -n 5 "${PEER_LOG[E2]}"))"
