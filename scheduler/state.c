@@ -191,6 +191,7 @@ struct sched_task {
 	char *url; /* NULL until an announcement names it */
 	uint64_t content_length, piece_length;
 	uint32_t piece_count;
+	uint64_t joins; /* peers that ever joined: the next one's sched_peer.joined */
 };
 
 struct sched_peer {
@@ -201,10 +202,8 @@ struct sched_peer {
 	uint64_t id_hash;
 	uint64_t last_seen_ms;
 	uint64_t walk_stamp; /* the cycle check that last visited it */
-	/* Scratch of sched_roots: peers naming it as a parent, the non-seed
-	 * peers among its own parents, whether the asking seed is one. */
-	unsigned children, sources;
-	bool seed_fed;
+	uint64_t joined;     /* its place in the task's order of arrival, from 1 */
+	uint64_t progress_ms; /* when it joined, or pieces_done last grew */
 	bool seed, complete;
 	uint32_t upload_slots, uploads;
 	uint32_t pieces_done, piece_count;
@@ -236,6 +235,7 @@ struct sched_candidate {
 	uint32_t pieces_done;
 	bool complete, seed;
 	bool failed;		/* failed a child within SCHED_FAILURE_MS */
+	bool safe;		/* the child's upstream: walked already */
 	unsigned location_match;
 	int64_t free_slots;
 };
@@ -474,9 +474,71 @@ static bool sched_recently_failed(const struct sched_state *state, uint64_t fail
 	return failed_ms && state->now_ms - failed_ms < SCHED_FAILURE_MS;
 }
 
-static size_t sched_gather(struct sched_state *state, const struct sched_peer *child)
+/* A possible upstream of a child, with its keys (state.h). */
+struct sched_upstream_key {
+	struct sched_peer *peer;
+	bool failed;
+	unsigned location_match;
+};
+
+static bool sched_upstream_before(const struct sched_upstream_key *a,
+				  const struct sched_upstream_key *b)
+{
+	if (a->failed != b->failed)
+		return !a->failed;
+	if (a->location_match != b->location_match)
+		return a->location_match > b->location_match;
+	return a->peer->joined > b->peer->joined;
+}
+
+/*
+ * The one downloading peer a non-seed child fetches from (state.h): the best
+ * by sched_upstream_before of the incomplete non-seed peers with a peer port
+ * that joined the task before it, skipping those the child is reachable
+ * from: one pass keeps the SCHED_UPSTREAM_TRIES best, then one walk each
+ * until one is safe. NULL: none (the child heads the chain).
+ */
+static struct sched_peer *sched_upstream(struct sched_state *state, struct sched_peer *child)
 {
 	struct sched_task *task = child->task;
+	struct sched_upstream_key best[SCHED_UPSTREAM_TRIES];
+	unsigned count = 0;
+
+	for (struct sched_node *node = task->peers.next; node != &task->peers; node = node->next) {
+		struct sched_peer *peer = container_of(node, struct sched_peer, in_task);
+		struct sched_upstream_key key;
+		unsigned at;
+
+		if (peer == child || !peer->address[0] || peer->complete || peer->seed ||
+		    peer->joined > child->joined)
+			continue;
+		key.peer = peer;
+		key.failed = sched_recently_failed(state, peer->failed_ms);
+		key.location_match = sched_location_match(child->location, peer->location);
+		if (count == SCHED_UPSTREAM_TRIES && !sched_upstream_before(&key, &best[count - 1]))
+			continue;
+		at = count < SCHED_UPSTREAM_TRIES ? count++ : count - 1;
+		while (at > 0 && sched_upstream_before(&key, &best[at - 1])) {
+			best[at] = best[at - 1];
+			at--;
+		}
+		best[at] = key;
+	}
+	for (unsigned i = 0; i < count; i++)
+		if (!sched_fetches_from(state, best[i].peer, child))
+			return best[i].peer;
+	return NULL;
+}
+
+static size_t sched_gather(struct sched_state *state, struct sched_peer *child)
+{
+	struct sched_task *task = child->task;
+	struct sched_peer *upstream = child->seed ? NULL : sched_upstream(state, child);
+	/* A seed that is still downloading feeds the head of the chain; the
+	 * others get its pieces down the chain, and the seed only when their
+	 * upstream failed or they made no progress for SCHED_STALL_MS. */
+	bool seeds = !upstream || sched_recently_failed(state, upstream->failed_ms) ||
+		     state->now_ms - child->progress_ms >= SCHED_STALL_MS;
 	size_t count = 0;
 
 	for (struct sched_node *node = task->peers.next; node != &task->peers; node = node->next) {
@@ -484,6 +546,11 @@ static size_t sched_gather(struct sched_state *state, const struct sched_peer *c
 		struct sched_candidate *candidate;
 
 		if (peer == child || !peer->address[0])
+			continue;
+		/* One downloading peer, the nearest upstream (state.h). */
+		if (!child->seed && !peer->complete && !peer->seed && peer != upstream)
+			continue;
+		if (!child->seed && !peer->complete && peer->seed && !seeds)
 			continue;
 		/* A seed fetches from the origin what nobody else has. */
 		if (child->seed && !peer->complete && peer->pieces_done <= child->pieces_done)
@@ -497,10 +564,11 @@ static size_t sched_gather(struct sched_state *state, const struct sched_peer *c
 		candidate->complete = peer->complete;
 		candidate->seed = peer->seed;
 		candidate->failed = sched_recently_failed(state, peer->failed_ms);
+		candidate->safe = peer == upstream;
 		candidate->location_match = sched_location_match(child->location, peer->location);
 		candidate->free_slots = (int64_t)peer->upload_slots - (int64_t)peer->uploads;
 	}
-	if (child->seed)
+	if (child->seed || !seeds)
 		return count;
 	for (unsigned i = 0; i < state->seed_count; i++) {
 		const struct sched_seed *seed = &state->seeds[i];
@@ -518,6 +586,7 @@ static size_t sched_gather(struct sched_state *state, const struct sched_peer *c
 		candidate->complete = false;
 		candidate->seed = true;
 		candidate->failed = sched_recently_failed(state, seed->failed_ms);
+		candidate->safe = false;
 		candidate->location_match = sched_location_match(child->location, seed->location);
 		candidate->free_slots = (int64_t)seed->upload_slots - (int64_t)seed->uploads;
 	}
@@ -610,7 +679,8 @@ static void sched_rank(struct sched_state *state, struct sched_peer *child, bool
 		}
 		if (chosen == SCHED_PARENTS_MAX && !candidate->seed)
 			continue;
-		if (candidate->peer && sched_fetches_from(state, candidate->peer, child))
+		if (candidate->peer && !candidate->safe &&
+		    sched_fetches_from(state, candidate->peer, child))
 			continue;
 		if (chosen == SCHED_PARENTS_MAX) {
 			sched_answer_add(answer, candidate, SCHED_PARENTS_MAX - 1);
@@ -633,68 +703,30 @@ static void sched_rank(struct sched_state *state, struct sched_peer *child, bool
 				 "peer port";
 }
 
-/* Whether a goes before b among a seed's roots (state.h). */
-static bool sched_root_before(const struct sched_peer *a, const struct sched_peer *b)
-{
-	if (a->sources != b->sources)
-		return a->sources < b->sources;
-	if (a->children != b->children)
-		return a->children > b->children;
-	if (a->pieces_done != b->pieces_done)
-		return a->pieces_done > b->pieces_done;
-	return strcmp(a->id, b->id) < 0;
-}
-
-/* Fills answer->roots for the seed `seed` (state.h). O(peers of the task x
- * SCHED_PARENTS_IN_USE_MAX): a seed asks once a second per task it is
- * fetching (its other announcements are not asked this). */
+/*
+ * Fills answer->roots for the seed `seed` (state.h): the head of the task's
+ * chain, the incomplete non-seed peer with a peer port that joined first
+ * and has not failed lately. O(peers of the task): a seed asks once a second
+ * per task it is fetching.
+ */
 static void sched_roots(struct sched_state *state, const struct sched_peer *seed,
 			struct sched_answer *answer)
 {
 	struct sched_task *task = seed->task;
-	struct sched_peer *best[SCHED_ROOTS_MAX];
-	struct sched_node *node;
-	unsigned count = 0;
+	const struct sched_peer *head = NULL;
 
-	for (node = task->peers.next; node != &task->peers; node = node->next) {
-		struct sched_peer *peer = container_of(node, struct sched_peer, in_task);
+	for (struct sched_node *node = task->peers.next; node != &task->peers; node = node->next) {
+		const struct sched_peer *peer = container_of(node, struct sched_peer, in_task);
 
-		peer->children = peer->sources = 0;
-		peer->seed_fed = false;
-	}
-	for (node = task->peers.next; node != &task->peers; node = node->next) {
-		struct sched_peer *peer = container_of(node, struct sched_peer, in_task);
-
-		for (unsigned i = 0; i < peer->parents_in_use_count; i++) {
-			struct sched_peer *parent =
-				sched_peer_find(state, task, peer->parents_in_use[i], NULL);
-
-			if (!parent || parent == peer)
-				continue;
-			parent->children++;
-			peer->sources += !parent->seed;
-			peer->seed_fed |= parent == seed;
-		}
-	}
-	for (node = task->peers.next; node != &task->peers; node = node->next) {
-		struct sched_peer *peer = container_of(node, struct sched_peer, in_task);
-		unsigned at;
-
-		if (!peer->children || !peer->seed_fed || peer->seed || peer->complete ||
-		    !peer->address[0])
+		if (peer->seed || peer->complete || !peer->address[0] ||
+		    sched_recently_failed(state, peer->failed_ms))
 			continue;
-		if (count == SCHED_ROOTS_MAX && !sched_root_before(peer, best[count - 1]))
-			continue;
-		at = count < SCHED_ROOTS_MAX ? count++ : count - 1;
-		while (at > 0 && sched_root_before(peer, best[at - 1])) {
-			best[at] = best[at - 1];
-			at--;
-		}
-		best[at] = peer;
+		if (!head || peer->joined < head->joined)
+			head = peer;
 	}
-	for (unsigned i = 0; i < count && best[i]->sources == best[0]->sources; i++)
+	if (head)
 		snprintf(answer->roots[answer->root_count++], sizeof(answer->roots[0]), "%s",
-			 best[i]->id);
+			 head->id);
 }
 
 /* --- announcements. */
@@ -748,6 +780,8 @@ static int sched_reserve_candidates(struct sched_state *state, size_t count)
 static void sched_peer_update(struct sched_peer *peer, const struct sched_announce *announce,
 			      uint64_t now_ms)
 {
+	if (announce->pieces_done > peer->pieces_done || announce->complete != peer->complete)
+		peer->progress_ms = now_ms;
 	peer->last_seen_ms = now_ms;
 	peer->seed = announce->seed;
 	peer->complete = announce->complete;
@@ -857,6 +891,8 @@ int sched_announce(struct sched_state *state, const struct sched_announce *annou
 		snprintf(peer->id, sizeof(peer->id), "%s", announce->peer_id);
 		peer->id_hash = id_hash;
 		peer->task = task;
+		peer->joined = ++task->joins;
+		peer->progress_ms = now_ms;
 		peer->link.hash = sched_peer_key(task, id_hash);
 		sched_table_insert(&state->peers, &peer->link);
 		sched_list_append(&task->peers, &peer->in_task);

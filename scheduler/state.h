@@ -25,26 +25,39 @@
  *     or from someone who does, ...): C fetching from P would close a cycle.
  *     The walk visits at most SCHED_WALK_MAX peers; a walk that would visit
  *     more excludes P (cannot prove it safe);
+ *   - the candidates of a non-seed C: every complete peer, every seed, and
+ *     one peer still downloading, its *upstream*: of the incomplete non-seed
+ *     peers that joined T before C (their first announcement came first),
+ *     the one that has not failed lately, then shares the longest location
+ *     prefix with C, then came last; one that fetches from C is skipped,
+ *     SCHED_UPSTREAM_TRIES times at most (then none). The downloading peers
+ *     thus form a chain in order of arrival, fed by the seed at its head:
+ *     every uplink carries the file once, and since a parent always came
+ *     before its child the graph has no cycle whoever announces when;
+ *   - the candidates of a seed C: the peers that have more pieces than it
+ *     (complete, or more pieces_done): it fetches from the origin what
+ *     nobody else has;
  *   - order: complete peers first, then more pieces_done, then the longest
- *     common location prefix with C (in "|"-separated parts), then the most
- *     free upload slots (upload_slots - uploads), then non-seeds before seeds,
- *     then peer id (bytewise) so that the order is total;
- *   - a non-seed C always gets a seed when one is known (the best one takes
- *     the last place if the list is full without one);
- *   - a seed C gets only peers that have more pieces than it (complete, or
- *     more pieces_done): it fetches from the origin what nobody else has.
+ *     common location prefix with C (in "|"-separated parts), then
+ *     non-seeds before seeds, then the most free upload slots (upload_slots
+ *     - uploads), then peer id (bytewise) so that the order is total; a
+ *     parent that failed a child lately after all the others;
+ *   - seeds (seed hosts, and the task's seed peers until complete) are
+ *     candidates of a non-seed C only when C has no upstream (it heads the
+ *     chain: the first requester of a task is pointed at a seed), when its
+ *     upstream failed lately, or when C announced no new piece for
+ *     SCHED_STALL_MS (since it joined or since its last one): down the
+ *     chain they would take the seed's uplink from the head. Then C always
+ *     gets one when one is known (the best one takes the last place if the
+ *     list is full without one).
  * back_to_source is set exactly when that list is empty. A complete C, or one
  * that does not want parents, gets an empty list without back_to_source.
  *
  * Roots, for a seed C of task T that is fetching it and asks for parents:
- * the incomplete non-seed peers of T with a peer port that fetch from C
- * (name it in their parents_in_use), that other peers fetch from (they have
- * children), and that name the fewest non-seed parents themselves (sources):
- * every such peer with the least sources, ordered by more children, more
- * pieces_done, peer id; at most SCHED_ROOTS_MAX. No cycles means that the
- * peer which asked first is a parent of the others and has (nearly) no
- * sibling to fetch from: the seed is all it has, and the seed tells it of
- * its pieces sooner than the others (upload.c).
+ * the head of the chain, the incomplete non-seed peer of T with a peer port
+ * that joined first and has not failed lately (none if there is no such
+ * peer). The seed tells it of its new pieces at once and the others later
+ * (upload.c): they get them down the chain.
  *
  * Preheat: each seed host keeps the registration (an opaque handle, in the
  * server the connection) of its latest seed announcement, until that
@@ -74,7 +87,9 @@
 #define SCHED_SEEDS_MAX		 256 /* seed hosts remembered */
 #define SCHED_WALK_MAX		 256 /* peers one cycle check may visit */
 #define SCHED_WEIGHT_SIZE	 32  /* a rendezvous weight: a sha256 digest */
-#define SCHED_ROOTS_MAX		 8   /* roots told to a seed */
+#define SCHED_ROOTS_MAX		 8   /* roots told to a seed (one is told: the head) */
+#define SCHED_UPSTREAM_TRIES	 8   /* upstream peers fetching from the child tried before none */
+#define SCHED_STALL_MS		 3000 /* a child with no new piece this long gets the seeds too */
 
 struct sched_state;
 

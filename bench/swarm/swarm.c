@@ -54,9 +54,11 @@
  * The reference: the plain way to make the same decision. The same sequence
  * of (peer, pieces_done, uploads), from the same starting point, on the
  * benchmark's own flat arrays: the peer's record updated in place (an
- * index, no hash lookup), every other member of its task and every seed host
- * outside it gathered with the same keys (complete, pieces_done, common
- * location prefix, free slots, seed, id), the whole array qsort()ed with the
+ * index, no hash lookup), the complete members of its task, its upstream
+ * (the downloading member that came before it in the warm-up, nearest in
+ * location, then the last: state.h) and, when it has none, its seeds and
+ * every seed host outside it, gathered with the same keys (complete, pieces_done, common location
+ * prefix, seed, free slots, id), the whole array qsort()ed with the
  * same order, the first 8 taken (the best seed in the last place if none is
  * among them, as state.h promises). No cycle check. Its answers are compared
  * with ours: they differ only where ours excluded a parent to avoid a cycle
@@ -131,6 +133,7 @@ struct swarm_peer {
 	uint32_t task;
 	uint32_t pieces_done;
 	uint32_t upload_slots, uploads;
+	uint32_t joined; /* its place in the warm-up's order: the state's order of arrival */
 	uint32_t in_use[SCHED_PARENTS_IN_USE_MAX]; /* peer indices: its parents in use */
 	uint8_t in_use_count;
 	uint16_t location;
@@ -557,6 +560,7 @@ static void swarm_warm_up(struct swarm *swarm, struct sched_state *state, double
 		uint64_t now_ms = 1 + (uint64_t)i * 1000u / o->peers;
 		int rc;
 
+		peer->joined = i + 1;
 		swarm_fill_announce(swarm, peer, in_use, &a);
 		rc = sched_announce(state, &a, now_ms, &answer);
 		swarm_take_answer(swarm, peer, rc, &answer, &result);
@@ -706,10 +710,10 @@ static int ref_compare(const void *left, const void *right)
 		return a->pieces_done > b->pieces_done ? -1 : 1;
 	if (a->location_match != b->location_match)
 		return a->location_match > b->location_match ? -1 : 1;
-	if (a->free_slots != b->free_slots)
-		return a->free_slots > b->free_slots ? -1 : 1;
 	if (a->seed != b->seed)
 		return a->seed ? 1 : -1;
+	if (a->free_slots != b->free_slots)
+		return a->free_slots > b->free_slots ? -1 : 1;
 	return strcmp(a->id, b->id);
 }
 
@@ -722,17 +726,41 @@ static unsigned ref_decide(struct swarm *swarm, uint32_t child_index, uint32_t p
 	const struct swarm_task *task = &swarm->tasks[child->task];
 	const char *location = swarm->locations[child->location];
 	struct ref_candidate *c = swarm->ref_candidates;
-	unsigned chosen = 0;
+	unsigned chosen = 0, upstream_match = 0;
+	uint32_t upstream = UINT32_MAX;
 	bool have_seed = false;
 	size_t count = 0;
 
 	child->pieces_done = pieces_done;
 	child->uploads = uploads;
+	/* Its upstream: the downloading peer that came before it, nearest in
+	 * location, then the last to come (no failures here). */
+	for (uint32_t k = 0; !child->seed && k < task->member_count; k++) {
+		uint32_t index = swarm->members[task->member_first + k];
+		const struct swarm_peer *peer = &swarm->ref_peers[index];
+		unsigned match;
+
+		if (index == child_index || peer->complete || peer->seed ||
+		    peer->joined > child->joined)
+			continue;
+		match = ref_location_match(location, swarm->locations[peer->location]);
+		if (upstream == UINT32_MAX || match > upstream_match ||
+		    (match == upstream_match && peer->joined > swarm->ref_peers[upstream].joined)) {
+			upstream = index;
+			upstream_match = match;
+		}
+	}
 	for (uint32_t k = 0; k < task->member_count; k++) {
 		uint32_t index = swarm->members[task->member_first + k];
 		const struct swarm_peer *peer = &swarm->ref_peers[index];
 
 		if (index == child_index)
+			continue;
+		if (!child->seed && !peer->complete && !peer->seed && index != upstream)
+			continue;
+		/* Seeds still downloading: for the head of the chain only (the
+		 * simulated peers progress at every announcement, never stall). */
+		if (!child->seed && !peer->complete && peer->seed && upstream != UINT32_MAX)
 			continue;
 		if (child->seed && !peer->complete && peer->pieces_done <= child->pieces_done)
 			continue;
@@ -747,7 +775,7 @@ static unsigned ref_decide(struct swarm *swarm, uint32_t child_index, uint32_t p
 			.free_slots = (int64_t)peer->upload_slots - (int64_t)peer->uploads,
 		};
 	}
-	for (uint32_t k = 0; !child->seed && k < swarm->seed_count; k++) {
+	for (uint32_t k = 0; !child->seed && upstream == UINT32_MAX && k < swarm->seed_count; k++) {
 		uint32_t index = swarm->seeds[k];
 		const struct swarm_peer *seed = &swarm->ref_peers[index];
 

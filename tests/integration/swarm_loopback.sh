@@ -10,8 +10,10 @@
 # 2. The four peers get one 64 MiB file at once (no --parent): all exit 0 with
 #    the source's sha256; nginx sent at most 1.05 x the size of that file (one
 #    origin transfer for the whole swarm); the scheduler logged `parents
-#    task=ID` for each of the four, its first answer offering the seed with
-#    back_to_source=0; each peer's `download done` (source,
+#    task=ID` for each of the four, its first answer one parent with
+#    back_to_source=0: the seed for exactly one (the head of the chain), the
+#    peer before it for the others, the four in one chain from the seed (no
+#    cycle); each peer's `download done` (source,
 #    origin_bytes, peer_bytes) is logged.
 # 3. The scheduler is stopped (SIGTERM: exit 0). `ringfly get
 #    --disable-back-to-source` of a new file without --parent: exit 5, "no
@@ -80,18 +82,39 @@ for ((i = 1; i <= NPEERS; i++)); do
     log "get g$i at p$i: exit 0, sha256 $SHA, summary: $(grep -oE '[0-9]+ bytes in .* from [a-z ]*, task' "$T/g$i.err")"
 done
 from_peers=0
+declare -A FIRST_PARENT=()
 for ((i = 1; i <= NPEERS; i++)); do
     assert_done "p$i" "$ID" - $SIZE - -
     src=$(log_field "$DONE_LINE" source)
     log "p$i: source=$src origin_bytes=$(log_field "$DONE_LINE" origin_bytes) peer_bytes=$(log_field "$DONE_LINE" peer_bytes) ms=$(log_field "$DONE_LINE" ms)"
     [[ $src == peer ]] && from_peers=$((from_peers + 1))
-    # Its first answer: the seed among the parents (it lacked every piece), and
-    # not back to source (a seed is known).
+    # Its first answer, not back to source (a seed is known): either the seed
+    # alone (the head of the chain: it came first) or one other peer, the one
+    # that came just before it (the chain, scheduler/state.h).
     line=$(grep -m 1 -E "parents task=$ID peer=127\.0\.0\.1:${PEER_PORT[p$i]} " "$SCHED1_LOG") ||
         fail "no 'parents task=$ID peer=127.0.0.1:${PEER_PORT[p$i]}' in the scheduler's log: $(grep -E "parents task=$ID" "$SCHED1_LOG" | head -n 8)"
-    [[ $line == *" back_to_source=0"* && $line =~ parents=([^ ]*,)?127\.0\.0\.1:${PEER_PORT[seed]}(,| ) ]] ||
-        fail "the scheduler's first answer to p$i does not offer the seed (127.0.0.1:${PEER_PORT[seed]}) without back to source: $line"
+    [[ $line == *" back_to_source=0"* && $line =~ parents=127\.0\.0\.1:([0-9]+)( |$) ]] ||
+        fail "the scheduler's first answer to p$i is not one parent without back to source: $line"
+    FIRST_PARENT[p$i]=${BASH_REMATCH[1]}
 done
+# One head, fed by the seed; every other peer's first parent another peer;
+# following them from any peer reaches the head without a cycle.
+heads=0
+for ((i = 1; i <= NPEERS; i++)); do
+    [[ ${FIRST_PARENT[p$i]} == "${PEER_PORT[seed]}" ]] && heads=$((heads + 1))
+    port=${PEER_PORT[p$i]} hops=0
+    while [[ $port != "${PEER_PORT[seed]}" ]]; do
+        next=
+        for ((k = 1; k <= NPEERS; k++)); do
+            [[ ${PEER_PORT[p$k]} == "$port" ]] && next=${FIRST_PARENT[p$k]}
+        done
+        [[ -n $next ]] || fail "p$i's chain reaches port $port, neither a peer nor the seed: $(grep -E "parents task=$ID" "$SCHED1_LOG" | head -n 8)"
+        port=$next hops=$((hops + 1))
+        ((hops <= NPEERS)) || fail "the first answers make a cycle through p$i: $(grep -E "parents task=$ID" "$SCHED1_LOG" | head -n 8)"
+    done
+done
+((heads == 1)) || fail "$heads peers were first offered the seed, expected exactly 1 (the head of the chain): $(grep -E "parents task=$ID" "$SCHED1_LOG" | head -n 8)"
+log "first answers: one chain from the seed through all $NPEERS peers"
 if log_has "${PEER_LOG[seed]}" "download done task=$ID"; then
     done_line seed "$ID"
     log "seed: $(grep -oE 'source=[a-z]+ bytes=[0-9]+ origin_bytes=[0-9]+ peer_bytes=[0-9]+' <<<"$DONE_LINE")"

@@ -160,19 +160,66 @@ Test(sched, ranking_order_complete_pieces_location_slots)
 	ANNOUNCE(1, 0, .id = "p0", .pieces = 0, .quiet = true);
 
 	ANNOUNCE(1, 0, .id = "child", .pieces = 2, .location = "z1|r1");
-	/* Complete first (by location, then free slots), then by pieces_done
-	 * (equal pieces: location, then free slots), fewer pieces than the
-	 * child last; at most 8. */
-	cr_assert_str_eq(ids(&last), "c-rack,c-near,c-far,p7,p3-near,p3-slots,p3-far,p1");
-	cr_assert_eq(last.parent_count, 8);
+	/* Complete first (by location, then free slots), then one peer still
+	 * downloading: of those that came before the child, the nearest in
+	 * its location (p3-near), not the one with the most pieces. */
+	cr_assert_str_eq(ids(&last), "c-rack,c-near,c-far,p3-near");
+	cr_assert_eq(last.parent_count, 4);
 	cr_assert_not(last.back_to_source);
 	cr_assert_str_eq(last.reason, "");
 	cr_assert_str_eq(last.parents[0].address, "10.0.0.1:1006");
 	cr_assert(last.parents[0].complete);
 	cr_assert_eq(last.parents[0].pieces_done, 10);
 	cr_assert_not(last.parents[3].complete);
-	cr_assert_eq(last.parents[3].pieces_done, 7);
+	cr_assert_eq(last.parents[3].pieces_done, 3);
 	cr_assert_not(last.parents[3].seed);
+	/* Without a location: the one that came just before it. */
+	ANNOUNCE(1, 0, .id = "child2", .pieces = 2);
+	cr_assert_str_eq(ids(&last), "c-far,c-near,c-rack,child");
+	/* Complete ones beyond eight: the freer first, then by id ("-" before
+	 * digits); the downloading one is left out. */
+	for (int i = 0; i < 8; i++) {
+		char id[16];
+
+		snprintf(id, sizeof(id), "c%d", i);
+		ANNOUNCE(1, 0, .id = id, .complete = true, .slots = (uint32_t)i);
+	}
+	ANNOUNCE(1, 0, .id = "child2", .pieces = 2);
+	cr_assert_str_eq(ids(&last), "c-far,c7,c6,c5,c4,c3,c2,c-near");
+}
+
+/* The downloading peers form a chain in the order they came: each fetches
+ * from the one before it (and from every complete peer), so every uplink
+ * carries the file once and nobody fetches from someone behind it. */
+Test(sched, downloading_peers_form_a_chain_in_order_of_arrival)
+{
+	ANNOUNCE(1, 0, .id = "seed", .seed = true, .pieces = 0, .quiet = true);
+	ANNOUNCE(1, 0, .id = "a");
+	cr_assert_str_eq(ids(&last), "seed");
+	ANNOUNCE(1, 0, .id = "b");
+	cr_assert_str_eq(ids(&last), "a");
+	ANNOUNCE(1, 0, .id = "c");
+	cr_assert_str_eq(ids(&last), "b");
+	/* Pieces change nothing: b stays c's, and a never gets a parent that
+	 * came after it, however far ahead. */
+	ANNOUNCE(1, 100, .id = "b", .pieces = 9, .parents = { "a" });
+	cr_assert_str_eq(ids(&last), "a");
+	ANNOUNCE(1, 100, .id = "c", .pieces = 1, .parents = { "b" });
+	cr_assert_str_eq(ids(&last), "b");
+	ANNOUNCE(1, 200, .id = "a", .pieces = 1);
+	cr_assert_str_eq(ids(&last), "seed");
+	/* A re-announcement keeps the place: c is still after b. */
+	ANNOUNCE(1, 300, .id = "c", .pieces = 2, .parents = { "b" });
+	cr_assert_str_eq(ids(&last), "b");
+	/* b completes: c's parents are b, and the one before b still
+	 * downloading. */
+	ANNOUNCE(1, 400, .id = "b", .complete = true);
+	ANNOUNCE(1, 400, .id = "c", .pieces = 3, .parents = { "b" });
+	cr_assert_str_eq(ids(&last), "b,a");
+	/* a leaves: c heads the chain, the seed and b are its parents. */
+	cr_assert_eq(sched_leave(state, task(1), "a"), 1);
+	ANNOUNCE(1, 500, .id = "c", .pieces = 3, .parents = { "b" });
+	cr_assert_str_eq(ids(&last), "b,seed");
 }
 
 /* --- task peers (`ringfly stat`). */
@@ -237,7 +284,7 @@ Test(sched, a_parent_that_failed_a_child_ranks_last_for_a_while)
 	ANNOUNCE(1, 1000, .id = "child", .failed = { "10.0.0.9:2" });
 	cr_assert_str_eq(ids(&last), "good,half,bad");
 	ANNOUNCE(1, 2000, .id = "other");
-	cr_assert_str_eq(ids(&last), "good,half,child,bad");
+	cr_assert_str_eq(ids(&last), "good,child,bad");
 	/* Forgiven after SCHED_FAILURE_MS (the others announce meanwhile). */
 	ANNOUNCE(1, SCHED_FAILURE_MS, .id = "good", .complete = true, .address = "10.0.0.9:1");
 	ANNOUNCE(1, SCHED_FAILURE_MS, .id = "bad", .complete = true, .address = "10.0.0.9:2",
@@ -245,7 +292,30 @@ Test(sched, a_parent_that_failed_a_child_ranks_last_for_a_while)
 	ANNOUNCE(1, SCHED_FAILURE_MS, .id = "half", .pieces = 5, .quiet = true);
 	ANNOUNCE(1, SCHED_FAILURE_MS, .id = "child", .quiet = true);
 	ANNOUNCE(1, 1000 + SCHED_FAILURE_MS, .id = "other");
-	cr_assert_str_eq(ids(&last), "bad,good,half,child");
+	cr_assert_str_eq(ids(&last), "bad,good,child");
+}
+
+/* The peer before it failed the child: the one before that, and so on; a
+ * chain that failed everywhere still names its nearest, last. */
+Test(sched, a_failed_peer_is_skipped_in_the_chain)
+{
+	ANNOUNCE(1, 0, .id = "a", .address = "10.0.0.9:1");
+	ANNOUNCE(1, 0, .id = "b", .address = "10.0.0.9:2");
+	ANNOUNCE(1, 0, .id = "c", .address = "10.0.0.9:3");
+	cr_assert_str_eq(ids(&last), "b");
+	ANNOUNCE(1, 100, .id = "c", .address = "10.0.0.9:3", .failed = { "10.0.0.9:2" });
+	cr_assert_str_eq(ids(&last), "a");
+	ANNOUNCE(1, 200, .id = "c", .address = "10.0.0.9:3", .failed = { "10.0.0.9:1" });
+	cr_assert_str_eq(ids(&last), "b");
+	/* Every one failed lately: the nearest, after the seed (an upstream
+	 * that failed brings the seeds in). */
+	ANNOUNCE(1, 300, .id = "seed", .seed = true, .quiet = true);
+	ANNOUNCE(1, 400, .id = "c", .address = "10.0.0.9:3");
+	cr_assert_str_eq(ids(&last), "seed,b");
+	/* Forgiven: b first again, the seed still there because c has had no
+	 * new piece for SCHED_STALL_MS. */
+	ANNOUNCE(1, 400 + SCHED_FAILURE_MS, .id = "c", .address = "10.0.0.9:3");
+	cr_assert_str_eq(ids(&last), "b,seed");
 }
 
 Test(sched, location_is_compared_by_leading_parts)
@@ -285,11 +355,11 @@ Test(sched, a_seed_is_always_included)
 
 	for (int i = 0; i < 9; i++) {
 		snprintf(id, sizeof(id), "p%d", i);
-		ANNOUNCE(1, 0, .id = id, .pieces = 5, .quiet = true);
+		ANNOUNCE(1, 0, .id = id, .complete = true, .quiet = true);
 	}
 	ANNOUNCE(1, 0, .id = "seed", .seed = true, .pieces = 0, .quiet = true);
 	ANNOUNCE(1, 0, .id = "child", .pieces = 1);
-	/* Eight partial peers outrank it; the seed takes the last place. */
+	/* Eight complete peers outrank it; the seed takes the last place. */
 	cr_assert_str_eq(ids(&last), "p0,p1,p2,p3,p4,p5,p6,seed");
 	cr_assert(last.parents[7].seed);
 	cr_assert_eq(last.parents[7].pieces_done, 0);
@@ -302,11 +372,22 @@ Test(sched, a_seed_of_another_task_is_offered)
 	cr_assert_eq(sched_seed_count(state), 1);
 	ANNOUNCE(1, 0, .id = "p", .pieces = 3, .quiet = true);
 	ANNOUNCE(1, 0, .id = "child", .pieces = 0, .location = "z1");
+	/* Down the chain: p only, until the child has had no new piece for
+	 * SCHED_STALL_MS. */
+	cr_assert_str_eq(ids(&last), "p");
+	ANNOUNCE(1, SCHED_STALL_MS - 1, .id = "child", .pieces = 0, .location = "z1");
+	cr_assert_str_eq(ids(&last), "p");
+	ANNOUNCE(1, SCHED_STALL_MS, .id = "child", .pieces = 0, .location = "z1");
 	cr_assert_str_eq(ids(&last), "p,seed");
 	cr_assert_str_eq(last.parents[1].address, "10.9.9.9:65002");
 	cr_assert(last.parents[1].seed);
 	cr_assert_not(last.parents[1].complete);
 	cr_assert_eq(last.parents[1].pieces_done, 0);
+	/* A new piece: the chain again, for SCHED_STALL_MS. */
+	ANNOUNCE(1, SCHED_STALL_MS + 1, .id = "child", .pieces = 1, .location = "z1");
+	cr_assert_str_eq(ids(&last), "p");
+	ANNOUNCE(1, 2 * SCHED_STALL_MS + 1, .id = "child", .pieces = 1, .location = "z1");
+	cr_assert_str_eq(ids(&last), "p,seed");
 	/* An unknown task: the seed fetches it, no back to source. */
 	ANNOUNCE(3, 0, .id = "first");
 	cr_assert_str_eq(ids(&last), "seed");
@@ -321,9 +402,10 @@ Test(sched, a_seed_of_another_task_is_offered)
 
 Test(sched, never_itself_nor_a_peer_without_address)
 {
+	ANNOUNCE(1, 0, .id = "other", .pieces = 1, .quiet = true);
 	ANNOUNCE(1, 0, .id = "child", .pieces = 9);
 	ANNOUNCE(1, 0, .id = "hidden", .complete = true, .address = "");
-	ANNOUNCE(1, 0, .id = "other", .pieces = 1, .quiet = true);
+	ANNOUNCE(1, 0, .id = "hidden2", .pieces = 5, .address = "", .quiet = true);
 	ANNOUNCE(1, 0, .id = "child", .pieces = 9);
 	cr_assert_str_eq(ids(&last), "other");
 	/* A seed without a peer port is no seed host either. */
@@ -347,30 +429,31 @@ Test(sched, a_peer_fetching_from_the_child_is_excluded)
 
 Test(sched, a_peer_fetching_from_the_child_transitively_is_excluded)
 {
-	/* child <- a <- b <- c; d fetches from c and from e; f from "gone". */
+	/* child <- a <- b <- c; d fetches from c and from e; f from "gone";
+	 * they came in the order f, e, a, b, c, d (the nearest first). */
+	ANNOUNCE(1, 0, .id = "f", .pieces = 4, .parents = { "gone" }, .quiet = true);
+	ANNOUNCE(1, 0, .id = "e", .pieces = 5, .parents = { "f" }, .quiet = true);
 	ANNOUNCE(1, 0, .id = "a", .pieces = 6, .parents = { "child" }, .quiet = true);
 	ANNOUNCE(1, 0, .id = "b", .pieces = 7, .parents = { "a" }, .quiet = true);
 	ANNOUNCE(1, 0, .id = "c", .pieces = 8, .parents = { "x", "b" }, .quiet = true);
 	ANNOUNCE(1, 0, .id = "d", .pieces = 9, .parents = { "e", "c" }, .quiet = true);
-	ANNOUNCE(1, 0, .id = "e", .pieces = 5, .parents = { "f" }, .quiet = true);
-	ANNOUNCE(1, 0, .id = "f", .pieces = 4, .parents = { "gone" }, .quiet = true);
 	ANNOUNCE(1, 0, .id = "child", .pieces = 1);
-	cr_assert_str_eq(ids(&last), "e,f");
+	cr_assert_str_eq(ids(&last), "e");
 	/* A cycle among the others does not stop the walk. */
 	ANNOUNCE(1, 0, .id = "e", .pieces = 5, .parents = { "f" }, .quiet = true);
 	ANNOUNCE(1, 0, .id = "f", .pieces = 4, .parents = { "e" }, .quiet = true);
 	ANNOUNCE(1, 0, .id = "child", .pieces = 1);
-	cr_assert_str_eq(ids(&last), "e,f");
-	/* b drops a: b and the peers above it are safe again. */
-	ANNOUNCE(1, 0, .id = "b", .pieces = 7, .quiet = true);
+	cr_assert_str_eq(ids(&last), "e");
+	/* c drops b: c and the peers above it are safe again. */
+	ANNOUNCE(1, 0, .id = "c", .pieces = 8, .parents = { "x" }, .quiet = true);
 	ANNOUNCE(1, 0, .id = "child", .pieces = 1);
-	cr_assert_str_eq(ids(&last), "d,c,b,e,f");
+	cr_assert_str_eq(ids(&last), "d");
 }
 
 Test(sched, a_walk_longer_than_the_bound_excludes)
 {
 	char id[16], parent[16];
-	unsigned n = SCHED_WALK_MAX + 10;
+	unsigned n = SCHED_WALK_MAX + 5;
 
 	/* A chain p0 <- p1 <- ... that never reaches the child. */
 	for (unsigned i = 0; i < n; i++) {
@@ -380,8 +463,11 @@ Test(sched, a_walk_longer_than_the_bound_excludes)
 			 .quiet = true);
 	}
 	ANNOUNCE(1, 0, .id = "child", .pieces = 1);
-	/* The top of the chain cannot be proven safe; the next ones can. */
-	cr_assert_str_eq(ids(&last), "p000,p001,p002,p003,p004,p005,p006,p007");
+	/* The end of the chain cannot be proven safe; the nearest that can
+	 * (its walk visits SCHED_WALK_MAX peers), the sixth tried, is the
+	 * parent. */
+	snprintf(id, sizeof(id), "p%03u", SCHED_WALK_MAX - 1);
+	cr_assert_str_eq(ids(&last), id);
 }
 
 /* --- back to source. */
@@ -654,7 +740,7 @@ Test(sched, same_inputs_same_answers)
 		else
 			cr_assert_str_eq(ids(&last), first);
 	}
-	cr_assert_str_eq(first, "k,m,z,s");
+	cr_assert_str_eq(first, "z");
 }
 
 /* --- ranking past the first candidates sorted. */
@@ -666,13 +752,44 @@ Test(sched, many_excluded_best_candidates)
 	for (int i = 0; i < 25; i++) {
 		snprintf(id, sizeof(id), "p%02d", i);
 		if (i < 12)
-			ANNOUNCE(1, 0, .id = id, .pieces = 9, .parents = { "child" },
-				 .quiet = true);
+			ANNOUNCE(1, 0, .id = id, .complete = true, .slots = 9,
+				 .parents = { "child" }, .quiet = true);
 		else
-			ANNOUNCE(1, 0, .id = id, .pieces = i < 20 ? 8 : 7, .quiet = true);
+			ANNOUNCE(1, 0, .id = id, .complete = true, .slots = i < 20 ? 8 : 7,
+				 .quiet = true);
 	}
 	ANNOUNCE(1, 0, .id = "child", .pieces = 1);
 	cr_assert_str_eq(ids(&last), "p12,p13,p14,p15,p16,p17,p18,p19");
+}
+
+/* Upstream peers that fetch from the child: the next nearest, up to
+ * SCHED_UPSTREAM_TRIES of them; past that, none (the seed and complete
+ * peers only). */
+Test(sched, upstream_peers_fetching_from_the_child_are_skipped_a_few_times)
+{
+	char id[16];
+
+	ANNOUNCE(1, 0, .id = "safe", .pieces = 2, .quiet = true);
+	for (int i = 0; i < SCHED_UPSTREAM_TRIES - 1; i++) {
+		snprintf(id, sizeof(id), "x%02d", i);
+		ANNOUNCE(1, 0, .id = id, .pieces = 2, .parents = { "child" }, .quiet = true);
+	}
+	ANNOUNCE(1, 0, .id = "seed", .seed = true, .quiet = true);
+	ANNOUNCE(1, 0, .id = "child", .pieces = 1);
+	cr_assert_str_eq(ids(&last), "safe");
+	ANNOUNCE(1, 0, .id = "x99", .pieces = 2, .parents = { "child" }, .quiet = true);
+	ANNOUNCE(1, 0, .id = "child", .pieces = 1);
+	/* x99 came after the child: never its parent, and not one of the
+	 * tries either. */
+	cr_assert_str_eq(ids(&last), "safe");
+	ANNOUNCE(2, 0, .id = "safe", .pieces = 2, .quiet = true);
+	for (int i = 0; i < SCHED_UPSTREAM_TRIES; i++) {
+		snprintf(id, sizeof(id), "x%02d", i);
+		ANNOUNCE(2, 0, .id = id, .pieces = 2, .parents = { "child" }, .quiet = true);
+	}
+	ANNOUNCE(2, 0, .id = "seed", .seed = true, .quiet = true);
+	ANNOUNCE(2, 0, .id = "child", .pieces = 1);
+	cr_assert_str_eq(ids(&last), "seed");
 }
 
 /* The answer's roots as "id,id,...". */
@@ -688,70 +805,39 @@ static const char *root_ids(const struct sched_answer *answer)
 	return text;
 }
 
-Test(sched, a_seed_is_told_the_roots_of_the_parent_graph)
+Test(sched, a_seed_is_told_the_head_of_the_chain)
 {
-	/* Sources (non-seed parents) / children: a 0/4 (b, c, d, e), f 0/2
-	 * (d, g), b 1/3, c 3/2, d 3/1, e 4/0, g 1/0 ("gone" is unknown, g
-	 * itself does not count). Everyone but e fetches from the seed. x has
-	 * no sources and a child but does not fetch from this seed (its own
-	 * seed is other-seed); done is complete; other-seed is a seed; no-port
-	 * has no peer port: never roots. */
-	ANNOUNCE(1, 0, .id = "a", .pieces = 1, .parents = { "seed" }, .quiet = true);
-	ANNOUNCE(1, 0, .id = "b", .pieces = 1, .parents = { "a", "other-seed", "seed" },
-		 .quiet = true);
-	ANNOUNCE(1, 0, .id = "c", .pieces = 1, .parents = { "a", "b", "no-port", "seed" },
-		 .quiet = true);
-	ANNOUNCE(1, 0, .id = "d", .pieces = 1, .parents = { "a", "b", "c", "f" }, .quiet = true);
-	ANNOUNCE(1, 0, .id = "e", .pieces = 1, .parents = { "a", "b", "c", "d" }, .quiet = true);
-	ANNOUNCE(1, 0, .id = "f", .pieces = 3, .parents = { "seed" }, .quiet = true);
-	ANNOUNCE(1, 0, .id = "g", .pieces = 1, .parents = { "f", "g", "gone", "seed" },
-		 .quiet = true);
-	ANNOUNCE(1, 0, .id = "x", .pieces = 9, .parents = { "other-seed" }, .quiet = true);
-	ANNOUNCE(1, 0, .id = "y", .pieces = 1, .parents = { "x", "done" }, .quiet = true);
-	ANNOUNCE(1, 0, .id = "done", .complete = true, .parents = { "seed" });
-	ANNOUNCE(1, 0, .id = "other-seed", .seed = true, .pieces = 5, .parents = { "seed" },
-		 .quiet = true);
-	ANNOUNCE(1, 0, .id = "no-port", .address = "", .pieces = 5, .parents = { "seed" },
-		 .quiet = true);
-	ANNOUNCE(1, 0, .id = "z", .pieces = 1, .parents = { "other-seed", "no-port" }, .quiet = true);
+	/* Never a peer without a peer port, a complete one or a seed. */
+	ANNOUNCE(1, 0, .id = "no-port", .address = "", .pieces = 5, .quiet = true);
+	ANNOUNCE(1, 0, .id = "done", .complete = true);
+	ANNOUNCE(1, 0, .id = "other-seed", .seed = true, .pieces = 5, .quiet = true);
 	ANNOUNCE(1, 0, .id = "seed", .seed = true, .pieces = 0);
-	/* The fewest sources (0), more children first. */
-	cr_assert_str_eq(root_ids(&last), "a,f");
+	cr_assert_eq(last.root_count, 0);
+	ANNOUNCE(1, 0, .id = "a", .pieces = 1, .address = "10.0.0.9:1", .quiet = true);
+	ANNOUNCE(1, 0, .id = "b", .pieces = 3, .address = "10.0.0.9:2", .parents = { "a" },
+		 .quiet = true);
+	ANNOUNCE(1, 0, .id = "c", .pieces = 1, .parents = { "b" }, .quiet = true);
+	ANNOUNCE(1, 0, .id = "seed", .seed = true, .pieces = 0);
+	cr_assert_str_eq(root_ids(&last), "a");
 	/* Not for a peer that is not a seed, nor for a seed's announcement
 	 * that does not ask (its task complete, or a refresh). */
 	ANNOUNCE(1, 0, .id = "h", .pieces = 0, .parents = { "seed" });
 	cr_assert_eq(last.root_count, 0);
 	ANNOUNCE(1, 0, .id = "seed", .seed = true, .pieces = 0, .quiet = true);
 	cr_assert_eq(last.root_count, 0);
-	ANNOUNCE(1, 0, .id = "seed", .seed = true, .complete = true);
+	/* a failed someone: b heads the chain for a while. */
+	ANNOUNCE(1, 100, .id = "c", .pieces = 1, .failed = { "10.0.0.9:1" }, .quiet = true);
+	ANNOUNCE(1, 100, .id = "seed", .seed = true, .pieces = 0);
+	cr_assert_str_eq(root_ids(&last), "b");
+	ANNOUNCE(1, 100 + SCHED_FAILURE_MS, .id = "seed", .seed = true, .pieces = 0);
+	cr_assert_str_eq(root_ids(&last), "a");
+	/* a completes: b. */
+	ANNOUNCE(1, 100 + SCHED_FAILURE_MS, .id = "a", .complete = true,
+		 .address = "10.0.0.9:1");
+	ANNOUNCE(1, 100 + SCHED_FAILURE_MS, .id = "seed", .seed = true, .pieces = 0);
+	cr_assert_str_eq(root_ids(&last), "b");
+	ANNOUNCE(1, 100 + SCHED_FAILURE_MS, .id = "seed", .seed = true, .complete = true);
 	cr_assert_eq(last.root_count, 0);
-	/* a takes a parent: f is the only one left with none. */
-	ANNOUNCE(1, 0, .id = "a", .pieces = 1, .parents = { "g", "seed" }, .quiet = true);
-	ANNOUNCE(1, 0, .id = "seed", .seed = true, .pieces = 0);
-	cr_assert_str_eq(root_ids(&last), "f");
-	/* Nobody fetches from anyone: no roots. */
-	ANNOUNCE(2, 0, .id = "a", .pieces = 1, .parents = { "seed" }, .quiet = true);
-	ANNOUNCE(2, 0, .id = "seed", .seed = true, .pieces = 0);
-	cr_assert_eq(last.root_count, 0);
-}
-
-/* More roots than SCHED_ROOTS_MAX: the first ones by children, then id. */
-Test(sched, a_seed_is_told_at_most_the_first_roots)
-{
-	char id[16], child[16];
-
-	/* r00..r11 fetch from the seed only; r(i) has i % 4 + 1 children. */
-	for (unsigned i = 0; i < 12; i++) {
-		snprintf(id, sizeof(id), "r%02u", i);
-		ANNOUNCE(1, 0, .id = id, .pieces = 1, .parents = { "seed" }, .quiet = true);
-		for (unsigned k = 0; k <= i % 4; k++) {
-			snprintf(child, sizeof(child), "c%02u-%u", i, k);
-			ANNOUNCE(1, 0, .id = child, .pieces = 1, .parents = { id }, .quiet = true);
-		}
-	}
-	ANNOUNCE(1, 0, .id = "seed", .seed = true, .pieces = 0);
-	cr_assert_eq(last.root_count, SCHED_ROOTS_MAX);
-	cr_assert_str_eq(root_ids(&last), "r03,r07,r11,r02,r06,r10,r01,r05");
 }
 
 Test(sched, a_seed_far_down_the_ranking_is_still_included)
@@ -760,7 +846,7 @@ Test(sched, a_seed_far_down_the_ranking_is_still_included)
 
 	for (int i = 0; i < 20; i++) {
 		snprintf(id, sizeof(id), "p%02d", i);
-		ANNOUNCE(1, 0, .id = id, .pieces = 5, .quiet = true);
+		ANNOUNCE(1, 0, .id = id, .complete = true, .quiet = true);
 	}
 	ANNOUNCE(1, 0, .id = "s1", .seed = true, .parents = { "child" }, .quiet = true);
 	ANNOUNCE(1, 0, .id = "s2", .seed = true, .quiet = true);
@@ -773,9 +859,9 @@ Test(sched, a_seed_far_down_the_ranking_is_still_included)
 }
 
 /*
- * Random swarms against a plain reference: every candidate sorted by the
- * documented order, cycles found by a full walk, the eight first, a seed in
- * the last place if none came in.
+ * Random swarms against a plain reference: the complete peers, the seeds and
+ * the one upstream peer sorted by the documented order, cycles found by a
+ * full walk, the eight first, a seed in the last place if none came in.
  */
 struct ref_peer {
 	char id[8];
@@ -859,13 +945,51 @@ static bool ref_reaches_child(int from)
 	return false;
 }
 
+/* Whether a is a better upstream than b for the child (peers came in index
+ * order, the child last). */
+static bool ref_upstream_before(int a, int b)
+{
+	unsigned match_a = ref_location_match(ref[0].location, ref[a].location);
+	unsigned match_b = ref_location_match(ref[0].location, ref[b].location);
+
+	if (match_a != match_b)
+		return match_a > match_b;
+	return a > b;
+}
+
+/* The child's one downloading parent: the best upstream not reaching the
+ * child, among the first SCHED_UPSTREAM_TRIES best; -1: none. */
+static int ref_upstream(void)
+{
+	int order[64], n = 0;
+
+	for (int i = 1; i < ref_count; i++)
+		if (!ref[i].complete && !ref[i].seed)
+			order[n++] = i;
+	for (int i = 1; i < n; i++)
+		for (int k = i; k > 0 && ref_upstream_before(order[k], order[k - 1]); k--) {
+			int swap = order[k];
+
+			order[k] = order[k - 1];
+			order[k - 1] = swap;
+		}
+	for (int i = 0; i < n && i < SCHED_UPSTREAM_TRIES; i++)
+		if (!ref_reaches_child(order[i]))
+			return order[i];
+	return -1;
+}
+
 static void ref_expected(char *out, size_t size)
 {
 	int order[64], chosen[SCHED_PARENTS_MAX], count = 0, n = 0;
+	int upstream = ref_upstream();
 	bool have_seed = false;
 
+	/* Seeds still downloading only for the head of the chain (no
+	 * upstream; nobody failed, no time passes here). */
 	for (int i = 1; i < ref_count; i++)
-		order[n++] = i;
+		if (ref[i].complete || (ref[i].seed && upstream < 0) || i == upstream)
+			order[n++] = i;
 	qsort(order, (size_t)n, sizeof(order[0]), ref_compare);
 	for (int i = 0; i < n; i++) {
 		const struct ref_peer *peer = &ref[order[i]];
