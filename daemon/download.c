@@ -1644,8 +1644,10 @@ static int dl_parents_open(struct dl_task *task, const char *const *addresses,
 	unsigned connections = task->engine->options.parent_connections;
 	const char *fresh[DOWNLOAD_PARENTS_MAX];
 	bool fresh_seed[DOWNLOAD_PARENTS_MAX];
-	size_t n = 0;
+	size_t n = 0, seed_count = 0;
 
+	for (size_t i = 0; seeds && i < count; i++)
+		seed_count += seeds[i];
 	/* Parents the task already has (the scheduler names them again) stay;
 	 * one given up on (it had no such task then) is asked again: the
 	 * scheduler names it because it has pieces now. */
@@ -1671,10 +1673,12 @@ static int dl_parents_open(struct dl_task *task, const char *const *addresses,
 	for (size_t k = 0; k < n * connections; k++) {
 		struct dl_parent *dp;
 
-		/* One connection to a seed: every child of a swarm asks it,
-		 * and its uplink shared by fewer transfers brings each new
-		 * piece sooner to the sibling that passes it on. */
-		if (fresh_seed[k % n] && k >= n)
+		/* One connection to a seed that comes with other parents: it
+		 * is their fallback, and its uplink shared by fewer transfers
+		 * brings each new piece sooner to the peer that passes it on.
+		 * Named alone (the head of a chain, scheduler/state.h), it is
+		 * where every piece comes from: all the connections. */
+		if (fresh_seed[k % n] && k >= n && seed_count < count)
 			continue;
 		dp = calloc(1, sizeof(*dp));
 		if (!dp)

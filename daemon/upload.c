@@ -31,12 +31,13 @@
  * should get it.
  *
  * The roots of the task, named by the seed's scheduler (upload_set_roots:
- * children that others fetch from and that have the fewest other parents),
- * hear of a held piece UPLOAD_SPREAD_DONE_MS after it went out instead of
- * UPLOAD_SPREAD_AFTER_SENT_MS: with no cycles in the parent graph, the child
- * that asked first is a parent of the others and has hardly anyone but the
- * seed to fetch from; held back a second on 7 pieces of 8, it finished last,
- * 0.4 to 1.5 s after the others (P4, N=8).
+ * the head of the chain of downloading peers, scheduler/state.h) are the
+ * streams told in turn, at once; the others hear of a piece only when
+ * UPLOAD_SPREAD_MS is over: they get it down the chain from the head, and
+ * the seed is their fallback for a chain that stalls (the scheduler names
+ * it to them only then). Told a second after it went out, as without roots,
+ * the peers down the chain asked the seed for pieces the peers before them
+ * were still fetching and took the head's share of its uplink.
  */
 #define UPLOAD_SPREAD_MS 3000u
 /* Once the piece has gone out to a child, the others hear of it this much
@@ -569,13 +570,20 @@ static void upload_sync_flush(struct upload_sync *sync, const struct meta_task *
 static void upload_spread_sent(struct upload *upload, const uint8_t task_id[32], uint32_t number)
 {
 	uint64_t now_ms = clock_monotonic_ms();
+	bool chain = false;
 
+	for (struct upload_sync *sync = upload->syncs; sync && !chain; sync = sync->next)
+		chain = sync->root && memcmp(sync->task_id, task_id, 32) == 0;
 	for (struct upload_sync *sync = upload->syncs; sync; sync = sync->next) {
 		uint64_t due_ms = now_ms + (sync->complete || sync->root
 						    ? UPLOAD_SPREAD_DONE_MS
 						    : UPLOAD_SPREAD_AFTER_SENT_MS);
 
 		if (!sync->held_count || memcmp(sync->task_id, task_id, 32) != 0)
+			continue;
+		/* The others get it from the head of the chain, down the
+		 * chain: the seed is their fallback (UPLOAD_SPREAD_MS). */
+		if (chain && !sync->root && !sync->complete)
 			continue;
 		for (size_t i = 0; i < sync->held_count; i++)
 			if (sync->held[i] == number && sync->held_due_ms[i] > due_ms)
@@ -664,16 +672,27 @@ static void upload_spread_piece(struct upload *upload, const struct meta_task *i
 				uint32_t number)
 {
 	struct upload_sync *sync;
-	unsigned streams = 0, chosen, i = 0;
+	unsigned streams = 0, roots = 0, chosen, i = 0;
 	uint64_t due_ms = clock_monotonic_ms() + UPLOAD_SPREAD_MS;
 
-	for (sync = upload->syncs; sync; sync = sync->next)
-		streams += memcmp(sync->task_id, info->id, 32) == 0;
-	chosen = streams ? upload->spread_turn++ % streams : 0;
 	for (sync = upload->syncs; sync; sync = sync->next) {
 		if (memcmp(sync->task_id, info->id, 32) != 0)
 			continue;
-		if (!upload->options.seed || !upload->options.spread || i++ == chosen ||
+		streams++;
+		roots += sync->root;
+	}
+	/* In turn among the roots when the scheduler named some: the head of
+	 * the chain passes each piece down. */
+	if (roots)
+		streams = roots;
+	chosen = streams ? upload->spread_turn++ % streams : 0;
+	for (sync = upload->syncs; sync; sync = sync->next) {
+		bool turn;
+
+		if (memcmp(sync->task_id, info->id, 32) != 0)
+			continue;
+		turn = (!roots || sync->root) && i++ == chosen;
+		if (!upload->options.seed || !upload->options.spread || turn ||
 		    !upload_sync_hold(sync, number, due_ms))
 			upload_send_availability(sync->uc->conn, sync->id, info, &number, 1, false,
 						 false, NULL);
