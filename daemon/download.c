@@ -77,6 +77,9 @@
 /* ... and a seed that is fetching it for us up to 3.2 s later (6.35 s in all). */
 #define DL_PARENT_RETRIES_SEED 7u
 #define DL_ANNOUNCE_MS 1000u
+/* How long a task whose last parent went waits for the scheduler to name
+ * others (asked at the next tick) before the origin. */
+#define DL_SCHED_HOPE_MS (2u * DL_ANNOUNCE_MS)
 #define DL_PARENT_RETRY_MS 50u
 /* Outputs a piece is written into straight from its buffer; more watchers
  * of one task get it copied from the cache file afterwards. */
@@ -226,6 +229,8 @@ struct dl_task {
 	char failed[DL_FAILED_REPORT_MAX][160];
 	unsigned failed_count;
 	uint64_t announce_ms;		/* the last announcement to the scheduler */
+	uint64_t sched_hope_ms;		/* the last parent went: until then the scheduler's
+					 * next answer may name others (0: none pending) */
 
 	/* The task's rate limit: a piece starts only while tokens are left
 	 * (they may go negative by a piece); refilled as time passes. */
@@ -1094,6 +1099,14 @@ static void dl_parent_drop(struct dl_parent *dp, const char *reason)
 	task->parents_live--;
 	task->scan = 0;
 	task->stuck_changed = true;
+	/* The last parent went (a chain gives a child one downloading
+	 * parent): ask the scheduler at the next tick, who it reported
+	 * failed in hand, and wait for its answer before the origin. */
+	if (!task->parents_live && task->engine->options.sched && task->state == DL_FETCHING &&
+	    !task->origin_allowed) {
+		task->announce_ms = 0;
+		task->sched_hope_ms = clock_monotonic_ms() + DL_SCHED_HOPE_MS;
+	}
 }
 
 static void dl_parents_close(struct dl_task *task, const char *reason)
@@ -1557,6 +1570,9 @@ static bool dl_parents_stuck(struct dl_task *task)
 
 	if (!dl_parents_hope(task))
 		return true;
+	if (!task->parents_live && task->sched_hope_ms &&
+	    clock_monotonic_ms() < task->sched_hope_ms)
+		return false; /* the scheduler is asked for others */
 	for (const struct dl_parent *dp = task->parents; dp; dp = dp->next)
 		if (dp->parent && !dp->synced)
 			announcing = true;
@@ -1624,6 +1640,8 @@ static bool dl_parents_hope(const struct dl_task *task)
 {
 	if (task->parents_live)
 		return true;
+	if (task->sched_hope_ms && clock_monotonic_ms() < task->sched_hope_ms)
+		return true;
 	for (const struct dl_parent *dp = task->parents; dp; dp = dp->next)
 		if (dp->retry_at_ms)
 			return true;
@@ -1636,6 +1654,22 @@ static bool dl_parent_known(const struct dl_task *task, const char *address)
 		if (strcmp(dp->address, address) == 0)
 			return true;
 	return false;
+}
+
+/* One more connection to `address`. */
+static int dl_parent_add(struct dl_task *task, const char *address, bool seed)
+{
+	struct dl_parent *dp = calloc(1, sizeof(*dp));
+
+	if (!dp)
+		return -ENOMEM;
+	dp->task = task;
+	snprintf(dp->address, sizeof(dp->address), "%s", address);
+	dp->seed = seed;
+	dp->next = task->parents;
+	task->parents = dp;
+	dl_parent_connect(dp);
+	return 0;
 }
 
 static int dl_parents_open(struct dl_task *task, const char *const *addresses,
@@ -1664,6 +1698,23 @@ static int dl_parents_open(struct dl_task *task, const char *const *addresses,
 			dp->retries = 0;
 			dl_parent_connect(dp);
 		}
+		/* A seed named alone again (this child heads the chain now,
+		 * its upstream gone): all the connections, not the one it
+		 * had as a fallback. */
+		if (seed_count == count) {
+			unsigned have = 0;
+			bool struck = false;
+
+			for (const struct dl_parent *dp = task->parents; dp; dp = dp->next) {
+				if (strcmp(dp->address, addresses[i]) != 0)
+					continue;
+				have++;
+				struck |= dp->strikes > 0;
+			}
+			for (; !struck && have < connections; have++)
+				if (dl_parent_add(task, addresses[i], true) < 0)
+					return -ENOMEM;
+		}
 	}
 	if (n == 0)
 		return 0;
@@ -1671,8 +1722,6 @@ static int dl_parents_open(struct dl_task *task, const char *const *addresses,
 	if (n * connections > DOWNLOAD_PARENTS_MAX)
 		connections = (unsigned)(DOWNLOAD_PARENTS_MAX / n ? DOWNLOAD_PARENTS_MAX / n : 1);
 	for (size_t k = 0; k < n * connections; k++) {
-		struct dl_parent *dp;
-
 		/* One connection to a seed that comes with other parents: it
 		 * is their fallback, and its uplink shared by fewer transfers
 		 * brings each new piece sooner to the peer that passes it on.
@@ -1680,15 +1729,8 @@ static int dl_parents_open(struct dl_task *task, const char *const *addresses,
 		 * where every piece comes from: all the connections. */
 		if (fresh_seed[k % n] && k >= n && seed_count < count)
 			continue;
-		dp = calloc(1, sizeof(*dp));
-		if (!dp)
+		if (dl_parent_add(task, fresh[k % n], fresh_seed[k % n]) < 0)
 			return -ENOMEM;
-		dp->task = task;
-		snprintf(dp->address, sizeof(dp->address), "%s", fresh[k % n]);
-		dp->seed = fresh_seed[k % n];
-		dp->next = task->parents;
-		task->parents = dp;
-		dl_parent_connect(dp);
 	}
 	task->peer_progress_ms = clock_monotonic_ms();
 	return 0;

@@ -204,6 +204,7 @@ struct sched_peer {
 	uint64_t walk_stamp; /* the cycle check that last visited it */
 	uint64_t joined;     /* its place in the task's order of arrival, from 1 */
 	uint64_t progress_ms; /* when it joined, or pieces_done last grew */
+	bool head;	      /* its last ranking found it no upstream */
 	bool seed, complete;
 	uint32_t upload_slots, uploads;
 	uint32_t pieces_done, piece_count;
@@ -534,12 +535,18 @@ static size_t sched_gather(struct sched_state *state, struct sched_peer *child)
 {
 	struct sched_task *task = child->task;
 	struct sched_peer *upstream = child->seed ? NULL : sched_upstream(state, child);
-	/* A seed that is still downloading feeds the head of the chain; the
-	 * others get its pieces down the chain, and the seed only when their
-	 * upstream failed or they made no progress for SCHED_STALL_MS. */
-	bool seeds = !upstream || sched_recently_failed(state, upstream->failed_ms) ||
-		     state->now_ms - child->progress_ms >= SCHED_STALL_MS;
+	bool seeds;
 	size_t count = 0;
+
+	/* An upstream that failed lately is no upstream: the child heads a
+	 * chain of its own (sched_upstream puts one that did not first). */
+	if (upstream && sched_recently_failed(state, upstream->failed_ms))
+		upstream = NULL;
+	child->head = !child->seed && !upstream;
+	/* A seed that is still downloading feeds the heads of chains; the
+	 * others get its pieces down the chain, and the seed only when they
+	 * made no progress for SCHED_STALL_MS. */
+	seeds = !upstream || state->now_ms - child->progress_ms >= SCHED_STALL_MS;
 
 	for (struct sched_node *node = task->peers.next; node != &task->peers; node = node->next) {
 		struct sched_peer *peer = container_of(node, struct sched_peer, in_task);
@@ -704,29 +711,35 @@ static void sched_rank(struct sched_state *state, struct sched_peer *child, bool
 }
 
 /*
- * Fills answer->roots for the seed `seed` (state.h): the head of the task's
- * chain, the incomplete non-seed peer with a peer port that joined first
- * and has not failed lately. O(peers of the task): a seed asks once a second
- * per task it is fetching.
+ * Fills answer->roots for the seed `seed` (state.h): the heads of the task's
+ * chains, the incomplete non-seed peers with a peer port that their last
+ * ranking found no upstream, first joined first, SCHED_ROOTS_MAX at most.
+ * O(peers of the task): a seed asks once a second per task it is fetching.
  */
-static void sched_roots(struct sched_state *state, const struct sched_peer *seed,
-			struct sched_answer *answer)
+static void sched_roots(const struct sched_peer *seed, struct sched_answer *answer)
 {
 	struct sched_task *task = seed->task;
-	const struct sched_peer *head = NULL;
+	const struct sched_peer *best[SCHED_ROOTS_MAX];
+	unsigned count = 0;
 
 	for (struct sched_node *node = task->peers.next; node != &task->peers; node = node->next) {
 		const struct sched_peer *peer = container_of(node, struct sched_peer, in_task);
+		unsigned at;
 
-		if (peer->seed || peer->complete || !peer->address[0] ||
-		    sched_recently_failed(state, peer->failed_ms))
+		if (!peer->head || peer->seed || peer->complete || !peer->address[0])
 			continue;
-		if (!head || peer->joined < head->joined)
-			head = peer;
+		if (count == SCHED_ROOTS_MAX && peer->joined > best[count - 1]->joined)
+			continue;
+		at = count < SCHED_ROOTS_MAX ? count++ : count - 1;
+		while (at > 0 && peer->joined < best[at - 1]->joined) {
+			best[at] = best[at - 1];
+			at--;
+		}
+		best[at] = peer;
 	}
-	if (head)
+	for (unsigned i = 0; i < count; i++)
 		snprintf(answer->roots[answer->root_count++], sizeof(answer->roots[0]), "%s",
-			 head->id);
+			 best[i]->id);
 }
 
 /* --- announcements. */
@@ -943,7 +956,7 @@ int sched_announce(struct sched_state *state, const struct sched_announce *annou
 	}
 	sched_rank(state, peer, announce->want_parents, answer);
 	if (peer->seed && !peer->complete && announce->want_parents)
-		sched_roots(state, peer, answer);
+		sched_roots(peer, answer);
 	return 0;
 }
 

@@ -30,10 +30,13 @@
  *     peers that joined T before C (their first announcement came first),
  *     the one that has not failed lately, then shares the longest location
  *     prefix with C, then came last; one that fetches from C is skipped,
- *     SCHED_UPSTREAM_TRIES times at most (then none). The downloading peers
- *     thus form a chain in order of arrival, fed by the seed at its head:
- *     every uplink carries the file once, and since a parent always came
- *     before its child the graph has no cycle whoever announces when;
+ *     SCHED_UPSTREAM_TRIES times at most (then none); one that failed
+ *     lately is none. The downloading peers thus form a chain in order of
+ *     arrival (per location: a tree when locations differ), fed by the seed
+ *     at its head: every uplink carries the file once, and within one
+ *     scheduler's life a parent always came before its child, so no cycle
+ *     (after a restart, parents a daemon kept from the old order can close
+ *     one until they go: the walk skips ids not announced yet);
  *   - the candidates of a seed C: the peers that have more pieces than it
  *     (complete, or more pieces_done): it fetches from the origin what
  *     nobody else has;
@@ -54,10 +57,11 @@
  * that does not want parents, gets an empty list without back_to_source.
  *
  * Roots, for a seed C of task T that is fetching it and asks for parents:
- * the head of the chain, the incomplete non-seed peer of T with a peer port
- * that joined first and has not failed lately (none if there is no such
- * peer). The seed tells it of its new pieces at once and the others later
- * (upload.c): they get them down the chain.
+ * the heads of T's chains, the incomplete non-seed peers with a peer port
+ * whose last ranking found them no upstream (none came before them, or the
+ * one that did failed lately), first joined first, at most
+ * SCHED_ROOTS_MAX. The seed tells them its new pieces at once and the others
+ * later (upload.c): they get them down the chain.
  *
  * Preheat: each seed host keeps the registration (an opaque handle, in the
  * server the connection) of its latest seed announcement, until that
@@ -87,7 +91,7 @@
 #define SCHED_SEEDS_MAX		 256 /* seed hosts remembered */
 #define SCHED_WALK_MAX		 256 /* peers one cycle check may visit */
 #define SCHED_WEIGHT_SIZE	 32  /* a rendezvous weight: a sha256 digest */
-#define SCHED_ROOTS_MAX		 8   /* roots told to a seed (one is told: the head) */
+#define SCHED_ROOTS_MAX		 8   /* roots told to a seed: heads of chains */
 #define SCHED_UPSTREAM_TRIES	 8   /* upstream peers fetching from the child tried before none */
 #define SCHED_STALL_MS		 3000 /* a child with no new piece this long gets the seeds too */
 

@@ -295,8 +295,9 @@ Test(sched, a_parent_that_failed_a_child_ranks_last_for_a_while)
 	cr_assert_str_eq(ids(&last), "bad,good,child");
 }
 
-/* The peer before it failed the child: the one before that, and so on; a
- * chain that failed everywhere still names its nearest, last. */
+/* The peer before it failed the child: the one before that; every one
+ * before it failed lately: none, the child heads a chain of its own (the
+ * seeds, or back to source without one). */
 Test(sched, a_failed_peer_is_skipped_in_the_chain)
 {
 	ANNOUNCE(1, 0, .id = "a", .address = "10.0.0.9:1");
@@ -306,16 +307,17 @@ Test(sched, a_failed_peer_is_skipped_in_the_chain)
 	ANNOUNCE(1, 100, .id = "c", .address = "10.0.0.9:3", .failed = { "10.0.0.9:2" });
 	cr_assert_str_eq(ids(&last), "a");
 	ANNOUNCE(1, 200, .id = "c", .address = "10.0.0.9:3", .failed = { "10.0.0.9:1" });
-	cr_assert_str_eq(ids(&last), "b");
-	/* Every one failed lately: the nearest, after the seed (an upstream
-	 * that failed brings the seeds in). */
+	cr_assert_eq(last.parent_count, 0);
+	cr_assert(last.back_to_source);
 	ANNOUNCE(1, 300, .id = "seed", .seed = true, .quiet = true);
 	ANNOUNCE(1, 400, .id = "c", .address = "10.0.0.9:3");
-	cr_assert_str_eq(ids(&last), "seed,b");
+	cr_assert_str_eq(ids(&last), "seed");
 	/* Forgiven: b first again, the seed still there because c has had no
 	 * new piece for SCHED_STALL_MS. */
 	ANNOUNCE(1, 400 + SCHED_FAILURE_MS, .id = "c", .address = "10.0.0.9:3");
 	cr_assert_str_eq(ids(&last), "b,seed");
+	ANNOUNCE(1, 500 + SCHED_FAILURE_MS, .id = "c", .address = "10.0.0.9:3", .pieces = 1);
+	cr_assert_str_eq(ids(&last), "b");
 }
 
 Test(sched, location_is_compared_by_leading_parts)
@@ -805,18 +807,20 @@ static const char *root_ids(const struct sched_answer *answer)
 	return text;
 }
 
-Test(sched, a_seed_is_told_the_head_of_the_chain)
+Test(sched, a_seed_is_told_the_heads_of_the_chains)
 {
+	char id[16];
+
 	/* Never a peer without a peer port, a complete one or a seed. */
-	ANNOUNCE(1, 0, .id = "no-port", .address = "", .pieces = 5, .quiet = true);
+	ANNOUNCE(1, 0, .id = "no-port", .address = "", .pieces = 5);
 	ANNOUNCE(1, 0, .id = "done", .complete = true);
-	ANNOUNCE(1, 0, .id = "other-seed", .seed = true, .pieces = 5, .quiet = true);
+	ANNOUNCE(1, 0, .id = "other-seed", .seed = true, .pieces = 5);
 	ANNOUNCE(1, 0, .id = "seed", .seed = true, .pieces = 0);
 	cr_assert_eq(last.root_count, 0);
-	ANNOUNCE(1, 0, .id = "a", .pieces = 1, .address = "10.0.0.9:1", .quiet = true);
-	ANNOUNCE(1, 0, .id = "b", .pieces = 3, .address = "10.0.0.9:2", .parents = { "a" },
-		 .quiet = true);
-	ANNOUNCE(1, 0, .id = "c", .pieces = 1, .parents = { "b" }, .quiet = true);
+	/* a came first: the head; b and c have an upstream. */
+	ANNOUNCE(1, 0, .id = "a", .pieces = 1, .address = "10.0.0.9:1");
+	ANNOUNCE(1, 0, .id = "b", .pieces = 3, .address = "10.0.0.9:2", .parents = { "a" });
+	ANNOUNCE(1, 0, .id = "c", .pieces = 1, .parents = { "b" });
 	ANNOUNCE(1, 0, .id = "seed", .seed = true, .pieces = 0);
 	cr_assert_str_eq(root_ids(&last), "a");
 	/* Not for a peer that is not a seed, nor for a seed's announcement
@@ -825,19 +829,40 @@ Test(sched, a_seed_is_told_the_head_of_the_chain)
 	cr_assert_eq(last.root_count, 0);
 	ANNOUNCE(1, 0, .id = "seed", .seed = true, .pieces = 0, .quiet = true);
 	cr_assert_eq(last.root_count, 0);
-	/* a failed someone: b heads the chain for a while. */
-	ANNOUNCE(1, 100, .id = "c", .pieces = 1, .failed = { "10.0.0.9:1" }, .quiet = true);
+	/* c says a failed it: b, whose upstream a is, heads a chain of its
+	 * own once it asks again; a still heads its own. */
+	ANNOUNCE(1, 100, .id = "c", .pieces = 1, .failed = { "10.0.0.9:1" }, .parents = { "b" });
 	ANNOUNCE(1, 100, .id = "seed", .seed = true, .pieces = 0);
-	cr_assert_str_eq(root_ids(&last), "b");
-	ANNOUNCE(1, 100 + SCHED_FAILURE_MS, .id = "seed", .seed = true, .pieces = 0);
 	cr_assert_str_eq(root_ids(&last), "a");
+	ANNOUNCE(1, 100, .id = "b", .pieces = 3, .address = "10.0.0.9:2", .parents = { "a" });
+	ANNOUNCE(1, 100, .id = "seed", .seed = true, .pieces = 0);
+	cr_assert_str_eq(root_ids(&last), "a,b");
 	/* a completes: b. */
-	ANNOUNCE(1, 100 + SCHED_FAILURE_MS, .id = "a", .complete = true,
-		 .address = "10.0.0.9:1");
-	ANNOUNCE(1, 100 + SCHED_FAILURE_MS, .id = "seed", .seed = true, .pieces = 0);
+	ANNOUNCE(1, 200, .id = "a", .complete = true, .address = "10.0.0.9:1");
+	ANNOUNCE(1, 200, .id = "seed", .seed = true, .pieces = 0);
 	cr_assert_str_eq(root_ids(&last), "b");
-	ANNOUNCE(1, 100 + SCHED_FAILURE_MS, .id = "seed", .seed = true, .complete = true);
+	ANNOUNCE(1, 200, .id = "seed", .seed = true, .complete = true);
 	cr_assert_eq(last.root_count, 0);
+	/* More heads than SCHED_ROOTS_MAX (each peer says the one before it
+	 * failed, so every one heads a chain): the first joined. */
+	for (unsigned i = 0; i < SCHED_ROOTS_MAX + 2; i++) {
+		snprintf(id, sizeof(id), "x%02u", i);
+		ANNOUNCE(2, 0, .id = id, .pieces = 1, .address = id);
+	}
+	for (unsigned i = 1; i < SCHED_ROOTS_MAX + 2; i++) {
+		char failed[16];
+
+		snprintf(id, sizeof(id), "x%02u", i);
+		snprintf(failed, sizeof(failed), "x%02u", i - 1);
+		ANNOUNCE(2, 10, .id = id, .pieces = 1, .address = id, .failed = { failed });
+	}
+	for (unsigned i = 1; i < SCHED_ROOTS_MAX + 2; i++) {
+		snprintf(id, sizeof(id), "x%02u", i);
+		ANNOUNCE(2, 20, .id = id, .pieces = 1, .address = id);
+	}
+	ANNOUNCE(2, 20, .id = "seed", .seed = true, .pieces = 0);
+	cr_assert_eq(last.root_count, SCHED_ROOTS_MAX);
+	cr_assert_str_eq(root_ids(&last), "x00,x01,x02,x03,x04,x05,x06,x07");
 }
 
 Test(sched, a_seed_far_down_the_ranking_is_still_included)
@@ -1056,6 +1081,97 @@ Test(sched, random_swarms_match_the_reference)
 		ref_expected(expected, sizeof(expected));
 		cr_assert_str_eq(ids(&last), expected, "round %d, %d peers", round, ref_count);
 		cr_assert_eq(last.back_to_source, expected[0] == '\0');
+	}
+}
+
+/*
+ * Random announcements over time, as daemons make them: each peer keeps
+ * every parent it was ever named (its parents_in_use), pieces grow, some
+ * complete, some report a parent failed. Every answer names at most one
+ * downloading non-seed parent, one that came before the child; the graph
+ * of the parents kept among downloading peers never has a cycle.
+ */
+#define SEQ_PEERS 12
+
+static int seq_index(const char *id)
+{
+	return id[0] == 'q' ? atoi(id + 1) : -1;
+}
+
+static bool seq_cycle_from(bool kept[SEQ_PEERS][SEQ_PEERS], const bool *done, int from,
+			   int at, int depth)
+{
+	if (depth > SEQ_PEERS)
+		return true;
+	for (int k = 0; k < SEQ_PEERS; k++) {
+		if (!kept[at][k] || done[k])
+			continue;
+		if (k == from || seq_cycle_from(kept, done, from, k, depth + 1))
+			return true;
+	}
+	return false;
+}
+
+Test(sched, announcements_over_time_keep_one_upstream_and_no_cycle)
+{
+	for (int round = 0; round < 200; round++) {
+		static const char *const locations[] = { "", "z1", "z2" };
+		bool kept[SEQ_PEERS][SEQ_PEERS] = { { false } }, done[SEQ_PEERS] = { false };
+		uint32_t pieces[SEQ_PEERS] = { 0 };
+		int joined[SEQ_PEERS], joins = 0;
+		char names[SEQ_PEERS][8];
+
+		make_state(0, 0, 0);
+		ANNOUNCE(1, 0, .id = "seed", .seed = true, .quiet = true);
+		for (int i = 0; i < SEQ_PEERS; i++) {
+			snprintf(names[i], sizeof(names[i]), "q%d", i);
+			joined[i] = -1;
+		}
+		for (int step = 0; step < 120; step++) {
+			int i = (int)rnd(SEQ_PEERS), downloading = 0;
+			struct peer spec = { .id = names[i], .location = locations[i % 3] };
+			unsigned used = 0;
+			char address[32], failed[32];
+
+			if (joined[i] < 0)
+				joined[i] = joins++;
+			snprintf(address, sizeof(address), "10.0.0.2:%d", 2000 + i);
+			spec.address = address;
+			if (!done[i] && rnd(3) == 0)
+				pieces[i] += 1 + rnd(3);
+			if (pieces[i] >= 10)
+				done[i] = true;
+			spec.complete = done[i];
+			spec.pieces = pieces[i];
+			for (int k = 0; k < SEQ_PEERS && used < 4; k++)
+				if (kept[i][k])
+					spec.parents[used++] = names[k];
+			if (rnd(8) == 0) {
+				int k = (int)rnd(SEQ_PEERS);
+
+				snprintf(failed, sizeof(failed), "10.0.0.2:%d", 2000 + k);
+				spec.failed[0] = failed;
+			}
+			cr_assert_eq(announce_at(1, (uint64_t)step * 300u, spec), 0);
+			for (unsigned p = 0; p < last.parent_count; p++) {
+				int k = seq_index(last.parents[p].peer_id);
+
+				cr_assert_neq(k, i, "round %d step %d: itself", round, step);
+				if (k < 0 || last.parents[p].complete)
+					continue;
+				downloading++;
+				cr_assert_lt(joined[k], joined[i],
+					     "round %d step %d: %s got %s, which came after it", round,
+					     step, names[i], names[k]);
+				kept[i][k] = true;
+			}
+			cr_assert_leq(downloading, 1, "round %d step %d: %s got %s", round, step,
+				      names[i], ids(&last));
+			for (int k = 0; k < SEQ_PEERS; k++)
+				cr_assert_not(!done[k] && seq_cycle_from(kept, done, k, k, 0),
+					      "round %d step %d: a cycle through %s", round, step,
+					      names[k]);
+		}
 	}
 }
 
