@@ -491,6 +491,15 @@ static void upload_sync_pieces(struct upload *upload, struct conn *conn,
 	rc = store_task_find(upload->store, m->task_id.data, &task);
 	if (rc == -ENOENT && upload_seed_fetch(upload, conn, m, hex))
 		return;
+	/* Our own download of it has not learned the length yet (a chain
+	 * started all at once: our parent is probing too): the child waits
+	 * as for a seed, not gives up after five tries. */
+	if (rc == -ENOENT && upload->options.engine &&
+	    download_task_running(upload->options.engine, m->task_id.data)) {
+		conn_reply_error(conn, m->id, RINGFLY__ERROR_CODE__ERROR_CODE_NOT_FOUND,
+				 "no such task %s here yet: fetching it now", hex);
+		return;
+	}
 	if (rc < 0) {
 		conn_reply_error(conn, m->id, RINGFLY__ERROR_CODE__ERROR_CODE_NOT_FOUND,
 				 "no such task %s here%s%s", hex, rc == -ENOENT ? "" : ": ",
