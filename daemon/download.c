@@ -74,11 +74,11 @@
 /* A parent without the task yet (it may be about to start it: a chain
  * started all at once) is asked again after 50, 100, 200, 400, 800 ms ... */
 #define DL_PARENT_RETRIES 5u
-/* ... and one that is fetching it ("fetching it now": a seed fetching it for
+/* ... and one that is fetching it (DOWNLOAD_FETCHING_NOW: a seed fetching it for
  * us, a peer whose own download is still probing) every 400 ms at most, for
  * 6.35 s in all: a chain started at once learns the length hop by hop, and a
  * doubling delay summed over the hops sent the tail to the origin. */
-#define DL_PARENT_RETRIES_SEED 18u
+#define DL_PARENT_RETRIES_FETCHING 18u
 #define DL_PARENT_RETRY_MAX_MS 400u
 #define DL_ANNOUNCE_MS 1000u
 /* How long a task whose last parent went waits for the scheduler to name
@@ -1343,15 +1343,14 @@ static void dl_parent_sync_end(struct parent *parent, void *arg, bool complete,
 			 task->hex, dp->address, reason);
 		if (task->state != DL_FETCHING || !dl_parent_has_missing(task, dp)) {
 			bool never_had = !dl_parent_had_any(task, dp);
-
-			unsigned limit = strstr(reason, "fetching it now") ? DL_PARENT_RETRIES_SEED
-									   : DL_PARENT_RETRIES;
+			bool fetching = strstr(reason, DOWNLOAD_FETCHING_NOW) != NULL;
+			unsigned limit = fetching ? DL_PARENT_RETRIES_FETCHING : DL_PARENT_RETRIES;
 
 			dl_parent_drop(dp, reason[0] ? reason : "nothing more to give");
 			if (never_had && dp->retries < limit) {
 				uint64_t delay = (uint64_t)DL_PARENT_RETRY_MS << dp->retries;
 
-				if (limit == DL_PARENT_RETRIES_SEED && delay > DL_PARENT_RETRY_MAX_MS)
+				if (fetching && delay > DL_PARENT_RETRY_MAX_MS)
 					delay = DL_PARENT_RETRY_MAX_MS;
 				dp->retry_at_ms = clock_monotonic_ms() + delay;
 				dp->retries++;

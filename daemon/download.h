@@ -151,6 +151,11 @@ bool download_seed_may_fetch(const char *url, const char *allow, char *why, size
 /* The task `id` is being downloaded (a get or a prefetch would join it). */
 bool download_task_running(struct download_engine *engine, const uint8_t id[32]);
 
+/* In a parent's NOT_FOUND answer: it is fetching the task (a seed for the
+ * child, or a peer whose own download is still probing): ask again. */
+#define DOWNLOAD_FETCHING_NOW "fetching it now"
+
+
 /* The requester went away: no callback runs for this watcher any more, its
  * output is closed; a task nobody watches any more stops (its recorded
  * pieces stay for the next request). */

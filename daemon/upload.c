@@ -419,6 +419,13 @@ static void upload_sync_remove(struct upload *upload, struct upload_sync *sync)
 	}
 }
 
+/* NOT_FOUND for now: the child asks again (download.c reads the text). */
+static void upload_reply_fetching(struct conn *conn, uint64_t id, const char *hex)
+{
+	conn_reply_error(conn, id, RINGFLY__ERROR_CODE__ERROR_CODE_NOT_FOUND,
+			 "no such task %s here yet: " DOWNLOAD_FETCHING_NOW, hex);
+}
+
 /* A seed asked for a task it lacks starts fetching it; the child asks again. */
 static bool upload_seed_fetch(struct upload *upload, struct conn *conn,
 			      const Ringfly__SyncPieces *m, const char *hex)
@@ -457,8 +464,7 @@ static bool upload_seed_fetch(struct upload *upload, struct conn *conn,
 	}
 	log_info("upload", "seed fetch task=%s url=%s for peer=%s", hex, m->url,
 		 conn_peer_name(conn));
-	conn_reply_error(conn, m->id, RINGFLY__ERROR_CODE__ERROR_CODE_NOT_FOUND,
-			 "no such task %s here yet: fetching it now", hex);
+	upload_reply_fetching(conn, m->id, hex);
 	return true;
 }
 
@@ -496,8 +502,7 @@ static void upload_sync_pieces(struct upload *upload, struct conn *conn,
 	 * as for a seed, not gives up after five tries. */
 	if (rc == -ENOENT && upload->options.engine &&
 	    download_task_running(upload->options.engine, m->task_id.data)) {
-		conn_reply_error(conn, m->id, RINGFLY__ERROR_CODE__ERROR_CODE_NOT_FOUND,
-				 "no such task %s here yet: fetching it now", hex);
+		upload_reply_fetching(conn, m->id, hex);
 		return;
 	}
 	if (rc < 0) {
