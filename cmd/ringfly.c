@@ -48,7 +48,7 @@ struct cli_options {
 static const struct config_option cli_option_table[] = {
 	{ "socket", CONFIG_STRING, offsetof(struct cli_options, socket_path),
 	  sizeof(((struct cli_options *)0)->socket_path), 0, 0, NULL },
-	{ "timeout", CONFIG_DURATION, offsetof(struct cli_options, timeout_ms), 0, 1,
+	{ "timeout", CONFIG_SECONDS, offsetof(struct cli_options, timeout_ms), 0, 1,
 	  24LL * 3600 * 1000, NULL },
 };
 
@@ -333,7 +333,7 @@ struct cli_get_options {
 };
 
 static const struct config_option cli_get_table[] = {
-	{ "timeout", CONFIG_DURATION, offsetof(struct cli_get_options, timeout_ms), 0, 1,
+	{ "timeout", CONFIG_SECONDS, offsetof(struct cli_get_options, timeout_ms), 0, 1,
 	  7LL * 24 * 3600 * 1000, NULL },
 	{ "piece-length", CONFIG_BYTES, offsetof(struct cli_get_options, piece_length), 0,
 	  64LL << 10, 1LL << 30, NULL },

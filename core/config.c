@@ -92,6 +92,21 @@ static const struct config_suffix config_duration_suffixes[] = {
 	{ NULL, 0 },
 };
 
+static const struct config_suffix config_seconds_suffixes[] = {
+	{ "", 1000 },
+	{ "ms", 1 },
+	{ "s", 1000 },
+	{ "m", 60 * 1000 },
+	{ "h", 60 * 60 * 1000 },
+	{ NULL, 0 },
+};
+
+static bool config_is_number(enum config_type type)
+{
+	return type == CONFIG_INT || type == CONFIG_BYTES || type == CONFIG_DURATION ||
+	       type == CONFIG_SECONDS;
+}
+
 static void config_check_table(const struct config_option *options, size_t count)
 {
 	assert(options || count == 0);
@@ -104,8 +119,7 @@ static void config_check_table(const struct config_option *options, size_t count
 			assert(opt->size > 0);
 		if (opt->type == CONFIG_CHOICE)
 			assert(opt->choices && opt->choices[0]);
-		if (opt->type == CONFIG_INT || opt->type == CONFIG_BYTES ||
-		    opt->type == CONFIG_DURATION)
+		if (config_is_number(opt->type))
 			assert(opt->min <= opt->max);
 		for (size_t j = 0; j < i; j++)
 			assert(strcmp(options[j].key, opt->key) != 0);
@@ -176,6 +190,8 @@ static const char *config_describe(const struct config_option *opt, char *buf, s
 		return "a size such as 4096, 64K or 1MiB";
 	case CONFIG_DURATION:
 		return "a duration such as 500ms, 5s, 1m or 1h";
+	case CONFIG_SECONDS:
+		return "a duration such as 30 (seconds), 500ms, 5s, 1m or 1h";
 	case CONFIG_CHOICE:
 		used = (size_t)snprintf(buf, size, "one of");
 		for (size_t i = 0; opt->choices[i] && used < size; i++)
@@ -347,6 +363,10 @@ static int config_parse_value(const struct config_option *opt, const char *s, si
 		rc = config_parse_scaled(s, len, config_duration_suffixes, &out->num);
 		unit = " ms";
 		break;
+	case CONFIG_SECONDS:
+		rc = config_parse_scaled(s, len, config_seconds_suffixes, &out->num);
+		unit = " ms";
+		break;
 	case CONFIG_CHOICE:
 		rc = -EINVAL;
 		for (size_t i = 0; opt->choices[i]; i++) {
@@ -360,9 +380,7 @@ static int config_parse_value(const struct config_option *opt, const char *s, si
 		break;
 	}
 
-	if (rc == 0 &&
-	    (opt->type == CONFIG_INT || opt->type == CONFIG_BYTES ||
-	     opt->type == CONFIG_DURATION) &&
+	if (rc == 0 && config_is_number(opt->type) &&
 	    (out->num < opt->min || out->num > opt->max))
 		rc = -ERANGE;
 	if (rc == -ERANGE) {
@@ -396,6 +414,7 @@ static void config_store(const struct config_option *opt, const struct config_va
 	case CONFIG_INT:
 	case CONFIG_BYTES:
 	case CONFIG_DURATION:
+	case CONFIG_SECONDS:
 		memcpy(field, &v->num, sizeof(int64_t));
 		break;
 	case CONFIG_BOOL: {

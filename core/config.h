@@ -37,6 +37,8 @@ enum config_type {
 			    suffix (powers of 1024); [min, max] */
 	CONFIG_DURATION, /* int64_t milliseconds at offset; integer with ms/s/m/h
 			    suffix, bare integer = milliseconds; [min, max] in ms */
+	CONFIG_SECONDS,	 /* as CONFIG_DURATION, but a bare integer is seconds: the
+			    CLI's flags (`ringfly get --timeout 30`) */
 	CONFIG_CHOICE,	 /* char[size] at offset; value must be one of `choices` */
 };
 

@@ -7,7 +7,8 @@
 # `download failed` and stays healthy:
 #   404 -> 4 "HTTP 404", 403 -> 4 "HTTP 403", 500 -> 4 "HTTP 500",
 #   connection refused -> 5 "connection refused",
-#   a server that never answers, --timeout 2s and 500ms -> 5 "timed out after N ms",
+#   a server that never answers, --timeout 2s, 2 (plain seconds) and 500ms ->
+#   5 "timed out after N ms",
 #   within the timeout plus a margin,
 #   a transfer slower than --timeout 1s -> 5 "timed out after 1000 ms" (its
 #   task may keep recorded pieces; a get without --timeout then completes it),
@@ -75,6 +76,8 @@ failure refused "http://127.0.0.1:$CLOSED_PORT/x" 5 "connection refused"
 start_stall_server
 failure stall2s "$STALL_URL/stall2s" 5 "timed out after 2000 ms" --timeout 2s
 ((GET_MS >= 1900 && GET_MS < 6000)) || fail "get --timeout 2s against a silent server took $GET_MS ms"
+failure stall2 "$STALL_URL/stall2" 5 "timed out after 2000 ms" --timeout 2
+((GET_MS >= 1900 && GET_MS < 6000)) || fail "get --timeout 2 (seconds) against a silent server took $GET_MS ms"
 failure stall500ms "$STALL_URL/stall500ms" 5 "timed out after 500 ms" --timeout 500ms
 ((GET_MS >= 450 && GET_MS < 4000)) || fail "get --timeout 500ms against a silent server took $GET_MS ms"
 

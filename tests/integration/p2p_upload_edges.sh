@@ -22,6 +22,10 @@
 #  6. A piece A does not hold yet (its get from a slow origin under way):
 #     Error NOT_FOUND "piece N of task T is not here: not recorded (yet)", and
 #     the same connection then gets a recorded piece.
+#  7. A normal peer whose own get of a task is still probing (its origin never
+#     answers: no length yet) answers SyncPieces for that task NOT_FOUND "here
+#     yet: fetching it now" (a child in a chain waits for it), and plain "no
+#     such task ... here" for a task it is not fetching.
 # shellcheck source=tests/integration/lib.sh
 . "$(dirname "$0")/lib.sh"
 # shellcheck source=tests/integration/lib-http.sh
@@ -180,4 +184,22 @@ mapfile -t W <"$T/notyet.wire"
     fail "GetPiece of a recorded piece after that, same connection: '${W[1]:-nothing}'"
 peer_get_wait slow 60
 check_get_ok slow "$OUT/slow" "$WWW/slow"
+
+# 7. A peer still probing its own download of the task (origin stalled).
+start_peer P --log-level debug
+u="http://127.0.0.1:$STALL_PORT/probing"
+ID=$(task_id_of "$u")
+peer_get_bg probing P "$u" "$OUT/probing" --timeout 60
+wait_log "${PEER_LOG[P]}" "download start task=$ID" 10 "${PEER_PID[P]}"
+other=$(task_id_of "http://127.0.0.1:$STALL_PORT/nobody")
+wire probing "${PEER_PORT[P]}" "sync:$ID:1" "sync:$other:2"
+mapfile -t W <"$T/probing.wire"
+[[ ${W[0]} == "error id=1 code=12 message=no such task $ID here yet: fetching it now" ]] ||
+    fail "SyncPieces to a peer probing its own get of the task: '${W[0]}'"
+[[ ${W[1]} == "error id=2 code=12 message=no such task $other here" ]] ||
+    fail "SyncPieces to that peer for a task it is not fetching: '${W[1]:-nothing}'"
+kill "${_BG_PID[probing]}" 2>/dev/null
+peer_get_wait probing 10
+[[ ! -e $OUT/probing ]] || fail "the killed get left $OUT/probing"
+must_health "${PEER_SOCK[P]}" 5 "${PEER_PID[P]}"
 pass

@@ -27,6 +27,7 @@ struct settings {
 	char deep[8];
 	int64_t wide;
 	int64_t huge;
+	int64_t wait_ms;
 };
 
 static const char *const roles[] = { "peer", "seed", NULL };
@@ -51,6 +52,7 @@ static const struct config_option options[] = {
 	OPT("a.b.c", CONFIG_STRING, deep, .size = sizeof(((struct settings *)0)->deep)),
 	OPT("wide", CONFIG_INT, wide, .min = INT64_MIN, .max = INT64_MAX),
 	OPT("huge", CONFIG_BYTES, huge, .min = 0, .max = INT64_MAX),
+	OPT("wait", CONFIG_SECONDS, wait_ms, .min = 1, .max = 24 * 3600 * 1000),
 };
 
 #define NOPTIONS (sizeof(options) / sizeof(options[0]))
@@ -275,6 +277,30 @@ Test(config, duration)
 		expect_ok(text);
 		cr_assert_eq(cfg.shutdown_timeout_ms, cases[i].ms, "%s", cases[i].text);
 	}
+}
+
+/* The CLI's --timeout: a bare integer is seconds, a suffix says otherwise. */
+Test(config, seconds)
+{
+	static const struct {
+		const char *text;
+		int64_t ms;
+	} cases[] = {
+		{ "1", 1000 },	  { "30", 30000 }, { "500ms", 500 }, { "5s", 5000 },
+		{ "2m", 120000 }, { "1h", 3600000 }, { "86400", 86400000 },
+	};
+	char text[64];
+
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		snprintf(text, sizeof(text), "wait: %s\n", cases[i].text);
+		expect_ok(text);
+		cr_assert_eq(cfg.wait_ms, cases[i].ms, "%s", cases[i].text);
+	}
+	expect_error("wait: 86401\n",
+		     NAME ":1: key 'wait' must be between 1 and 86400000 ms, got '86401'");
+	expect_error("wait: 0\n", NAME ":1: key 'wait' must be between 1 and 86400000 ms, got '0'");
+	expect_error("wait: soon\n", NAME ":1: key 'wait' expects a duration such as 30 "
+					   "(seconds), 500ms, 5s, 1m or 1h, got 'soon'");
 }
 
 Test(config, choice)
