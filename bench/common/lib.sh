@@ -76,11 +76,44 @@ avail() { df --output=avail -B1 "$1" 2>/dev/null | tail -n 1 || echo 0; }
 
 # prewarm DIR MIB: writes MIB MiB of zeros to DIR/prewarm and removes it (MIB 0: nothing),
 # so that the next run's new page cache comes from memory touched a moment ago.
+# With PREWARM_HOLD=1 the file stays as a reservoir that reservoir.py shrinks by as much
+# as the machine's free memory drops, so that this holds for the whole run, not only for
+# its first second or two (bench/README.md "Memory"); prewarm_end, right after the timed
+# part, stops it and removes the rest. RESERVOIR_PID is its pid meanwhile.
+RESERVOIR_PID=''
+RESERVOIR_FILE=''
 prewarm() {
-	if (($2 > 0)); then
-		head -c "$(($2 << 20))" /dev/zero >"$1/prewarm"
+	local deadline
+	prewarm_end
+	(($2 > 0)) || return 0
+	head -c "$(($2 << 20))" /dev/zero >"$1/prewarm"
+	if [[ ${PREWARM_HOLD:-0} != 1 ]]; then
 		rm -f "$1/prewarm"
+		return 0
 	fi
+	RESERVOIR_FILE=$1/prewarm
+	python3 "$(dirname "${BASH_SOURCE[0]}")/reservoir.py" "$RESERVOIR_FILE" >"$1/prewarm.ready" 9>&- &
+	RESERVOIR_PID=$!
+	deadline=$((SECONDS + 10))
+	until [[ -s $1/prewarm.ready ]]; do
+		kill -0 "$RESERVOIR_PID" 2>/dev/null && ((SECONDS < deadline)) || {
+			echo "prewarm: reservoir.py $RESERVOIR_FILE did not start" >&2
+			return 1
+		}
+		sleep 0.01
+	done
+	rm -f "$1/prewarm.ready"
+}
+
+# prewarm_end: stops prewarm's reservoir (PREWARM_HOLD=1) and removes what is left of it.
+prewarm_end() {
+	if [[ -n $RESERVOIR_PID ]]; then
+		kill "$RESERVOIR_PID" 2>/dev/null || true
+		wait "$RESERVOIR_PID" 2>/dev/null || true
+	fi
+	[[ -z $RESERVOIR_FILE ]] || rm -f "$RESERVOIR_FILE"
+	RESERVOIR_PID=''
+	RESERVOIR_FILE=''
 }
 
 # port_listening PORT: true if something accepts connections on 127.0.0.1:PORT.

@@ -20,6 +20,9 @@
 #                          from memory this VM gave back to its host ("cold", the
 #                          default; bench/README.md "Memory"). A swarm of N writes
 #                          (N + 1) x the file: e.g. 9216 for N=8 and 1 GiB
+#        PREWARM_HOLD (1)  1: that file is not removed but shrunk as the run's page
+#                          cache grows, so the run is warm to its end (a plain
+#                          prewarm stays warm for a second or two here); 0: removed
 #        KEEP_TMP=1        keeps the temp dir (logs, nginx access log)
 #
 # Namespaces on one bridge (tests/integration/lib-netns.sh), 198.18.4.0/24:
@@ -75,6 +78,9 @@ done
 size=$((size_mib << 20))
 prewarm_mib=${PREWARM_MIB:-0}
 [[ $prewarm_mib =~ ^[0-9]+$ ]] || fail "PREWARM_MIB=$prewarm_mib: expected a whole number of MiB"
+# The prewarm is held through each run (bench/common/lib.sh): a run here lasts 9-30 s, and
+# memory freed by a plain prewarm is cold again after a second or two.
+PREWARM_HOLD=${PREWARM_HOLD:-1}
 target_time=1.3
 target_egress=1.05
 peer_port=65002
@@ -87,6 +93,7 @@ data_root=$(mktemp -d "$data_parent/ringfly-p4.XXXXXX") || fail "mktemp -d in $d
 # The data dirs live outside $T: removed first, then lib-netns.sh's teardown.
 p4_exit() {
 	local rc=$?
+	prewarm_end
 	rm -rf "$data_root"
 	_netns_rc "$rc"
 	_netns_exit
@@ -122,7 +129,7 @@ gib=$(awk -v s="$size" 'BEGIN { printf "%.6f", s / 1073741824 }')
 ncpu=$(nproc)
 echo "bench/swarm/p4: $size_mib MiB file, RUNS=$runs, N = $peer_counts; origin egress and peer" \
 	"links $rate (tc tbf), seed link ${seed_rate}; data dirs on $data_parent ($(stat -f -c %T "$data_parent")); $ncpu CPUs;" \
-	"$( ((prewarm_mib > 0)) && echo "warm: $prewarm_mib MiB prewarm before every run" || echo "cold: no prewarm")"
+	"$( ((prewarm_mib > 0)) && echo "warm: $prewarm_mib MiB prewarm before every run$([[ ${PREWARM_HOLD:-0} == 1 ]] && echo ", held through it (PREWARM_HOLD=1)")" || echo "cold: no prewarm")"
 echo "wire time of the file at 1 Gbit/s: $(awk -v s="$size" 'BEGIN { printf "%.2f", s * 8 / 1e9 }') s"
 
 # elapsed T0: seconds since T0 (an EPOCHREALTIME), "%.3f".
@@ -205,6 +212,7 @@ run_curl() {
 	{ time netns_exec p1 curl -sf -o /dev/null -w '%{size_download}\n' "$NGINX_URL/big?$q" \
 		>"$T/curl.out" 2>"$T/curl.err" 9>&-; } 2>"$tf" || rc=$?
 	s=$(elapsed "$t0")
+	prewarm_end
 	[[ $rc == 0 ]] || fail "curl in p1: exit $rc: $(cat "$T/curl.err")"
 	[[ $(cat "$T/curl.out") == "$size" ]] || fail "curl in p1 got $(cat "$T/curl.out") bytes, expected $size"
 	egress "$q"
@@ -228,6 +236,7 @@ run_single() {
 	"$RINGFLY" --socket "${PEER_SOCK[ref]}" get "$NGINX_URL/big?$q" -O /dev/null --no-progress \
 		>"$T/single.out" 2>"$T/single.err" 9>&- || rc=$?
 	s=$(elapsed "$t0")
+	prewarm_end
 	check_get single "$rc"
 	grep -q 'from origin' "$T/single.err" || fail "single get not from the origin: $(cat "$T/single.err")"
 	cpu_sum "${PEER_PID[ref]}"
@@ -284,6 +293,7 @@ run_swarm() {
 		pids[i - 1]=$rc
 	done
 	s=$(elapsed "$t0")
+	prewarm_end
 	cpu_sum "${daemons[@]}"
 	c1=$CPU_SUM
 	for ((i = 1; i <= n; i++)); do
