@@ -74,23 +74,26 @@ bench_cleanup() {
 # avail DIR: bytes free on DIR's filesystem (0 if df cannot tell).
 avail() { df --output=avail -B1 "$1" 2>/dev/null | tail -n 1 || echo 0; }
 
-# prewarm DIR MIB: writes MIB MiB of zeros to DIR/prewarm and removes it (MIB 0: nothing),
-# so that the next run's new page cache comes from memory touched a moment ago.
-# With PREWARM_HOLD=1 the file stays as a reservoir that reservoir.py shrinks by as much
-# as the machine's free memory drops, so that this holds for the whole run, not only for
-# its first second or two (bench/README.md "Memory"); prewarm_end, right after the timed
-# part, stops it and removes the rest. RESERVOIR_PID is its pid meanwhile.
+# prewarm DIR MIB [HOLD_MIB]: writes MIB MiB of zeros to DIR/prewarm and removes it (MIB 0:
+# nothing), so that the next run's new page cache comes from memory touched a moment ago.
+# With PREWARM_HOLD=1, HOLD_MIB of it (default all; the caller leaves room for what the
+# run writes: the reservoir and the run's data share memory and DIR's filesystem) stays
+# as a reservoir that reservoir.py shrinks as the run grows, so that this holds for the
+# whole run, not only for its first second or two (bench/README.md "Memory"); prewarm_end,
+# right after the timed part, stops it and removes the rest. RESERVOIR_PID is its pid
+# meanwhile.
 RESERVOIR_PID=''
 RESERVOIR_FILE=''
 prewarm() {
-	local deadline
+	local deadline hold=${3:-$2}
 	prewarm_end
 	(($2 > 0)) || return 0
 	head -c "$(($2 << 20))" /dev/zero >"$1/prewarm"
-	if [[ ${PREWARM_HOLD:-0} != 1 ]]; then
+	if [[ ${PREWARM_HOLD:-0} != 1 ]] || ((hold <= 0)); then
 		rm -f "$1/prewarm"
 		return 0
 	fi
+	((hold >= $2)) || truncate -s "$((hold << 20))" "$1/prewarm"
 	RESERVOIR_FILE=$1/prewarm
 	python3 "$(dirname "${BASH_SOURCE[0]}")/reservoir.py" "$RESERVOIR_FILE" >"$1/prewarm.ready" 9>&- &
 	RESERVOIR_PID=$!

@@ -105,6 +105,17 @@ need=$(((npeers_max + 1) * size + (256 << 20)))
 ((need < (prewarm_mib << 20) + (256 << 20))) && need=$(((prewarm_mib << 20) + (256 << 20)))
 (($(avail "$data_parent") >= need)) ||
 	fail "$data_parent has $(($(avail "$data_parent") >> 20)) MiB free, a swarm of $npeers_max needs $((need >> 20)) MiB: set DATA_PARENT, SIZE_MIB, PEERS or PREWARM_MIB"
+# What a held prewarm may keep while a run writes COPIES x the file: the reservoir and the
+# run's data share the machine's memory and DATA_PARENT's filesystem, both as they are now.
+room_mib=$(($(avail "$data_parent") >> 20))
+mem_mib=$(awk '/^MemAvailable:/ { print int($2 / 1024) }' /proc/meminfo)
+((mem_mib < room_mib)) && room_mib=$mem_mib
+# hold_mib COPIES: prints the MiB of the prewarm to hold (0: none fits).
+hold_mib() {
+	local h=$((room_mib - $1 * (size >> 20) - 1024))
+	((h > prewarm_mib)) && h=$prewarm_mib
+	echo $((h < 0 ? 0 : h))
+}
 
 netns_add origin 1
 netns_add sched 2
@@ -129,7 +140,7 @@ gib=$(awk -v s="$size" 'BEGIN { printf "%.6f", s / 1073741824 }')
 ncpu=$(nproc)
 echo "bench/swarm/p4: $size_mib MiB file, RUNS=$runs, N = $peer_counts; origin egress and peer" \
 	"links $rate (tc tbf), seed link ${seed_rate}; data dirs on $data_parent ($(stat -f -c %T "$data_parent")); $ncpu CPUs;" \
-	"$( ((prewarm_mib > 0)) && echo "warm: $prewarm_mib MiB prewarm before every run$([[ ${PREWARM_HOLD:-0} == 1 ]] && echo ", held through it (PREWARM_HOLD=1)")" || echo "cold: no prewarm")"
+	"$( ((prewarm_mib > 0)) && echo "warm: $prewarm_mib MiB prewarm before every run$([[ ${PREWARM_HOLD:-0} == 1 ]] && echo ", held through it as far as memory allows (PREWARM_HOLD=1: $(for n in $peer_counts; do printf '%s MiB at N=%s ' "$(hold_mib $((n + 1)))" "$n"; done | sed 's/ $//'))")" || echo "cold: no prewarm")"
 echo "wire time of the file at 1 Gbit/s: $(awk -v s="$size" 'BEGIN { printf "%.2f", s * 8 / 1e9 }') s"
 
 # elapsed T0: seconds since T0 (an EPOCHREALTIME), "%.3f".
@@ -207,7 +218,7 @@ row() { printf '%4s  %-14s %8s %8s %10s  %s\n' "$@"; }
 # run_curl ROUND: curl -o /dev/null from p1, alone.
 run_curl() {
 	local r=$1 q="p4=curl-r$1" t0 s tf="$T/curl.time" rc=0 e cpu
-	prewarm "$data_parent" "$prewarm_mib"
+	prewarm "$data_parent" "$prewarm_mib" "$(hold_mib 0)"
 	t0=$EPOCHREALTIME
 	{ time netns_exec p1 curl -sf -o /dev/null -w '%{size_download}\n' "$NGINX_URL/big?$q" \
 		>"$T/curl.out" 2>"$T/curl.err" 9>&-; } 2>"$tf" || rc=$?
@@ -229,7 +240,7 @@ run_single() {
 	local r=$1 q="p4=single-r$1" c0 c1 t0 s rc=0 e cpu done_ms
 	start_node ref p1
 	must_health "${PEER_SOCK[ref]}" 10 "${PEER_PID[ref]}"
-	prewarm "$data_parent" "$prewarm_mib"
+	prewarm "$data_parent" "$prewarm_mib" "$(hold_mib 1)"
 	cpu_sum "${PEER_PID[ref]}"
 	c0=$CPU_SUM
 	t0=$EPOCHREALTIME
@@ -276,7 +287,7 @@ run_swarm() {
 		node_ready "p$i"
 		daemons+=("${PEER_PID[p$i]}")
 	done
-	prewarm "$data_parent" "$prewarm_mib"
+	prewarm "$data_parent" "$prewarm_mib" "$(hold_mib $((n + 1)))"
 	cpu_sum "${daemons[@]}"
 	c0=$CPU_SUM
 	t0=$EPOCHREALTIME
