@@ -75,6 +75,7 @@ static void usage(FILE *out)
 		"  stat URL|TASK           show a task's state (with schedulers: which peers hold it)\n"
 		"  preheat URL [--digest sha256:HEX]\n"
 		"                          have the scheduler's seed peers fetch URL now\n"
+		"DURATION, D: 30 (seconds), 500ms, 5s, 2m, 1h.\n"
 		"Default socket: $RINGFLY_SOCKET, else /run/ringfly/ringflyd.sock.\n");
 }
 

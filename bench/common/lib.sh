@@ -51,11 +51,13 @@ stop_pid() {
 	wait "$1" 2>/dev/null || true
 }
 
-# bench_cleanup OUT_DIR SRC_DIR PID...: stops the PIDs still running (empty ones are
-# skipped), then removes OUT_DIR and SRC_DIR (may be empty), or with KEEP=1 names them.
+# bench_cleanup OUT_DIR SRC_DIR PID...: stops a held prewarm (prewarm_end) and the PIDs
+# still running (empty ones are skipped), then removes OUT_DIR and SRC_DIR (may be empty),
+# or with KEEP=1 names them.
 bench_cleanup() {
 	local out=$1 src=$2 pid
 	shift 2
+	prewarm_end
 	for pid in "$@"; do
 		if [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null; then
 			stop_pid "$pid"
