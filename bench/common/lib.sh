@@ -101,10 +101,10 @@ prewarm() {
 	RESERVOIR_PID=$!
 	deadline=$((SECONDS + 10))
 	until [[ -s $1/prewarm.ready ]]; do
-		kill -0 "$RESERVOIR_PID" 2>/dev/null && ((SECONDS < deadline)) || {
+		if ! kill -0 "$RESERVOIR_PID" 2>/dev/null || ((SECONDS >= deadline)); then
 			echo "prewarm: reservoir.py $RESERVOIR_FILE did not start" >&2
 			return 1
-		}
+		fi
 		sleep 0.01
 	done
 	rm -f "$1/prewarm.ready"

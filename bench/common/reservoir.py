@@ -8,10 +8,11 @@ run's data on the same tmpfs: free memory alone misses it once the kernel
 reclaims other page cache to make room); and further while free memory or the
 filesystem's free space is under 512 MiB. The pages the run allocates are the
 ones freed a moment earlier, still backed by the host, and the run never meets
-a full tmpfs or a memory shortage on the reservoir's account. Removing FILE and keeping the memory
-free instead (a plain prewarm) stays warm only for a second or two on this VM:
-free memory is handed back to the host soon after, and touching it again costs
-about 2 CPU-s/GiB instead of 0.4 (bench/README.md "Memory").
+a full tmpfs or a memory shortage on the reservoir's account. Removing FILE
+and keeping the memory free instead (a plain prewarm) stays warm only for a
+second or two on this VM: free memory is handed back to the host soon after,
+and touching it again costs about 2 CPU-s/GiB instead of 0.4 (bench/README.md
+"Memory").
 
 Prints "ready" once it watches; exits when FILE is empty, removed, or its
 parent (the benchmark's shell) is gone.

@@ -137,10 +137,21 @@ netns_start_nginx origin 8080
 netns_exec origin curl -sf -o /dev/null "$NGINX_URL/big?p4=warm" 9>&- || fail "warming the origin failed"
 
 gib=$(awk -v s="$size" 'BEGIN { printf "%.6f", s / 1073741824 }')
+warmth="cold: no prewarm"
+if ((prewarm_mib > 0)); then
+	warmth="warm: $prewarm_mib MiB prewarm before every run"
+	if [[ $PREWARM_HOLD == 1 ]]; then
+		warmth+=", held through it as far as memory allows (PREWARM_HOLD=1:"
+		for n in $peer_counts; do
+			warmth+=" $(hold_mib $((n + 1))) MiB at N=$n"
+		done
+		warmth+=")"
+	fi
+fi
 ncpu=$(nproc)
 echo "bench/swarm/p4: $size_mib MiB file, RUNS=$runs, N = $peer_counts; origin egress and peer" \
 	"links $rate (tc tbf), seed link ${seed_rate}; data dirs on $data_parent ($(stat -f -c %T "$data_parent")); $ncpu CPUs;" \
-	"$( ((prewarm_mib > 0)) && echo "warm: $prewarm_mib MiB prewarm before every run$([[ ${PREWARM_HOLD:-0} == 1 ]] && echo ", held through it as far as memory allows (PREWARM_HOLD=1: $(for n in $peer_counts; do printf '%s MiB at N=%s ' "$(hold_mib $((n + 1)))" "$n"; done | sed 's/ $//'))")" || echo "cold: no prewarm")"
+	"$warmth"
 echo "wire time of the file at 1 Gbit/s: $(awk -v s="$size" 'BEGIN { printf "%.2f", s * 8 / 1e9 }') s"
 
 # elapsed T0: seconds since T0 (an EPOCHREALTIME), "%.3f".
