@@ -14,8 +14,10 @@ second or two on this VM: free memory is handed back to the host soon after,
 and touching it again costs about 2 CPU-s/GiB instead of 0.4 (bench/README.md
 "Memory").
 
-Prints "ready" once it watches; exits when FILE is empty, removed, or its
-parent (the benchmark's shell) is gone.
+Prints "ready" once it watches; exits when FILE is removed or its parent (the
+benchmark's shell) is gone, or when killed (prewarm_end), not when FILE is
+empty: a child the shell reaps during a timed command adds its CPU (freeing the
+reservoir) to that command's in bash's `time`.
 """
 import os
 import sys
@@ -46,7 +48,7 @@ def main():
     base_mem = mem_free()
     base_fs = fs_free(fd)
     print("ready", flush=True)
-    while size > 0 and os.getppid() == parent and os.fstat(fd).st_nlink > 0:
+    while os.getppid() == parent and os.fstat(fd).st_nlink > 0:
         cut = initial - size
         free_mem = mem_free()
         free_fs = fs_free(fd)
@@ -55,10 +57,10 @@ def main():
         short = max(FLOOR - free_mem, FLOOR - free_fs)
         if short > 0:
             want = min(want, size - (short + STEP - 1) // STEP * STEP)
-        if want < size:
+        if 0 < size and want < size:
             size = max(0, want)
             os.ftruncate(fd, size)
-        time.sleep(0.02)
+        time.sleep(0.02 if size else 0.2)
 
 
 if __name__ == "__main__":
