@@ -42,8 +42,16 @@ test_tree() {
 	grep -E '^ *[0-9]+/[0-9]+ Test +#' "$full" | tee "$log"
 	sed -n '/tests passed/,$p' "$full" | tee -a "$log"
 	if ((rc != 0)); then
-		echo "==> build/$name: output of the failed tests"
-		ctest --test-dir "build/$name" --rerun-failed --output-on-failure || true
+		# Once more, to tell a flaky test from a broken one; then what each
+		# failed test printed the first time (-V prefixes its lines with
+		# "N: "), last, where a CI excerpt of the tail shows it.
+		echo "==> build/$name: the failed tests once more"
+		ctest --test-dir "build/$name" --rerun-failed 2>&1 | grep -E 'Test +#|tests passed' || true
+		local n
+		for n in $(sed -nE 's/^ *[0-9]+\/[0-9]+ Test +#([0-9]+): .*\*\*\*(Failed|Timeout|Exception).*/\1/p' "$log"); do
+			echo "==> build/$name: test #$n, the last 60 lines it printed when it failed:"
+			grep -E "^$n: " "$full" | tail -n 60
+		done
 	fi
 	if grep -qE 'ERROR: (Address|Leak)Sanitizer|runtime error:' "$full"; then
 		echo "==> build/$name: sanitizer reports in tests that passed:"
