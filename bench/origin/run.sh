@@ -22,6 +22,9 @@
 #        PREWARM_MIB (0)        before every run (untimed) write this many MiB to a file on
 #                               SRC_PARENT and remove it, so that the run's new page cache
 #                               comes from memory touched a moment ago (see "Memory" below)
+#        PREWARM_HOLD (0)       1: that file is kept through the timed run and shrunk as the
+#                               run's page cache grows (bench/common/reservoir.py), so the
+#                               run writes into memory freed a moment before to its end
 #        KEEP=1                 keep the temp dirs (logs: nginx, ringflyd, each run's stderr)
 #
 # Builds nothing: it needs BUILD_DIR/ringfly and BUILD_DIR/ringflyd (only when the
@@ -242,6 +245,7 @@ run_one() {
 
 	local TIMEFORMAT='%3R %3U %3S' rc=0
 	{ time "${cmd[@]}" >"$out_dir/run.stdout" 2>>"$runlog"; } 2>"$timefile" || rc=$?
+	prewarm_end
 	((rc == 0)) || fail "$name: exit status $rc: ${cmd[*]}" "$runlog"
 	read -r wall user sys <"$timefile"
 
@@ -318,7 +322,8 @@ if [[ " ${names[*]} " == *" aria2c "* ]]; then
 fi
 echo "  every URL gets ?run=N&tool=NAME (a new ringfly task each run); caches: $(
 	[[ ${DROP_CACHES:-0} == 1 ]] && echo "dropped before every run" || echo "warm (not dropped)")$(
-	((prewarm_mib > 0)) && echo ", $prewarm_mib MiB prewarm before every run")"
+	((prewarm_mib > 0)) && echo ", $prewarm_mib MiB prewarm before every run$(
+		[[ ${PREWARM_HOLD:-0} == 1 ]] && echo ", held through it")")"
 echo "  GB/s = 10^9 B per wall second; CPU-s/GiB = the tool's user+sys (ringfly: CLI + ringflyd);"
 echo "  origin CPU = nginx's, per GiB; every output is sha256-checked (untimed)"
 echo
