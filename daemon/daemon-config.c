@@ -113,7 +113,7 @@ void daemon_config_defaults(struct daemon_config *config)
 	config->upload_spread = true;
 	config->download_piece_timeout_ms = 30 * 1000;
 	config->download_parent_requests = 8;
-	config->download_parent_connections = 4;
+	config->download_parent_connections = 2;
 	config->download_parallel = 4;
 	snprintf(config->seed_fetch_from, sizeof(config->seed_fetch_from), "*");
 	config->back_to_source = true;

@@ -50,7 +50,7 @@
 #define DOWNLOAD_COPY_TURN_BYTES (64ull << 20)
 #define DOWNLOAD_HEADERS_MAX 64u
 #define DOWNLOAD_PARENTS_MAX 64u	/* connections to parents per task */
-#define DOWNLOAD_PARENT_CONNECTIONS_DEFAULT 4u
+#define DOWNLOAD_PARENT_CONNECTIONS_DEFAULT 2u
 #define DOWNLOAD_PARENT_REQUESTS_DEFAULT 8u
 #define DOWNLOAD_PIECE_TIMEOUT_DEFAULT_MS 30000u
 /* A parent that sent this many pieces with a wrong crc is dropped. */

@@ -54,7 +54,7 @@ struct download_options {
 	unsigned parent_requests;   /* GetPiece in flight per parent; 0 = 8 */
 	unsigned piece_timeout_ms;  /* a parent silent this long is dropped; 0 = 30 s */
 	unsigned parent_connections; /* connections to each parent, each its own
-				      * pipeline (socket and disk overlap); 0 = 4 */
+				      * pipeline (socket and disk overlap); 0 = 2 */
 	struct sched_client *sched;  /* parents from schedulers (borrowed); NULL = none */
 	/* A scheduler's answer named the task's roots (to a seed; peer ids,
 	 * borrowed for the call; count 0: none). Optional. */
