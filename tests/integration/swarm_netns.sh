@@ -271,7 +271,7 @@ parent_ips_of() {
     grep -ohE "parent connected task=$1 parent=[0-9.]+:$PEER_PORT_NR" "${PEER_LOG[@]}" 2>/dev/null |
         sed -E 's/.*parent=//; s/:[0-9]+$//' | sort -u
 }
-victim=
+victim='' held=0
 now_ms; t0=$NOW_MS
 while [[ -z $victim ]]; do
     for ip in $(parent_ips_of "$ID2"); do
@@ -279,7 +279,8 @@ while [[ -z $victim ]]; do
             [[ ${NS_IP[p$i]} == "$ip" ]] || continue
             grep -q "download done task=$ID2" "${PEER_LOG[p$i]}" && continue
             RF_DEADLINE=5 peer_rf "p$i" stat "$URL2"
-            [[ $RF_RC == 0 ]] && (($(stat_field bytes_done) >= SIZE / 8)) && victim=$i && break 2
+            held=$(stat_field bytes_done) || held=0
+            [[ $RF_RC == 0 ]] && ((held >= SIZE / 8)) && victim=$i && break 2
         done
     done
     [[ -n $victim ]] && break
@@ -292,7 +293,7 @@ v_re="parent connected task=$ID2 parent=$(re_ip "${NS_IP[p$victim]}"):$PEER_PORT
 kill -KILL "${PEER_PID[p$victim]}" "$SCHED_PID"
 kill_and_reap "${PEER_PID[p$victim]}"
 stop_scheduler KILL
-log "p$victim (a parent: $(grep -lE -- "$v_re" "${PEER_LOG[@]}" | wc -l) peers fetch from it; $(stat_field bytes_done) bytes held) and the scheduler killed $((NOW_MS - t0)) ms into the second swarm"
+log "p$victim (a parent: $(grep -lE -- "$v_re" "${PEER_LOG[@]}" | wc -l) peers fetch from it; $held bytes held) and the scheduler killed $((NOW_MS - t0)) ms into the second swarm"
 peer_get_wait "h$victim" 30
 log "h$victim (its daemon killed) exited $GET_RC"
 others=()
