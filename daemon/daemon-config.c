@@ -57,6 +57,7 @@ static const struct config_option daemon_options[] = {
 	NUMBER_OPTION("download.piece_timeout", CONFIG_DURATION, download_piece_timeout_ms, 100,
 		      3600000),
 	NUMBER_OPTION("download.parallel", CONFIG_INT, download_parallel, 1, 64),
+	NUMBER_OPTION("download.memory", CONFIG_BYTES, download_memory_bytes, 1, 1LL << 40),
 	NUMBER_OPTION("download.parent_requests", CONFIG_INT, download_parent_requests, 1, 256),
 	NUMBER_OPTION("download.parent_connections", CONFIG_INT, download_parent_connections, 1,
 		      16),
@@ -115,6 +116,7 @@ void daemon_config_defaults(struct daemon_config *config)
 	config->download_parent_requests = 8;
 	config->download_parent_connections = 2;
 	config->download_parallel = 4;
+	config->download_memory_bytes = 256LL << 20;
 	snprintf(config->seed_fetch_from, sizeof(config->seed_fetch_from), "*");
 	config->back_to_source = true;
 	config->scheduler_timeout_ms = 2000;

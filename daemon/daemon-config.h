@@ -43,6 +43,7 @@ struct daemon_config {
 	int64_t download_parent_requests;	/* download.parent_requests */
 	int64_t download_parent_connections;	/* download.parent_connections */
 	int64_t download_parallel;		/* download.parallel: origin ranges at once */
+	int64_t download_memory_bytes;		/* download.memory: piece buffers of all tasks */
 	char config_path[PATH_MAX];		/* --config, re-read on SIGHUP ("" = none) */
 	char scheduler_addresses[1024];		/* scheduler.addresses: HOST:PORT,... */
 	int64_t scheduler_timeout_ms;		/* scheduler.timeout */

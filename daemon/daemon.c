@@ -738,6 +738,7 @@ int daemon_run(const struct daemon_config *config)
 			.piece_timeout_ms = (unsigned)config->download_piece_timeout_ms,
 			.parent_connections = (unsigned)config->download_parent_connections,
 			.parallel = (unsigned)config->download_parallel,
+			.memory_bytes = (uint64_t)config->download_memory_bytes,
 			.sched = daemon.sched,
 			.no_back_to_source = !config->back_to_source,
 			.roots = daemon_on_roots,

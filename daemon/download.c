@@ -719,6 +719,15 @@ static void dl_output_write_done(struct loop_op *op, int res, uint32_t flags)
 	dl_piece_settle(piece);
 	if (!dl_final(task) || task->state == DL_COMPLETE)
 		dl_outputs_advance(task);
+	if (task->state == DL_FETCHING) {
+		/* This write may have held the piece's buffer last (the store
+		 * was done with it first, as when the output's disk is slower
+		 * than the cache's): a fetch that waited for a buffer starts
+		 * now, or nothing would ever start it. */
+		task->in_callback++;
+		dl_pump(task);
+		task->in_callback--;
+	}
 	dl_task_maybe_end(task);
 }
 
