@@ -408,6 +408,19 @@ static void dl_progress_fill(const struct dl_task *task, struct download_progres
 
 /* --- buffers: one piece each, bounded across the engine. */
 
+/* A new buffer for the task, whatever the bound. */
+static uint8_t *dl_buffer_alloc(struct dl_task *task)
+{
+	struct dl_buffer *buffer = malloc(task->piece_length < sizeof(*buffer)
+						  ? sizeof(*buffer) : task->piece_length);
+
+	if (!buffer)
+		return NULL;
+	task->buffers_out++;
+	task->engine->buffer_bytes += task->piece_length;
+	return (uint8_t *)buffer;
+}
+
 static uint8_t *dl_buffer_get(struct dl_task *task)
 {
 	struct download_engine *engine = task->engine;
@@ -421,13 +434,7 @@ static uint8_t *dl_buffer_get(struct dl_task *task)
 	if (task->buffers_out > 0 &&
 	    engine->buffer_bytes + task->piece_length > engine->options.memory_bytes)
 		return NULL;
-	buffer = malloc(task->piece_length < sizeof(*buffer) ? sizeof(*buffer)
-							      : task->piece_length);
-	if (!buffer)
-		return NULL;
-	task->buffers_out++;
-	engine->buffer_bytes += task->piece_length;
-	return (uint8_t *)buffer;
+	return dl_buffer_alloc(task);
 }
 
 static void dl_buffer_put(struct dl_task *task, uint8_t *data)
@@ -451,6 +458,35 @@ static uint64_t dl_buffers_available(const struct dl_task *task)
 	if (engine->buffer_bytes < engine->options.memory_bytes)
 		count += (engine->options.memory_bytes - engine->buffer_bytes) / task->piece_length;
 	return count;
+}
+
+/*
+ * Makes `need` buffers available to the stream of a sequential task: 1, or
+ * 0 if it must pause until one of its buffers comes back from a write
+ * (dl_piece_settle resumes it), or -ENOMEM. A stream with none out to come
+ * back (it holds only the piece it is filling; the rest of the bound is
+ * other tasks') cannot wait for that: it gets them beyond the bound, a
+ * chunk's worth at most. It once paused there for good.
+ */
+static int dl_seq_buffers_reserve(struct dl_task *task, uint64_t need)
+{
+	uint64_t available = dl_buffers_available(task);
+	unsigned held = task->seq_piece && task->seq_piece->buf ? 1u : 0u;
+
+	if (need <= available)
+		return 1;
+	for (const struct dl_buffer *b = task->free_buffers; b; b = b->next)
+		held++;
+	if (task->buffers_out > held)
+		return 0; /* one is in a write: it comes back */
+	for (; need > available; need--) {
+		uint8_t *buf = dl_buffer_alloc(task);
+
+		if (!buf)
+			return -ENOMEM;
+		dl_buffer_put(task, buf);
+	}
+	return 1;
 }
 
 static void dl_buffers_free(struct dl_task *task)
@@ -956,6 +992,7 @@ static int dl_seq_data(struct origin_request *req, const void *buf, size_t len, 
 	struct dl_task *task = arg;
 	const uint8_t *bytes = buf;
 	uint64_t need = 0, end = task->seq_offset + len;
+	int rc;
 
 	(void)req;
 	if (end > task->length) {
@@ -974,7 +1011,10 @@ static int dl_seq_data(struct origin_request *req, const void *buf, size_t len, 
 			need++;
 		at = piece_offset(task->piece_length, n + 1);
 	}
-	if (need > dl_buffers_available(task)) {
+	rc = dl_seq_buffers_reserve(task, need);
+	if (rc < 0)
+		return rc;
+	if (rc == 0) {
 		task->seq_paused = true;
 		return ORIGIN_PAUSE;
 	}
