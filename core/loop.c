@@ -81,6 +81,12 @@ struct loop {
 	void *signal_arg;
 
 	uint64_t stale_completions;
+
+	/* loop_nop's records, completed from user space at the next turn:
+	 * the ring is not needed to run a callback soon, and a full ring
+	 * would lose work deferred that way. */
+	uint64_t *deferred;
+	unsigned deferred_count, deferred_cap;
 };
 
 void loop_op_init(struct loop_op *op, loop_op_done_fn done, void *owner)
@@ -374,12 +380,18 @@ int loop_poll(struct loop *loop, struct loop_op *op, int fd, unsigned events)
 
 int loop_nop(struct loop *loop, struct loop_op *op)
 {
-	struct io_uring_sqe *sqe = loop_sqes(loop, 1);
+	assert(op->done);
+	if (loop->deferred_count == loop->deferred_cap) {
+		unsigned cap = loop->deferred_cap ? loop->deferred_cap * 2 : 64;
+		uint64_t *grown = realloc(loop->deferred, cap * sizeof(*grown));
 
-	if (!sqe)
-		return -EBUSY;
-	io_uring_prep_nop(sqe);
-	loop_sqe_attach(loop, sqe, op);
+		if (!grown)
+			return -ENOMEM;
+		loop->deferred = grown;
+		loop->deferred_cap = cap;
+	}
+	loop->deferred[loop->deferred_count++] = loop_user_data(op);
+	loop->inflight++;
 	return 0;
 }
 
@@ -565,6 +577,7 @@ out_timespecs:
 	free(loop->timespecs);
 out_ring:
 	io_uring_queue_exit(&loop->ring);
+	free(loop->deferred);
 out_free:
 	free(loop);
 	return rc;
@@ -575,6 +588,7 @@ void loop_destroy(struct loop *loop)
 	if (!loop)
 		return;
 	io_uring_queue_exit(&loop->ring);
+	free(loop->deferred);
 	if (loop->signal_fd >= 0)
 		close(loop->signal_fd);
 	for (unsigned i = 0; i < loop->group_count; i++) {
@@ -625,6 +639,18 @@ static void loop_dispatch(struct loop *loop, uint64_t user_data, int res, uint32
 	op->done(op, res, flags);
 }
 
+/* Completes the nops queued before this turn; those their callbacks queue
+ * wait for the next one, after the ring's completions. */
+static void loop_run_deferred(struct loop *loop)
+{
+	unsigned n = loop->deferred_count;
+
+	for (unsigned i = 0; i < n; i++)
+		loop_dispatch(loop, loop->deferred[i], 0, 0);
+	loop->deferred_count -= n;
+	memmove(loop->deferred, loop->deferred + n, loop->deferred_count * sizeof(*loop->deferred));
+}
+
 int loop_run(struct loop *loop)
 {
 	struct io_uring_cqe *cqes[LOOP_CQE_BATCH];
@@ -636,7 +662,10 @@ int loop_run(struct loop *loop)
 
 	loop->stopping = false;
 	while (!loop->stopping) {
-		int rc = io_uring_submit_and_wait(&loop->ring, 1);
+		/* With nops queued, the ring's completions are gathered without
+		 * waiting for one. */
+		int rc = loop->deferred_count ? io_uring_submit_and_get_events(&loop->ring)
+					      : io_uring_submit_and_wait(&loop->ring, 1);
 
 		if (rc < 0 && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY && rc != -ETIME) {
 			log_error("loop", "io_uring_enter failed error=\"%s\"", strerror(-rc));
@@ -661,6 +690,7 @@ int loop_run(struct loop *loop)
 			if (n < LOOP_CQE_BATCH)
 				break;
 		}
+		loop_run_deferred(loop);
 	}
 	/* Whatever the last callbacks queued (a cancel, a close) goes out now. */
 	io_uring_submit(&loop->ring);

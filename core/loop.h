@@ -145,7 +145,9 @@ int loop_cancel_fd(struct loop *loop, int fd);
  * revents mask, or a negative errno (-ECANCELED once cancelled). */
 int loop_poll(struct loop *loop, struct loop_op *op, int fd, unsigned events);
 
-/* A no-op that completes at the next turn (res 0): to run a callback soon. */
+/* A no-op that completes at the next turn (res 0): to run a callback soon.
+ * Queued in user space, not on the ring (a full ring cannot lose it):
+ * fails only without memory (-ENOMEM). */
 int loop_nop(struct loop *loop, struct loop_op *op);
 
 /* --- provided-buffer rings (multishot recv). */
