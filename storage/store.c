@@ -501,8 +501,13 @@ static void task_sync_timer_done(struct loop_op *op, int res, uint32_t flags)
 
 	(void)flags;
 	task->sync_timer_armed = false;
-	if (res != -ECANCELED)
-		task_sync_start(task);
+	/* Cancelled (res -ECANCELED) by a sync that started: pieces checked
+	 * since then were left for that sync's end, which does not start
+	 * another while this timer counts as armed. If it ended first,
+	 * nothing else would sync them: this does (a no-op while a sync is
+	 * in flight or nothing waits). */
+	(void)res;
+	task_sync_start(task);
 	store_task_release(task);
 }
 
