@@ -177,7 +177,6 @@ struct dl_task {
 	uint8_t digest[32];
 	uint64_t piece_length_wanted;
 	unsigned parallel;
-	unsigned timeout_ms;
 
 	/* What the HEAD said. */
 	uint64_t length;
@@ -587,11 +586,6 @@ static void dl_fail_from_result(struct dl_task *task, const struct origin_result
 	}
 	if (result->status >= 400)
 		kind = DOWNLOAD_ERROR_ORIGIN_HTTP;
-	/* curl's own deadline and the requester's tick race; both say the same. */
-	if (result->error == -ETIMEDOUT && task->timeout_ms) {
-		dl_fail(task, -ETIMEDOUT, kind, "timed out after %u ms", task->timeout_ms);
-		return;
-	}
 	dl_fail(task, result->error ? result->error : -EIO, kind, "%s",
 		dl_origin_reason(result, task->url));
 }
@@ -624,7 +618,10 @@ static void dl_request_params(const struct dl_task *task, struct origin_request_
 	params->method = ORIGIN_GET;
 	params->headers = (const char *const *)task->headers;
 	params->header_count = task->header_count;
-	params->timeout_ms = task->timeout_ms;
+	/* No deadline of its own: a requester's --timeout is its watcher's
+	 * (dl_tick_done), and a task is shared. The first get's deadline on
+	 * every request once failed the later gets that had none, or a
+	 * longer one. A stalled origin ends at curl's low-speed limit. */
 }
 
 /* --- piece writes: into the cache, and into the outputs from the same buffer. */
@@ -2854,7 +2851,6 @@ static int dl_task_new(struct download_engine *engine, const struct download_req
 	task->parallel = request->parallel ? request->parallel : engine->options.parallel;
 	if (task->parallel > DOWNLOAD_PARALLEL_MAX)
 		task->parallel = DOWNLOAD_PARALLEL_MAX;
-	task->timeout_ms = request->timeout_ms;
 	task->started_ms = task->rate_ms = clock_monotonic_ms();
 	task->rate_limit = request->rate_limit;
 	task->no_origin = request->no_back_to_source || engine->options.no_back_to_source;

@@ -7,7 +7,8 @@
 # body bytes <= 1.1 x the size). The gets with --no-progress print only the
 # summary line; the one without prints progress lines (stderr is no TTY) of
 # the form "ringfly: FILE: X of Y (P%) RATE from origin". Each requester's pid
-# and uid are in the daemon log.
+# and uid are in the daemon log. Then a get with --timeout and one without
+# share a slow task: each has its own deadline.
 # shellcheck source=tests/integration/lib.sh
 . "$(dirname "$0")/lib.sh"
 # shellcheck source=tests/integration/lib-http.sh
@@ -73,4 +74,34 @@ rf stat "$URL"
 assert_eq complete "$(stat_field state)" "state of the shared task"
 
 must_health "$SOCK" 5 "$DAEMON_PID"
+
+# A requester's --timeout is its own: a get with --timeout 2s starts a task
+# (one slow stream: no ranges, 4 MiB/s, 16 MiB), a get without one joins it.
+# The first fails at its deadline; the second goes on to the end. (The first
+# get's deadline was once every origin request's: the stream was cut at 2 s
+# and the second get failed with "timed out after 2000 ms" too.)
+start_nginx --no-ranges --rate 4m
+make_file "$WWW/slowone" $((16 << 20))
+URL2="$NGINX_URL/slow/slowone"
+"$RINGFLY" --socket "$SOCK" get "$URL2" -O "$OUT/t1" --no-progress --timeout 2s \
+    >"$T/t1.out" 2>"$T/t1.err" 9>&- &
+T1=$!
+track "$T1" "ringfly get --timeout 2s"
+now_ms; deadline_ms=$((NOW_MS + 10000))
+until grep -F "download start" "$DAEMON_LOG" | grep -qF "url=$URL2 "; do
+    now_ms; ((NOW_MS < deadline_ms)) || fail "no 'download start' for $URL2 in 10 s"
+    nap
+done
+"$RINGFLY" --socket "$SOCK" get "$URL2" -O "$OUT/t2" --no-progress \
+    >"$T/t2.out" 2>"$T/t2.err" 9>&- &
+T2=$!
+track "$T2" "ringfly get (no timeout)"
+wait_exit "$T1" 30 || true
+assert_eq 5 "$WAIT_RC" "exit of the get with --timeout 2s ($(cat "$T/t1.err"))"
+assert_contains "$T/t1.err" "timed out after 2000 ms" "stderr of the get with --timeout 2s"
+assert_gone "$OUT/t1" "after the get that timed out"
+wait_exit "$T2" 60
+assert_eq 0 "$WAIT_RC" "exit of the get without --timeout that joined it ($(cat "$T/t2.err"))"
+assert_eq "$(sha "$WWW/slowone")" "$(sha "$OUT/t2")" "sha256 of the get that joined"
+log "own deadlines: $(cat "$T/t1.err") / $(cat "$T/t2.err")"
 pass
