@@ -645,6 +645,8 @@ static void loop_run_deferred(struct loop *loop)
 {
 	unsigned n = loop->deferred_count;
 
+	if (n == 0)
+		return;
 	for (unsigned i = 0; i < n; i++)
 		loop_dispatch(loop, loop->deferred[i], 0, 0);
 	loop->deferred_count -= n;
