@@ -6,6 +6,7 @@
 # Env:   RUNS (default 5)       rounds; every round runs each contender once, in turn
 #        SIZE_MIB (1024)        size of the served file, in MiB
 #        PARALLEL               passed to `ringfly get --parallel N` (unset: ringfly's default)
+#        DAEMON_ARGS            extra ringflyd arguments, split on spaces (e.g. "--config F")
 #        CONTENDERS             space-separated names to run (default: all), out of
 #                               "ringfly curl aria2c curl-null"
 #        OUT_PARENT (/tmp)      where the output files and ringflyd's data dir go (the root
@@ -167,7 +168,9 @@ data_dir=$out_dir/data
 daemon_log=$out_dir/ringflyd.log
 peak_rss_kib=0
 start_daemon() {
-	"$ringflyd" --socket "$socket" --data-dir "$data_dir" --log-level info 2>>"$daemon_log" &
+	# shellcheck disable=SC2086 # DAEMON_ARGS is a list of words
+	"$ringflyd" --socket "$socket" --data-dir "$data_dir" --log-level info ${DAEMON_ARGS:-} \
+		2>>"$daemon_log" &
 	daemon_pid=$!
 	wait_health "$ringfly" "$socket" "$daemon_pid" "$daemon_log"
 }
@@ -314,7 +317,7 @@ if want ringfly; then
 	else
 		echo "           a new ringflyd with an empty data dir before each run (RINGFLY_CACHE=fresh)"
 	fi
-	echo "           $("$ringflyd" --version 2>&1 | head -n 1), data dir $data_dir"
+	echo "           $("$ringflyd" --version 2>&1 | head -n 1), data dir $data_dir${DAEMON_ARGS:+, args $DAEMON_ARGS}"
 fi
 echo "  curl:   $(curl --version | head -n 1 | cut -d' ' -f1-2), -s -o FILE; curl-null: -s -o /dev/null"
 if [[ " ${names[*]} " == *" aria2c "* ]]; then
