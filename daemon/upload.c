@@ -173,18 +173,19 @@ static bool upload_may_send(struct upload_conn *uc)
 	upload_refill(upload);
 	if (upload->tokens > 0)
 		return true;
+	/* The timer first: a connection marked blocked with no timer to wake
+	 * it would skip its pump for every later request. */
+	if (!upload->timer_armed) {
+		wait_ms = (uint64_t)(-upload->tokens) * 1000 / upload->options.rate_limit + 1;
+		loop_op_init(&upload->timer_op, upload_timer_done, upload);
+		if (loop_timeout(upload->loop, &upload->timer_op, wait_ms) < 0)
+			return true; /* no timer: better unlimited than stuck */
+		upload->timer_armed = true;
+	}
 	if (!uc->blocked) {
 		uc->blocked = true;
 		uc->next_blocked = upload->blocked;
 		upload->blocked = uc;
-	}
-	if (!upload->timer_armed) {
-		wait_ms = (uint64_t)(-upload->tokens) * 1000 / upload->options.rate_limit + 1;
-		loop_op_init(&upload->timer_op, upload_timer_done, upload);
-		if (loop_timeout(upload->loop, &upload->timer_op, wait_ms) == 0)
-			upload->timer_armed = true;
-		else
-			return true; /* no timer: better unlimited than stuck */
 	}
 	return false;
 }
