@@ -2749,6 +2749,16 @@ static void dl_copy_done(struct loop_op *op, int res, uint32_t flags)
 
 static void dl_tick_arm(struct download_engine *engine);
 
+/* An origin-only task in range mode with pieces left and nothing at all in
+ * flight: no request, no write into the cache or an output. */
+static bool dl_origin_stranded(const struct dl_task *task)
+{
+	return task->state == DL_FETCHING && task->origin_ready && !task->parents &&
+	       !task->sequential && task->st && task->fetch_count == 0 &&
+	       task->write_count == 0 && task->output_writes == 0 &&
+	       store_task_info(task->st)->pieces_done < task->piece_count;
+}
+
 static void dl_tick_done(struct loop_op *op, int res, uint32_t flags)
 {
 	struct download_engine *engine = op->owner;
@@ -2798,6 +2808,16 @@ static void dl_tick_done(struct loop_op *op, int res, uint32_t flags)
 		dl_parents_tick(task, now_ms);
 		if (task->rate_limit && task->state == DL_FETCHING)
 			dl_pump(task); /* the bucket refilled */
+		else if (dl_origin_stranded(task)) {
+			/* Every path that frees a buffer or ends a request pumps;
+			 * one that did not would leave the get waiting forever.
+			 * A tick later it goes on, and says so. */
+			dl_pump(task);
+			if (task->fetch_count)
+				log_warn("download", "nothing was in flight for the task; fetches "
+					 "restarted task=%s pieces_left=%u", task->hex,
+					 task->piece_count - store_task_info(task->st)->pieces_done);
+		}
 		task->in_callback--;
 		dl_task_maybe_end(task);
 	}
