@@ -25,18 +25,8 @@ SOCK="$T/ringflyd.sock"
 DATA="$T/data" # start_daemon's --data-dir
 OUTFS="$T/outfs"
 mkdir -p "$DATA" "$OUTFS"
-# Unmount before lib.sh's cleanup removes $T, whatever way the test ends.
-# shellcheck disable=SC2317 # called from the EXIT trap
-_umount_all() {
-    local rc=$? m
-    for m in "$DATA" "$OUTFS"; do
-        if mountpoint -q "$m" 2>/dev/null; then
-            umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null
-        fi
-    done
-    return "$rc"
-}
-trap '_umount_all; _cleanup' EXIT
+unmount_at_exit "$DATA"
+unmount_at_exit "$OUTFS"
 [[ $(id -u) == 0 ]] || skip "mounting a tmpfs and a loop device needs root"
 require_cmd mkfs.ext4
 mount -t tmpfs -o size=128m,mode=0755 rf-slow-cache "$DATA" 2>"$T/mount.err" ||

@@ -47,10 +47,25 @@ _kill_tracked() {
     done
 }
 
+# unmount_at_exit DIR: DIR, a mount the test makes, is unmounted however the
+# test ends (after its processes are killed, before $T is removed; lazily if
+# still busy), KEEP_TMP or not.
+_MOUNTS=()
+unmount_at_exit() { _MOUNTS+=("$1"); }
+_unmount_tracked() {
+    local m
+    for m in "${_MOUNTS[@]}"; do
+        if mountpoint -q "$m" 2>/dev/null; then
+            umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null
+        fi
+    done
+}
+
 _cleanup() {
     local rc=$?
     trap - EXIT
     _kill_tracked
+    _unmount_tracked
     exec 9>&-
     if [[ ${KEEP_TMP:-0} == 1 ]]; then
         echo "kept $T" >&2

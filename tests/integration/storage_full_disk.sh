@@ -29,16 +29,7 @@
 MNT="$T/disk"
 DATA="$MNT/data"
 mkdir -p "$MNT"
-# Unmount before lib.sh's cleanup removes $T, whatever way the test ends.
-# shellcheck disable=SC2317 # called from the EXIT trap
-_umount_disk() {
-    local rc=$?
-    if mountpoint -q "$MNT" 2>/dev/null; then
-        umount "$MNT" 2>/dev/null || umount -l "$MNT" 2>/dev/null
-    fi
-    return "$rc"
-}
-trap '_umount_disk; _cleanup' EXIT
+unmount_at_exit "$MNT"
 [[ $(id -u) == 0 ]] || skip "mounting a tmpfs needs root"
 mount -t tmpfs -o size=64m,mode=0755 rf-full-disk "$MNT" 2>"$T/mount.err" ||
     skip "mount -t tmpfs failed: $(cat "$T/mount.err")"
