@@ -420,20 +420,27 @@ static uint8_t *dl_buffer_alloc(struct dl_task *task)
 	return (uint8_t *)buffer;
 }
 
-static uint8_t *dl_buffer_get(struct dl_task *task)
+/* A new buffer within the bound (a task with none at all always gets one:
+ * it must progress), or NULL. */
+static uint8_t *dl_buffer_new(struct dl_task *task)
 {
 	struct download_engine *engine = task->engine;
+
+	if (task->buffers_out > 0 &&
+	    engine->buffer_bytes + task->piece_length > engine->options.memory_bytes)
+		return NULL;
+	return dl_buffer_alloc(task);
+}
+
+static uint8_t *dl_buffer_get(struct dl_task *task)
+{
 	struct dl_buffer *buffer = task->free_buffers;
 
 	if (buffer) {
 		task->free_buffers = buffer->next;
 		return (uint8_t *)buffer;
 	}
-	/* A task with no buffer at all always gets one: it must progress. */
-	if (task->buffers_out > 0 &&
-	    engine->buffer_bytes + task->piece_length > engine->options.memory_bytes)
-		return NULL;
-	return dl_buffer_alloc(task);
+	return dl_buffer_new(task);
 }
 
 static void dl_buffer_put(struct dl_task *task, uint8_t *data)
@@ -444,23 +451,8 @@ static void dl_buffer_put(struct dl_task *task, uint8_t *data)
 	task->free_buffers = buffer;
 }
 
-/* Buffers this task could still have without waiting for one to come back. */
-static uint64_t dl_buffers_available(const struct dl_task *task)
-{
-	const struct download_engine *engine = task->engine;
-	uint64_t count = 0;
-
-	for (const struct dl_buffer *b = task->free_buffers; b; b = b->next)
-		count++;
-	if (task->buffers_out == 0)
-		return UINT64_MAX;
-	if (engine->buffer_bytes < engine->options.memory_bytes)
-		count += (engine->options.memory_bytes - engine->buffer_bytes) / task->piece_length;
-	return count;
-}
-
 /*
- * Makes `need` buffers available to the stream of a sequential task: 1, or
+ * Puts `need` buffers on the free list of a sequential task's stream: 1, or
  * 0 if it must pause until one of its buffers comes back from a write
  * (dl_piece_settle resumes it), or -ENOMEM. A stream with none out to come
  * back (it holds only the piece it is filling; the rest of the bound is
@@ -469,18 +461,19 @@ static uint64_t dl_buffers_available(const struct dl_task *task)
  */
 static int dl_seq_buffers_reserve(struct dl_task *task, uint64_t need)
 {
-	uint64_t available = dl_buffers_available(task);
-	unsigned held = task->seq_piece && task->seq_piece->buf ? 1u : 0u;
+	uint64_t free_count = 0;
+	unsigned held;
 
-	if (need <= available)
-		return 1;
 	for (const struct dl_buffer *b = task->free_buffers; b; b = b->next)
-		held++;
-	if (task->buffers_out > held)
-		return 0; /* one is in a write: it comes back */
-	for (; need > available; need--) {
-		uint8_t *buf = dl_buffer_alloc(task);
+		free_count++;
+	held = (unsigned)free_count + (task->seq_piece && task->seq_piece->buf ? 1u : 0u);
+	for (; free_count < need; free_count++, held++) {
+		uint8_t *buf = dl_buffer_new(task);
 
+		if (!buf && task->buffers_out > held)
+			return 0; /* one is in a write: it comes back */
+		if (!buf)
+			buf = dl_buffer_alloc(task);
 		if (!buf)
 			return -ENOMEM;
 		dl_buffer_put(task, buf);
@@ -2750,12 +2743,14 @@ static void dl_copy_done(struct loop_op *op, int res, uint32_t flags)
 static void dl_tick_arm(struct download_engine *engine);
 
 /* An origin-only task in range mode with pieces left and nothing at all in
- * flight: no request, no write into the cache or an output. */
+ * flight: no request, no write into the cache (its own or another's: a
+ * piece another source writes is left to it) or an output. */
 static bool dl_origin_stranded(const struct dl_task *task)
 {
 	return task->state == DL_FETCHING && task->origin_ready && !task->parents &&
 	       !task->sequential && task->st && task->fetch_count == 0 &&
 	       task->write_count == 0 && task->output_writes == 0 &&
+	       store_task_writes(task->st) == 0 &&
 	       store_task_info(task->st)->pieces_done < task->piece_count;
 }
 

@@ -1141,6 +1141,11 @@ bool store_task_has_piece(const struct store_task *task, uint32_t number)
 	return number < task->info.piece_count && bit_get(task->recorded, number);
 }
 
+unsigned store_task_writes(const struct store_task *task)
+{
+	return task->writes;
+}
+
 bool store_task_piece_writing(const struct store_task *task, uint32_t number)
 {
 	return number < task->info.piece_count && bit_get(task->writing, number);

@@ -130,6 +130,8 @@ const struct meta_task *store_task_info(const struct store_task *task);
 bool store_task_has_piece(const struct store_task *task, uint32_t number);
 /* A write of the piece is under way (started, not yet finished either way). */
 bool store_task_piece_writing(const struct store_task *task, uint32_t number);
+/* Piece writes under way, whoever started them. */
+unsigned store_task_writes(const struct store_task *task);
 bool store_task_is_complete(const struct store_task *task);
 /* The reason the task failed ("" if it has not). */
 const char *store_task_error(const struct store_task *task);
