@@ -1995,6 +1995,10 @@ static void dl_parents_tick(struct dl_task *task, uint64_t now_ms)
 			 task->hex, dp->address, dp->strikes, reason);
 		dl_parent_failed(dp);
 		dl_parent_drop(dp, reason);
+		/* Its pieces go to the others only now: they get a whole
+		 * timeout to bring them (an idle good parent once counted as
+		 * "nothing from the parents" in this same tick). */
+		task->peer_progress_ms = now_ms;
 	}
 	if (!task->origin_allowed && now_ms - task->peer_progress_ms >= timeout) {
 		char reason[128];

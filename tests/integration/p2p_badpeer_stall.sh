@@ -18,7 +18,10 @@
 #  e) notfound-once, the only parent, back-to-source disabled: NOT_FOUND once,
 #     then the piece announced again and served: the get completes from it;
 #  f) a task with pieces recorded by a get cut short, then a parent announcing
-#     another shape: refused, the pieces kept, the origin sends only the rest.
+#     another shape: refused, the pieces kept, the origin sends only the rest;
+#  g) stall and a good parent G with every piece, back-to-source disabled: the
+#     stalled parent is dropped and G brings its pieces (the get once failed
+#     in that same tick: "nothing from the parents in 500 ms", G idle).
 # shellcheck source=tests/integration/lib.sh
 . "$(dirname "$0")/lib.sh"
 # shellcheck source=tests/integration/lib-http.sh
@@ -84,6 +87,20 @@ RF_DEADLINE=20 peer_get e C "$NGINX_URL/one?e" "$OUT/e" --piece-length $MiB \
 check_get_ok e "$OUT/e" "$WWW/one"
 assert_source e peers
 log "e: $GET_MS ms: $(tail -n 1 "$T/e.err")"
+
+# g) A stalled parent beside a good one, back-to-source disabled.
+make_file "$WWW/sixteen" $((16 * MiB))
+url="$NGINX_URL/sixteen"
+start_peer G
+expect_peer_get_ok gfill G "$url" "$OUT/gfill" "$WWW/sixteen" --piece-length $MiB
+start_badpeer stall "$url" "$WWW/sixteen" $MiB
+RF_DEADLINE=20 peer_get g C "$url" "$OUT/g" --piece-length $MiB \
+    --parent "127.0.0.1:$BAD_PORT" --parent "$(paddr G)" --disable-back-to-source
+check_get_ok g "$OUT/g" "$WWW/sixteen"
+assert_source g peers
+grep -E "parent penalised task=$(task_id_of "$url") parent=127\.0\.0\.1:$BAD_PORT " "${PEER_LOG[C]}" >/dev/null ||
+    fail "g) no 'parent penalised ... parent=127.0.0.1:$BAD_PORT' in C's log (was the stalled parent asked at all?)"
+log "g: $GET_MS ms: $(tail -n 1 "$T/g.err")"
 
 # f) A task with pieces recorded by an earlier get (cut short) and a parent
 #    announcing another shape: the parent is refused and the recorded pieces
