@@ -5,7 +5,7 @@
  *
  *     rf-badpeer --listen HOST:PORT --url URL --file PATH --piece-length N
  *                --mode good|corrupt|stall|close-after:K|hold-half|notfound-reannounce|
- *                       notfound-once|wrong-offset|long-payload [--fake-length N]
+ *                       notfound-once [--fake-length N]
  *
  * Prints "port=N" on stdout (flushed) once listening. The task is URL's
  * (sha256("ringfly-task-v1\n" + URL), fragment dropped), its content the
@@ -70,7 +70,7 @@
 #define SYNC_NUMBERS_MAX 65536u
 
 enum mode { MODE_GOOD, MODE_CORRUPT, MODE_STALL, MODE_CLOSE_AFTER, MODE_HOLD_HALF,
-	    MODE_NOTFOUND_REANNOUNCE, MODE_WRONG_OFFSET, MODE_LONG_PAYLOAD };
+	    MODE_NOTFOUND_REANNOUNCE };
 
 struct peer_conn {
 	int fd;
