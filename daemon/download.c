@@ -464,6 +464,8 @@ static int dl_seq_buffers_reserve(struct dl_task *task, uint64_t need)
 	uint64_t free_count = 0;
 	unsigned held;
 
+	if (need == 0)
+		return 1; /* the chunk is inside the piece being filled: most are */
 	for (const struct dl_buffer *b = task->free_buffers; b; b = b->next)
 		free_count++;
 	held = (unsigned)free_count + (task->seq_piece && task->seq_piece->buf ? 1u : 0u);
