@@ -10,7 +10,9 @@
  *                splice (socket -> pipe -> file, never in user space), by
  *                recv + write, or by write from a buffer;
  *   2. checked:  the crc32c of exactly those bytes matches: read back from the
- *                page cache after a splice, computed on the buffer otherwise;
+ *                page cache after each splice into the file (while the bytes
+ *                are still in the CPU's cache), computed on the buffer
+ *                otherwise;
  *   3. durable:  an fdatasync of the content file that started after the
  *                piece was checked has completed. One fdatasync covers every
  *                piece checked before it started (batched per task: after
@@ -606,8 +608,10 @@ static void piece_op_done(struct loop_op *op, int res, uint32_t flags)
 	case PIECE_SPLICE_OUT:
 		w->in_pipe -= (uint32_t)res;
 		w->moved += (uint32_t)res;
+		/* Read the chunk back now, while its bytes are still in the
+		 * CPU's cache, not after the whole piece. */
 		if (w->in_pipe == 0)
-			w->stage = w->moved < w->size ? PIECE_SPLICE_IN : PIECE_READBACK;
+			w->stage = PIECE_READBACK;
 		break;
 	case PIECE_RECV:
 		if (w->progress_ms)
@@ -645,6 +649,8 @@ static void piece_op_done(struct loop_op *op, int res, uint32_t flags)
 		}
 		w->crc = hash_crc32c_extend(w->crc, w->chunk, (size_t)res);
 		w->checked += (uint32_t)res;
+		if (w->checked == w->moved && w->moved < w->size)
+			w->stage = PIECE_SPLICE_IN;
 		break;
 	case PIECE_WAIT_SYNC:
 		assert(!"no operation runs while waiting for sync");
@@ -700,7 +706,7 @@ static void piece_step(struct piece_write *w)
 			rc = -ENOMEM;
 			break;
 		}
-		left = w->size - w->checked;
+		left = w->moved - w->checked;
 		rc = loop_read(loop, &w->op, task->fd, w->chunk,
 			       left < STORE_CHUNK_SIZE ? left : STORE_CHUNK_SIZE,
 			       (int64_t)(w->offset + w->checked));
