@@ -2,7 +2,6 @@
 #include "daemon/parent.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -568,9 +567,6 @@ static void parent_connected(struct loop_op *op, int res, uint32_t flags)
 		parent_fail(parent, -error, "cannot connect: %s", strerror(error));
 		return;
 	}
-	/* Blocking from now on: the store's splice from the socket waits on
-	 * io-wq instead of failing with EAGAIN. */
-	fcntl(parent->fd, F_SETFL, fcntl(parent->fd, F_GETFL) & ~O_NONBLOCK);
 	setsockopt(parent->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 	sync.id = PARENT_SYNC_ID;
 	sync.task_id.data = parent->task_id;

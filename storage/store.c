@@ -57,6 +57,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <poll.h>
 #include <linux/magic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -85,9 +86,10 @@
 #define STORE_GC_HIGH_DEFAULT 90u
 #define STORE_GC_LOW_DEFAULT 70u
 #define STORE_POOL_KEEP 16u		/* idle chunks and pipes kept for reuse */
+#define STORE_DRY_WAKES_MAX 64u		/* "readable" yet nothing to take: the stream is stuck */
 
 enum piece_stage {
-	PIECE_SPLICE_IN,	/* socket -> pipe */
+	PIECE_SPLICE_IN,	/* socket -> pipe: a poll, then splice() on the loop */
 	PIECE_SPLICE_OUT,	/* pipe -> file */
 	PIECE_RECV,		/* socket -> chunk */
 	PIECE_WRITE,		/* chunk or caller's buffer -> file */
@@ -112,6 +114,8 @@ struct piece_write {
 	const uint8_t *source;	/* buffer mode */
 	int pipe_fds[2];	/* splice mode */
 	uint32_t in_pipe;
+	bool polling;		/* op is a poll for the socket's next bytes */
+	uint32_t dry_wakes;	/* polls in a row that found nothing to take */
 	uint8_t *chunk;		/* recv and read-back */
 	uint32_t chunk_len, chunk_done;
 	int res;		/* final result for done() */
@@ -199,6 +203,7 @@ struct store {
 };
 
 static void piece_step(struct piece_write *w);
+static void piece_splice_in(struct piece_write *w);
 static void task_sync_start(struct store_task *task);
 static bool job_tmp_ours(const char *name);
 static void task_hash_kick(struct store_task *task);
@@ -582,6 +587,13 @@ static void piece_op_done(struct loop_op *op, int res, uint32_t flags)
 	struct store_task *task = w->task;
 
 	(void)flags;
+	if (w->polling) {
+		w->polling = false;
+		if (res >= 0) {
+			piece_splice_in(w);
+			return;
+		}
+	}
 	if (res < 0 || (res == 0 && w->stage != PIECE_READBACK)) {
 		bool disk = w->stage == PIECE_SPLICE_OUT || w->stage == PIECE_WRITE ||
 			    w->stage == PIECE_READBACK;
@@ -659,6 +671,41 @@ static void piece_op_done(struct loop_op *op, int res, uint32_t flags)
 	piece_step(w);
 }
 
+/* The socket has bytes (or an error, or its end): move them into the empty
+ * pipe here, on the loop. splice() cannot wait: what is there is taken and
+ * nothing more. io_uring would hand a splice to an io-wq worker that blocks
+ * in it until the bytes come; a worker wake-up per chunk on each side cost
+ * more than this call. */
+static void piece_splice_in(struct piece_write *w)
+{
+	uint32_t left = w->size - w->moved;
+	ssize_t n;
+
+	if (left > STORE_PIPE_SIZE)
+		left = STORE_PIPE_SIZE;
+	n = splice(w->sock_fd, NULL, w->pipe_fds[1], NULL, left,
+		   SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+	if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
+		/* A wake-up with nothing to take: wait again. Over and over
+		 * means bytes splice() cannot take (TCP urgent data, which no
+		 * peer of ours sends): give the piece up rather than spin. */
+		int rc;
+
+		if (++w->dry_wakes > STORE_DRY_WAKES_MAX) {
+			piece_op_done(&w->op, -EPROTO, 0);
+			return;
+		}
+		loop_op_init(&w->op, piece_op_done, w);
+		w->polling = true;
+		rc = loop_poll(w->task->store->loop, &w->op, w->sock_fd, POLLIN);
+		if (rc < 0)
+			piece_finish(w, rc);
+		return;
+	}
+	w->dry_wakes = 0;
+	piece_op_done(&w->op, n < 0 ? -errno : (int)n, 0);
+}
+
 /* Submits the next operation of w, or moves it on when it has none. */
 static void piece_step(struct piece_write *w)
 {
@@ -678,9 +725,8 @@ static void piece_step(struct piece_write *w)
 	loop_op_init(&w->op, piece_op_done, w);
 	switch (w->stage) {
 	case PIECE_SPLICE_IN:
-		left = w->size - w->moved;
-		rc = loop_splice(loop, &w->op, w->sock_fd, -1, w->pipe_fds[1], -1,
-				 left < STORE_PIPE_SIZE ? left : STORE_PIPE_SIZE);
+		w->polling = true;
+		rc = loop_poll(loop, &w->op, w->sock_fd, POLLIN);
 		break;
 	case PIECE_SPLICE_OUT:
 		rc = loop_splice(loop, &w->op, w->pipe_fds[0], -1, task->fd,
@@ -773,6 +819,11 @@ int store_piece_from_stream(struct store_task *task, uint32_t number, int sock_f
 	w->received = received;
 	w->progress_ms = progress_ms;
 	if (store->options.socket_path == STORE_SOCKET_SPLICE) {
+		int fl = fcntl(sock_fd, F_GETFL);
+
+		/* splice() on the loop must never wait for bytes. */
+		if (fl >= 0 && !(fl & O_NONBLOCK))
+			fcntl(sock_fd, F_SETFL, fl | O_NONBLOCK);
 		rc = pool_get_pipe(store, w->pipe_fds);
 		w->stage = PIECE_SPLICE_IN;
 	} else {

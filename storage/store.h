@@ -152,7 +152,8 @@ typedef void (*store_piece_done_fn)(struct store_task *task, uint32_t number, in
  * Receives piece `number` from sock_fd (exactly its size in bytes) into the
  * content file, by the configured socket path. With has_crc, the bytes must
  * match `crc32c`. done runs once, from the loop. sock_fd is borrowed until
- * then. Returns 0 once started, or a negative errno (done will not run).
+ * then, and made non-blocking (O_NONBLOCK) for good. Returns 0 once started,
+ * or a negative errno (done will not run).
  */
 int store_piece_from_socket(struct store_task *task, uint32_t number, int sock_fd, bool has_crc,
 			    uint32_t crc32c, store_piece_done_fn done, void *arg);
