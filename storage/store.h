@@ -143,6 +143,7 @@ const char *store_task_error(const struct store_task *task);
  * res: 0 = the piece is written, checked, durable and recorded;
  * -EBADMSG = its bytes do not match the expected crc (nothing recorded; fetch
  * it again elsewhere); -EPIPE = the socket ended before the piece did;
+ * -EPROTO = the socket holds bytes splice() cannot take (TCP urgent data);
  * -ENOSPC / -EIO = the disk failed: the task has failed (store_task_error says
  * why) and nothing of this piece is recorded; -EALREADY = already recorded.
  */

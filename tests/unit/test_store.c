@@ -1199,6 +1199,49 @@ Test(store_socket, recv_peer_closed_before_any_byte)
 	socket_empty_peer(STORE_SOCKET_RECV);
 }
 
+/* TCP urgent data in the middle of a piece (no peer of ours sends it), the
+ * socket still open: recv skips the urgent byte and the piece is whole;
+ * splice() stops at it for good, so the piece fails at once (EPROTO) rather
+ * than the loop spinning on "readable" until the caller's timeout. */
+static void socket_urgent_byte(enum store_socket_path path, int want)
+{
+	struct store_options options = base_options();
+	struct piece_result result = { 0 };
+	uint8_t id[META_ID_SIZE];
+	uint8_t *content = make_content(PL, 61 + path);
+	struct store_task *task;
+	int s[2];
+
+	options.socket_path = path;
+	open_store(&options);
+	make_id(id, path_name(path));
+	task = open_task(id, PL, PL, NULL);
+	socket_pair(true, s);
+	cr_assert_eq(send(s[1], content, 1000, 0), 1000);
+	cr_assert_eq(send(s[1], "!", 1, MSG_OOB), 1);
+	cr_assert_eq(send(s[1], content + 1000, PL - 1000, 0), (ssize_t)(PL - 1000));
+	begin_batch();
+	cr_assert_eq(store_piece_from_socket(task, 0, s[0], true, piece_crc(content, PL, PL, 0),
+					     piece_done, &result), 0);
+	wait_done(1);
+	cr_assert_eq(result.res, want, "%s: %d, expected %d", path_name(path), result.res, want);
+	cr_assert_eq(store_task_has_piece(task, 0), want == 0);
+	close(s[0]);
+	close(s[1]);
+	store_task_release(task);
+	free(content);
+}
+
+Test(store_socket, splice_urgent_byte_mid_piece)
+{
+	socket_urgent_byte(STORE_SOCKET_SPLICE, -EPROTO);
+}
+
+Test(store_socket, recv_urgent_byte_mid_piece)
+{
+	socket_urgent_byte(STORE_SOCKET_RECV, 0);
+}
+
 /* --- durability batching. */
 
 static void submit_pieces(struct store_task *task, const uint8_t *content, uint32_t first,
