@@ -57,8 +57,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
-#include <poll.h>
 #include <linux/magic.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -674,8 +674,8 @@ static void piece_op_done(struct loop_op *op, int res, uint32_t flags)
 /* The socket has bytes (or an error, or its end): move them into the empty
  * pipe here, on the loop. splice() cannot wait: what is there is taken and
  * nothing more. io_uring would hand a splice to an io-wq worker that blocks
- * in it until the bytes come; a worker wake-up per chunk on each side cost
- * more than this call. */
+ * in it until the bytes come: a kernel thread per waiting connection, and a
+ * wake-up per chunk. */
 static void piece_splice_in(struct piece_write *w)
 {
 	uint32_t left = w->size - w->moved;
