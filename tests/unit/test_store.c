@@ -1165,20 +1165,28 @@ Test(store_socket, recv_bad_crc_early_close_and_already_recorded)
 	socket_failures(STORE_SOCKET_RECV);
 }
 
-/* A writer that sends nothing and closes: EOF at once. */
-static void socket_empty_peer(enum store_socket_path path)
+/* A store on `path`, a task of one piece of PL, and a TCP pair for it. */
+static struct store_task *one_piece_over_tcp(enum store_socket_path path, int s[2])
 {
 	struct store_options options = base_options();
-	struct piece_result result = { 0 };
 	uint8_t id[META_ID_SIZE];
 	struct store_task *task;
-	int s[2];
 
 	options.socket_path = path;
 	open_store(&options);
 	make_id(id, path_name(path));
 	task = open_task(id, PL, PL, NULL);
 	socket_pair(true, s);
+	return task;
+}
+
+/* A writer that sends nothing and closes: EOF at once. */
+static void socket_empty_peer(enum store_socket_path path)
+{
+	struct piece_result result = { 0 };
+	int s[2];
+	struct store_task *task = one_piece_over_tcp(path, s);
+
 	close(s[1]);
 	begin_batch();
 	cr_assert_eq(store_piece_from_socket(task, 0, s[0], false, 0, piece_done, &result), 0);
@@ -1205,18 +1213,11 @@ Test(store_socket, recv_peer_closed_before_any_byte)
  * than the loop spinning on "readable" until the caller's timeout. */
 static void socket_urgent_byte(enum store_socket_path path, int want)
 {
-	struct store_options options = base_options();
 	struct piece_result result = { 0 };
-	uint8_t id[META_ID_SIZE];
 	uint8_t *content = make_content(PL, 61 + path);
-	struct store_task *task;
 	int s[2];
+	struct store_task *task = one_piece_over_tcp(path, s);
 
-	options.socket_path = path;
-	open_store(&options);
-	make_id(id, path_name(path));
-	task = open_task(id, PL, PL, NULL);
-	socket_pair(true, s);
 	cr_assert_eq(send(s[1], content, 1000, 0), 1000);
 	cr_assert_eq(send(s[1], "!", 1, MSG_OOB), 1);
 	cr_assert_eq(send(s[1], content + 1000, PL - 1000, 0), (ssize_t)(PL - 1000));
