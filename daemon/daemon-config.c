@@ -12,6 +12,7 @@ static const char *const daemon_roles[] = { "peer", "seed", NULL };
 static const char *const daemon_log_levels[] = { "debug", "info", "warn", "error", NULL };
 static const char *const daemon_socket_paths[] = { "splice", "recv", NULL };
 static const char *const daemon_preallocate[] = { "auto", "always", "never", NULL };
+static const char *const daemon_syncs[] = { "task", "pieces", NULL };
 
 #define STRING_OPTION(name, field) \
 	{ name, CONFIG_STRING, offsetof(struct daemon_config, field), \
@@ -39,6 +40,7 @@ static const struct config_option daemon_options[] = {
 	CHOICE_OPTION("storage.preallocate", storage_preallocate, daemon_preallocate),
 	{ "storage.verify_on_read", CONFIG_BOOL, offsetof(struct daemon_config, storage_verify_on_read),
 	  0, 0, 0, NULL },
+	CHOICE_OPTION("storage.sync", storage_sync, daemon_syncs),
 	NUMBER_OPTION("storage.sync_batch", CONFIG_INT, storage_sync_batch, 1, 4096),
 	NUMBER_OPTION("storage.sync_delay", CONFIG_DURATION, storage_sync_delay_ms, 1, 10000),
 	NUMBER_OPTION("gc.ttl", CONFIG_DURATION, gc_ttl_ms, 0, 365 * 24 * 3600000LL),
@@ -102,6 +104,7 @@ void daemon_config_defaults(struct daemon_config *config)
 	config->idle_timeout_ms = 5 * 60 * 1000;
 	snprintf(config->storage_socket_path, sizeof(config->storage_socket_path), "splice");
 	snprintf(config->storage_preallocate, sizeof(config->storage_preallocate), "auto");
+	snprintf(config->storage_sync, sizeof(config->storage_sync), "task");
 	config->storage_sync_batch = 16;
 	config->storage_sync_delay_ms = 20;
 	config->gc_ttl_ms = 6 * 3600 * 1000LL;

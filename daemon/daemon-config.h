@@ -26,6 +26,7 @@ struct daemon_config {
 	char storage_socket_path[16];		/* storage.socket_path: splice | recv */
 	char storage_preallocate[16];		/* storage.preallocate: auto | always | never */
 	bool storage_verify_on_read;		/* storage.verify_on_read */
+	char storage_sync[16];			/* storage.sync: task | pieces */
 	int64_t storage_sync_batch;		/* storage.sync_batch (pieces) */
 	int64_t storage_sync_delay_ms;		/* storage.sync_delay */
 	int64_t gc_ttl_ms;			/* gc.ttl (0 = never) */

@@ -585,6 +585,8 @@ static struct store_options daemon_store_options(const struct daemon_config *con
 				       ? STORE_PREALLOCATE_NEVER
 				       : STORE_PREALLOCATE_AUTO,
 		.verify_on_read = config->storage_verify_on_read,
+		.sync = strcmp(config->storage_sync, "pieces") == 0 ? STORE_SYNC_PIECES
+								    : STORE_SYNC_TASK,
 		.sync_batch_pieces = (unsigned)config->storage_sync_batch,
 		.sync_delay_ms = (unsigned)config->storage_sync_delay_ms,
 		.gc_ttl_ms = config->gc_ttl_ms ? config->gc_ttl_ms : -1,

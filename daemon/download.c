@@ -1402,6 +1402,24 @@ static void dl_parent_sync_end(struct parent *parent, void *arg, bool complete,
 	dl_pump(task);
 }
 
+/* The parent's piece is readable in the cache: counted once (the ready bit;
+ * nobody else writes the piece meanwhile: one writer per piece). */
+static void dl_parent_delivered(struct dl_parent *dp, uint32_t number, uint32_t length)
+{
+	struct dl_task *task = dp->task;
+
+	if (bit_get(task->ready, number))
+		return;
+	bit_set(task->ready, number, true);
+	task->ready_count++;
+	task->ready_bytes += length;
+	dp->bytes += length;
+	task->peer_bytes += length;
+	task->peer_progress_ms = clock_monotonic_ms();
+	if (task->source == DOWNLOAD_SOURCE_ORIGIN)
+		task->source = DOWNLOAD_SOURCE_PEER;
+}
+
 static void dl_parent_piece_done(struct parent *parent, void *arg, uint32_t number,
 				 uint32_t length, int res, const char *reason)
 {
@@ -1419,16 +1437,7 @@ static void dl_parent_piece_done(struct parent *parent, void *arg, uint32_t numb
 		task->stuck_changed = true;
 	switch (res) {
 	case 0:
-		dp->bytes += length;
-		task->peer_bytes += length;
-		task->peer_progress_ms = clock_monotonic_ms();
-		if (task->source == DOWNLOAD_SOURCE_ORIGIN)
-			task->source = DOWNLOAD_SOURCE_PEER;
-		if (!bit_get(task->ready, number)) {
-			bit_set(task->ready, number, true);
-			task->ready_count++;
-			task->ready_bytes += length;
-		}
+		dl_parent_delivered(dp, number, length); /* at checked, as a rule */
 		break;
 	case -EALREADY:
 		break;
@@ -1486,6 +1495,19 @@ static void dl_parent_received(struct parent *parent, void *arg, uint32_t number
 		dl_pump(dp->task);
 }
 
+/* The piece is in the cache file and checked: readable before it is
+ * recorded (its batch, and with storage.sync pieces an fdatasync, which no
+ * output needs). */
+static void dl_parent_checked(struct parent *parent, void *arg, uint32_t number, uint32_t length)
+{
+	struct dl_parent *dp = arg;
+
+	(void)parent;
+	dl_parent_delivered(dp, number, length);
+	if (!dl_final(dp->task))
+		dl_outputs_advance(dp->task);
+}
+
 static void dl_parent_gone(struct parent *parent, void *arg, int error, const char *reason)
 {
 	struct dl_parent *dp = arg;
@@ -1515,6 +1537,7 @@ static const struct parent_callbacks dl_parent_callbacks = {
 	.sync_end = dl_parent_sync_end,
 	.piece_done = dl_parent_piece_done,
 	.received = dl_parent_received,
+	.checked = dl_parent_checked,
 	.gone = dl_parent_gone,
 };
 

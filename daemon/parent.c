@@ -221,6 +221,21 @@ static void parent_piece_received(struct store_task *st, uint32_t number, int re
 	}
 }
 
+static void parent_piece_checked(struct store_task *st, uint32_t number, int res, void *arg)
+{
+	struct parent_write *w = arg;
+	struct parent *parent = w->parent;
+
+	(void)st;
+	(void)res;
+	if (parent->cb.checked && (!parent->closed || w->report)) {
+		parent->calling++;
+		parent->cb.checked(parent, parent->arg, number, w->length);
+		parent->calling--;
+		parent_maybe_free(parent);
+	}
+}
+
 static void parent_piece_done(struct store_task *st, uint32_t number, int res, void *arg)
 {
 	struct parent_write *w = arg;
@@ -294,7 +309,8 @@ static void parent_on_piece_header(struct parent *parent, const Ringfly__PieceHe
 	parent->stage = PARENT_PAYLOAD;
 	w->progress_ms = slot.sent_ms;
 	rc = store_piece_from_stream(slot.st, h->number, parent->fd, true, h->crc32c,
-				     parent_piece_received, parent_piece_done, w, &w->progress_ms);
+				     parent_piece_received, parent_piece_checked, parent_piece_done, w,
+				     &w->progress_ms);
 	if (rc < 0) {
 		/* Already recorded, or the store cannot take it: read the
 		 * bytes past, then report. */

@@ -44,6 +44,9 @@ struct parent_callbacks {
 	 * check, fdatasync and record follow (then piece_done). The
 	 * connection can carry another request's bytes from now on. */
 	void (*received)(struct parent *parent, void *arg, uint32_t number);
+	/* Optional: piece `number` is in the cache file and matches its crc:
+	 * readable from there; its record follows (then piece_done). */
+	void (*checked)(struct parent *parent, void *arg, uint32_t number, uint32_t length);
 	/* The connection is gone (after a piece_done for every request still
 	 * outstanding): the parent is unusable from now on. */
 	void (*gone)(struct parent *parent, void *arg, int error, const char *reason);

@@ -15,10 +15,13 @@
  *     meta/                                       LMDB (storage/meta.h)
  *
  * The ordering that makes it crash-safe: a piece's bytes are written at
- * their offset, read back and checked against their crc32c, made durable with
- * fdatasync (batched per task), and only then recorded in the metadata. After
- * any crash the metadata may lag the data, never lead it: a recorded piece's
- * bytes are on disk and match their crc. See storage/store.c.
+ * their offset, read back and checked against their crc32c, and only then
+ * recorded in the metadata (in batches per task). A task is marked complete
+ * only once an fdatasync of its whole file has ended, and recovery re-checks
+ * every recorded piece of an incomplete task against its bytes; with
+ * options.sync STORE_SYNC_PIECES each batch is made durable before it is
+ * recorded. After any crash nothing that does not match its crc is believed.
+ * See storage/store.c.
  */
 
 /* How a task's content file gets its length (store.c explains). */
@@ -33,13 +36,20 @@ enum store_socket_path {
 	STORE_SOCKET_RECV = 1,	 /* recv into a pooled buffer, crc there, write */
 };
 
+/* When a task's content file is fdatasync'ed (store.c explains). */
+enum store_sync {
+	STORE_SYNC_TASK = 0,	/* once the task is whole: its finish waits for it */
+	STORE_SYNC_PIECES = 1,	/* before every batch of pieces is recorded */
+};
+
 struct store_options {
 	const char *data_dir;		/* borrowed for store_open only */
 	uint64_t meta_map_size;		/* 0 = 1 GiB */
 	enum store_socket_path socket_path;
 	enum store_preallocate preallocate;
 	bool verify_on_read;		/* check a piece's crc before serving it */
-	unsigned sync_batch_pieces;	/* fdatasync once this many pieces wait; 0 = 16 */
+	enum store_sync sync;
+	unsigned sync_batch_pieces;	/* record (sync) once this many pieces wait; 0 = 16 */
 	unsigned sync_delay_ms;		/* ... or once the oldest waited this long; 0 = 20 */
 	int64_t gc_ttl_ms;		/* evict tasks unused this long; 0 = 6 h; < 0 = never */
 	unsigned gc_high_percent;	/* start evicting above this disk use; 0 = 90 */
@@ -52,8 +62,8 @@ struct store;
 struct store_task;
 
 enum store_event {
-	STORE_EVENT_PIECE,	/* piece `number` is recorded: verified, durable, servable */
-	STORE_EVENT_COMPLETE,	/* every piece recorded, the digest checked */
+	STORE_EVENT_PIECE,	/* piece `number` is recorded: verified, servable */
+	STORE_EVENT_COMPLETE,	/* every piece recorded and durable, the digest checked */
 	STORE_EVENT_FAILED,	/* the task failed (store_task_error says why) */
 	STORE_EVENT_IDLE,	/* the last reference to an incomplete task went:
 				 * nobody is filling it now */
@@ -74,6 +84,9 @@ void store_close(struct store *store);
 
 /* One observer of every task's pieces and state (the peer upload server). */
 void store_set_observer(struct store *store, store_observer_fn fn, void *arg);
+
+/* fdatasyncs of content files started since store_open (for stat and tests). */
+uint64_t store_content_syncs(const struct store *store);
 
 struct store_recovery {
 	unsigned tasks_complete, tasks_incomplete;
@@ -163,15 +176,20 @@ int store_piece_from_socket(struct store_task *task, uint32_t number, int sock_f
  * Same, for pieces that follow each other on one stream: received(task,
  * number, 0, arg) runs once every byte of this piece is off the socket (the
  * socket is no longer used by this write), so the caller can start the next
- * piece while this one is still being written, checked and synced. received
- * does not run if the piece fails before that; done always runs, after it.
- * progress_ms, optional (valid until done), is set to clock_monotonic_ms()
- * whenever bytes of the piece come off the socket: a caller's timeout can
- * tell a slow sender from a silent one.
+ * piece while this one is still being written, checked and synced. checked,
+ * optional, runs once the bytes are in the content file and match their crc:
+ * they can be read from the file (store_task_content_fd), not yet recorded
+ * (that waits for the batch: storage.sync_batch, sync_delay, and with
+ * options.sync pieces its fdatasync). received and checked do not run if the
+ * piece fails before them; done always runs, after them. progress_ms,
+ * optional (valid until done), is set to clock_monotonic_ms() whenever bytes
+ * of the piece come off the socket: a caller's timeout can tell a slow
+ * sender from a silent one.
  */
 int store_piece_from_stream(struct store_task *task, uint32_t number, int sock_fd, bool has_crc,
 			    uint32_t crc32c, store_piece_done_fn received,
-			    store_piece_done_fn done, void *arg, uint64_t *progress_ms);
+			    store_piece_done_fn checked, store_piece_done_fn done, void *arg,
+			    uint64_t *progress_ms);
 
 /*
  * Same from a buffer holding exactly the piece, borrowed until written (or
@@ -186,7 +204,7 @@ int store_piece_from_buffer(struct store_task *task, uint32_t number, const void
 			    store_piece_done_fn done, void *arg);
 
 /* The task's content file (borrowed, valid while the reference is held), to
- * read pieces a written() callback announced. */
+ * read pieces a written() or checked() callback announced. */
 int store_task_content_fd(const struct store_task *task);
 
 /*
@@ -211,6 +229,11 @@ uint32_t store_piece_crc(const struct store_task *task, uint32_t number);
  * and the hashing goes on a slice per turn; fn(arg, task id) is called once
  * it has ended (or failed): call store_task_finish again then. Without one,
  * the rest is hashed at once.
+ *
+ * With options.sync task, complete means durable: the recording of the last
+ * piece starts an fdatasync of the whole file, and a finish that comes
+ * before it has ended returns -EINPROGRESS ("making its file durable") and
+ * calls fn back the same way once it has (-EIO then if it failed).
  */
 int store_task_finish(struct store_task *task, char *err, size_t err_size);
 typedef void (*store_task_checked_fn)(void *arg, const uint8_t id[META_ID_SIZE]);

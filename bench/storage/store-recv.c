@@ -171,7 +171,7 @@ static void piece_received(struct store_task *task, uint32_t number, int res, vo
 
 static void piece_start(struct bench *b)
 {
-	int rc = store_piece_from_stream(b->task, b->next, b->sock, false, 0, piece_received,
+	int rc = store_piece_from_stream(b->task, b->next, b->sock, false, 0, piece_received, NULL,
 					 piece_done, b, NULL);
 
 	if (rc < 0) {

@@ -2,8 +2,9 @@
 # kill -9 of the store mid-fill, RF_CYCLES times (default 200). rf-storefill fill
 # (4 tasks of about 2 MiB, 64 KiB pieces, the last task's last piece short) runs in
 # the background on one data dir and is killed after a random 0-40 ms: odd cycles
-# splice with 8 pieces in flight and an fdatasync every 4 pieces or 20 ms, even
-# cycles recv with 16 in flight and an fdatasync every 3 pieces or 2 ms. After
+# splice with 8 pieces in flight, recorded every 4 pieces or 20 ms and one fdatasync
+# per task before it is complete (storage.sync task), even cycles recv with 16 in
+# flight and an fdatasync before every record of 3 pieces or 2 ms (sync pieces). After
 # each kill rf-storefill check must pass: before recovery every recorded piece's
 # bytes and every complete task's whole file equal the expected bytes (the
 # metadata never leads the data), recovery finds nothing to repair, no stray
@@ -20,8 +21,8 @@ CYCLES=${RF_CYCLES:-200}
 DATA="$T/store"
 # shellcheck disable=SC2054 # --size takes a comma-separated list
 GEOMETRY=(--data-dir "$DATA" --tasks 4 --size 2M,2M,2M,2000001 --piece-length 64K)
-SPLICE_OPTS=(--mode splice --inflight 8 --sync-batch 4 --sync-delay-ms 20)
-RECV_OPTS=(--mode recv --inflight 16 --sync-batch 3 --sync-delay-ms 2)
+SPLICE_OPTS=(--mode splice --inflight 8 --sync-batch 4 --sync-delay-ms 20 --sync task)
+RECV_OPTS=(--mode recv --inflight 16 --sync-batch 3 --sync-delay-ms 2 --sync pieces)
 
 killed=0      # the kill hit before the fill was done
 progressed=0  # ... after the fill had recorded more pieces or completed more tasks

@@ -4,8 +4,8 @@
  *
  *   rf-storefill fill  --data-dir D --tasks N --size BYTES[,BYTES...] --piece-length L
  *                      [--mode splice|recv] [--seed S] [--inflight K] [--only I]
- *                      [--sync-batch B] [--sync-delay-ms MS] [--no-recover]
- *                      [--ballast PATH [--ballast-leave BYTES]]
+ *                      [--sync-batch B] [--sync-delay-ms MS] [--sync task|pieces]
+ *                      [--no-recover] [--ballast PATH [--ballast-leave BYTES]]
  *   rf-storefill check --data-dir D --tasks N --size BYTES[,BYTES...] --piece-length L
  *                      [--seed S] [--verify-all] [--expect c,i,a,-...] [--allow-repair]
  *   rf-storefill gc    --data-dir D [--quota BYTES] [--high PCT] [--low PCT] [--ttl-ms MS]
@@ -20,7 +20,8 @@
  * every missing piece through store_piece_from_socket: a socketpair per piece,
  * a writer thread sending exactly the piece's bytes into one end, the store
  * reading the other, K pieces in flight, the expected crc given. A task with
- * every piece recorded is finished (digest checked). Exits 0 once every task
+ * every piece recorded is finished (digest checked; with --sync task, the
+ * default, once the whole file's fdatasync has ended). Exits 0 once every task
  * is complete; 3 if store_task_open reports a full disk (its message verbatim
  * on stderr); 1 on any other error, naming what failed. --no-recover skips
  * the recovery: the requests a daemon serves before its recovery has run.
@@ -29,9 +30,9 @@
  * space the task was checked against).
  *
  * check is the oracle after a crash: it reads every task's state BEFORE
- * recovery (the metadata must never lead the data: every recorded piece's
- * bytes must already equal the expected bytes, every complete task's whole
- * file must), then runs store_recover(verify_all = true), which must have
+ * recovery (the metadata must never lead the data a kill -9 leaves, which is
+ * what the page cache holds: every recorded piece's bytes must already equal
+ * the expected bytes, every complete task's whole file must), then runs store_recover(verify_all = true), which must have
  * nothing to repair after a mere kill -9 (no piece dropped, no task removed;
  * --allow-repair lifts this), then checks the same again, and that no file
  * under D/content is anything but a known task's content file. --verify-all:
@@ -99,6 +100,7 @@ struct args {
 	int only; /* -1: every task */
 	unsigned sync_batch;
 	unsigned sync_delay_ms;
+	enum store_sync sync;
 	bool verify_all;
 	bool allow_repair;
 	bool no_recover;
@@ -225,6 +227,7 @@ struct fill {
 	int exit_code;
 	char error[1024];
 
+	bool finishing; /* store_task_finish said -EINPROGRESS: fill_finished */
 	unsigned tasks_finished, tasks_already;
 	uint64_t pieces_written, pieces_resumed, bytes_written;
 };
@@ -459,6 +462,19 @@ static int fill_ballast(const char *path, uint64_t leave)
 	return 0;
 }
 
+static void fill_finish_task(struct fill *f);
+
+/* The finish that waited (digest check, the file's fdatasync) can answer. */
+static void fill_finished(void *arg, const uint8_t id[META_ID_SIZE])
+{
+	struct fill *f = arg;
+
+	(void)id;
+	f->finishing = false;
+	fill_finish_task(f);
+	fill_pump(f);
+}
+
 static void fill_finish_task(struct fill *f)
 {
 	char err[512];
@@ -466,6 +482,11 @@ static void fill_finish_task(struct fill *f)
 
 	err[0] = '\0';
 	rc = store_task_finish(f->task, err, sizeof(err));
+	if (rc == -EINPROGRESS) {
+		f->finishing = true;
+		store_task_on_checked(f->task, fill_finished, f);
+		return;
+	}
 	if (rc < 0)
 		fill_fail(f, EXIT_FAILED, "task %u: store_task_finish: %s (%s)", f->task_index, err,
 			  strerror(-rc));
@@ -483,6 +504,8 @@ static void fill_step(struct fill *f)
 	for (;;) {
 		const struct meta_task *info;
 
+		if (f->finishing)
+			return; /* fill_finished */
 		if (f->exit_code != EXIT_OK) {
 			if (f->inflight == 0) {
 				if (f->task) {
@@ -544,6 +567,7 @@ static int open_store(const struct args *a, struct loop *loop, struct store **st
 		.socket_path = a->mode,
 		.sync_batch_pieces = a->sync_batch,
 		.sync_delay_ms = a->sync_delay_ms,
+		.sync = a->sync,
 		.gc_interval_ms = -1,
 		.gc_ttl_ms = a->ttl_ms,
 		.gc_quota_bytes = a->quota,
@@ -1029,7 +1053,8 @@ static void usage(FILE *out)
 		"--piece-length L\n"
 		"                          [--mode splice|recv] [--seed S] [--inflight K] "
 		"[--only I]\n"
-		"                          [--sync-batch B] [--sync-delay-ms MS] [--no-recover]\n"
+		"                          [--sync-batch B] [--sync-delay-ms MS] [--sync task|pieces]\n"
+		"                          [--no-recover]\n"
 		"                          [--ballast PATH [--ballast-leave BYTES]]\n"
 		"       rf-storefill check --data-dir D --tasks N --size BYTES[,BYTES...] "
 		"--piece-length L\n"
@@ -1109,6 +1134,7 @@ static int parse_args(int argc, char **argv, struct args *a, const char *cmd)
 		OPT_SIZE,
 		OPT_PIECE_LENGTH,
 		OPT_MODE,
+		OPT_SYNC,
 		OPT_SEED,
 		OPT_INFLIGHT,
 		OPT_ONLY,
@@ -1131,6 +1157,7 @@ static int parse_args(int argc, char **argv, struct args *a, const char *cmd)
 		{ "size", required_argument, NULL, OPT_SIZE },
 		{ "piece-length", required_argument, NULL, OPT_PIECE_LENGTH },
 		{ "mode", required_argument, NULL, OPT_MODE },
+		{ "sync", required_argument, NULL, OPT_SYNC },
 		{ "seed", required_argument, NULL, OPT_SEED },
 		{ "inflight", required_argument, NULL, OPT_INFLIGHT },
 		{ "only", required_argument, NULL, OPT_ONLY },
@@ -1180,6 +1207,14 @@ static int parse_args(int argc, char **argv, struct args *a, const char *cmd)
 				a->mode = STORE_SOCKET_SPLICE;
 			else if (strcmp(optarg, "recv") == 0)
 				a->mode = STORE_SOCKET_RECV;
+			else
+				bad = 1;
+			break;
+		case OPT_SYNC:
+			if (strcmp(optarg, "task") == 0)
+				a->sync = STORE_SYNC_TASK;
+			else if (strcmp(optarg, "pieces") == 0)
+				a->sync = STORE_SYNC_PIECES;
 			else
 				bad = 1;
 			break;
