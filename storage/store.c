@@ -443,8 +443,8 @@ static void task_whole_sync_done(struct loop_op *op, int res, uint32_t flags)
 	task->whole_sync_in_flight = false;
 	if (res < 0)
 		task_fail(task, res, "syncing");
-	else
-		task->synced_gen = task->whole_sync_gen;
+	else if (task->whole_sync_gen > task->synced_gen)
+		task->synced_gen = task->whole_sync_gen; /* a finish may have synced later ones */
 	task_finish_call_back(task);
 	store_task_release(task); /* the sync's reference */
 }
@@ -1772,6 +1772,18 @@ int store_task_finish(struct store_task *task, char *err, size_t err_size)
 	/* STORE_SYNC_TASK: complete means durable (recovery trusts complete
 	 * tasks): the whole file's fdatasync first, started when the last
 	 * piece was recorded. */
+	if (store->options.sync == STORE_SYNC_TASK && task->synced_gen != task->record_gen &&
+	    !task->checked) {
+		/* Nobody to call back: synced here, as a digest is hashed. */
+		store->content_syncs++;
+		if (fdatasync(task->fd) < 0) {
+			rc = -errno;
+			task_fail(task, rc, "syncing");
+			snprintf(err, err_size, "%s", task->error);
+			return rc;
+		}
+		task->synced_gen = task->record_gen;
+	}
 	if (store->options.sync == STORE_SYNC_TASK && task->synced_gen != task->record_gen) {
 		task_whole_sync_start(task);
 		if (task->whole_sync_in_flight) {

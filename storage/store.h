@@ -233,7 +233,8 @@ uint32_t store_piece_crc(const struct store_task *task, uint32_t number);
  * With options.sync task, complete means durable: the recording of the last
  * piece starts an fdatasync of the whole file, and a finish that comes
  * before it has ended returns -EINPROGRESS ("making its file durable") and
- * calls fn back the same way once it has (-EIO then if it failed).
+ * calls fn back the same way once it has (-EIO then if it failed). Without
+ * fn, the finish calls fdatasync itself.
  */
 int store_task_finish(struct store_task *task, char *err, size_t err_size);
 typedef void (*store_task_checked_fn)(void *arg, const uint8_t id[META_ID_SIZE]);

@@ -401,23 +401,24 @@ static void finish_called_back(void *arg, const uint8_t id[META_ID_SIZE])
 	loop_stop(fx.loop);
 }
 
-/* Finishes the task: a finish that waits (-EINPROGRESS: the whole file's
- * fdatasync, or the rest of a digest check) is asked again when the store
- * calls back, as the daemon does. */
+/* Finishes the task as the daemon does, with a callback set: a finish that
+ * waits (-EINPROGRESS: the whole file's fdatasync, or the rest of a digest
+ * check) is asked again when the store calls back. */
 static void finish_ok(struct store_task *task)
 {
 	char err[512] = "";
-	int rc = store_task_finish(task, err, sizeof(err));
+	unsigned calls = 0;
+	int rc;
 
+	store_task_on_checked(task, finish_called_back, &calls);
+	rc = store_task_finish(task, err, sizeof(err));
 	while (rc == -EINPROGRESS && !fx.watchdog_fired) {
-		unsigned calls = 0;
-
-		store_task_on_checked(task, finish_called_back, &calls);
+		calls = 0;
 		while (!calls && !fx.watchdog_fired)
 			cr_assert_eq(loop_run(fx.loop), 0);
-		store_task_on_checked(task, NULL, NULL);
 		rc = store_task_finish(task, err, sizeof(err));
 	}
+	store_task_on_checked(task, NULL, NULL);
 	cr_assert_eq(rc, 0, "store_task_finish: %d %s", rc, err);
 	cr_assert(store_task_is_complete(task));
 }
@@ -1495,6 +1496,32 @@ Test(store_sync, task_mode_syncs_once_before_the_task_is_whole)
 	cr_assert_eq(at_seven, 0, "%llu fdatasyncs before the task was whole",
 		     (unsigned long long)at_seven);
 	cr_assert_eq(at_end, 1, "%llu fdatasyncs in all", (unsigned long long)at_end);
+}
+
+/* A finish with nobody to call back (no store_task_on_checked) does not wait
+ * for the loop: it syncs the file itself and answers at once. */
+Test(store_sync, task_mode_finish_without_a_callback_syncs_at_once)
+{
+	const uint64_t length = 3 * PL;
+	struct store_options options = base_options();
+	uint8_t id[META_ID_SIZE];
+	uint8_t *content = make_content(length, 36);
+	struct store_task *task;
+	char err[512] = "";
+	int rc;
+
+	options.sync = STORE_SYNC_TASK;
+	open_store(&options);
+	make_id(id, "sync-task-no-callback");
+	task = open_task(id, length, PL, NULL);
+	write_all_pieces(task, content);
+	rc = store_task_finish(task, err, sizeof(err));
+	cr_assert_eq(rc, 0, "store_task_finish: %d %s", rc, err);
+	cr_assert(store_task_is_complete(task));
+	cr_assert_geq(store_content_syncs(fx.store), 1);
+	expect_content(id, content, length);
+	store_task_release(task);
+	free(content);
 }
 
 /* storage.sync pieces: every batch is synced before it is recorded. */
