@@ -2349,7 +2349,12 @@ int store_export_begin(struct store_task *task, int out_fd, struct store_job **o
 
 	*out = NULL;
 	id_hex(task->info.id, hex);
-	if (!store_task_is_complete(task)) {
+	/* Durability is for the next start: a task being made durable (or
+	 * never finished) reads the same once every piece is recorded and
+	 * its digest, if it has one, checked. */
+	if (!store_task_is_complete(task) &&
+	    (task->failed || task->info.pieces_done < task->info.piece_count ||
+	     (task->info.has_digest && !task->digest_checked))) {
 		snprintf(err, err_size, "task %s is not complete", hex);
 		return -EAGAIN;
 	}

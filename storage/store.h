@@ -269,7 +269,9 @@ int store_import(struct store *store, const char *path, uint8_t id_out[META_ID_S
  * under that id before the last byte is written, hashed and synced.
  * store_export_begin: a complete task's content to out_fd (borrowed until
  * the free) from its output offset; the job holds the task. -EAGAIN if the
- * task is not complete.
+ * task is not complete, unless every piece is recorded and its digest (if
+ * it has one) checked: a finish waiting for the file's fdatasync (options.sync
+ * task) does not hold an export back.
  */
 struct store_job;
 int store_import_begin(struct store *store, int fd, const char *name, struct store_job **out,
