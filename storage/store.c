@@ -1772,28 +1772,29 @@ int store_task_finish(struct store_task *task, char *err, size_t err_size)
 	/* STORE_SYNC_TASK: complete means durable (recovery trusts complete
 	 * tasks): the whole file's fdatasync first, started when the last
 	 * piece was recorded. */
-	if (store->options.sync == STORE_SYNC_TASK && task->synced_gen != task->record_gen &&
-	    !task->checked) {
-		/* Nobody to call back: synced here, as a digest is hashed. */
-		store->content_syncs++;
-		if (fdatasync(task->fd) < 0) {
-			rc = -errno;
-			task_fail(task, rc, "syncing");
-			snprintf(err, err_size, "%s", task->error);
-			return rc;
-		}
-		task->synced_gen = task->record_gen;
-	}
 	if (store->options.sync == STORE_SYNC_TASK && task->synced_gen != task->record_gen) {
-		task_whole_sync_start(task);
-		if (task->whole_sync_in_flight) {
-			task->finish_waiting = true;
-			snprintf(err, err_size, "task %s: making its file durable (fdatasync)", hex);
-			return -EINPROGRESS;
+		rc = -EIO;
+		if (!task->checked) {
+			/* Nobody to call back: synced here, as a digest is hashed. */
+			store->content_syncs++;
+			if (fdatasync(task->fd) < 0) {
+				rc = -errno;
+				task_fail(task, rc, "syncing");
+			} else {
+				task->synced_gen = task->record_gen;
+			}
+		} else {
+			task_whole_sync_start(task);
+			if (task->whole_sync_in_flight) {
+				task->finish_waiting = true;
+				snprintf(err, err_size, "task %s: making its file durable (fdatasync)",
+					 hex);
+				return -EINPROGRESS;
+			}
 		}
 		if (task->failed) {
 			snprintf(err, err_size, "%s", task->error);
-			return -EIO;
+			return rc;
 		}
 	}
 	rc = meta_task_set_state(store->meta, task->info.id, META_TASK_COMPLETE);
