@@ -99,7 +99,9 @@ struct conn_server_options {
 };
 
 /* Returns 0 and a new server in *out, or a negative errno. `context` is
- * borrowed and returned by conn_server_context. */
+ * borrowed and returned by conn_server_context. Sets SIGPIPE to SIG_IGN if
+ * it is SIG_DFL: file payloads are spliced into the socket from the calling
+ * thread, and a peer gone mid-payload must be an EPIPE, not a dead process. */
 int conn_server_create(struct conn_server **out, struct loop *loop,
 		       const struct conn_handlers *handlers,
 		       const struct conn_server_options *options, void *context);
