@@ -38,6 +38,7 @@
 #define CONN_PIPES_IDLE_MAX 16u		  /* empty pipes a server keeps for the next payload */
 #define CONN_FILE_BUFFER_SIZE (64u << 10) /* pread + send fallback, per connection */
 #define CONN_DRY_WAKES_MAX 64u /* "room" in a row that splice() cannot use: back to io-wq */
+#define CONN_DRAIN_ON_LOOP_MAX 4u /* connections splicing at once whose pipe -> socket runs on the loop */
 
 /*
  * The output queue.
@@ -72,22 +73,30 @@
  * until every byte is out. One operation at a time per connection
  * (file_op), so the file fd is never in use once the head payload leaves the
  * ring. file -> pipe is an io_uring splice, on an io-wq worker: the file's
- * pages may have to come from the disk. pipe -> socket is splice() here on
- * the loop (conn_file_drain), with the socket made non-blocking at the first
- * payload: it moves what the socket buffer takes and never waits; a full
- * buffer arms a poll for room. (As an io_uring splice it ran on a worker that
- * blocked until the peer read: a kernel thread per connection with a slower
- * peer, and two wake-ups per pipeful; P1 went 2.29 -> 2.78 GB/s, bench/README.)
- * A peer that stopped reading would leave the poll waiting for ever, so a
+ * pages may have to come from the disk. pipe -> socket goes one of two ways:
+ *
+ * - While at most CONN_DRAIN_ON_LOOP_MAX connections of the server splice a
+ *   payload: splice() here on the loop (conn_file_drain), the socket made
+ *   non-blocking. It moves what the socket buffer takes and never waits; a
+ *   full buffer arms a poll for room. This saves a worker's wake-up and the
+ *   loop's per pipeful, which is what limits one fast peer (P1: 2.29 -> 2.78
+ *   GB/s, medians of 12, bench/README).
+ * - Past that: an io_uring splice, the socket blocking, which an io-wq worker
+ *   runs and blocks in until the peer has taken the pipeful. The transmit work
+ *   of many connections then spreads over every core, where the loop would do
+ *   it all on one (P8, 200 clients: 5.8-6.2 GB/s this way, 3.5-4.5 on the
+ *   loop).
+ *
+ * A peer that stopped reading would leave either waiting for ever, so a
  * per-connection timer (timer_op) watches it and closes the connection after
  * send_timeout_ms without progress. Progress is a pipeful moving or, on TCP,
  * the peer acknowledging bytes (tcpi_bytes_acked, looked at four times per
  * timeout), so a slow reader is not taken for a stuck one; on a Unix socket a
- * pipeful must go within the timeout. A socket that cannot be made
- * non-blocking, or that reports room again and again that splice() cannot
- * use, drains by io_uring splice as before (CONN_DRAIN_ASYNC). Closing cancels
- * the poll or splice by its record (cancel by fd would miss a splice still
- * queued to a worker, whose file is not assigned yet).
+ * pipeful must go within the timeout. A socket that reports room again and
+ * again that splice() cannot use drains by io-wq from then on
+ * (CONN_DRAIN_ASYNC). Closing cancels the poll or splice by its record (cancel
+ * by fd would miss a splice still queued to a worker, whose file is not
+ * assigned yet).
  *
  * Pipes come from a per-server pool and go back to it only empty: after any
  * error, or a close mid-payload, the pipe may hold bytes of a payload nobody
@@ -232,6 +241,8 @@ struct conn_server {
 	bool sweep_armed;
 	bool destroyed;
 	bool splice_supported; /* IORING_OP_SPLICE: else every payload goes by pread + send */
+	unsigned splicing;     /* connections whose head payload goes by splice */
+	uint64_t drains_on_loop, drains_by_workers; /* conn_server_drains */
 	bool stream;	       /* handlers.data: bytes, not frames (see conn.h) */
 	uint64_t refused_busy;
 
@@ -418,6 +429,16 @@ static struct conn_file *conn_file_head(struct conn *conn)
 	return &conn->files[conn->files_head];
 }
 
+/* file_mode, and the server's count of connections splicing a payload. */
+static void conn_file_mode_set(struct conn *conn, enum conn_file_mode mode)
+{
+	if (conn->file_mode == CONN_FILE_SPLICE)
+		conn->server->splicing--;
+	if (mode == CONN_FILE_SPLICE)
+		conn->server->splicing++;
+	conn->file_mode = mode;
+}
+
 /* Takes the head payload out of the ring; the caller runs its done. */
 static struct conn_file conn_file_pop(struct conn *conn)
 {
@@ -425,7 +446,7 @@ static struct conn_file conn_file_pop(struct conn *conn)
 
 	conn->files_head = (conn->files_head + 1) % CONN_FILES_MAX;
 	conn->files_count--;
-	conn->file_mode = CONN_FILE_IDLE;
+	conn_file_mode_set(conn, CONN_FILE_IDLE);
 	return file;
 }
 
@@ -692,6 +713,20 @@ static void conn_timer_done(struct loop_op *op, int res, uint32_t flags)
 	conn_close_error(conn, -ETIMEDOUT);
 }
 
+/* O_NONBLOCK on or off the connection's socket: true if it is as asked. */
+static bool conn_set_nonblock(struct conn *conn, bool on)
+{
+	int fl;
+
+	if (!(conn->flags & CONN_NONBLOCK) == !on)
+		return true;
+	fl = fcntl(conn->fd, F_GETFL);
+	if (fl < 0 || fcntl(conn->fd, F_SETFL, on ? fl | O_NONBLOCK : fl & ~O_NONBLOCK) < 0)
+		return false;
+	conn->flags ^= CONN_NONBLOCK;
+	return true;
+}
+
 /* The head payload's pipe -> socket step, with splice() here on the loop
  * ("The output queue" above): moves what the socket takes now, and calls
  * conn_file_done with it, or waits for room. Only ever reached from a
@@ -701,18 +736,11 @@ static int conn_file_drain(struct conn *conn)
 {
 	struct conn_server *server = conn->server;
 	ssize_t n;
-	int fl, rc;
+	int rc;
 
+	assert(conn->flags & CONN_NONBLOCK);
 	conn->file_step = CONN_STEP_DRAIN;
 	conn->progress_ms = clock_monotonic_ms();
-	if (!(conn->flags & CONN_NONBLOCK)) {
-		fl = fcntl(conn->fd, F_GETFL);
-		if (fl < 0 || fcntl(conn->fd, F_SETFL, fl | O_NONBLOCK) < 0) {
-			conn->flags |= CONN_DRAIN_ASYNC;
-			return conn_file_step(conn);
-		}
-		conn->flags |= CONN_NONBLOCK;
-	}
 	n = splice(conn->pipe.read_fd, NULL, conn->fd, NULL, conn->pipe_bytes,
 		   SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
 	if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
@@ -721,10 +749,9 @@ static int conn_file_drain(struct conn *conn)
 			log_warn("conn", "socket reports room that splice cannot use, draining "
 				 "by io-wq server=%s peer=%s", server->options.name,
 				 conn->peer_name);
-			fl = fcntl(conn->fd, F_GETFL);
-			if (fl >= 0)
-				(void)fcntl(conn->fd, F_SETFL, fl & ~O_NONBLOCK);
-			conn->flags = (conn->flags & ~CONN_NONBLOCK) | CONN_DRAIN_ASYNC;
+			conn->flags |= CONN_DRAIN_ASYNC;
+			if (!conn_set_nonblock(conn, false))
+				return -errno;
 			return conn_file_step(conn);
 		}
 		loop_op_init(&conn->file_op, conn_drain_ready, conn);
@@ -736,6 +763,8 @@ static int conn_file_drain(struct conn *conn)
 		return 0;
 	}
 	conn->dry_wakes = 0;
+	if (n > 0)
+		server->drains_on_loop++;
 	conn->flags |= CONN_FILE_BUSY; /* as if an operation completed: */
 	conn_file_done(&conn->file_op, n < 0 ? -errno : (int)n, 0);
 	return 0;
@@ -757,7 +786,7 @@ static void conn_drain_ready(struct loop_op *op, int res, uint32_t flags)
 		conn_close_error(conn, res);
 		return;
 	}
-	rc = conn_file_drain(conn);
+	rc = conn_file_step(conn);
 	if (rc < 0) {
 		conn_file_head(conn)->error = rc;
 		conn_close(conn);
@@ -776,11 +805,11 @@ static int conn_file_step(struct conn *conn)
 	assert(!(conn->flags & (CONN_FILE_BUSY | CONN_SENDING | CONN_CLOSING)));
 	assert(file->unsent > 0 && file->mark == conn->output_start);
 	if (conn->file_mode == CONN_FILE_IDLE) {
-		conn->file_mode = CONN_FILE_READ;
+		conn_file_mode_set(conn, CONN_FILE_READ);
 		if (server->splice_supported) {
 			rc = conn_pipe_get(server, &conn->pipe);
 			if (rc == 0)
-				conn->file_mode = CONN_FILE_SPLICE;
+				conn_file_mode_set(conn, CONN_FILE_SPLICE);
 			else
 				log_debug("conn", "no pipe, sending by read server=%s error=\"%s\"",
 					  server->options.name, strerror(-rc));
@@ -789,17 +818,26 @@ static int conn_file_step(struct conn *conn)
 		conn->file_buffer_len = conn->file_buffer_pos = 0;
 	}
 
-	if (conn->file_mode == CONN_FILE_SPLICE && conn->pipe_bytes > 0 &&
-	    !(conn->flags & CONN_DRAIN_ASYNC))
-		return conn_file_drain(conn);
+	/* pipe -> socket: on the loop while few connections splice; past
+	 * that on io-wq (blocking socket), whose workers use every core. A
+	 * socket whose mode cannot change drains the way it is. */
+	if (conn->file_mode == CONN_FILE_SPLICE && conn->pipe_bytes > 0) {
+		bool on_loop = !(conn->flags & CONN_DRAIN_ASYNC) &&
+			       server->splicing <= CONN_DRAIN_ON_LOOP_MAX;
+
+		if (on_loop ? conn_set_nonblock(conn, true) : !conn_set_nonblock(conn, false))
+			return conn_file_drain(conn);
+	}
 	loop_op_init(&conn->file_op, conn_file_done, conn);
 	if (conn->file_mode == CONN_FILE_SPLICE && conn->pipe_bytes > 0) {
 		conn->file_step = CONN_STEP_DRAIN;
 		conn->progress_ms = clock_monotonic_ms();
 		rc = loop_splice(server->loop, &conn->file_op, conn->pipe.read_fd, -1, conn->fd, -1,
 				 conn->pipe_bytes);
-		if (rc == 0)
+		if (rc == 0) {
+			server->drains_by_workers++;
 			conn_timer_arm(conn, conn_timer_period_ms(conn));
+		}
 	} else if (conn->file_mode == CONN_FILE_SPLICE) {
 		len = file->unsent < conn->pipe.capacity ? file->unsent : conn->pipe.capacity;
 		conn->file_step = CONN_STEP_FILL;
@@ -854,7 +892,7 @@ static void conn_file_fallback(struct conn *conn)
 	else
 		conn_pipe_close(&conn->pipe); /* holds the bytes just rewound */
 	conn->pipe_bytes = 0;
-	conn->file_mode = CONN_FILE_READ;
+	conn_file_mode_set(conn, CONN_FILE_READ);
 	conn->file_buffer_len = conn->file_buffer_pos = 0;
 }
 
@@ -1007,7 +1045,7 @@ int conn_send_file(struct conn *conn, int fd, uint64_t offset, uint32_t length,
 		if (conn->pipe.read_fd >= 0)
 			conn_pipe_put(conn->server, &conn->pipe); /* never filled */
 		conn->files_count = 0;
-		conn->file_mode = CONN_FILE_IDLE;
+		conn_file_mode_set(conn, CONN_FILE_IDLE);
 		log_warn("conn", "cannot queue a file payload server=%s peer=%s error=\"%s\"",
 			 conn->server->options.name, conn->peer_name, strerror(-rc));
 		conn_close(conn);
@@ -1767,6 +1805,12 @@ void conn_server_destroy(struct conn_server *server)
 unsigned conn_server_count(const struct conn_server *server)
 {
 	return server->count;
+}
+
+void conn_server_drains(const struct conn_server *server, uint64_t *on_loop, uint64_t *by_workers)
+{
+	*on_loop = server->drains_on_loop;
+	*by_workers = server->drains_by_workers;
 }
 
 void *conn_server_context(const struct conn_server *server)

@@ -120,6 +120,11 @@ bool conn_server_accepting(const struct conn_server *server);
 
 /* Open connections, including those closing. */
 unsigned conn_server_count(const struct conn_server *server);
+
+/* Splices of file payloads into sockets so far (each a pipeful or part of
+ * one): by splice() on the loop, and by io_uring splice on io-wq workers (see
+ * conn.c, "The output queue", for which and when). */
+void conn_server_drains(const struct conn_server *server, uint64_t *on_loop, uint64_t *by_workers);
 void *conn_server_context(const struct conn_server *server);
 
 /* Closes connections with no partial frame in, no reply queued and not

@@ -720,6 +720,7 @@ static uint8_t *payload_bytes; /* the file's content */
 static int payload_fd = -1;    /* the file */
 static int memory_fd = -1;     /* /proc/self/mem */
 static bool in_send_file;      /* done must never run inside conn_send_file */
+static uint64_t drains_on_loop, drains_by_workers; /* as of the last frame served */
 static int refused_65th;       /* what conn_send_file said to payload 65 */
 
 /* What became of each payload queued by the server. */
@@ -754,6 +755,7 @@ static void payload_setup(void)
 	cr_assert_geq(memory_fd, 0);
 	memset(&sent, 0, sizeof(sent));
 	refused_65th = 0;
+	drains_on_loop = drains_by_workers = 0;
 }
 
 static void payload_sent(struct conn *conn, void *arg, int res)
@@ -806,6 +808,8 @@ static int file_server_frame(struct conn *conn, uint8_t type, const uint8_t *mes
 {
 	ProtobufCMessage *msg = frame_unpack(type, message, len, NULL);
 	uint64_t id;
+
+	conn_server_drains(conn_get_server(conn), &drains_on_loop, &drains_by_workers);
 
 	cr_assert_not_null(msg);
 	cr_assert_eq(type, FRAME_TYPE_HEALTH_REQUEST);
@@ -1055,6 +1059,48 @@ Test(conn, client_closing_mid_payload_fails_its_payloads_over_unix, .timeout = 3
 Test(conn, client_closing_mid_payload_fails_its_payloads_over_tcp, .timeout = 30)
 {
 	test_close_mid_payload(VIA_TCP);
+}
+
+/* More connections splicing at once than drain on the loop: every byte
+ * still arrives, in order, whichever way each pipeful went. */
+#define MANY_CLIENTS 6
+
+static void client_many_at_once(void)
+{
+	int fds[MANY_CLIENTS];
+
+	for (int i = 0; i < MANY_CLIENTS; i++) {
+		fds[i] = client_connect();
+		client_request(fds[i], 2);
+	}
+	/* One at a time: the others' sockets fill meanwhile and their
+	 * payloads wait in the server, all of them splicing. */
+	for (int i = 0; i < MANY_CLIENTS; i++) {
+		client_expect_response(fds[i], 2);
+		for (int p = 0; p < 16; p++)
+			client_expect_bytes(fds[i], payload_bytes, PAYLOAD_FILE_SIZE);
+		client_expect_response(fds[i], 99);
+	}
+	client_request(fds[0], 12); /* the server notes its drain counts */
+	client_expect_response(fds[0], 12);
+	for (int i = 0; i < MANY_CLIENTS; i++)
+		close(fds[i]);
+}
+
+Test(conn, many_connections_splicing_drain_by_workers_and_loop, .timeout = 60)
+{
+	struct conn_server_options options = { .name = "test" };
+	int rc;
+
+	payload_setup();
+	rc = run_file_server(VIA_TCP, &options, client_many_at_once);
+	cr_assert_eq(rc, 0, "the client exited with %d", rc);
+	cr_assert_eq(sent.queued, 16 * MANY_CLIENTS);
+	cr_assert_eq(sent.ok, 16 * MANY_CLIENTS);
+	assert_all_done_once();
+	cr_assert_gt(drains_by_workers, 0, "%d connections splicing, none drained by io-wq",
+		     MANY_CLIENTS);
+	cr_assert_gt(drains_on_loop, 0, "no connection drained on the loop");
 }
 
 static void client_short_file(void)
