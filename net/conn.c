@@ -37,8 +37,8 @@
 #define CONN_PIPE_SIZE_DEFAULT 65536u	  /* when F_GETPIPE_SZ cannot tell */
 #define CONN_PIPES_IDLE_MAX 16u		  /* empty pipes a server keeps for the next payload */
 #define CONN_FILE_BUFFER_SIZE (64u << 10) /* pread + send fallback, per connection */
-#define CONN_DRY_WAKES_MAX 64u /* "room" in a row that splice() cannot use: back to io-wq */
-#define CONN_DRAIN_ON_LOOP_MAX 4u /* connections splicing at once whose pipe -> socket runs on the loop */
+#define CONN_DRY_WAKES_MAX 64u	  /* "room" in a row that splice() cannot use: io-wq then */
+#define CONN_DRAIN_ON_LOOP_MAX 4u /* splicing connections up to which pipe -> socket is inline */
 
 /*
  * The output queue.
@@ -78,8 +78,8 @@
  * - While at most CONN_DRAIN_ON_LOOP_MAX connections of the server splice a
  *   payload: splice() here on the loop (conn_file_drain), the socket made
  *   non-blocking. It moves what the socket buffer takes and never waits; a
- *   full buffer arms a poll for room. This saves a worker's wake-up and the
- *   loop's per pipeful, which is what limits one fast peer (P1: 2.29 -> 2.78
+ *   full buffer arms a poll for room. This saves a worker's wake-up and its
+ *   hand-back to the loop per pipeful, which is what limits one fast peer (P1: 2.29 -> 2.78
  *   GB/s, medians of 12, bench/README).
  * - Past that: an io_uring splice, the socket blocking, which an io-wq worker
  *   runs and blocks in until the peer has taken the pipeful. The transmit work
