@@ -800,6 +800,7 @@ static int conn_file_step(struct conn *conn)
 	struct conn_file *file = conn_file_head(conn);
 	unsigned timeout_ms = server->options.send_timeout_ms;
 	uint32_t len;
+	bool drain;
 	int rc;
 
 	assert(!(conn->flags & (CONN_FILE_BUSY | CONN_SENDING | CONN_CLOSING)));
@@ -821,7 +822,8 @@ static int conn_file_step(struct conn *conn)
 	/* pipe -> socket: on the loop while few connections splice; past
 	 * that on io-wq (blocking socket), whose workers use every core. A
 	 * socket whose mode cannot change drains the way it is. */
-	if (conn->file_mode == CONN_FILE_SPLICE && conn->pipe_bytes > 0) {
+	drain = conn->file_mode == CONN_FILE_SPLICE && conn->pipe_bytes > 0;
+	if (drain) {
 		bool on_loop = !(conn->flags & CONN_DRAIN_ASYNC) &&
 			       server->splicing <= CONN_DRAIN_ON_LOOP_MAX;
 
@@ -829,7 +831,7 @@ static int conn_file_step(struct conn *conn)
 			return conn_file_drain(conn);
 	}
 	loop_op_init(&conn->file_op, conn_file_done, conn);
-	if (conn->file_mode == CONN_FILE_SPLICE && conn->pipe_bytes > 0) {
+	if (drain) {
 		conn->file_step = CONN_STEP_DRAIN;
 		conn->progress_ms = clock_monotonic_ms();
 		rc = loop_splice(server->loop, &conn->file_op, conn->pipe.read_fd, -1, conn->fd, -1,
