@@ -241,6 +241,7 @@ struct conn_server {
 	bool sweep_armed;
 	bool destroyed;
 	bool splice_supported; /* IORING_OP_SPLICE: else every payload goes by pread + send */
+	bool pipe_size_warned; /* F_SETPIPE_SZ refused: logged once */
 	unsigned splicing;     /* connections whose head payload goes by splice */
 	uint64_t drains_on_loop, drains_by_workers; /* conn_server_drains */
 	bool stream;	       /* handlers.data: bytes, not frames (see conn.h) */
@@ -312,8 +313,14 @@ static int conn_pipe_get(struct conn_server *server, struct conn_pipe *out)
 	if (pipe2(fds, O_CLOEXEC) < 0)
 		return -errno;
 	/* Refused past fs.pipe-max-size or the user's pipe pages: the default
-	 * capacity works, in smaller chunks. */
-	(void)fcntl(fds[1], F_SETPIPE_SZ, (int)CONN_PIPE_SIZE);
+	 * capacity works, in smaller chunks (said once: it costs speed). */
+	if (fcntl(fds[1], F_SETPIPE_SZ, (int)CONN_PIPE_SIZE) < 0 && !server->pipe_size_warned) {
+		server->pipe_size_warned = true;
+		log_warn("conn", "pipes smaller than asked, payloads move in smaller chunks "
+			 "server=%s asked=%u error=\"%s\" hint=\"fs.pipe-max-size, "
+			 "fs.pipe-user-pages-soft\"", server->options.name, CONN_PIPE_SIZE,
+			 strerror(errno));
+	}
 	size = fcntl(fds[1], F_GETPIPE_SZ);
 	out->read_fd = fds[0];
 	out->write_fd = fds[1];

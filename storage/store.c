@@ -209,6 +209,7 @@ struct store {
 	unsigned free_chunk_count;
 	int free_pipes[STORE_POOL_KEEP][2];
 	unsigned free_pipe_count;
+	bool pipe_size_warned;		/* F_SETPIPE_SZ refused: logged once */
 
 	struct loop_op gc_op;
 	bool gc_armed;
@@ -352,7 +353,15 @@ static int pool_get_pipe(struct store *store, int fds[2])
 	}
 	if (pipe2(fds, O_CLOEXEC) < 0)
 		return -errno;
-	fcntl(fds[1], F_SETPIPE_SZ, STORE_PIPE_SIZE); /* best effort */
+	/* Refused past fs.pipe-max-size or the user's pipe pages: the default
+	 * capacity works, in smaller chunks (said once: it costs speed). */
+	if (fcntl(fds[1], F_SETPIPE_SZ, (int)STORE_PIPE_SIZE) < 0 && !store->pipe_size_warned) {
+		store->pipe_size_warned = true;
+		log_warn("store", "pipes smaller than asked, pieces move in smaller chunks "
+			 "data_dir=%s asked=%u error=\"%s\" hint=\"fs.pipe-max-size, "
+			 "fs.pipe-user-pages-soft\"", store->data_dir, STORE_PIPE_SIZE,
+			 strerror(errno));
+	}
 	return 0;
 }
 
