@@ -311,6 +311,22 @@ int loop_splice(struct loop *loop, struct loop_op *op, int fd_in, int64_t offset
 	return 0;
 }
 
+int loop_pipe_open(int fds[2], uint32_t size, bool *warned, const char *who)
+{
+	int capacity;
+
+	if (pipe2(fds, O_CLOEXEC) < 0)
+		return -errno;
+	if (fcntl(fds[1], F_SETPIPE_SZ, (int)size) < 0 && !*warned) {
+		*warned = true;
+		log_warn("loop", "pipes smaller than asked, splices move in smaller chunks for=%s "
+			 "asked=%u error=\"%s\" hint=\"fs.pipe-max-size, fs.pipe-user-pages-soft\"",
+			 who, size, strerror(errno));
+	}
+	capacity = fcntl(fds[1], F_GETPIPE_SZ);
+	return capacity > 0 ? capacity : 65536; /* the kernel's default */
+}
+
 int loop_fsync(struct loop *loop, struct loop_op *op, int fd, bool datasync)
 {
 	struct io_uring_sqe *sqe = loop_sqes(loop, 1);

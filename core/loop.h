@@ -128,6 +128,13 @@ int loop_write(struct loop *loop, struct loop_op *op, int fd, const void *buf, s
 int loop_splice(struct loop *loop, struct loop_op *op, int fd_in, int64_t offset_in, int fd_out,
 		int64_t offset_out, unsigned len);
 
+/* A pipe for splices (O_CLOEXEC), asked to hold `size` bytes. Returns its
+ * capacity in bytes, or -errno. Past fs.pipe-max-size or the user's pipe
+ * pages the kernel refuses the size and the pipe keeps its default (64 KiB):
+ * it works, in smaller chunks. That costs speed, so it is logged, naming
+ * `who`, the first time *warned is false (then set). */
+int loop_pipe_open(int fds[2], uint32_t size, bool *warned, const char *who);
+
 /* fdatasync (datasync true) or fsync of fd. */
 int loop_fsync(struct loop *loop, struct loop_op *op, int fd, bool datasync);
 

@@ -34,7 +34,6 @@
 /* Buffers kept by a connection struct on the free list; larger ones are freed. */
 #define CONN_KEEP_BUFFER_MAX (64u << 10)
 #define CONN_PIPE_SIZE (1u << 20)	  /* asked of F_SETPIPE_SZ; the default if refused */
-#define CONN_PIPE_SIZE_DEFAULT 65536u	  /* when F_GETPIPE_SZ cannot tell */
 #define CONN_PIPES_IDLE_MAX 16u		  /* empty pipes a server keeps for the next payload */
 #define CONN_FILE_BUFFER_SIZE (64u << 10) /* pread + send fallback, per connection */
 #define CONN_DRY_WAKES_MAX 64u	  /* "room" in a row that splice() cannot use: io-wq then */
@@ -310,21 +309,12 @@ static int conn_pipe_get(struct conn_server *server, struct conn_pipe *out)
 		*out = server->pipes[--server->pipe_count];
 		return 0;
 	}
-	if (pipe2(fds, O_CLOEXEC) < 0)
-		return -errno;
-	/* Refused past fs.pipe-max-size or the user's pipe pages: the default
-	 * capacity works, in smaller chunks (said once: it costs speed). */
-	if (fcntl(fds[1], F_SETPIPE_SZ, (int)CONN_PIPE_SIZE) < 0 && !server->pipe_size_warned) {
-		server->pipe_size_warned = true;
-		log_warn("conn", "pipes smaller than asked, payloads move in smaller chunks "
-			 "server=%s asked=%u error=\"%s\" hint=\"fs.pipe-max-size, "
-			 "fs.pipe-user-pages-soft\"", server->options.name, CONN_PIPE_SIZE,
-			 strerror(errno));
-	}
-	size = fcntl(fds[1], F_GETPIPE_SZ);
+	size = loop_pipe_open(fds, CONN_PIPE_SIZE, &server->pipe_size_warned, server->options.name);
+	if (size < 0)
+		return size;
 	out->read_fd = fds[0];
 	out->write_fd = fds[1];
-	out->capacity = size > 0 ? (uint32_t)size : CONN_PIPE_SIZE_DEFAULT;
+	out->capacity = (uint32_t)size;
 	return 0;
 }
 

@@ -345,24 +345,16 @@ static void pool_put_chunk(struct store *store, uint8_t *chunk)
 
 static int pool_get_pipe(struct store *store, int fds[2])
 {
+	int rc;
+
 	if (store->free_pipe_count) {
 		store->free_pipe_count--;
 		fds[0] = store->free_pipes[store->free_pipe_count][0];
 		fds[1] = store->free_pipes[store->free_pipe_count][1];
 		return 0;
 	}
-	if (pipe2(fds, O_CLOEXEC) < 0)
-		return -errno;
-	/* Refused past fs.pipe-max-size or the user's pipe pages: the default
-	 * capacity works, in smaller chunks (said once: it costs speed). */
-	if (fcntl(fds[1], F_SETPIPE_SZ, (int)STORE_PIPE_SIZE) < 0 && !store->pipe_size_warned) {
-		store->pipe_size_warned = true;
-		log_warn("store", "pipes smaller than asked, pieces move in smaller chunks "
-			 "data_dir=%s asked=%u error=\"%s\" hint=\"fs.pipe-max-size, "
-			 "fs.pipe-user-pages-soft\"", store->data_dir, STORE_PIPE_SIZE,
-			 strerror(errno));
-	}
-	return 0;
+	rc = loop_pipe_open(fds, STORE_PIPE_SIZE, &store->pipe_size_warned, store->data_dir);
+	return rc < 0 ? rc : 0;
 }
 
 /* A pipe goes back to the pool only empty; one with bytes left is closed. */

@@ -1,6 +1,7 @@
 /* test_loop: the io_uring loop's operations, timeouts, cancellation, buffers, signals. */
 #include <criterion/criterion.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
@@ -363,4 +364,45 @@ Test(loop, poll_reports_readiness_and_cancels)
 	close(sv[0]);
 	close(sv[1]);
 	loop_destroy(loop);
+}
+
+/* loop_pipe_open: the size asked when the kernel grants it; else the pipe
+ * keeps the kernel's default, works, and the refusal is flagged once. */
+Test(loop, pipe_open_asks_a_size_and_flags_a_refusal_once)
+{
+	int fds[2], again[2], max_fd, capacity;
+	char buf[32] = { 0 };
+	uint32_t above;
+	bool warned = false;
+
+	capacity = loop_pipe_open(fds, 1u << 20, &warned, "test");
+	cr_assert_geq(capacity, 4096, "loop_pipe_open: %s", strerror(-capacity));
+	cr_assert_eq(capacity, fcntl(fds[1], F_GETPIPE_SZ));
+	cr_assert_eq(write(fds[1], "x", 1), 1, "the pipe does not work");
+	close(fds[0]);
+	close(fds[1]);
+
+	/* Twice fs.pipe-max-size: refused unless we have CAP_SYS_RESOURCE. */
+	max_fd = open("/proc/sys/fs/pipe-max-size", O_RDONLY | O_CLOEXEC);
+	cr_assert_geq(max_fd, 0);
+	cr_assert_gt(read(max_fd, buf, sizeof(buf) - 1), 0);
+	close(max_fd);
+	above = (uint32_t)strtoul(buf, NULL, 10) * 2;
+	warned = false;
+	capacity = loop_pipe_open(fds, above, &warned, "test");
+	cr_assert_gt(capacity, 0, "loop_pipe_open: %s", strerror(-capacity));
+	cr_assert_eq(capacity, fcntl(fds[1], F_GETPIPE_SZ));
+	if ((uint32_t)capacity == above) {
+		cr_assert(!warned, "granted, yet flagged as refused");
+	} else {
+		cr_assert(warned, "refused (capacity %d of %u asked), not flagged", capacity, above);
+		cr_assert_lt((uint32_t)capacity, above);
+		/* Flagged already (not logged again): the next pipe still comes. */
+		cr_assert_eq(loop_pipe_open(again, above, &warned, "test"), capacity);
+		cr_assert(warned);
+		close(again[0]);
+		close(again[1]);
+	}
+	close(fds[0]);
+	close(fds[1]);
 }
