@@ -211,6 +211,24 @@ proc_cpu() {
 	awk -v t="$ticks" -v hz="$clk_tck" 'BEGIN { printf "%.3f\n", t / hz }'
 }
 
+# host_times: "STEAL IDLE" in clock ticks of all CPUs since boot, from /proc/stat: what
+# the hypervisor took from this VM's vCPUs (steal), and what they spent idle or waiting
+# for I/O. Read before and after a timed run, host_note says what happened in between.
+host_times() {
+	local _ user nice system idle iowait irq softirq steal rest
+	read -r _ user nice system idle iowait irq softirq steal rest </proc/stat
+	echo "$steal $((idle + iowait))"
+}
+
+# host_note BEFORE AFTER: "host steal S ms, idle I ms" between two host_times (summed over
+# the CPUs: on 2 vCPUs a run of W ms has 2W ms to share out).
+host_note() {
+	local s0 i0 s1 i1
+	read -r s0 i0 <<<"$1"
+	read -r s1 i1 <<<"$2"
+	echo "steal $(((s1 - s0) * 1000 / clk_tck)) ms, idle $(((i1 - i0) * 1000 / clk_tck)) ms"
+}
+
 # record KEY STATE GBPS CPU: appends one run's samples to the caller's associative arrays
 # all_gbps[KEY] and all_cpu[KEY], and to warm_gbps[KEY] and warm_cpu[KEY] if STATE is warm.
 record() {

@@ -65,6 +65,10 @@
 #              host_total and remote_total CPU percentages times the test's seconds.
 #   RSS        ringfly only: VmHWM (peak RSS) of A (reset before each run through
 #              /proc/PID/clear_refs) and of B, in MiB.
+#   steal, idle  P1/P2, every contender: from /proc/stat around the timed command, the
+#              ms (summed over the vCPUs) the hypervisor took (steal) and the vCPUs sat idle
+#              or waited for I/O: a slow run with steal is the host's doing; idle is time
+#              the contender's pipeline left a vCPU nothing to do.
 # Checks (untimed): B's `download done` says source=peer origin_bytes=0 peer_bytes=SIZE and
 # nothing listens on the origin's port; sizes every run; content (sha256, cmp) in round 1:
 # B's cache is exported with `ringfly export` and compared with the source.
@@ -322,9 +326,11 @@ run_ringfly() {
 	a0=$(proc_cpu "$a_pid") || fail "parent ringflyd is gone" "$a_log"
 	b0=$(proc_cpu "$b_pid") || fail "child ringflyd is gone" "$b_log"
 	: >"$runlog"
-	local TIMEFORMAT='%3R %3U %3S'
+	local TIMEFORMAT='%3R %3U %3S' h0
+	h0=$(host_times)
 	{ time "$ringfly" --socket "$b_sock" get "$url" -O /dev/null --no-progress \
 		--parent "$a_addr" >/dev/null 2>>"$runlog"; } 2>"$timefile" || rc=$?
+	r_host=$(host_note "$h0" "$(host_times)")
 	((rc == 0)) || fail "ringfly get from the parent: exit status $rc" "$runlog"
 	read -r wall user sys <"$timefile"
 	done_line=$(wait_line "$b_log" 'download done' 10) || fail "child: no 'download done' line" "$b_log"
@@ -352,7 +358,7 @@ run_ringfly() {
 	r_secs=$wall
 	r_cpu=$(awk -v a="$(minus "$a1" "$a0")" -v b="$(minus "$b1" "$b0")" -v u="$user" -v s="$sys" \
 		'BEGIN { printf "%.3f\n", a + b + u + s }')
-	r_note="parent $(minus "$a1" "$a0") + child $(minus "$b1" "$b0") CPU-s; daemon ${got} ms; RSS A ${r_a_hwm} B ${r_b_hwm} MiB"
+	r_note="parent $(minus "$a1" "$a0") + child $(minus "$b1" "$b0") CPU-s; daemon ${got} ms; RSS A ${r_a_hwm} B ${r_b_hwm} MiB; $r_host"
 }
 
 # run_ref [--sync]
@@ -369,8 +375,10 @@ run_ref() {
 	exec {fd}<"$fifo"
 	read -r -t 30 -u "$fd" line || fail "ref receiver: no ready line" "$runlog"
 	[[ $line == ready\ * ]] || fail "ref receiver said: $line" "$runlog"
-	local TIMEFORMAT='%3R %3U %3S'
+	local TIMEFORMAT='%3R %3U %3S' h0
+	h0=$(host_times)
 	{ time "$sender" --connect "${line#ready }" --file "$src" 2>>"$runlog"; } 2>"$timefile" || rc=$?
+	r_host=$(host_note "$h0" "$(host_times)")
 	((rc == 0)) || fail "ref sender: exit status $rc" "$runlog"
 	read -r wall user sys <"$timefile"
 	read -r -t 60 -u "$fd" result || fail "ref receiver: no result line" "$runlog"
@@ -388,7 +396,7 @@ run_ref() {
 	[[ $result =~ user_s=([0-9.]+)\ sys_s=([0-9.]+) ]] || fail "ref receiver: no cpu in: $result"
 	r_cpu=$(awk -v a="${BASH_REMATCH[1]}" -v b="${BASH_REMATCH[2]}" -v u="$user" -v s="$sys" \
 		'BEGIN { printf "%.3f\n", a + b + u + s }')
-	r_note="receiver $(add "${BASH_REMATCH[1]}" "${BASH_REMATCH[2]}") + sender $(add "$user" "$sys") CPU-s"
+	r_note="receiver $(add "${BASH_REMATCH[1]}" "${BASH_REMATCH[2]}") + sender $(add "$user" "$sys") CPU-s; $r_host"
 }
 
 run_curl() {
@@ -398,8 +406,10 @@ run_curl() {
 	prewarm "$src_dir" "$prewarm_mib"
 	n0=$(proc_cpu "$pid")
 	: >"$runlog"
-	local TIMEFORMAT='%3R %3U %3S'
+	local TIMEFORMAT='%3R %3U %3S' h0
+	h0=$(host_times)
 	{ time curl -s -o "$out" "$ref_base/file?run=$run_no" 2>>"$runlog"; } 2>"$timefile" || rc=$?
+	r_host=$(host_note "$h0" "$(host_times)")
 	((rc == 0)) || fail "curl: exit status $rc" "$runlog"
 	read -r wall user sys <"$timefile"
 	n1=$(proc_cpu "$pid")
@@ -410,7 +420,7 @@ run_curl() {
 	rm -f "$out"
 	r_secs=$wall
 	r_cpu=$(awk -v a="$(minus "$n1" "$n0")" -v u="$user" -v s="$sys" 'BEGIN { printf "%.3f\n", a + u + s }')
-	r_note="curl $(add "$user" "$sys") + nginx $(minus "$n1" "$n0") CPU-s"
+	r_note="curl $(add "$user" "$sys") + nginx $(minus "$n1" "$n0") CPU-s; $r_host"
 }
 
 # json_get FILE SECTION KEY: a number from iperf3's pretty-printed JSON, in the "end" object.
@@ -443,7 +453,10 @@ run_iperf3() {
 		bg_pid=
 		((try < 8)) || fail "iperf3 server did not start" "$runlog"
 	done
+	local h0
+	h0=$(host_times)
 	iperf3 -c 127.0.0.1 -p "$port" -Z -n "$bytes" -J >"$json" 2>>"$runlog" || rc=$?
+	r_host=$(host_note "$h0" "$(host_times)")
 	((rc == 0)) || fail "iperf3 client: exit status $rc" "$json"
 	wait "$bg_pid" || fail "iperf3 server: exit status $?" "$runlog"
 	bg_pid=
@@ -457,7 +470,7 @@ run_iperf3() {
 	r_secs=$recv_s
 	r_cpu=$(awk -v h="$host" -v r="$remote" -v s="$sent_s" -v t="$recv_s" \
 		'BEGIN { printf "%.3f\n", h / 100 * s + r / 100 * t }')
-	r_note="client $(awk -v h="$host" -v s="$sent_s" 'BEGIN { printf "%.3f", h / 100 * s }') + server $(awk -v r="$remote" -v t="$recv_s" 'BEGIN { printf "%.3f", r / 100 * t }') CPU-s"
+	r_note="client $(awk -v h="$host" -v s="$sent_s" 'BEGIN { printf "%.3f", h / 100 * s }') + server $(awk -v r="$remote" -v t="$recv_s" 'BEGIN { printf "%.3f", r / 100 * t }') CPU-s; $r_host"
 }
 
 # --- P8 contenders: each sets r_gbps r_secs r_cpu (server) r_ccpu (client) r_note.
