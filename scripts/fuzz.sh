@@ -38,6 +38,7 @@ for t in "${targets[@]}"; do
 	if ! "$build/tests/fuzz/$t" -max_total_time="$seconds" -max_len=8192 -timeout=30 \
 		-print_final_stats=1 "$corpus" "$root/tests/fuzz/corpus/$t" >"$build/$t.log" 2>&1; then
 		tail -40 "$build/$t.log" >&2
+		# shellcheck disable=SC2012 # our own file names: the newest one is wanted
 		echo "fuzz: $t: a finding; its input: $(ls -t "$build"/crash-* "$build"/timeout-* 2>/dev/null | head -1)" >&2
 		exit 1
 	fi

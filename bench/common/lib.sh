@@ -215,8 +215,9 @@ proc_cpu() {
 # the hypervisor took from this VM's vCPUs (steal), and what they spent idle or waiting
 # for I/O. Read before and after a timed run, host_note says what happened in between.
 host_times() {
-	local _ user nice system idle iowait irq softirq steal rest
-	read -r _ user nice system idle iowait irq softirq steal rest </proc/stat
+	local idle iowait steal
+	# cpu user nice system idle iowait irq softirq steal ...
+	read -r _ _ _ _ idle iowait _ _ steal _ </proc/stat
 	echo "$steal $((idle + iowait))"
 }
 
