@@ -20,7 +20,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -82,18 +81,9 @@ static void on_fatal_signal(int signo)
 	raise(signo);
 }
 
-void fuzz_fail(const char *fmt, ...)
+void fuzz_on_fail(void)
 {
-	va_list ap;
-
-	fprintf(stderr, "%s: ", fuzz_target_name);
-	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
-	va_end(ap);
-	fputc('\n', stderr);
-	fflush(stderr);
 	save_current();
-	abort();
 }
 
 static uint64_t rng(void)

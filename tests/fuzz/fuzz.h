@@ -13,8 +13,12 @@
 #ifndef RINGFLY_TESTS_FUZZ_H
 #define RINGFLY_TESTS_FUZZ_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+
+#include "core/loop.h"
+#include "rpc/frame.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -26,8 +30,31 @@ void fuzz_seeds(fuzz_emit_fn emit, void *arg);
 /* The target's name, for messages and crash files. */
 extern const char fuzz_target_name[];
 
-/* A property does not hold: prints "fuzz_NAME: " and the reason, then
- * aborts (the driver saves the input first; libFuzzer does too). */
+/* A property does not hold: prints "fuzz_NAME: " and the reason, calls
+ * fuzz_on_fail, then aborts. */
 __attribute__((noreturn, format(printf, 1, 2))) void fuzz_fail(const char *fmt, ...);
+/* The driver saves the input being run; under libFuzzer nothing (it saves
+ * the input itself when the process aborts). */
+void fuzz_on_fail(void);
+
+/* --- shared by the targets (fuzz-util.c). */
+
+/* Turns of a loop no longer than 1 ms: fuzz_tick returns when something
+ * calls loop_stop, or when its timer fires. Set `loop`; keep the ticker for
+ * the loop's life (its timer may be in flight). */
+struct fuzz_ticker {
+	struct loop *loop;
+	struct loop_op op;
+	bool armed;
+};
+void fuzz_tick(struct fuzz_ticker *t);
+
+/* Open descriptors of this process. */
+unsigned fuzz_count_fds(void);
+/* A new directory $TMPDIR/NAME.XXXXXX (/tmp without TMPDIR), removed with
+ * its content at exit; one per process. */
+const char *fuzz_temp_dir(const char *name);
+/* frame_pack into out[cap]; a frame that does not pack is a failure. */
+size_t fuzz_put_frame(uint8_t *out, size_t cap, uint8_t type, const ProtobufCMessage *msg);
 
 #endif

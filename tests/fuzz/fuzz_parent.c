@@ -17,10 +17,10 @@
  *   - the task's writes all end, and descriptors do not grow.
  * Memory errors are the sanitizers' (the Sanitize build runs this test).
  */
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -47,10 +47,10 @@ const char fuzz_target_name[] = "fuzz_parent";
 
 static struct {
 	bool ready;
-	char dir[256];
 	int listen_fd;
 	char address[64];
 	struct loop *loop;
+	struct fuzz_ticker ticker;
 	struct store *store;
 	unsigned fds_after_setup;
 	unsigned long inputs;
@@ -72,8 +72,8 @@ struct talk {
 	int fd;
 	const uint8_t *data;
 	size_t len, sent;
-	bool send_armed, recv_armed, timer_armed;
-	struct loop_op send_op, recv_op, timer_op;
+	bool send_armed, recv_armed;
+	struct loop_op send_op, recv_op;
 	uint8_t sink[4096];
 };
 
@@ -238,42 +238,6 @@ static void parent_recv_next(struct talk *t)
 	t->recv_armed = true;
 }
 
-static void timer_done(struct loop_op *op, int res, uint32_t flags)
-{
-	struct talk *t = op->owner;
-
-	(void)res;
-	(void)flags;
-	t->timer_armed = false;
-	loop_stop(fx.loop);
-}
-
-/* One loop turn of at most 1 ms. */
-static void tick(struct talk *t)
-{
-	if (!t->timer_armed) {
-		loop_op_init(&t->timer_op, timer_done, t);
-		if (loop_timeout(fx.loop, &t->timer_op, 1) < 0)
-			fuzz_fail("cannot queue a timer");
-		t->timer_armed = true;
-	}
-	if (loop_run(fx.loop) < 0)
-		fuzz_fail("the loop failed");
-}
-
-static unsigned count_fds(void)
-{
-	DIR *d = opendir("/proc/self/fd");
-	unsigned n = 0;
-
-	if (!d)
-		fuzz_fail("/proc/self/fd: %s", strerror(errno));
-	while (readdir(d))
-		n++;
-	closedir(d);
-	return n;
-}
-
 static void converse(const uint8_t *data, size_t size, struct talk *out);
 
 struct seed_pick {
@@ -292,37 +256,33 @@ static void pick_seed(void *arg, const char *name, const void *data, size_t len)
 	}
 }
 
+/* Runs the seed called `name` and says what the child made of it. */
+static void converse_seed(const char *name, struct talk *result)
+{
+	static struct seed_pick pick;
+
+	pick.name = name;
+	pick.len = 0;
+	fuzz_seeds(pick_seed, &pick);
+	if (!pick.len)
+		fuzz_fail("setup: no seed \"%s\"", name);
+	converse(pick.data, pick.len, result);
+}
+
 /* The harness sees what it must: an honest parent's piece is recorded, a
  * lying one's is refused for its crc. */
 static void self_test(void)
 {
-	static struct seed_pick pick;
 	struct talk result;
 
-	pick.name = "honest";
-	pick.len = 0;
-	fuzz_seeds(pick_seed, &pick);
-	converse(pick.data, pick.len, &result);
+	converse_seed("honest", &result);
 	if (result.recorded != 1 || result.requests != 1)
 		fuzz_fail("setup: an honest parent's piece: %u recorded of %u requested",
 			  result.recorded, result.requests);
-	pick.name = "corrupt";
-	pick.len = 0;
-	fuzz_seeds(pick_seed, &pick);
-	converse(pick.data, pick.len, &result);
+	converse_seed("corrupt", &result);
 	if (result.recorded != 0 || result.bad_crc != 1)
 		fuzz_fail("setup: a corrupt piece: %u recorded, %u refused for its crc",
 			  result.recorded, result.bad_crc);
-}
-
-static void cleanup(void)
-{
-	char cmd[300];
-
-	if (!fx.dir[0])
-		return;
-	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", fx.dir);
-	(void)!system(cmd);
 }
 
 static void setup(void)
@@ -331,17 +291,15 @@ static void setup(void)
 	struct sockaddr_in address = { .sin_family = AF_INET,
 				       .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
 	socklen_t address_len = sizeof(address);
-	const char *tmp = getenv("TMPDIR");
 	char err[512];
 
 	log_set_level(LOG_LEVEL_ERROR); /* warnings about the parent's lies are expected */
-	snprintf(fx.dir, sizeof(fx.dir), "%s/fuzz-parent.XXXXXX", tmp && *tmp ? tmp : "/tmp");
-	if (!mkdtemp(fx.dir))
-		fuzz_fail("mkdtemp %s: %s", fx.dir, strerror(errno));
-	atexit(cleanup);
+	/* The child may close while the "parent" still sends: an EPIPE, not a death. */
+	signal(SIGPIPE, SIG_IGN);
+	store_options.data_dir = fuzz_temp_dir("fuzz-parent");
 	if (loop_create(&fx.loop, NULL) < 0)
 		fuzz_fail("setup: loop_create");
-	store_options.data_dir = fx.dir;
+	fx.ticker.loop = fx.loop;
 	if (store_open(&fx.store, fx.loop, &store_options, err, sizeof(err)) < 0)
 		fuzz_fail("setup: store_open: %s", err);
 	fx.listen_fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -351,7 +309,7 @@ static void setup(void)
 		fuzz_fail("setup: listen on 127.0.0.1: %s", strerror(errno));
 	snprintf(fx.address, sizeof(fx.address), "127.0.0.1:%u", ntohs(address.sin_port));
 	self_test();
-	fx.fds_after_setup = count_fds();
+	fx.fds_after_setup = fuzz_count_fds();
 	fx.ready = true;
 }
 
@@ -384,7 +342,7 @@ static void converse(const uint8_t *data, size_t size, struct talk *out)
 			fuzz_fail("accept: %s", strerror(errno));
 		if (++waited > CHILD_DEADLINE_MS)
 			fuzz_fail("the child did not connect within %u ms", CHILD_DEADLINE_MS);
-		tick(t);
+		fuzz_tick(&fx.ticker);
 	}
 	if (size)
 		parent_send_next(t);
@@ -397,7 +355,7 @@ static void converse(const uint8_t *data, size_t size, struct talk *out)
 		if (++waited > CHILD_DEADLINE_MS)
 			fuzz_fail("no gone() within %u ms: %zu of %zu bytes sent, %u requests, %u "
 				  "answered", CHILD_DEADLINE_MS, t->sent, size, t->requests, t->dones);
-		tick(t);
+		fuzz_tick(&fx.ticker);
 	}
 	/* Writes still in the store end (soon: the socket is shut down). */
 	waited = 0;
@@ -406,11 +364,11 @@ static void converse(const uint8_t *data, size_t size, struct talk *out)
 			fuzz_fail("%u of %u requests answered, %u writes in the store, %u ms after "
 				  "gone()", t->dones, t->requests, t->st ? store_task_writes(t->st) : 0,
 				  CHILD_DEADLINE_MS);
-		tick(t);
+		fuzz_tick(&fx.ticker);
 	}
 	shutdown(t->fd, SHUT_RDWR);
-	while (t->recv_armed || t->timer_armed)
-		tick(t);
+	while (t->recv_armed)
+		fuzz_tick(&fx.ticker);
 	close(t->fd);
 	if (t->st) {
 		int rc;
@@ -422,13 +380,11 @@ static void converse(const uint8_t *data, size_t size, struct talk *out)
 			if (++waited > CHILD_DEADLINE_MS)
 				fuzz_fail("the store still holds the task %u ms after its writes",
 					  CHILD_DEADLINE_MS);
-			tick(t);
+			fuzz_tick(&fx.ticker);
 		}
 		if (rc < 0)
 			fuzz_fail("the task of input %lu cannot be deleted: %s", fx.inputs,
 				  strerror(-rc));
-		while (t->timer_armed)
-			tick(t);
 	}
 	if (out)
 		*out = *t;
@@ -442,7 +398,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (!fx.ready)
 		setup();
 	converse(data, size, NULL);
-	fds = count_fds();
+	fds = fuzz_count_fds();
 	if (fds > fx.fds_after_setup + CHILD_FDS_SLACK)
 		fuzz_fail("descriptors grow: %u after %lu inputs, %u after setup", fds, fx.inputs,
 			  fx.fds_after_setup);
@@ -450,15 +406,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 }
 
 /* --- seeds: what an honest parent, and a few dishonest ones, send. */
-
-static size_t put_frame(uint8_t *out, size_t cap, uint8_t type, const ProtobufCMessage *msg)
-{
-	ssize_t n = frame_pack(type, msg, out, cap);
-
-	if (n < 0)
-		fuzz_fail("a %s does not pack: %zd", frame_type_name(type), n);
-	return (size_t)n;
-}
 
 static size_t put_availability(uint8_t *out, size_t cap, uint64_t length, uint64_t pl,
 			       uint32_t *pieces, size_t count, bool done)
@@ -471,7 +418,7 @@ static size_t put_availability(uint8_t *out, size_t cap, uint64_t length, uint64
 	m.pieces = pieces;
 	m.n_pieces = count;
 	m.done = done;
-	return put_frame(out, cap, FRAME_TYPE_PIECE_AVAILABILITY, &m.base);
+	return fuzz_put_frame(out, cap, FRAME_TYPE_PIECE_AVAILABILITY, &m.base);
 }
 
 /* The header of piece `number` (request id `id`) and its bytes; crc of the
@@ -495,7 +442,7 @@ static size_t put_piece(uint8_t *out, size_t cap, uint64_t id, uint64_t length, 
 	h.crc32c = hash_crc32c(bytes, size);
 	if (lie)
 		bytes[size / 2] ^= 0x40;
-	n = put_frame(out, cap, FRAME_TYPE_PIECE_HEADER, &h.base);
+	n = fuzz_put_frame(out, cap, FRAME_TYPE_PIECE_HEADER, &h.base);
 	if (n + size > cap)
 		fuzz_fail("a seed does not fit");
 	memcpy(out + n, bytes, size);
@@ -528,7 +475,7 @@ void fuzz_seeds(fuzz_emit_fn emit, void *arg)
 	e.id = 2;
 	e.code = RINGFLY__ERROR_CODE__ERROR_CODE_BUSY;
 	e.message = "busy";
-	n += put_frame(buf + n, sizeof(buf) - n, FRAME_TYPE_ERROR, &e.base);
+	n += fuzz_put_frame(buf + n, sizeof(buf) - n, FRAME_TYPE_ERROR, &e.base);
 	n += put_piece(buf + n, sizeof(buf) - n, 3, length, SEED_PL, 1, false);
 	n += put_piece(buf + n, sizeof(buf) - n, 9, length, SEED_PL, 1, false);
 	emit(arg, "busy-then-unasked", buf, n);
@@ -537,7 +484,7 @@ void fuzz_seeds(fuzz_emit_fn emit, void *arg)
 	e.id = 1;
 	e.code = RINGFLY__ERROR_CODE__ERROR_CODE_NOT_FOUND;
 	e.message = "no such task";
-	n = put_frame(buf, sizeof(buf), FRAME_TYPE_ERROR, &e.base);
+	n = fuzz_put_frame(buf, sizeof(buf), FRAME_TYPE_ERROR, &e.base);
 	emit(arg, "not-found", buf, n);
 
 	/* A shape that changes mid-stream, and half a payload. */

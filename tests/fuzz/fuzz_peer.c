@@ -19,7 +19,6 @@
  *     seeds: a daemon that survives but no longer serves is a failure too).
  * Memory errors are the sanitizers' (the Sanitize build runs this test).
  */
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -52,10 +51,11 @@ static const uint8_t part_id[32] = { 0x9a, 0x27, 0x9a, 0x27, 0x02 };
 
 static struct {
 	bool ready;
-	char dir[256];
+	const char *dir;
 	char sock_path[sizeof(((struct sockaddr_un *)0)->sun_path)];
 	int listen_fd;
 	struct loop *loop;
+	struct fuzz_ticker ticker;
 	struct store *store;
 	struct upload upload;
 	struct conn_server *server;
@@ -97,8 +97,8 @@ struct client {
 	int fd;
 	const uint8_t *data;
 	size_t len, sent;
-	bool send_done, eof, timed_out, deadline_armed, tick_armed;
-	struct loop_op send_op, recv_op, deadline_op, tick_op;
+	bool send_done, eof, timed_out, deadline_armed;
+	struct loop_op send_op, recv_op, deadline_op;
 	uint8_t *got;	/* what the server sent, up to got_cap bytes kept */
 	size_t got_len, got_cap;
 	uint64_t received;
@@ -177,29 +177,6 @@ static void client_deadline(struct loop_op *op, int res, uint32_t flags)
 	}
 }
 
-static void client_tick(struct loop_op *op, int res, uint32_t flags)
-{
-	struct client *c = op->owner;
-
-	(void)res;
-	(void)flags;
-	c->tick_armed = false;
-	loop_stop(fx.loop);
-}
-
-/* One loop turn of at most 1 ms. */
-static void tick(struct client *c)
-{
-	if (!c->tick_armed) {
-		loop_op_init(&c->tick_op, client_tick, c);
-		if (loop_timeout(fx.loop, &c->tick_op, 1) < 0)
-			fuzz_fail("cannot queue a timer");
-		c->tick_armed = true;
-	}
-	if (loop_run(fx.loop) < 0)
-		fuzz_fail("the loop failed");
-}
-
 static int client_connect(void)
 {
 	struct sockaddr_un address = { .sun_family = AF_UNIX };
@@ -240,44 +217,20 @@ static void converse(const uint8_t *data, size_t len, uint8_t *got, size_t cap, 
 			  "received", PEER_DEADLINE_MS, c.sent, len, (unsigned long long)c.received);
 	close(c.fd);
 	loop_cancel_op(fx.loop, &c.deadline_op);
-	while (c.deadline_armed || c.tick_armed)
-		tick(&c);
+	while (c.deadline_armed)
+		fuzz_tick(&fx.ticker);
 	/* The server's side goes once its operations are back. */
 	while (conn_server_count(fx.server) > 0) {
 		if (++waited > PEER_DEADLINE_MS)
 			fuzz_fail("the server still holds a connection %u ms after it closed",
 				  PEER_DEADLINE_MS);
-		tick(&c);
+		fuzz_tick(&fx.ticker);
 	}
-	while (c.tick_armed)
-		tick(&c);
 	if (got_len)
 		*got_len = c.got_len;
 }
 
-static unsigned count_fds(void)
-{
-	DIR *d = opendir("/proc/self/fd");
-	unsigned n = 0;
-
-	if (!d)
-		fuzz_fail("/proc/self/fd: %s", strerror(errno));
-	while (readdir(d))
-		n++;
-	closedir(d);
-	return n;
-}
-
 /* --- frames for the seeds and the service check. */
-
-static size_t put_frame(uint8_t *out, size_t cap, uint8_t type, const ProtobufCMessage *msg)
-{
-	ssize_t n = frame_pack(type, msg, out, cap);
-
-	if (n < 0)
-		fuzz_fail("a %s does not pack: %zd", frame_type_name(type), n);
-	return (size_t)n;
-}
 
 static size_t put_get(uint8_t *out, size_t cap, uint64_t id, const uint8_t task[32], uint32_t n)
 {
@@ -287,7 +240,7 @@ static size_t put_get(uint8_t *out, size_t cap, uint64_t id, const uint8_t task[
 	get.task_id.data = (uint8_t *)task;
 	get.task_id.len = 32;
 	get.number = n;
-	return put_frame(out, cap, FRAME_TYPE_GET_PIECE, &get.base);
+	return fuzz_put_frame(out, cap, FRAME_TYPE_GET_PIECE, &get.base);
 }
 
 static size_t put_sync(uint8_t *out, size_t cap, uint64_t id, const uint8_t task[32])
@@ -297,7 +250,7 @@ static size_t put_sync(uint8_t *out, size_t cap, uint64_t id, const uint8_t task
 	sync.id = id;
 	sync.task_id.data = (uint8_t *)task;
 	sync.task_id.len = 32;
-	return put_frame(out, cap, FRAME_TYPE_SYNC_PIECES, &sync.base);
+	return fuzz_put_frame(out, cap, FRAME_TYPE_SYNC_PIECES, &sync.base);
 }
 
 /* A GetPiece of FULL's last piece is answered with its header and bytes. */
@@ -389,17 +342,6 @@ static void make_task(const uint8_t id[32], const uint32_t *numbers, unsigned co
 	store_task_release(task);
 }
 
-static void cleanup(void)
-{
-	char cmd[300];
-
-	if (!fx.dir[0])
-		return;
-	/* The data dir only: the process ends anyway. */
-	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", fx.dir);
-	(void)!system(cmd);
-}
-
 static void setup(void)
 {
 	static const uint32_t all[] = { 0, 1, 2, 3 }, some[] = { 0, 2 };
@@ -408,15 +350,11 @@ static void setup(void)
 	struct upload_options upload_options = { .max_requests = 4 };
 	struct store_options store_options = { .sync = STORE_SYNC_TASK, .gc_interval_ms = -1 };
 	struct sockaddr_un address = { .sun_family = AF_UNIX };
-	const char *tmp = getenv("TMPDIR");
 	char err[512];
 	int rc;
 
 	log_set_level(LOG_LEVEL_ERROR); /* the service's warnings about bad input are expected */
-	snprintf(fx.dir, sizeof(fx.dir), "%s/fuzz-peer.XXXXXX", tmp && *tmp ? tmp : "/tmp");
-	if (!mkdtemp(fx.dir))
-		fuzz_fail("mkdtemp %s: %s", fx.dir, strerror(errno));
-	atexit(cleanup);
+	fx.dir = fuzz_temp_dir("fuzz-peer");
 	fx.content = malloc(PEER_LENGTH);
 	if (!fx.content)
 		fuzz_fail("out of memory");
@@ -424,6 +362,7 @@ static void setup(void)
 		fx.content[i] = (uint8_t)(i * 131 + (i >> 9));
 	if (loop_create(&fx.loop, NULL) < 0)
 		fuzz_fail("setup: loop_create");
+	fx.ticker.loop = fx.loop;
 	store_options.data_dir = fx.dir;
 	rc = store_open(&fx.store, fx.loop, &store_options, err, sizeof(err));
 	if (rc < 0)
@@ -443,7 +382,7 @@ static void setup(void)
 	if (conn_server_listen(fx.server, fx.listen_fd) < 0)
 		fuzz_fail("setup: conn_server_listen");
 	check_still_serves();
-	fx.fds_after_setup = count_fds();
+	fx.fds_after_setup = fuzz_count_fds();
 	fx.ready = true;
 }
 
@@ -456,7 +395,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		setup();
 	converse(data, size, sink, sizeof(sink), NULL);
 	fx.inputs++;
-	fds = count_fds();
+	fds = fuzz_count_fds();
 	if (fds > fx.fds_after_setup + PEER_FDS_SLACK)
 		fuzz_fail("descriptors grow: %u after %lu inputs, %u after setup", fds, fx.inputs,
 			  fx.fds_after_setup);
@@ -495,10 +434,10 @@ void fuzz_seeds(fuzz_emit_fn emit, void *arg)
 	 * message the port does not take. */
 	hello.id = 5;
 	hello.peer_id = "198.18.0.9:65002";
-	n = put_frame(buf, sizeof(buf), FRAME_TYPE_HELLO, &hello.base);
+	n = fuzz_put_frame(buf, sizeof(buf), FRAME_TYPE_HELLO, &hello.base);
 	n += put_sync(buf + n, sizeof(buf) - n, 6, part_id);
 	n += put_sync(buf + n, sizeof(buf) - n, 7, part_id);
 	health.id = 8;
-	n += put_frame(buf + n, sizeof(buf) - n, FRAME_TYPE_HEALTH_REQUEST, &health.base);
+	n += fuzz_put_frame(buf + n, sizeof(buf) - n, FRAME_TYPE_HEALTH_REQUEST, &health.base);
 	emit(arg, "hello-syncs-health", buf, n);
 }
