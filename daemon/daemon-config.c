@@ -54,6 +54,7 @@ static const struct config_option daemon_options[] = {
 	NUMBER_OPTION("upload.rate_limit", CONFIG_BYTES, upload_rate_limit, 0, INT64_MAX / 1000),
 	{ "upload.spread", CONFIG_BOOL, offsetof(struct daemon_config, upload_spread), 0, 0, 0,
 	  NULL },
+	NUMBER_OPTION("upload.notsent_lowat", CONFIG_BYTES, upload_notsent_lowat, 0, 64LL << 20),
 	NUMBER_OPTION("upload.idle_timeout", CONFIG_DURATION, upload_idle_timeout_ms, 0,
 		      7 * 24 * 3600000LL),
 	NUMBER_OPTION("download.piece_timeout", CONFIG_DURATION, download_piece_timeout_ms, 100,
@@ -115,6 +116,7 @@ void daemon_config_defaults(struct daemon_config *config)
 	config->upload_max_requests = 64;
 	config->upload_idle_timeout_ms = 60 * 1000;
 	config->upload_spread = true;
+	config->upload_notsent_lowat = 128 << 10;
 	config->download_piece_timeout_ms = 30 * 1000;
 	config->download_parent_requests = 8;
 	config->download_parent_connections = 2;

@@ -39,6 +39,7 @@ struct daemon_config {
 	int64_t upload_max_requests;		/* upload.max_requests (per connection) */
 	int64_t upload_rate_limit;		/* upload.rate_limit (bytes/s, 0 = none) */
 	bool upload_spread;			/* upload.spread (seeds) */
+	int64_t upload_notsent_lowat;		/* upload.notsent_lowat, bytes; 0 = none */
 	int64_t upload_idle_timeout_ms;		/* upload.idle_timeout */
 	int64_t download_piece_timeout_ms;	/* download.piece_timeout */
 	int64_t download_parent_requests;	/* download.parent_requests */

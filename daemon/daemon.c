@@ -794,6 +794,7 @@ int daemon_run(const struct daemon_config *config)
 		options = daemon_server_options(&daemon, "upload");
 		options.max_connections = (unsigned)daemon_config_upload_slots(config);
 		options.idle_timeout_ms = (unsigned)config->upload_idle_timeout_ms;
+		options.notsent_lowat = (uint32_t)config->upload_notsent_lowat;
 		rc = conn_server_create(&daemon.peer, daemon.loop, &handlers, &options, &daemon);
 		if (rc < 0) {
 			fprintf(stderr, "ringflyd: peer listener: %s\n", strerror(-rc));

@@ -1569,12 +1569,13 @@ static void conn_refuse_busy(struct conn_server *server, int fd)
 	close(fd);
 }
 
-/* Peer credentials or address, the peer's name for logs, TCP_NODELAY. */
+/* Peer credentials or address, the peer's name for logs, TCP_NODELAY and
+ * TCP_NOTSENT_LOWAT. */
 static void conn_identify_peer(struct conn *conn)
 {
 	struct ucred cred;
 	int family = conn_name_peer(conn->fd, conn->peer_name, sizeof(conn->peer_name), &cred);
-	int one = 1;
+	int one = 1, lowat = (int)conn->server->options.notsent_lowat;
 
 	conn->peer_pid = cred.pid;
 	conn->peer_uid = cred.uid;
@@ -1583,6 +1584,10 @@ static void conn_identify_peer(struct conn *conn)
 	conn->bytes_acked = 0;
 	if (conn->tcp && setsockopt(conn->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) < 0)
 		log_debug("conn", "cannot set TCP_NODELAY server=%s peer=%s error=\"%s\"",
+			  conn->server->options.name, conn->peer_name, strerror(errno));
+	if (conn->tcp && lowat &&
+	    setsockopt(conn->fd, IPPROTO_TCP, TCP_NOTSENT_LOWAT, &lowat, sizeof(lowat)) < 0)
+		log_debug("conn", "cannot set TCP_NOTSENT_LOWAT server=%s peer=%s error=\"%s\"",
 			  conn->server->options.name, conn->peer_name, strerror(errno));
 }
 

@@ -87,6 +87,13 @@ struct conn_server_options {
 				     * long is reset; 0 = 10 s */
 	size_t output_max_bytes;    /* queued frame bytes beyond this close; 0 = 4 MiB
 				     * (file payloads do not count: see CONN_FILES_MAX) */
+	/* TCP only: TCP_NOTSENT_LOWAT, the most bytes a connection keeps queued
+	 * and not yet sent before it stops taking more (0 = the kernel's
+	 * default, no limit). A peer that reads slowly then opens its window for
+	 * a little of our data at a time, and we are woken to send the rest
+	 * ourselves, instead of the window update pushing a whole backlog out
+	 * from the reader's thread ("The output queue" in conn.c). */
+	uint32_t notsent_lowat;
 	const char *name;	    /* for logs, e.g. "cli" */
 	/* Unix sockets only: receive file descriptors (SCM_RIGHTS) with the
 	 * bytes, for conn_take_fd. Receives with one-shot recvmsg into the

@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
@@ -114,6 +115,10 @@ static void on_child_exit(struct loop *loop, int signo, void *arg)
 enum transport { VIA_UNIX, VIA_TCP };
 static enum transport transport;
 static int tcp_port;
+
+/* TCP_NOTSENT_LOWAT of the server's accepted connections, as request 13 saw
+ * them: the lowest and the highest (-1: none seen yet). */
+static long long lowat_min = -1, lowat_max = -1;
 
 static struct loop_op tick_op;
 static bool tick_armed;
@@ -756,6 +761,32 @@ static void payload_setup(void)
 	memset(&sent, 0, sizeof(sent));
 	refused_65th = 0;
 	drains_on_loop = drains_by_workers = 0;
+	lowat_min = lowat_max = -1;
+}
+
+/* Every accepted TCP socket of the test server (local port tcp_port, not the
+ * listener) in this process: their TCP_NOTSENT_LOWAT into lowat_min/max. */
+static void note_server_lowats(void)
+{
+	for (int fd = 0; fd < 1024; fd++) {
+		struct sockaddr_in address;
+		socklen_t len = sizeof(address);
+		int listening = 0;
+		unsigned lowat = 0;
+
+		if (getsockname(fd, (struct sockaddr *)&address, &len) < 0 ||
+		    address.sin_family != AF_INET || ntohs(address.sin_port) != tcp_port)
+			continue;
+		len = sizeof(listening);
+		if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) < 0 || listening)
+			continue;
+		len = sizeof(lowat);
+		cr_assert_eq(getsockopt(fd, IPPROTO_TCP, TCP_NOTSENT_LOWAT, &lowat, &len), 0);
+		if (lowat_min < 0 || lowat < lowat_min)
+			lowat_min = lowat;
+		if ((long long)lowat > lowat_max)
+			lowat_max = lowat;
+	}
 }
 
 static void payload_sent(struct conn *conn, void *arg, int res)
@@ -856,6 +887,10 @@ static int file_server_frame(struct conn *conn, uint8_t type, const uint8_t *mes
 		server_respond(conn, 11);
 		cr_assert_eq(server_send_file(conn, payload_fd, 0, PAYLOAD_FILE_SIZE), 0);
 		server_respond(conn, 12);
+		break;
+	case 13:
+		note_server_lowats();
+		server_respond(conn, 13);
 		break;
 	case 10: {
 		Ringfly__HealthResponse response = RINGFLY__HEALTH_RESPONSE__INIT;
@@ -1101,6 +1136,47 @@ Test(conn, many_connections_splicing_drain_by_workers_and_loop, .timeout = 60)
 	cr_assert_gt(drains_by_workers, 0, "%d connections splicing, none drained by io-wq",
 		     MANY_CLIENTS);
 	cr_assert_gt(drains_on_loop, 0, "no connection drained on the loop");
+}
+
+/* Every connection's socket says the server's notsent_lowat, then the many
+ * payloads go as above. */
+static void client_many_with_lowat(void)
+{
+	int fd = client_connect();
+
+	client_request(fd, 13);
+	client_expect_response(fd, 13);
+	close(fd);
+	client_many_at_once();
+}
+
+/* With TCP_NOTSENT_LOWAT the kernel takes at most that much unsent data at a
+ * time: the loop's splices go in smaller steps and io-wq's wait more often.
+ * Every byte still arrives, in order, both ways; and the option is on every
+ * accepted socket, or on none when it is 0. */
+Test(conn, notsent_lowat_is_set_and_every_byte_still_arrives, .timeout = 60)
+{
+	struct conn_server_options options = { .name = "test", .notsent_lowat = 96 << 10 };
+	int rc;
+
+	payload_setup();
+	rc = run_file_server(VIA_TCP, &options, client_many_with_lowat);
+	cr_assert_eq(rc, 0, "the client exited with %d", rc);
+	cr_assert_eq(lowat_min, 96 << 10, "TCP_NOTSENT_LOWAT %lld, not the option's %d", lowat_min,
+		     96 << 10);
+	cr_assert_eq(lowat_max, 96 << 10);
+	cr_assert_eq(sent.queued, 16 * MANY_CLIENTS);
+	cr_assert_eq(sent.ok, 16 * MANY_CLIENTS);
+	assert_all_done_once();
+	cr_assert_gt(drains_by_workers, 0, "none drained by io-wq");
+	cr_assert_gt(drains_on_loop, 0, "none drained on the loop");
+
+	options.notsent_lowat = 0;
+	payload_setup();
+	rc = run_file_server(VIA_TCP, &options, client_many_with_lowat);
+	cr_assert_eq(rc, 0, "the client exited with %d", rc);
+	cr_assert_eq(lowat_max, 0, "TCP_NOTSENT_LOWAT %lld set with the option 0", lowat_max);
+	cr_assert_eq(sent.ok, 16 * MANY_CLIENTS);
 }
 
 static void client_short_file(void)
