@@ -1152,8 +1152,8 @@ static void client_many_with_lowat(void)
 
 /* With TCP_NOTSENT_LOWAT the kernel takes at most that much unsent data at a
  * time: the loop's splices go in smaller steps and io-wq's wait more often.
- * Every byte still arrives, in order, both ways; and the option is on every
- * accepted socket, or on none when it is 0. */
+ * Every byte still arrives, in order, both ways, and the option is on every
+ * accepted socket; with 0, on none. */
 Test(conn, notsent_lowat_is_set_and_every_byte_still_arrives, .timeout = 60)
 {
 	struct conn_server_options options = { .name = "test", .notsent_lowat = 96 << 10 };
@@ -1170,13 +1170,20 @@ Test(conn, notsent_lowat_is_set_and_every_byte_still_arrives, .timeout = 60)
 	assert_all_done_once();
 	cr_assert_gt(drains_by_workers, 0, "none drained by io-wq");
 	cr_assert_gt(drains_on_loop, 0, "none drained on the loop");
+}
 
-	options.notsent_lowat = 0;
+Test(conn, notsent_lowat_0_leaves_the_kernel_default, .timeout = 60)
+{
+	struct conn_server_options options = { .name = "test" };
+	int rc;
+
 	payload_setup();
 	rc = run_file_server(VIA_TCP, &options, client_many_with_lowat);
 	cr_assert_eq(rc, 0, "the client exited with %d", rc);
+	cr_assert_eq(lowat_min, 0, "no accepted socket seen (%lld)", lowat_min);
 	cr_assert_eq(lowat_max, 0, "TCP_NOTSENT_LOWAT %lld set with the option 0", lowat_max);
 	cr_assert_eq(sent.ok, 16 * MANY_CLIENTS);
+	assert_all_done_once();
 }
 
 static void client_short_file(void)
