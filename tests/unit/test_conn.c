@@ -1122,13 +1122,15 @@ static void client_many_at_once(void)
 		close(fds[i]);
 }
 
-Test(conn, many_connections_splicing_drain_by_workers_and_loop, .timeout = 60)
+/* Runs `client` (MANY_CLIENTS connections, 16 payloads each) against a TCP
+ * file server with `options`: every payload arrives once, and both drain
+ * ways were used. */
+static void run_many_clients(struct conn_server_options *options, void (*client)(void))
 {
-	struct conn_server_options options = { .name = "test" };
 	int rc;
 
 	payload_setup();
-	rc = run_file_server(VIA_TCP, &options, client_many_at_once);
+	rc = run_file_server(VIA_TCP, options, client);
 	cr_assert_eq(rc, 0, "the client exited with %d", rc);
 	cr_assert_eq(sent.queued, 16 * MANY_CLIENTS);
 	cr_assert_eq(sent.ok, 16 * MANY_CLIENTS);
@@ -1136,6 +1138,13 @@ Test(conn, many_connections_splicing_drain_by_workers_and_loop, .timeout = 60)
 	cr_assert_gt(drains_by_workers, 0, "%d connections splicing, none drained by io-wq",
 		     MANY_CLIENTS);
 	cr_assert_gt(drains_on_loop, 0, "no connection drained on the loop");
+}
+
+Test(conn, many_connections_splicing_drain_by_workers_and_loop, .timeout = 60)
+{
+	struct conn_server_options options = { .name = "test" };
+
+	run_many_clients(&options, client_many_at_once);
 }
 
 /* Every connection's socket says the server's notsent_lowat, then the many
@@ -1157,33 +1166,20 @@ static void client_many_with_lowat(void)
 Test(conn, notsent_lowat_is_set_and_every_byte_still_arrives, .timeout = 60)
 {
 	struct conn_server_options options = { .name = "test", .notsent_lowat = 96 << 10 };
-	int rc;
 
-	payload_setup();
-	rc = run_file_server(VIA_TCP, &options, client_many_with_lowat);
-	cr_assert_eq(rc, 0, "the client exited with %d", rc);
+	run_many_clients(&options, client_many_with_lowat);
 	cr_assert_eq(lowat_min, 96 << 10, "TCP_NOTSENT_LOWAT %lld, not the option's %d", lowat_min,
 		     96 << 10);
 	cr_assert_eq(lowat_max, 96 << 10);
-	cr_assert_eq(sent.queued, 16 * MANY_CLIENTS);
-	cr_assert_eq(sent.ok, 16 * MANY_CLIENTS);
-	assert_all_done_once();
-	cr_assert_gt(drains_by_workers, 0, "none drained by io-wq");
-	cr_assert_gt(drains_on_loop, 0, "none drained on the loop");
 }
 
 Test(conn, notsent_lowat_0_leaves_the_kernel_default, .timeout = 60)
 {
 	struct conn_server_options options = { .name = "test" };
-	int rc;
 
-	payload_setup();
-	rc = run_file_server(VIA_TCP, &options, client_many_with_lowat);
-	cr_assert_eq(rc, 0, "the client exited with %d", rc);
+	run_many_clients(&options, client_many_with_lowat);
 	cr_assert_eq(lowat_min, 0, "no accepted socket seen (%lld)", lowat_min);
 	cr_assert_eq(lowat_max, 0, "TCP_NOTSENT_LOWAT %lld set with the option 0", lowat_max);
-	cr_assert_eq(sent.ok, 16 * MANY_CLIENTS);
-	assert_all_done_once();
 }
 
 static void client_short_file(void)
