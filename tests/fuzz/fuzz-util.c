@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "tests/fuzz/fuzz.h"
 
@@ -78,6 +79,28 @@ const char *fuzz_temp_dir(const char *name)
 		fuzz_fail("mkdtemp %s: %s", temp_dir, strerror(errno));
 	atexit(temp_dir_remove);
 	return temp_dir;
+}
+
+static void write_seed(void *arg, const char *name, const void *data, size_t len)
+{
+	char path[4096];
+	FILE *f;
+
+	snprintf(path, sizeof(path), "%s/seed-%s", (const char *)arg, name);
+	f = fopen(path, "wb");
+	if (!f || fwrite(data, 1, len, f) != len || fclose(f) != 0) {
+		fprintf(stderr, "%s: cannot write %s: %s\n", fuzz_target_name, path, strerror(errno));
+		exit(1);
+	}
+}
+
+void fuzz_write_seeds(const char *dir)
+{
+	if (mkdir(dir, 0755) < 0 && errno != EEXIST) {
+		fprintf(stderr, "%s: %s: %s\n", fuzz_target_name, dir, strerror(errno));
+		exit(1);
+	}
+	fuzz_seeds(write_seed, (void *)dir);
 }
 
 size_t fuzz_put_frame(uint8_t *out, size_t cap, uint8_t type, const ProtobufCMessage *msg)

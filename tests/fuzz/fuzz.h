@@ -54,6 +54,9 @@ unsigned fuzz_count_fds(void);
 /* A new directory $TMPDIR/NAME.XXXXXX (/tmp without TMPDIR), removed with
  * its content at exit; one per process. */
 const char *fuzz_temp_dir(const char *name);
+/* Writes the target's seeds as DIR/seed-NAME (DIR made if missing); exits 1
+ * with the path and the reason when it cannot. */
+void fuzz_write_seeds(const char *dir);
 /* frame_pack into out[cap]; a frame that does not pack is a failure. */
 size_t fuzz_put_frame(uint8_t *out, size_t cap, uint8_t type, const ProtobufCMessage *msg);
 
