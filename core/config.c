@@ -1026,6 +1026,51 @@ int config_set(const struct config_option *options, size_t count, void *target, 
 	return 0;
 }
 
+/* Whether `opt`'s field holds the same value in `a` and `b`. */
+static bool config_same(const struct config_option *opt, const void *a, const void *b)
+{
+	const char *x = (const char *)a + opt->offset, *y = (const char *)b + opt->offset;
+
+	switch (opt->type) {
+	case CONFIG_STRING:
+	case CONFIG_CHOICE:
+		return strncmp(x, y, opt->size) == 0;
+	case CONFIG_INT:
+	case CONFIG_BYTES:
+	case CONFIG_DURATION:
+	case CONFIG_SECONDS:
+		return memcmp(x, y, sizeof(int64_t)) == 0;
+	case CONFIG_BOOL:
+		return memcmp(x, y, sizeof(bool)) == 0;
+	case CONFIG_MODE:
+		return memcmp(x, y, sizeof(uint32_t)) == 0;
+	}
+	return false;
+}
+
+size_t config_diff(const struct config_option *options, size_t count, const void *a,
+		   const void *b, char *keys, size_t keys_size)
+{
+	size_t changed = 0, used = 0;
+
+	assert(a && b);
+	assert(keys || keys_size == 0);
+	if (keys_size)
+		keys[0] = '\0';
+	for (size_t i = 0; i < count; i++) {
+		if (config_same(&options[i], a, b))
+			continue;
+		if (used < keys_size) {
+			int n = snprintf(keys + used, keys_size - used, "%s%s", changed ? ", " : "",
+					 options[i].key);
+
+			used += n > 0 ? (size_t)n : 0;
+		}
+		changed++;
+	}
+	return changed;
+}
+
 /* --- command lines. */
 
 int config_command_line(const struct config_command_line *cl, void *config, int argc,

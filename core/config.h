@@ -80,6 +80,14 @@ int config_load_buffer(const char *name, const char *text, size_t text_len,
 int config_set(const struct config_option *options, size_t count, void *target,
 	       const char *key, const char *value, char *err, size_t err_size);
 
+/*
+ * The keys of `options` whose values differ between `a` and `b` (two targets
+ * of the same table), written as "key1, key2" into keys[keys_size] (cut short
+ * if it does not fit). Returns how many differ.
+ */
+size_t config_diff(const struct config_option *options, size_t count, const void *a,
+		   const void *b, char *keys, size_t keys_size);
+
 /* A command-line flag that sets a config key: `--flag VALUE`, or with
  * `no_value` just `--flag`, which sets the key to "true". */
 struct config_flag {

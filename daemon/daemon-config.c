@@ -136,6 +136,12 @@ int daemon_config_load(struct daemon_config *config, const char *path, char *err
 	return config_load_file(path, daemon_options, DAEMON_OPTION_COUNT, config, err, err_size);
 }
 
+size_t daemon_config_diff(const struct daemon_config *a, const struct daemon_config *b,
+			 char *keys, size_t keys_size)
+{
+	return config_diff(daemon_options, DAEMON_OPTION_COUNT, a, b, keys, keys_size);
+}
+
 int daemon_config_set(struct daemon_config *config, const char *key, const char *value,
 		      char *err, size_t err_size)
 {

@@ -76,6 +76,11 @@ void daemon_config_defaults(struct daemon_config *config);
 int daemon_config_load(struct daemon_config *config, const char *path, char *err,
 		       size_t err_size);
 
+/* The config file's keys whose values differ between a and b, as "k1, k2"
+ * in keys[keys_size]; returns how many differ. */
+size_t daemon_config_diff(const struct daemon_config *a, const struct daemon_config *b,
+			  char *keys, size_t keys_size);
+
 /* Sets one key (YAML name, e.g. "limits.max_connections") from a flag value. */
 int daemon_config_set(struct daemon_config *config, const char *key, const char *value,
 		      char *err, size_t err_size);

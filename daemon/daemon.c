@@ -42,6 +42,9 @@
 
 struct daemon {
 	const struct daemon_config *config;
+	/* The config file's values over the defaults, as read at start (flags
+	 * left out): what a SIGHUP's re-read is compared with. */
+	struct daemon_config file_at_start;
 	struct loop *loop;
 	struct uds_listener uds;
 	struct conn_server *cli;
@@ -287,11 +290,21 @@ static void daemon_begin_shutdown(struct daemon *daemon, int signo)
 	daemon_arm_drain(daemon);
 }
 
-/* SIGHUP: re-reads the config file; only upload.rate_limit applies live. */
+/* The config file's values over the defaults, without the flags. */
+static int daemon_read_file(const struct daemon *daemon, struct daemon_config *out, char *err,
+			    size_t err_size)
+{
+	daemon_config_defaults(out);
+	return daemon_config_load(out, daemon->config->config_path, err, err_size);
+}
+
+/* SIGHUP: re-reads the config file; only upload.rate_limit applies live. The
+ * other keys whose values differ from the file read at start are named in the
+ * log: they wait for a restart. */
 static void daemon_reload(struct daemon *daemon)
 {
-	struct daemon_config fresh = *daemon->config;
-	char err[512];
+	struct daemon_config fresh = *daemon->config, file;
+	char err[512], keys[512];
 
 	if (!daemon->config->config_path[0]) {
 		log_info("daemon", "SIGHUP: no config file to re-read");
@@ -305,6 +318,13 @@ static void daemon_reload(struct daemon *daemon)
 	if (daemon->upload_ready &&
 	    (uint64_t)fresh.upload_rate_limit != daemon->upload.options.rate_limit)
 		upload_set_rate_limit(&daemon->upload, (uint64_t)fresh.upload_rate_limit);
+	if (daemon_read_file(daemon, &file, err, sizeof(err)) < 0)
+		return; /* read a moment ago; gone or changed since */
+	/* Compared without the flags: a key a flag sets is not a change. */
+	file.upload_rate_limit = daemon->file_at_start.upload_rate_limit;
+	if (daemon_config_diff(&daemon->file_at_start, &file, keys, sizeof(keys)) > 0)
+		log_warn("daemon", "SIGHUP: changed, not applied until a restart path=%s keys=\"%s\"",
+			 daemon->config->config_path, keys);
 }
 
 /* A scheduler asks this seed to fetch a task ahead of demand. */
@@ -679,6 +699,11 @@ int daemon_run(const struct daemon_config *config)
 	int rc, exit_code = 1;
 
 	daemon.started_ms = clock_monotonic_ms();
+	if (config->config_path[0] &&
+	    daemon_read_file(&daemon, &daemon.file_at_start, err, sizeof(err)) < 0) {
+		fprintf(stderr, "ringflyd: %s\n", err);
+		return 1;
+	}
 	daemon_raise_fd_limit();
 	signal(SIGPIPE, SIG_IGN);
 

@@ -7,7 +7,8 @@
 #    right bytes (`upload busy ...: connection limit reached` in A's log, `parent
 #    unusable|dropped ... too many connections` in C's); B completes from peers
 #    with the right bytes, in >= 2 s.
-# 2. upload.rate_limit 8MiB written to the file and re-read on SIGHUP; nginx
+# 2. upload.rate_limit 8MiB written to the file and re-read on SIGHUP (with
+#    upload.notsent_lowat, which A's log names as waiting for a restart); nginx
 #    stopped; B gets 48 MiB from A: the rate between 12 MiB and 44 MiB held at
 #    B (polled with ringfly stat) is 8 MiB/s within 10 %, and the whole get
 #    takes 4.5 to 7 s (6 s less at most one second of burst).
@@ -90,9 +91,10 @@ assert_source b1 peers
 log "B took $GET_MS ms for 4 MiB at 1 MiB/s"
 ((GET_MS >= 2000)) || fail "B got 4 MiB from A (rate_limit 1MiB) in $GET_MS ms, expected >= 2 s (2 MiB of burst at most)"
 
-# --- 2. 8 MiB/s after a SIGHUP.
-printf 'upload:\n  max_connections: 1\n  rate_limit: 8MiB\n' >"$T/a.yaml"
+# --- 2. 8 MiB/s after a SIGHUP; a key that applies only at start is named in the log.
+printf 'upload:\n  max_connections: 1\n  rate_limit: 8MiB\n  notsent_lowat: 64KiB\n' >"$T/a.yaml"
 kill -HUP "${PEER_PID[A]}"
+wait_log "${PEER_LOG[A]}" "SIGHUP: changed, not applied until a restart path=$T/a\.yaml keys=\"upload\.notsent_lowat\"" 5 "${PEER_PID[A]}"
 must_health "${PEER_SOCK[A]}" 5 "${PEER_PID[A]}"
 stop_nginx
 peer_get_bg b2 B "$URL2" "$OUT/b2" --parent "$(paddr A)"

@@ -857,3 +857,37 @@ Test(config, file_at_limit)
 	cr_assert_eq(cfg.offset, 5);
 	remove_temp(path);
 }
+
+/* config_diff names each key whose value differs, of every type, in the
+ * table's order; equal targets differ in none. */
+static void load_over(const char *text)
+{
+	cr_assert_eq(config_load_buffer(NAME, text, strlen(text), options, NOPTIONS, &cfg, err,
+					sizeof(err)), 0, "%s", err);
+}
+
+Test(config, diff_names_each_changed_key)
+{
+	struct settings before;
+	char keys[256];
+
+	set_defaults(&cfg);
+	before = cfg;
+	cr_assert_eq(config_diff(options, NOPTIONS, &before, &cfg, keys, sizeof(keys)), 0);
+	cr_assert_str_eq(keys, "");
+
+	load_over("socket: /run/other.sock\nsocket_mode: 0600\nverbose: true\nrole: seed\n"
+		  "limits:\n  max_message_bytes: 2MiB\nwait: 3\n");
+	cr_assert_eq(config_diff(options, NOPTIONS, &before, &cfg, keys, sizeof(keys)), 6);
+	cr_assert_str_eq(keys, "socket, socket_mode, verbose, role, limits.max_message_bytes, wait");
+
+	/* The same values again, and a value set to what it was: no change. */
+	before = cfg;
+	load_over("socket: /run/other.sock\noffset: 7\n");
+	cr_assert_eq(config_diff(options, NOPTIONS, &before, &cfg, keys, sizeof(keys)), 0);
+
+	/* A buffer too small still counts them all and ends in a NUL. */
+	load_over("offset: 8\nshutdown_timeout: 1s\n");
+	cr_assert_eq(config_diff(options, NOPTIONS, &before, &cfg, keys, 10), 2);
+	cr_assert_str_eq(keys, "offset, s");
+}
