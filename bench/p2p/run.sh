@@ -7,7 +7,7 @@
 #        PARTS ("p1 p8")        which parts to run: p1 = P1 and P2 (one set of rounds), p8
 #        SIZE_MIB (1024)        P1/P2: the task's size, in MiB
 #        CONTENDERS             P1/P2 contenders to run (default all):
-#                               "ringfly ref ref-sync curl iperf3"
+#                               "ringfly ref ref-crc ref-sync curl iperf3"
 #        P8_MIB (64)            P8: the served task's size, in MiB
 #        P8_CONNS (200)         P8: concurrent client connections
 #        P8_WINDOW (8)          P8: GetPiece in flight per peer connection
@@ -48,9 +48,13 @@
 #            stopped and its data dir removed after the run.
 #   ref      bench/ref's pair: ringfly-ref-sender (sendfile from SRC_PARENT) -> loopback ->
 #            ringfly-ref-receiver --mode splice --pipe-size 1 MiB into a new file.
+#   ref-crc  the same with --crc: each batch read back from the file and crc32c'd (core/hash.c)
+#            as soon as it is written, on the receiver's one thread: the check every byte
+#            from a parent gets in ringfly's child (how much of the gap to ref it explains).
 #   ref-sync the same with --sync: one fdatasync at the end, inside the receiver's clock.
-#            ringfly's child ends durable (its pieces are fdatasync'd before they are
-#            recorded, and the task completes when all are recorded); ref does not.
+#            ringfly's get returns once every piece is in B's cache and checked; B's
+#            fdatasync of the whole file comes after it (storage.sync: task), out of the
+#            get's time but inside its CPU (to `download done`) and its `daemon N ms`.
 #   curl     the reference nginx (sendfile on) -> curl -s -o FILE (a new file).
 #   iperf3   iperf3 -s -1 / iperf3 -c 127.0.0.1 -Z -n SIZE: one stream, sendfile, nothing
 #            written (P2's reference: the loopback limit).
@@ -117,7 +121,7 @@ command -v curl >/dev/null || { echo "run.sh: curl not found (scripts/setup.sh)"
 
 p1_names=()
 if part p1; then
-	for name in ringfly ref ref-sync curl iperf3; do
+	for name in ringfly ref ref-crc ref-sync curl iperf3; do
 		want "$name" || continue
 		if [[ $name == iperf3 ]] && ! command -v iperf3 >/dev/null; then
 			echo "run.sh: iperf3 not found (scripts/setup.sh); skipping P2's reference" >&2
@@ -309,7 +313,7 @@ runlog=$out_dir/run.stderr
 # --- P1/P2 contenders: each sets r_secs r_cpu r_note (r_gbps if not SIZE/r_secs).
 
 run_ringfly() {
-	local a0 a1 b0 b1 wall user sys rc=0 done_line got out
+	local a0 a1 b0 b1 b_get wall user sys rc=0 done_line got out
 	rm -rf "$b_data"
 	: >"$b_log"
 	# shellcheck disable=SC2086 # CHILD_ARGS: words on purpose
@@ -331,6 +335,7 @@ run_ringfly() {
 	{ time "$ringfly" --socket "$b_sock" get "$url" -O /dev/null --no-progress \
 		--parent "$a_addr" >/dev/null 2>>"$runlog"; } 2>"$timefile" || rc=$?
 	r_host=$(host_note "$h0" "$(host_times)")
+	b_get=$(proc_cpu "$b_pid") || fail "child ringflyd is gone" "$b_log"
 	((rc == 0)) || fail "ringfly get from the parent: exit status $rc" "$runlog"
 	read -r wall user sys <"$timefile"
 	done_line=$(wait_line "$b_log" 'download done' 10) || fail "child: no 'download done' line" "$b_log"
@@ -358,10 +363,11 @@ run_ringfly() {
 	r_secs=$wall
 	r_cpu=$(awk -v a="$(minus "$a1" "$a0")" -v b="$(minus "$b1" "$b0")" -v u="$user" -v s="$sys" \
 		'BEGIN { printf "%.3f\n", a + b + u + s }')
-	r_note="parent $(minus "$a1" "$a0") + child $(minus "$b1" "$b0") CPU-s; daemon ${got} ms; RSS A ${r_a_hwm} B ${r_b_hwm} MiB; $r_host"
+	r_note="parent $(minus "$a1" "$a0") + child $(minus "$b1" "$b0") ($(minus "$b_get" "$b0") to the get's end) CPU-s; daemon ${got} ms; RSS A ${r_a_hwm} B ${r_b_hwm} MiB; $r_host"
 }
 
-# run_ref [--sync]
+# run_ref [--crc] [--sync]
+ref_crc=
 run_ref() {
 	local out=$out_dir/ref.out fifo=$out_dir/ref.fifo fd line result wall user sys rc=0
 	rm -f "$out" "$fifo"
@@ -397,6 +403,14 @@ run_ref() {
 	r_cpu=$(awk -v a="${BASH_REMATCH[1]}" -v b="${BASH_REMATCH[2]}" -v u="$user" -v s="$sys" \
 		'BEGIN { printf "%.3f\n", a + b + u + s }')
 	r_note="receiver $(add "${BASH_REMATCH[1]}" "${BASH_REMATCH[2]}") + sender $(add "$user" "$sys") CPU-s; $r_host"
+	if [[ " $* " == *" --crc "* ]]; then
+		# The same source every run: one crc32c, or the receiver checked the wrong bytes.
+		[[ $result =~ crc32c=([0-9a-f]{8}) ]] || fail "ref receiver: no crc32c= in: $result"
+		[[ -z $ref_crc || $ref_crc == "${BASH_REMATCH[1]}" ]] ||
+			fail "ref receiver: crc32c ${BASH_REMATCH[1]}, an earlier run's was $ref_crc"
+		ref_crc=${BASH_REMATCH[1]}
+		r_note+="; crc32c $ref_crc"
+	fi
 }
 
 run_curl() {
@@ -531,7 +545,8 @@ if ((${#p1_names[@]})); then
 		echo "           child B args: ${CHILD_ARGS:-none}; parent A args: ${PARENT_ARGS:-none}"
 	fi
 	echo "  ref:     ringfly-ref-sender (sendfile) -> ringfly-ref-receiver --mode splice (1 MiB pipe) -> new file"
-	echo "  ref-sync: the same + fdatasync at the end (ringfly's child ends durable, ref does not)"
+	echo "  ref-crc: the same + every 1 MiB read back and crc32c'd (what ringfly's child checks)"
+	echo "  ref-sync: the same + fdatasync at the end (ringfly's child syncs after its get returns)"
 	echo "  curl:    nginx (sendfile) -> curl -s -o FILE (new file)"
 	echo "  iperf3:  iperf3 -c 127.0.0.1 -Z -n $bytes (one stream, nothing written)"
 	echo "  GB/s = 10^9 B/s; CPU-s/GiB = sender + receiver side together (ringfly: A + B + CLI)"
@@ -544,6 +559,7 @@ if ((${#p1_names[@]})); then
 			case $name in
 			ringfly) run_ringfly ;;
 			ref) run_ref ;;
+			ref-crc) run_ref --crc ;;
 			ref-sync) run_ref --sync ;;
 			curl) run_curl ;;
 			iperf3) run_iperf3 ;;
@@ -597,6 +613,7 @@ for key in "${p1_names[@]/#/p1 }" "${p8_names[@]/#/p8 }" "${p8_names[@]/#/p8c }"
 	case $key in
 	"p1 ringfly") label="P1 ringfly A->B" ;;
 	"p1 ref") label="P1 ref pair" ;;
+	"p1 ref-crc") label="P1 ref pair + crc" ;;
 	"p1 ref-sync") label="P1 ref pair + sync" ;;
 	"p1 curl") label="P1 nginx+curl" ;;
 	"p1 iperf3") label="P2 iperf3 -Z" ;;
@@ -635,6 +652,7 @@ echo
 echo "ratio = ours / reference (medians; verdict on warm-only)"
 printf "  %-40s %8s %10s   %s\n" "" all warm-only target
 target "P1 GB/s ringfly / ref pair" gbps "p1 ringfly" "p1 ref" ">=" 0.8
+target "P1 GB/s ringfly / ref pair + crc32c" gbps "p1 ringfly" "p1 ref-crc" ">=" -
 target "P1 GB/s ringfly / ref pair + fdatasync" gbps "p1 ringfly" "p1 ref-sync" ">=" -
 target "P1 GB/s ringfly / nginx+curl" gbps "p1 ringfly" "p1 curl" ">=" 3
 target "P1 CPU-s/GiB ringfly (A+B) / ref pair" cpu "p1 ringfly" "p1 ref" "<=" 1.5

@@ -1,7 +1,7 @@
 /* Reference receiver for bench/ref: one TCP connection into a new file, blocking syscalls. */
 /*
  * ringfly-ref-receiver --listen HOST:PORT --out FILE --bytes N --mode splice|recv
- *                      [--pipe-size 1048576] [--chunk 1048576] [--sync]
+ *                      [--pipe-size 1048576] [--chunk 1048576] [--crc] [--sync]
  *
  * The kernel's shortest path from a socket to a file, for the storage benchmark to
  * compare ringfly against. Removes FILE if present and creates it (O_CREAT|O_TRUNC),
@@ -12,11 +12,17 @@
  *   recv:   recv() into one --chunk buffer until it is full (or the data ends), then
  *           pwrite() it at the next offset.
  *
+ * --crc checks what a ringfly child checks: the crc32c of every byte, with core/hash.c's
+ * code. splice: each batch, once in the file, is read back (pread into a --chunk buffer,
+ * at once, while it is in the CPU's cache) and added to the crc, as the store does; recv:
+ * the buffer is added before it is written. The crc is printed (crc32c=, "-" without).
+ *
  * --sync adds fdatasync() at the end, inside the timed part. The clock and getrusage
  * (RUSAGE_SELF) start when accept() returns and stop after the last write (or the
  * fdatasync), so setup is not counted. Prints one line of key=value on stdout:
  *
  *   mode= bytes= seconds= gb_per_s= user_s= sys_s= cpu_s_per_gib= pipe_size= chunk= sync=
+ *   crc32c=
  *
  * GB/s is 10^9 bytes per second; CPU-s/GiB is (user + sys) / (bytes / 2^30).
  * Exit codes: 0 success, 1 runtime failure (including EOF before N bytes), 2 bad usage.
@@ -31,6 +37,8 @@
 #include <getopt.h>
 #include <netdb.h>
 #include <netinet/in.h>
+#include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -42,16 +50,21 @@
 #include <unistd.h>
 
 #include "bench/common/bench-clock.h"
+#include "core/hash.h"
 #include "bench/common/bench-net.h"
 
 enum mode { MODE_SPLICE, MODE_RECV };
+
+/* --crc: the crc32c of what was received so far. */
+static bool check_crc;
+static uint32_t crc;
 
 static void usage(void)
 {
 	fprintf(stderr,
 		"usage: ringfly-ref-receiver --listen HOST:PORT --out FILE --bytes N"
 		" --mode splice|recv\n"
-		"                            [--pipe-size BYTES] [--chunk BYTES] [--sync]\n");
+		"                            [--pipe-size BYTES] [--chunk BYTES] [--crc] [--sync]\n");
 	exit(2);
 }
 
@@ -103,14 +116,40 @@ static void early_eof(long long got, long long want)
 	exit(1);
 }
 
-/* socket -> pipe -> file; each batch moved in is drained to the file before the next. */
-static void receive_splice(int sock, int out, long long want, int pipe_fds[2], size_t pipe_sz)
+/* --crc, splice: reads [start, end) of the file back into buf (chunk bytes at a time)
+ * and adds it to the crc. */
+static void read_back(int out, loff_t start, loff_t end, char *buf, size_t chunk)
+{
+	while (start < end) {
+		size_t len = end - start < (loff_t)chunk ? (size_t)(end - start) : chunk;
+		ssize_t n = pread(out, buf, len, start);
+
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			die("pread (read-back)");
+		}
+		if (n == 0) {
+			fprintf(stderr, "ref-receiver: the file ends at %lld, before %lld\n",
+				(long long)start, (long long)end);
+			exit(1);
+		}
+		crc = hash_crc32c_extend(crc, buf, (size_t)n);
+		start += n;
+	}
+}
+
+/* socket -> pipe -> file; each batch moved in is drained to the file (and with --crc read
+ * back) before the next. */
+static void receive_splice(int sock, int out, long long want, int pipe_fds[2], size_t pipe_sz,
+			   char *buf, size_t chunk)
 {
 	loff_t off = 0;
 
 	while (off < want) {
 		size_t len = want - off < (long long)pipe_sz ? (size_t)(want - off) : pipe_sz;
 		ssize_t in = splice(sock, NULL, pipe_fds[1], NULL, len, SPLICE_F_MOVE | SPLICE_F_MORE);
+		loff_t start = off;
 
 		if (in < 0) {
 			if (errno == EINTR)
@@ -130,6 +169,8 @@ static void receive_splice(int sock, int out, long long want, int pipe_fds[2], s
 			}
 			in -= n;
 		}
+		if (check_crc)
+			read_back(out, start, off, buf, chunk);
 	}
 }
 
@@ -154,6 +195,8 @@ static void receive_recv(int sock, int out, long long want, char *buf, size_t ch
 				early_eof(off + fill, want);
 			fill += n;
 		}
+		if (check_crc)
+			crc = hash_crc32c_extend(crc, buf, fill);
 		while (done < fill) {
 			ssize_t n = pwrite(out, buf + done, fill - done, off + done);
 
@@ -178,6 +221,7 @@ int main(int argc, char **argv)
 		{ "pipe-size", required_argument, NULL, 'p' },
 		{ "chunk", required_argument, NULL, 'c' },
 		{ "sync", no_argument, NULL, 's' },
+		{ "crc", no_argument, NULL, 'k' },
 		{ NULL, 0, NULL, 0 },
 	};
 	const char *listen_spec = NULL, *path = NULL, *mode_name = NULL;
@@ -188,6 +232,7 @@ int main(int argc, char **argv)
 	char *buf = NULL;
 	struct rusage ru0, ru1;
 	double t0, secs, user_s, sys_s;
+	char crc_text[9] = "-";
 
 	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
 		switch (c) {
@@ -218,6 +263,9 @@ int main(int argc, char **argv)
 		case 's':
 			sync_end = 1;
 			break;
+		case 'k':
+			check_crc = true;
+			break;
 		default:
 			usage();
 		}
@@ -227,7 +275,8 @@ int main(int argc, char **argv)
 
 	if (unlink(path) < 0 && errno != ENOENT)
 		die(path);
-	out = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	/* Read and write: --crc reads the file back. */
+	out = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
 	if (out < 0)
 		die(path);
 
@@ -240,7 +289,8 @@ int main(int argc, char **argv)
 		if (got < 0)
 			die("F_SETPIPE_SZ");
 		pipe_sz = got;
-	} else {
+	}
+	if (mode == MODE_RECV || check_crc) {
 		if (posix_memalign((void **)&buf, 4096, chunk))
 			die("posix_memalign");
 		/* Touch it now: first-touch memory is slow on the VM, and not what we time. */
@@ -256,7 +306,7 @@ int main(int argc, char **argv)
 	getrusage(RUSAGE_SELF, &ru0);
 	t0 = bench_now_s();
 	if (mode == MODE_SPLICE)
-		receive_splice(sock, out, want, pipe_fds, pipe_sz);
+		receive_splice(sock, out, want, pipe_fds, pipe_sz, buf, chunk);
 	else
 		receive_recv(sock, out, want, buf, chunk);
 	if (sync_end && fdatasync(out) < 0)
@@ -264,13 +314,15 @@ int main(int argc, char **argv)
 	secs = bench_now_s() - t0;
 	getrusage(RUSAGE_SELF, &ru1);
 
+	if (check_crc)
+		snprintf(crc_text, sizeof(crc_text), "%08x", (unsigned)crc);
 	user_s = bench_tv_s(ru1.ru_utime) - bench_tv_s(ru0.ru_utime);
 	sys_s = bench_tv_s(ru1.ru_stime) - bench_tv_s(ru0.ru_stime);
 	printf("mode=%s bytes=%lld seconds=%.6f gb_per_s=%.3f user_s=%.3f sys_s=%.3f"
-	       " cpu_s_per_gib=%.3f pipe_size=%zu chunk=%zu sync=%d\n",
+	       " cpu_s_per_gib=%.3f pipe_size=%zu chunk=%zu sync=%d crc32c=%s\n",
 	       mode_name, want, secs, want / secs / 1e9, user_s, sys_s,
 	       (user_s + sys_s) / ((double)want / (1 << 30)), mode == MODE_SPLICE ? pipe_sz : 0,
-	       mode == MODE_RECV ? chunk : 0, sync_end);
+	       mode == MODE_RECV || check_crc ? chunk : 0, sync_end, crc_text);
 	fflush(stdout);
 
 	if (close(out) < 0)
