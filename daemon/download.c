@@ -953,7 +953,7 @@ static void dl_range_start(struct dl_task *task, struct dl_piece *piece)
 	if (rc < 0) {
 		dl_piece_free(piece);
 		dl_fail(task, rc, DOWNLOAD_ERROR_INTERNAL, "cannot start a request to the origin: %s",
-			strerror(-rc));
+			origin_strerror(rc));
 		return;
 	}
 	piece->next = task->fetching;
@@ -1090,7 +1090,7 @@ static void dl_sequential_start(struct dl_task *task)
 	if (rc < 0) {
 		task->seq_req = NULL;
 		dl_fail(task, rc, DOWNLOAD_ERROR_INTERNAL, "cannot start a request to the origin: %s",
-			strerror(-rc));
+			origin_strerror(rc));
 	}
 }
 
@@ -1680,7 +1680,7 @@ static void dl_origin_allow(struct dl_task *task, const char *why)
 	if (rc < 0) {
 		task->head_req = NULL;
 		dl_fail(task, rc, DOWNLOAD_ERROR_INTERNAL, "cannot start a request to the origin: %s",
-			strerror(-rc));
+			origin_strerror(rc));
 	}
 }
 
@@ -2954,7 +2954,7 @@ static int dl_task_new(struct download_engine *engine, const struct download_req
 		}
 		if (rc < 0) {
 			snprintf(err, err_size, "get %s: cannot start a request: %s", request->url,
-				 strerror(-rc));
+				 origin_strerror(rc));
 			goto out_free;
 		}
 	}

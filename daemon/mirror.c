@@ -1034,7 +1034,7 @@ static void mirror_check_decide(struct mirror_xfer *x, const struct origin_resul
 
 			x->req = NULL;
 			mirror_reply_error(ex, 502, "UNKNOWN", "cannot forward to the registry: %s",
-					   strerror(-rc));
+					   origin_strerror(rc));
 		}
 	}
 }
@@ -1145,7 +1145,7 @@ void mirror_request(struct mirror *mirror, struct http_exchange *ex,
 		x->req = NULL;
 		x->ex = NULL;
 		mirror_reply_error(ex, 503, "UNAVAILABLE", "cannot start a request to the "
-				   "registry: %s", strerror(-rc));
+				   "registry: %s", origin_strerror(rc));
 		mirror_xfer_maybe_free(x);
 	}
 }

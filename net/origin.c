@@ -15,6 +15,7 @@
 
 #include "core/clock.h"
 #include "core/log.h"
+#include "net/curl-load.h"
 
 /*
  * How libcurl runs on the ring, and why the records are safe.
@@ -174,12 +175,24 @@ struct origin {
 	bool destroying;
 };
 
+/* libcurl is loaded (net/curl-load.h) and initialised by the first request
+ * of the process, not at origin_create: a daemon that never goes to the
+ * source starts and runs without it. */
 static pthread_once_t origin_global_once = PTHREAD_ONCE_INIT;
 static CURLcode origin_global_rc;
 
 static void origin_global_init(void)
 {
 	origin_global_rc = curl_global_init(CURL_GLOBAL_DEFAULT);
+	if (origin_global_rc != CURLE_OK) {
+		const char *why = curl_load_error();
+
+		log_error("origin",
+			  "libcurl unavailable: no request to an origin can be made "
+			  "library=%s error=\"%s\" hint=\"install Debian's libcurl4, or set "
+			  "RINGFLY_LIBCURL to the library's path\"",
+			  curl_load_path(), why ? why : "curl_global_init failed");
+	}
 }
 
 static void origin_reap(struct origin *origin);
@@ -1060,6 +1073,35 @@ static bool origin_url_valid(const char *url)
 	       strnlen(url, ORIGIN_URL_MAX) < ORIGIN_URL_MAX && !strpbrk(url, "\r\n ");
 }
 
+/* The multi handle, made on the first request: -ELIBACC if libcurl could
+ * not be loaded (logged once, above), -ENOMEM or -EINVAL if libcurl fails. */
+static int origin_multi_open(struct origin *origin)
+{
+	CURLMcode mrc;
+
+	if (origin->multi)
+		return 0;
+	pthread_once(&origin_global_once, origin_global_init);
+	if (origin_global_rc != CURLE_OK)
+		return -ELIBACC;
+	origin->multi = curl_multi_init();
+	if (!origin->multi)
+		return -ENOMEM;
+	mrc = curl_multi_setopt(origin->multi, CURLMOPT_SOCKETFUNCTION, origin_socket_update);
+	if (mrc == CURLM_OK)
+		mrc = curl_multi_setopt(origin->multi, CURLMOPT_SOCKETDATA, (void *)origin);
+	if (mrc == CURLM_OK)
+		mrc = curl_multi_setopt(origin->multi, CURLMOPT_TIMERFUNCTION, origin_timer_update);
+	if (mrc == CURLM_OK)
+		mrc = curl_multi_setopt(origin->multi, CURLMOPT_TIMERDATA, (void *)origin);
+	if (mrc != CURLM_OK) {
+		curl_multi_cleanup(origin->multi);
+		origin->multi = NULL;
+		return -EINVAL;
+	}
+	return 0;
+}
+
 int origin_request_start(struct origin *origin, const struct origin_request_params *params,
 			 const struct origin_callbacks *callbacks, void *arg,
 			 struct origin_request **out)
@@ -1082,6 +1124,9 @@ int origin_request_start(struct origin *origin, const struct origin_request_para
 			return -EINVAL;
 	if (origin->active_count >= origin->options.max_requests)
 		return -EBUSY;
+	rc = origin_multi_open(origin);
+	if (rc < 0)
+		return rc;
 
 	req = origin->free_requests;
 	if (req) {
@@ -1207,17 +1252,21 @@ unsigned origin_active(const struct origin *origin)
 	return origin->active_count;
 }
 
+const char *origin_strerror(int rc)
+{
+	const char *why;
+
+	if (rc != -ELIBACC)
+		return strerror(-rc);
+	why = curl_load_error();
+	return why ? why : "libcurl is loaded but curl_global_init failed";
+}
+
 /* --- the origin. */
 
 int origin_create(struct origin **out, struct loop *loop, const struct origin_options *options)
 {
 	struct origin *origin;
-	CURLMcode mrc = CURLM_OK;
-	int rc = -ENOMEM;
-
-	pthread_once(&origin_global_once, origin_global_init);
-	if (origin_global_rc != CURLE_OK)
-		return -ENOMEM;
 
 	origin = calloc(1, sizeof(*origin));
 	if (!origin)
@@ -1255,30 +1304,14 @@ int origin_create(struct origin **out, struct loop *loop, const struct origin_op
 	if (!origin->user_agent)
 		goto out_free;
 
-	origin->multi = curl_multi_init();
-	if (!origin->multi)
-		goto out_free;
-	mrc = curl_multi_setopt(origin->multi, CURLMOPT_SOCKETFUNCTION, origin_socket_update);
-	if (mrc == CURLM_OK)
-		mrc = curl_multi_setopt(origin->multi, CURLMOPT_SOCKETDATA, (void *)origin);
-	if (mrc == CURLM_OK)
-		mrc = curl_multi_setopt(origin->multi, CURLMOPT_TIMERFUNCTION, origin_timer_update);
-	if (mrc == CURLM_OK)
-		mrc = curl_multi_setopt(origin->multi, CURLMOPT_TIMERDATA, (void *)origin);
-	if (mrc != CURLM_OK) {
-		rc = -EINVAL;
-		goto out_multi;
-	}
 	*out = origin;
 	return 0;
 
-out_multi:
-	curl_multi_cleanup(origin->multi);
 out_free:
 	free(origin->user_agent);
 	free(origin->ca_file);
 	free(origin);
-	return rc;
+	return -ENOMEM;
 }
 
 void origin_destroy(struct origin *origin)
@@ -1286,8 +1319,10 @@ void origin_destroy(struct origin *origin)
 	if (!origin)
 		return;
 	origin->destroying = true;
-	curl_multi_setopt(origin->multi, CURLMOPT_SOCKETFUNCTION, NULL);
-	curl_multi_setopt(origin->multi, CURLMOPT_TIMERFUNCTION, NULL);
+	if (origin->multi) { /* NULL: no request was ever made */
+		curl_multi_setopt(origin->multi, CURLMOPT_SOCKETFUNCTION, NULL);
+		curl_multi_setopt(origin->multi, CURLMOPT_TIMERFUNCTION, NULL);
+	}
 	/* Requests still here are dropped silently (see the header). */
 	origin->work_head = origin->work_tail = NULL;
 	while (origin->active) {
@@ -1305,7 +1340,8 @@ void origin_destroy(struct origin *origin)
 		free(req->head_bytes);
 		free(req);
 	}
-	curl_multi_cleanup(origin->multi);
+	if (origin->multi)
+		curl_multi_cleanup(origin->multi);
 	/* The loop has stopped for good: records it still held are ours. */
 	while (origin->all_sockets) {
 		struct origin_socket *sock = origin->all_sockets;

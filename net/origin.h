@@ -155,7 +155,9 @@ struct origin_callbacks {
 
 /* Returns 0 and a new origin in *out (free with origin_destroy), or a
  * negative errno. `loop` and `options` are borrowed (options only for the
- * call); the first call also runs curl_global_init for the process. */
+ * call). It does not touch libcurl: the process's first request loads and
+ * initialises it (net/curl-load.h), each origin's first request makes its
+ * multi handle. */
 int origin_create(struct origin **out, struct loop *loop, const struct origin_options *options);
 
 /*
@@ -171,7 +173,8 @@ void origin_destroy(struct origin *origin);
  * Starts a request. callbacks and params are borrowed for the call (copied);
  * `arg` is passed to every callback. Returns 0 and the handle in *out, or a
  * negative errno (-EINVAL: bad params or URL scheme, -EBUSY: max_requests,
- * -E2BIG: too many headers, -ENOMEM). No callback runs before this returns.
+ * -E2BIG: too many headers, -ENOMEM, -ELIBACC: libcurl could not be loaded,
+ * origin_strerror says why). No callback runs before this returns.
  */
 int origin_request_start(struct origin *origin, const struct origin_request_params *params,
 			 const struct origin_callbacks *callbacks, void *arg,
@@ -187,5 +190,10 @@ void origin_request_cancel(struct origin_request *req);
 
 /* Requests started and not yet done or cancelled. */
 unsigned origin_active(const struct origin *origin);
+
+/* The text for a negative errno from origin_request_start: strerror's, but
+ * for -ELIBACC (libcurl could not be loaded; it is loaded by the process's
+ * first request, net/curl-load.h) the library's path and why it failed. */
+const char *origin_strerror(int rc);
 
 #endif

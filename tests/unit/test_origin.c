@@ -19,6 +19,7 @@
 #include "core/clock.h"
 #include "core/log.h"
 #include "core/loop.h"
+#include "net/curl-load.h"
 #include "net/origin.h"
 
 #define BIG_SIZE	((1u << 20) + 7u)
@@ -1216,4 +1217,74 @@ Test(origin_tls, verification)
 	expect_body(&f[2], big, BIG_SIZE);
 	for (int i = 0; i < 3; i++)
 		fetch_free(&f[i]);
+}
+
+/* --- libcurl is loaded by the first request (net/curl-load.c). Criterion runs
+ * each test in a process of its own, so this one loads (or fails to) afresh. */
+
+Test(origin_load, missing_library_fails_requests_not_the_origin, .timeout = 30)
+{
+	static const char lib[] = "/nonexistent/ringfly-test/libcurl.so.4";
+	struct origin_request_params params = { .url = "http://127.0.0.1:9/x" };
+	struct origin *o = NULL;
+	struct origin_request *req = NULL;
+	struct fetch f = { 0 };
+	char path[] = "/tmp/rf-origin-load.XXXXXX", logged[2048];
+	int fd, saved, rc;
+	ssize_t n;
+
+	cr_assert_eq(setenv("RINGFLY_LIBCURL", lib, 1), 0);
+	fd = mkstemp(path);
+	cr_assert_geq(fd, 0);
+	unlink(path);
+	saved = dup(STDERR_FILENO);
+	cr_assert_geq(saved, 0);
+	cr_assert_geq(dup2(fd, STDERR_FILENO), 0);
+	log_set_level(LOG_LEVEL_ERROR);
+
+	/* The origin (and a daemon with it) comes up without the library ... */
+	cr_assert_eq(loop_create(&loop, NULL), 0);
+	cr_assert_eq(origin_create(&o, loop, NULL), 0);
+	/* ... and every request says why it cannot start, with nothing leaked. */
+	for (int i = 0; i < 2; i++) {
+		rc = origin_request_start(o, &params, &fetch_callbacks, &f, &req);
+		cr_assert_eq(rc, -ELIBACC, "request %d: %d", i, rc);
+		cr_assert_null(req);
+		cr_assert_eq(origin_active(o), 0);
+	}
+	cr_assert_str_eq(origin_strerror(rc),
+			 "cannot load /nonexistent/ringfly-test/libcurl.so.4: "
+			 "/nonexistent/ringfly-test/libcurl.so.4: cannot open shared object file: "
+			 "No such file or directory");
+	cr_assert_str_eq(origin_strerror(-ENOENT), strerror(ENOENT));
+	origin_destroy(o);
+	loop_destroy(loop);
+	loop = NULL;
+
+	fflush(stderr);
+	dup2(saved, STDERR_FILENO);
+	close(saved);
+	n = pread(fd, logged, sizeof(logged) - 1, 0);
+	close(fd);
+	cr_assert_gt(n, 0, "nothing logged");
+	logged[n] = '\0';
+	/* Said once, at error level, naming the library and the way out. */
+	cr_assert_not_null(strstr(logged, "libcurl unavailable: no request to an origin can be "
+					  "made library=/nonexistent/ringfly-test/libcurl.so.4"),
+			   "%s", logged);
+	cr_assert_not_null(strstr(logged, "install Debian's libcurl4"), "%s", logged);
+	cr_assert_null(strstr(strstr(logged, "libcurl unavailable") + 1, "libcurl unavailable"),
+		       "logged twice: %s", logged);
+}
+
+Test(origin_load, library_from_the_environment, .timeout = 30)
+{
+	/* The default is the soname the headers were built for. */
+	unsetenv("RINGFLY_LIBCURL");
+	cr_assert_str_eq(curl_load_path(), "libcurl.so.4");
+	cr_assert_eq(setenv("RINGFLY_LIBCURL", "", 1), 0);
+	cr_assert_str_eq(curl_load_path(), "libcurl.so.4");
+	cr_assert_eq(setenv("RINGFLY_LIBCURL", "/opt/x/libcurl.so.4", 1), 0);
+	cr_assert_str_eq(curl_load_path(), "/opt/x/libcurl.so.4");
+	cr_assert_null(curl_load_error());
 }
