@@ -39,33 +39,29 @@ static struct {
 	void (*slist_free_all)(struct curl_slist *);
 } lib;
 
-#define CURL_LOAD_SYMBOL(field, name)     \
-	{                                 \
-		(void **)&lib.field, name \
-	}
 static const struct {
 	void **slot;
 	const char *name;
 } curl_load_symbols[] = {
-	CURL_LOAD_SYMBOL(global_init, "curl_global_init"),
-	CURL_LOAD_SYMBOL(easy_init, "curl_easy_init"),
-	CURL_LOAD_SYMBOL(easy_cleanup, "curl_easy_cleanup"),
-	CURL_LOAD_SYMBOL(easy_reset, "curl_easy_reset"),
-	CURL_LOAD_SYMBOL(easy_setopt, "curl_easy_setopt"),
-	CURL_LOAD_SYMBOL(easy_getinfo, "curl_easy_getinfo"),
-	CURL_LOAD_SYMBOL(easy_pause, "curl_easy_pause"),
-	CURL_LOAD_SYMBOL(easy_strerror, "curl_easy_strerror"),
-	CURL_LOAD_SYMBOL(multi_init, "curl_multi_init"),
-	CURL_LOAD_SYMBOL(multi_cleanup, "curl_multi_cleanup"),
-	CURL_LOAD_SYMBOL(multi_setopt, "curl_multi_setopt"),
-	CURL_LOAD_SYMBOL(multi_add_handle, "curl_multi_add_handle"),
-	CURL_LOAD_SYMBOL(multi_remove_handle, "curl_multi_remove_handle"),
-	CURL_LOAD_SYMBOL(multi_socket_action, "curl_multi_socket_action"),
-	CURL_LOAD_SYMBOL(multi_assign, "curl_multi_assign"),
-	CURL_LOAD_SYMBOL(multi_info_read, "curl_multi_info_read"),
-	CURL_LOAD_SYMBOL(multi_strerror, "curl_multi_strerror"),
-	CURL_LOAD_SYMBOL(slist_append, "curl_slist_append"),
-	CURL_LOAD_SYMBOL(slist_free_all, "curl_slist_free_all"),
+	{ (void **)&lib.global_init, "curl_global_init" },
+	{ (void **)&lib.easy_init, "curl_easy_init" },
+	{ (void **)&lib.easy_cleanup, "curl_easy_cleanup" },
+	{ (void **)&lib.easy_reset, "curl_easy_reset" },
+	{ (void **)&lib.easy_setopt, "curl_easy_setopt" },
+	{ (void **)&lib.easy_getinfo, "curl_easy_getinfo" },
+	{ (void **)&lib.easy_pause, "curl_easy_pause" },
+	{ (void **)&lib.easy_strerror, "curl_easy_strerror" },
+	{ (void **)&lib.multi_init, "curl_multi_init" },
+	{ (void **)&lib.multi_cleanup, "curl_multi_cleanup" },
+	{ (void **)&lib.multi_setopt, "curl_multi_setopt" },
+	{ (void **)&lib.multi_add_handle, "curl_multi_add_handle" },
+	{ (void **)&lib.multi_remove_handle, "curl_multi_remove_handle" },
+	{ (void **)&lib.multi_socket_action, "curl_multi_socket_action" },
+	{ (void **)&lib.multi_assign, "curl_multi_assign" },
+	{ (void **)&lib.multi_info_read, "curl_multi_info_read" },
+	{ (void **)&lib.multi_strerror, "curl_multi_strerror" },
+	{ (void **)&lib.slist_append, "curl_slist_append" },
+	{ (void **)&lib.slist_free_all, "curl_slist_free_all" },
 };
 
 static char load_error[512];
