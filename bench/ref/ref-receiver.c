@@ -4,9 +4,10 @@
  *                      [--pipe-size 1048576] [--chunk 1048576] [--crc] [--sync]
  *
  * The kernel's shortest path from a socket to a file, for the storage benchmark to
- * compare ringfly against. Removes FILE if present and creates it (O_CREAT|O_TRUNC),
- * listens, prints "ready HOST:PORT" (the port actually bound, so port 0 works) on stdout
- * and flushes, accepts one connection and receives exactly N bytes into FILE:
+ * compare ringfly against. Removes FILE if present (a regular file only: anything else is
+ * refused) and creates it (O_CREAT|O_TRUNC), listens, prints "ready HOST:PORT" (the port
+ * actually bound, so port 0 works) on stdout and flushes, accepts one connection and
+ * receives exactly N bytes into FILE:
  *
  *   splice: socket -> pipe (F_SETPIPE_SZ to --pipe-size) -> file at increasing offsets;
  *   recv:   recv() into one --chunk buffer until it is full (or the data ends), then
@@ -233,6 +234,7 @@ int main(int argc, char **argv)
 	struct rusage ru0, ru1;
 	double t0, secs, user_s, sys_s;
 	char crc_text[9] = "-";
+	struct stat st;
 
 	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
 		switch (c) {
@@ -273,6 +275,12 @@ int main(int argc, char **argv)
 	if (optind != argc || !listen_spec || !path || !want || mode < 0)
 		usage();
 
+	/* Replaces a regular file only: run as root with --out /dev/null, an
+	 * unlink would remove the device node. */
+	if (lstat(path, &st) == 0 && !S_ISREG(st.st_mode)) {
+		fprintf(stderr, "ref-receiver: %s: exists and is not a regular file\n", path);
+		exit(1);
+	}
 	if (unlink(path) < 0 && errno != ENOENT)
 		die(path);
 	/* Read and write: --crc reads the file back. */
