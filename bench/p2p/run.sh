@@ -335,8 +335,9 @@ run_ringfly() {
 	{ time "$ringfly" --socket "$b_sock" get "$url" -O /dev/null --no-progress \
 		--parent "$a_addr" >/dev/null 2>>"$runlog"; } 2>"$timefile" || rc=$?
 	r_host=$(host_note "$h0" "$(host_times)")
-	b_get=$(proc_cpu "$b_pid") || fail "child ringflyd is gone" "$b_log"
+	b_get=$(proc_cpu "$b_pid") || b_get=
 	((rc == 0)) || fail "ringfly get from the parent: exit status $rc" "$runlog"
+	[[ -n $b_get ]] || fail "child ringflyd is gone" "$b_log"
 	read -r wall user sys <"$timefile"
 	done_line=$(wait_line "$b_log" 'download done' 10) || fail "child: no 'download done' line" "$b_log"
 	a1=$(proc_cpu "$a_pid") || fail "parent ringflyd is gone" "$a_log"

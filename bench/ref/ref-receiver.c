@@ -51,8 +51,8 @@
 #include <unistd.h>
 
 #include "bench/common/bench-clock.h"
-#include "core/hash.h"
 #include "bench/common/bench-net.h"
+#include "core/hash.h"
 
 enum mode { MODE_SPLICE, MODE_RECV };
 
